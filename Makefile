@@ -1,0 +1,31 @@
+# One virtual environment, .venv, holds everything. The CPU torch wheel is installed
+# first so that nothing resolves torch on its own and pulls a multi-GB CUDA build.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+TORCH_SPEC ?= torch==2.13.0
+
+.PHONY: install demo test lint bench clean
+
+$(BIN)/nonsingular: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet "$(TORCH_SPEC)"
+	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	touch $@
+
+install: $(BIN)/nonsingular
+
+demo: install
+	$(BIN)/nonsingular train --out runs/demo/standard.safetensors --force
+	$(BIN)/nonsingular evaluate --checkpoint runs/demo/standard.safetensors --eps-x 0.05 --eps-w 0.002 --out runs/demo/evaluation.json --force
+
+test: install
+	@$(BIN)/python -m pytest -q; status=$$?; \
+	if [ $$status -eq 5 ]; then echo "pytest collected no tests: failing" >&2; exit 1; fi; exit $$status
+
+lint: install
+	$(BIN)/ruff check . && $(BIN)/ruff format --check .
+
+clean:
+	rm -rf $(VENV) runs

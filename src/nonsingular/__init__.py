@@ -1,0 +1,31 @@
+"""nonsingular: attacks, certificates and robust training against joint input + weight perturbations."""
+
+from ._version import __version__
+from .attacks import FGSM, PGD, AttackResult, Loss, TorchattacksAdapter
+from .data import Dataset, load_data, load_digits
+from .models import MLP, Normalize, build_model
+from .perturbation import LayerPath
+from .threat import EpsMode, Scope, ThreatModel, WeightBall
+from .verify import Verification, verify
+
+__all__ = [
+    "FGSM",
+    "MLP",
+    "PGD",
+    "AttackResult",
+    "Dataset",
+    "EpsMode",
+    "LayerPath",
+    "Loss",
+    "Normalize",
+    "Scope",
+    "ThreatModel",
+    "TorchattacksAdapter",
+    "Verification",
+    "WeightBall",
+    "__version__",
+    "build_model",
+    "load_data",
+    "load_digits",
+    "verify",
+]

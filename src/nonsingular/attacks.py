@@ -1,0 +1,346 @@
+"""Projected sign-gradient attacks on inputs, weights, or both, in per-example or shared scope.
+
+One loop (`PGD._optimise`) serves every variant: what is perturbed and how comes from the threat model
+(input box, and one `WeightBlock` per perturbed layer on the path `layer_paths` chose). An attack object is
+configuration only; the model, data and threat are given at call time:
+
+    result = PGD(steps=20)(model, x, y, threat)
+    result.x_adv, result.perturbed_weights(0, 10)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from enum import Enum
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .perturbation import LayerPath, WeightBlock, build_weight_blocks, installed, layer_paths
+from .threat import Scope, ThreatModel
+
+__all__ = ["FGSM", "PGD", "AttackResult", "Loss", "TorchattacksAdapter"]
+
+Progress = Callable[[int, int], None]
+
+
+class Loss(str, Enum):
+    """What the attack ascends: cross-entropy, or the margin max_{k != y} z_k - z_y (CW)."""
+
+    CE = "ce"
+    MARGIN = "margin"
+
+
+def attack_loss(logits: Tensor, y: Tensor, loss: Loss) -> Tensor:
+    """Per-example loss to ascend; (n,)."""
+    if loss is Loss.CE:
+        return F.cross_entropy(logits, y, reduction="none")
+    z_y = logits.gather(1, y[:, None]).squeeze(1)
+    others = logits.masked_fill(F.one_hot(y, logits.shape[1]).bool(), float("-inf"))
+    return others.amax(dim=1) - z_y
+
+
+@dataclass
+class _Chunk:
+    """The attack's final state on examples [start, stop): its weight blocks hold the chosen perturbation."""
+
+    start: int
+    stop: int
+    blocks: list[WeightBlock]
+
+
+@dataclass
+class AttackResult:
+    """What an attack found.
+
+    Attributes:
+        x_adv: (N, *input_shape) adversarial inputs.
+        logits: (N, classes) the attack's own logits at (x_adv, perturbed weights).
+        threat: the threat the attack ran under.
+        attack: repr of the attack configuration.
+        paths: layer name -> "lemma1" | "explicit" | "shared", how each perturbed layer was handled.
+    """
+
+    x_adv: Tensor
+    logits: Tensor
+    threat: ThreatModel
+    attack: str
+    paths: dict[str, str]
+    _chunks: list[_Chunk] = field(default_factory=list, repr=False)
+
+    @property
+    def shared(self) -> bool:
+        return self.threat.scope is Scope.SHARED
+
+    def perturbed_weights(self, start: int = 0, stop: int | None = None) -> dict[str, Tensor]:
+        """Explicit perturbed parameters W' (and b') by parameter name, e.g. {"2.weight": ...}.
+
+        Per-example scope: tensors of shape (stop - start, *param.shape) for examples [start, stop).
+        Shared scope: one tensor of shape param.shape, whatever the range. Empty for input-only threats.
+        """
+        stop = len(self.x_adv) if stop is None else stop
+        if self.shared:
+            return self._chunks[0].blocks and _merge([b.materialise() for b in self._chunks[0].blocks]) or {}
+        parts: list[dict[str, Tensor]] = []
+        for chunk in self._chunks:
+            lo, hi = max(start, chunk.start), min(stop, chunk.stop)
+            if lo >= hi or not chunk.blocks:
+                continue
+            mats = _merge([b.materialise() for b in chunk.blocks])
+            parts.append({k: v[lo - chunk.start : hi - chunk.start] for k, v in mats.items()})
+        if not parts:
+            return {}
+        return {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
+
+
+def _merge(dicts: Sequence[dict[str, Tensor]]) -> dict[str, Tensor]:
+    out: dict[str, Tensor] = {}
+    for d in dicts:
+        out.update(d)
+    return out
+
+
+@dataclass(frozen=True, kw_only=True)
+class PGD:
+    """Projected sign-gradient ascent on the joint threat (Madry et al. with weights as extra variables).
+
+    Args:
+        steps: gradient steps per restart.
+        rel_stepsize: step per iteration as a fraction of each radius (eps_x for inputs, the Lemma 1 range
+            [-1, 1] or rho / e for weights). Default 2.5 / steps.
+        abs_stepsize: input step in data units; overrides rel_stepsize for the input only.
+        random_start: start uniformly inside the threat set instead of at the clean point.
+        restarts: independent runs; each example keeps its worst (per-example) or the run with the lowest
+            accuracy is kept (shared).
+        loss: "ce" (cross-entropy) or "margin".
+        batch_size: examples per forward pass.
+        memory_budget_mb: cap on explicit per-example weight tensors (convolutions); lowers the batch size.
+        seed: random-start seed.
+    """
+
+    steps: int = 20
+    rel_stepsize: float | None = None
+    abs_stepsize: float | None = None
+    random_start: bool = True
+    restarts: int = 1
+    loss: Loss = Loss.CE
+    batch_size: int = 256
+    memory_budget_mb: float = 1024.0
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "loss", Loss(self.loss))
+        if self.steps < 1 or self.restarts < 1 or self.batch_size < 1:
+            raise ValueError(f"steps, restarts and batch_size must be >= 1 (got {self.steps}, "
+                             f"{self.restarts}, {self.batch_size})")
+        for name in ("rel_stepsize", "abs_stepsize"):
+            value = getattr(self, name)
+            if value is not None and not value > 0:
+                raise ValueError(f"{name} must be > 0, got {value}")
+        if not self.memory_budget_mb > 0:
+            raise ValueError(f"memory_budget_mb must be > 0, got {self.memory_budget_mb}")
+
+    def __repr__(self) -> str:
+        fields = ", ".join(
+            f"{f.name}={getattr(self, f.name).value if isinstance(getattr(self, f.name), Enum) else getattr(self, f.name)!r}"
+            for f in dataclasses.fields(self)
+        )
+        return f"{type(self).__name__}({fields})"
+
+    @property
+    def step_fraction(self) -> float:
+        return self.rel_stepsize if self.rel_stepsize is not None else 2.5 / self.steps
+
+    # ------------------------------------------------------------------ entry point
+    def __call__(
+        self, model: nn.Module, x: Tensor, y: Tensor, threat: ThreatModel, progress: Progress | None = None
+    ) -> AttackResult:
+        """Attack `model` on (x, y) under `threat`.
+
+        Args:
+            model: classifier returning logits; run in eval mode, its mode restored afterwards.
+            x: (N, *input_shape) inputs inside threat.domain.
+            y: (N,) labels.
+            threat: what may be perturbed, by how much, and in which scope.
+            progress: called as progress(done, total) after every gradient step on a batch.
+        """
+        if x.shape[0] != y.shape[0]:
+            raise ValueError(f"x has {x.shape[0]} examples but y has {y.shape[0]}")
+        if x.shape[0] == 0:
+            raise ValueError("no examples to attack")
+        was_training = model.training
+        model.eval()
+        try:
+            return self._run(model, x, y, threat, progress)
+        finally:
+            model.train(was_training)
+
+    def _run(self, model: nn.Module, x: Tensor, y: Tensor, threat: ThreatModel, progress: Progress | None):
+        paths = layer_paths(model, threat, x[: min(2, len(x))])
+        batch = self._batch_size(model, paths)
+        spans = [(s, min(s + batch, len(x))) for s in range(0, len(x), batch)]
+        generator = torch.Generator().manual_seed(self.seed)
+        total = len(spans) * self.restarts * self.steps
+        done = [0]
+
+        def tick() -> None:
+            done[0] += 1
+            if progress is not None:
+                progress(done[0], total)
+
+        if threat.scope is Scope.SHARED:
+            groups = [spans]
+        else:
+            groups = [[span] for span in spans]
+        x_adv, logits, chunks = [], [], []
+        for group in groups:
+            xa, lg, ch = self._optimise(model, x, y, group, threat, paths, generator, tick)
+            x_adv += xa
+            logits += lg
+            chunks += ch
+        return AttackResult(
+            x_adv=torch.cat(x_adv),
+            logits=torch.cat(logits),
+            threat=threat,
+            attack=repr(self),
+            paths={k: v.value for k, v in paths.items()},
+            _chunks=chunks,
+        )
+
+    def _batch_size(self, model: nn.Module, paths: dict[str, LayerPath]) -> int:
+        modules = dict(model.named_modules())
+        explicit = sum(modules[n].weight.numel() for n, p in paths.items() if p is LayerPath.EXPLICIT)
+        if not explicit:
+            return self.batch_size
+        # delta, its best copy, its gradient and the materialised W' ~ 4 copies per example.
+        per_example = 4 * explicit * next(model.parameters()).element_size()
+        return max(1, min(self.batch_size, int(self.memory_budget_mb * 2**20 // per_example)))
+
+    # ------------------------------------------------------------------ the one loop
+    def _optimise(self, model, x, y, spans, threat, paths, generator, tick):
+        """Run restarts x steps over the batches `spans`; all weight blocks of a shared threat span them all."""
+        shared = threat.scope is Scope.SHARED
+        frac = self.step_fraction
+        x_step = self.abs_stepsize if self.abs_stepsize is not None else frac * threat.eps_x
+        bounds = [threat.input_bounds(x[s:e]) for s, e in spans]
+        best: list[list[Tensor]] | None = None
+        best_fooled = [torch.zeros(e - s, dtype=torch.bool) for s, e in spans]
+        best_loss = [torch.full((e - s,), float("-inf")) for s, e in spans]
+        best_score = (float("inf"), float("inf"))  # shared: (n correct, -total loss), lower is stronger
+
+        for _restart in range(self.restarts):
+            xs = [x[s:e].clone() for s, e in spans]
+            if shared:
+                global_blocks = build_weight_blocks(model, threat, paths, 0)
+                blocks = [[] for _ in spans]
+            else:
+                global_blocks = []
+                blocks = [build_weight_blocks(model, threat, paths, e - s) for s, e in spans]
+            if self.random_start:
+                for xb, (lb, ub) in zip(xs, bounds, strict=True):
+                    xb.copy_(lb + (ub - lb) * torch.rand(xb.shape, generator=generator).to(xb))
+                for blk in global_blocks + [b for bl in blocks for b in bl]:
+                    blk.random_start(generator)
+            variables = [[v.requires_grad_() for blk in bl for v in blk.variables] for bl in blocks]
+            global_vars = [v.requires_grad_() for blk in global_blocks for v in blk.variables]
+
+            for step in range(self.steps + 1):
+                last = step == self.steps
+                global_grads = [torch.zeros_like(v) for v in global_vars]
+                n_correct, total_loss, candidate = 0, 0.0, []
+                for b, (s, e) in enumerate(spans):
+                    xb = xs[b].requires_grad_(threat.perturbs_input and not last)
+                    with torch.enable_grad(), installed(blocks[b] + global_blocks):
+                        logits = model(xb)
+                        losses = attack_loss(logits, y[s:e], self.loss)
+                    fooled = (logits.argmax(dim=1) != y[s:e]).detach()
+                    state = [xs[b], *variables[b]]
+                    if shared:
+                        n_correct += int((~fooled).sum())
+                        total_loss += float(losses.detach().sum())
+                        candidate.append([xs[b].detach().clone()])
+                    else:
+                        better = (fooled & ~best_fooled[b]) | ((fooled == best_fooled[b]) & (losses.detach() > best_loss[b]))
+                        if best is None or len(best) <= b:
+                            best = (best or []) + [[t.detach().clone() for t in state]]
+                        else:
+                            for kept, t in zip(best[b], state, strict=True):
+                                kept[better] = t.detach()[better]
+                        best_fooled[b] = torch.where(better, fooled, best_fooled[b])
+                        best_loss[b] = torch.where(better, losses.detach(), best_loss[b])
+                    if last:
+                        continue
+                    wrt = ([xb] if threat.perturbs_input else []) + variables[b] + global_vars
+                    grads = torch.autograd.grad(losses.sum(), wrt) if wrt else []
+                    with torch.no_grad():
+                        if threat.perturbs_input:
+                            lb, ub = bounds[b]
+                            xs[b] = torch.minimum(torch.maximum(xb + x_step * torch.sign(grads[0]), lb), ub).detach()
+                            grads = grads[1:]
+                        k = 0
+                        for blk in blocks[b]:
+                            blk.ascend(grads[k : k + len(blk.variables)], frac)
+                            k += len(blk.variables)
+                        for acc, g in zip(global_grads, grads[k:], strict=True):
+                            acc.add_(g)
+                    tick()
+                if shared:
+                    score = (n_correct, -total_loss)
+                    if best is None or score < best_score:
+                        best_score = score
+                        best = [*candidate, [v.detach().clone() for v in global_vars]]
+                    if not last:
+                        with torch.no_grad():
+                            k = 0
+                            for blk in global_blocks:
+                                blk.ascend(global_grads[k : k + len(blk.variables)], frac)
+                                k += len(blk.variables)
+        return self._finish(model, x, y, spans, threat, paths, best)
+
+    def _finish(self, model, x, y, spans, threat, paths, best):
+        """Load the kept state into fresh blocks and run the final forward pass that records layer inputs."""
+        shared = threat.scope is Scope.SHARED
+        global_blocks = build_weight_blocks(model, threat, paths, 0) if shared else []
+        if shared:
+            flat = [v for blk in global_blocks for v in blk.variables]
+            for v, kept in zip(flat, best[-1], strict=True):
+                v.copy_(kept)
+        x_adv, logits, chunks = [], [], []
+        for b, (s, e) in enumerate(spans):
+            blocks = [] if shared else build_weight_blocks(model, threat, paths, e - s)
+            if not shared:
+                flat = [v for blk in blocks for v in blk.variables]
+                for v, kept in zip(flat, best[b][1:], strict=True):
+                    v.copy_(kept)
+            xb = best[b][0]
+            with torch.no_grad(), installed(blocks + global_blocks):
+                logits.append(model(xb))
+            x_adv.append(xb)
+            chunks.append(_Chunk(s, e, blocks))
+        if shared:
+            chunks = [_Chunk(spans[0][0], spans[-1][1], global_blocks)]
+        return x_adv, logits, chunks
+
+
+def FGSM(**kwargs: object) -> PGD:
+    """Fast gradient sign method: one full-size step from the clean point (PGD with other defaults)."""
+    defaults: dict[str, object] = {"steps": 1, "rel_stepsize": 1.0, "random_start": False}
+    return PGD(**{**defaults, **kwargs})
+
+
+class TorchattacksAdapter:
+    """The torchattacks call style: `atk = TorchattacksAdapter(PGD(), model, threat); x_adv = atk(x, y)`.
+
+    Weight perturbations, if the threat has any, are kept in `last_result` (torchattacks only returns inputs).
+    """
+
+    def __init__(self, attack: PGD, model: nn.Module, threat: ThreatModel) -> None:
+        self.attack, self.model, self.threat = attack, model, threat
+        self.last_result: AttackResult | None = None
+
+    def __call__(self, x: Tensor, y: Tensor) -> Tensor:
+        self.last_result = self.attack(self.model, x, y, self.threat)
+        return self.last_result.x_adv

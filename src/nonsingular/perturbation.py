@@ -1,0 +1,288 @@
+"""Per-layer weight perturbations an attack optimises, and how each enters the forward pass.
+
+Three paths (THEORY.md section 3):
+- ``lemma1``: a Linear layer applied once per example, per-example scope. The perturbation is the additive
+  pre-activation box t * r(h') with t in [-1, 1]^out; exact, and as cheap as an input perturbation.
+- ``explicit``: any other perturbed layer in per-example scope (convolutions, Linear over sequences or called
+  more than once): an explicit weight tensor per example, applied by grouped convolution / batched matmul.
+- ``shared``: one weight perturbation for every input (shared scope).
+
+Each block adds its term to the layer's output through a temporary forward hook, so the user's module and
+parameters are never modified. Every block can materialise the explicit perturbed weights W' = W + D that the
+verifier re-runs through the ordinary module.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Sequence
+from enum import Enum
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .threat import Scope, ThreatModel, WeightBall
+
+__all__ = ["LayerPath", "WeightBlock", "build_weight_blocks", "installed", "layer_paths"]
+
+
+class LayerPath(str, Enum):
+    LEMMA1 = "lemma1"
+    EXPLICIT = "explicit"
+    SHARED = "shared"
+
+
+def layer_paths(model: nn.Module, threat: ThreatModel, x_probe: Tensor) -> dict[str, LayerPath]:
+    """Which path each perturbed layer takes, found by one probe forward pass on `x_probe` (2+ examples).
+
+    Lemma 1 needs a Linear layer that sees exactly one (N, in) vector per example and is called once.
+    """
+    layers = threat.weight_layers(model)
+    if threat.scope is Scope.SHARED:
+        return {name: LayerPath.SHARED for name, _ in layers}
+    calls: dict[str, list[int]] = {name: [] for name, _ in layers}
+    handles = []
+    for name, module in layers:
+        handles.append(
+            module.register_forward_hook(lambda _m, inp, _out, name=name: calls[name].append(inp[0].dim()))
+        )
+    try:
+        with torch.no_grad():
+            model(x_probe)
+    finally:
+        for h in handles:
+            h.remove()
+    paths = {}
+    for name, module in layers:
+        once_flat = calls[name] == [2]
+        paths[name] = LayerPath.LEMMA1 if isinstance(module, nn.Linear) and once_flat else LayerPath.EXPLICIT
+    return paths
+
+
+def _conv_fn(module: nn.Module):
+    return F.conv1d if isinstance(module, nn.Conv1d) else F.conv2d
+
+
+def _apply_weight(module: nn.Module, h: Tensor, delta: Tensor) -> Tensor:
+    """The layer's linear map with weight `delta` (no bias) applied to h: shared weights."""
+    if isinstance(module, nn.Linear):
+        return F.linear(h, delta)
+    _check_conv(module)
+    return _conv_fn(module)(h, delta, None, module.stride, module.padding, module.dilation, module.groups)
+
+
+def _apply_weight_per_example(module: nn.Module, h: Tensor, delta: Tensor) -> Tensor:
+    """The layer's linear map with a different weight delta[n] for each example h[n]."""
+    n = h.shape[0]
+    if delta.shape[0] != n:
+        raise ValueError(
+            f"a per-example weight perturbation met a batch of {h.shape[0]} at a layer that expected {n}: "
+            "the model must keep the batch dimension first"
+        )
+    if isinstance(module, nn.Linear):
+        return torch.einsum("n...i,noi->n...o", h, delta)
+    _check_conv(module)
+    # Grouped convolution: example n's channels form groups of their own, with kernel delta[n].
+    g = module.groups
+    folded = h.reshape(1, n * h.shape[1], *h.shape[2:])
+    kernel = delta.reshape(n * delta.shape[1], *delta.shape[2:])
+    out = _conv_fn(module)(folded, kernel, None, module.stride, module.padding, module.dilation, n * g)
+    return out.reshape(n, delta.shape[1], *out.shape[2:])
+
+
+def _check_conv(module: nn.Module) -> None:
+    if getattr(module, "padding_mode", "zeros") != "zeros":
+        raise ValueError(
+            f"weight perturbation of convolutions with padding_mode={module.padding_mode!r} is not supported; "
+            "use padding_mode='zeros'"
+        )
+
+
+def _bias_term(module: nn.Module, delta_b: Tensor, out: Tensor, per_example: bool) -> Tensor:
+    """Shape a bias perturbation (out,) or (n, out) to broadcast over the layer output.
+
+    Linear layers put features on the last axis; convolutions put channels on axis 1.
+    """
+    extra = out.dim() - 2
+    if isinstance(module, nn.Linear):
+        return delta_b.reshape(delta_b.shape[0], *([1] * extra), -1) if per_example else delta_b
+    return delta_b.reshape(*delta_b.shape, *([1] * extra)) if per_example else delta_b.reshape(-1, *([1] * extra))
+
+
+def project_rows_l1(delta: Tensor, radius: Tensor) -> Tensor:
+    """Euclidean projection of each row of `delta` (rows = dim -2 after flattening) onto the l1 ball.
+
+    delta: (..., rows, cols); radius: broadcastable scalar. Duchi et al. 2008, vectorised over rows.
+    """
+    a = delta.abs()
+    inside = a.sum(dim=-1, keepdim=True) <= radius
+    mu, _ = torch.sort(a, dim=-1, descending=True)
+    cumsum = mu.cumsum(dim=-1)
+    k = torch.arange(1, a.shape[-1] + 1, device=a.device, dtype=a.dtype)
+    cond = mu - (cumsum - radius) / k > 0
+    rho_idx = cond.to(a.dtype).cumsum(dim=-1).argmax(dim=-1, keepdim=True)
+    theta = (cumsum.gather(-1, rho_idx) - radius) / (rho_idx + 1).to(a.dtype)
+    projected = torch.sign(delta) * torch.clamp(a - theta.clamp_min(0), min=0)
+    return torch.where(inside, delta, projected)
+
+
+def settle_in_ball(weight: Tensor, perturbed: Tensor, radius: Tensor, ball: WeightBall) -> Tensor:
+    """Make W' = perturbed lie in the ball around W *as the dtype computes W' - W* (THEORY.md section 8).
+
+    Rounding W + D can push |W' - W| past the radius by an ulp; clamp (element-wise) or shrink (operator).
+    """
+    if ball is WeightBall.ELEMENTWISE:
+        return torch.minimum(torch.maximum(perturbed, weight - radius), weight + radius)
+    rows = weight.shape[0]
+    for _ in range(8):
+        diff = perturbed - weight
+        sums = diff.reshape(*diff.shape[: diff.dim() - weight.dim()], rows, -1).abs().sum(dim=-1)
+        over = sums > radius
+        if not bool(over.any()):
+            break
+        scale = torch.where(over, radius / sums * (1 - 1e-6), torch.ones_like(sums))
+        perturbed = weight + diff * scale.reshape(*scale.shape, *([1] * (weight.dim() - 1)))
+    return perturbed
+
+
+class WeightBlock:
+    """The perturbation of one layer's weight (and bias) for one batch of n examples (or shared by all)."""
+
+    def __init__(self, name: str, module: nn.Module, path: LayerPath, threat: ThreatModel, n: int) -> None:
+        self.name, self.module, self.path = name, module, path
+        self.ball = threat.weight_ball
+        weight = module.weight.detach()
+        self.weight = weight
+        self.rho = threat.weight_radius(name, weight) if self.ball is WeightBall.ELEMENTWISE else None
+        self.e = threat.operator_radius(name, weight) if self.ball is WeightBall.OPERATOR else None
+        self.bias_rho = threat.bias_radius(module.bias)
+        # Absolute element-wise radius is one number: r = eps * ||h||_1 needs no matmul (Lemma 1).
+        self.uniform_eps = threat.eps_w_for(name) if self.rho is not None and threat.weight_mode.value == "absolute" else None
+        self.h_seen: Tensor | None = None
+        out_features = weight.shape[0]
+        lead = () if path is LayerPath.SHARED else (n,)
+        if path is LayerPath.LEMMA1:
+            self.t = torch.zeros(n, out_features, dtype=weight.dtype, device=weight.device)
+            self.variables = [self.t]
+        else:
+            self.delta = torch.zeros(*lead, *weight.shape, dtype=weight.dtype, device=weight.device)
+            self.variables = [self.delta]
+            if self.bias_rho is not None:
+                self.delta_b = torch.zeros(*lead, out_features, dtype=weight.dtype, device=weight.device)
+                self.variables.append(self.delta_b)
+
+    # ------------------------------------------------------------------ optimisation hooks
+    def random_start(self, generator: torch.Generator | None) -> None:
+        for v in self.variables:
+            u = torch.rand(v.shape, generator=generator, dtype=v.dtype, device="cpu").to(v.device) * 2 - 1
+            v.copy_(u)
+        if self.path is not LayerPath.LEMMA1:
+            self._scale_unit_to_ball()
+
+    def _scale_unit_to_ball(self) -> None:
+        """Map variables drawn in [-1, 1] into the threat set."""
+        if self.ball is WeightBall.ELEMENTWISE:
+            self.delta.mul_(self.rho)
+        else:
+            cols = self.weight[0].numel()
+            self.delta.mul_(self.e / cols)  # every row's l1 norm <= e
+        if self.bias_rho is not None:
+            self.delta_b.mul_(self.bias_rho)
+
+    def ascend(self, grads: Sequence[Tensor], rel_step: float) -> None:
+        """One steepest-ascent step (l_inf: sign; operator rows: l1) of size rel_step x radius, then project."""
+        if self.path is LayerPath.LEMMA1:
+            self.t.add_(rel_step * torch.sign(grads[0])).clamp_(-1, 1)
+            return
+        g = grads[0]
+        if self.ball is WeightBall.ELEMENTWISE:
+            self.delta.add_(rel_step * self.rho * torch.sign(g))
+            self.delta.copy_(torch.minimum(torch.maximum(self.delta, -self.rho), self.rho))
+        else:
+            rows = self.weight.shape[0]
+            g2 = g.reshape(*g.shape[: g.dim() - self.weight.dim()], rows, -1)
+            idx = g2.abs().argmax(dim=-1, keepdim=True)
+            step = torch.zeros_like(g2).scatter_(-1, idx, torch.sign(g2.gather(-1, idx)) * rel_step * self.e)
+            d2 = self.delta.reshape(g2.shape) + step
+            self.delta.copy_(project_rows_l1(d2, self.e).reshape(self.delta.shape))
+        if self.bias_rho is not None:
+            self.delta_b.add_(rel_step * self.bias_rho * torch.sign(grads[1]))
+            self.delta_b.copy_(torch.minimum(torch.maximum(self.delta_b, -self.bias_rho), self.bias_rho))
+
+    # ------------------------------------------------------------------ the forward pass
+    def radius(self, h: Tensor) -> Tensor:
+        """Lemma 1: r(h) with {D h} = box of radius r, plus the bias radius; (n, out)."""
+        if self.uniform_eps is not None:
+            r = self.uniform_eps * h.abs().sum(dim=1, keepdim=True)
+        elif self.ball is WeightBall.ELEMENTWISE:
+            r = h.abs() @ self.rho.t()
+        else:
+            r = self.e * h.abs().amax(dim=1, keepdim=True).expand(-1, self.weight.shape[0])
+        if self.bias_rho is not None:
+            r = r + self.bias_rho
+        return r
+
+    def hook(self, _module: nn.Module, inputs: tuple[Tensor, ...], out: Tensor) -> Tensor:
+        h = inputs[0]
+        self.h_seen = h.detach()
+        if self.path is LayerPath.LEMMA1:
+            return out + self.t * self.radius(h)
+        shared = self.path is LayerPath.SHARED
+        if shared:
+            term = _apply_weight(self.module, h, self.delta)
+        else:
+            term = _apply_weight_per_example(self.module, h, self.delta)
+        if self.bias_rho is not None:
+            term = term + _bias_term(self.module, self.delta_b, out, per_example=not shared)
+        return out + term
+
+    # ------------------------------------------------------------------ materialisation
+    def materialise(self) -> dict[str, Tensor]:
+        """Explicit perturbed parameters {'<name>.weight': W', '<name>.bias': b'}.
+
+        Per-example paths give (n, *W.shape); the shared path gives W.shape. Lemma 1 uses the input h' the
+        layer saw in the last forward pass: D = diag(t) rho sign(h')^T (operator ball: all of row i's budget on
+        argmax |h'_j|), sign(0) = +1.
+        """
+        W = self.weight
+        if self.path is LayerPath.LEMMA1:
+            if self.h_seen is None:
+                raise RuntimeError("materialise() needs a forward pass that recorded the layer input")
+            h = self.h_seen
+            sign = torch.where(h >= 0, 1.0, -1.0).to(W.dtype)
+            if self.ball is WeightBall.ELEMENTWISE:
+                delta = self.t[:, :, None] * (self.rho[None] * sign[:, None, :])
+            else:
+                j = h.abs().argmax(dim=1)
+                delta = torch.zeros(h.shape[0], *W.shape, dtype=W.dtype, device=W.device)
+                col = (self.t * self.e) * sign.gather(1, j[:, None])
+                delta.scatter_(2, j[:, None, None].expand(-1, W.shape[0], 1), col[:, :, None])
+            delta_b = self.t * self.bias_rho if self.bias_rho is not None else None
+        else:
+            delta = self.delta
+            delta_b = self.delta_b if self.bias_rho is not None else None
+        radius = self.rho if self.rho is not None else self.e
+        out = {f"{self.name}.weight": settle_in_ball(W, W + delta, radius, self.ball)}
+        if delta_b is not None:
+            b = self.module.bias.detach()
+            out[f"{self.name}.bias"] = torch.minimum(torch.maximum(b + delta_b, b - self.bias_rho), b + self.bias_rho)
+        return out
+
+
+def build_weight_blocks(
+    model: nn.Module, threat: ThreatModel, paths: dict[str, LayerPath], n: int
+) -> list[WeightBlock]:
+    modules = dict(model.named_modules())
+    return [WeightBlock(name, modules[name], path, threat, n) for name, path in paths.items()]
+
+
+@contextlib.contextmanager
+def installed(blocks: Sequence[WeightBlock]) -> Iterator[None]:
+    """Temporarily route each block's layer output through its hook; always removed on exit."""
+    handles = [b.module.register_forward_hook(b.hook) for b in blocks]
+    try:
+        yield
+    finally:
+        for h in handles:
+            h.remove()

@@ -1,0 +1,231 @@
+"""The threat model T(eps_x, eps_w) of THEORY.md section 2: a validated, immutable description.
+
+Every attack, verifier and bound reads the threat set from here and nowhere else, so the radii below
+(`input_bounds`, `weight_radius`, `operator_radius`, `bias_radius`) *are* the definition of the set.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from enum import Enum
+from typing import Any
+
+import torch
+from pydantic import BaseModel, ConfigDict, field_validator, model_validator
+from torch import Tensor, nn
+
+__all__ = ["PERTURBABLE_TYPES", "EpsMode", "Scope", "ThreatModel", "WeightBall"]
+
+#: Module types whose `weight` (and `bias`) the threat can perturb.
+PERTURBABLE_TYPES: tuple[type[nn.Module], ...] = (nn.Linear, nn.Conv1d, nn.Conv2d)
+
+
+class WeightBall(str, Enum):
+    """Shape of the weight ball: element-wise box, or the l_inf operator-norm ball of each matrix."""
+
+    ELEMENTWISE = "elementwise"
+    OPERATOR = "operator"
+
+
+class EpsMode(str, Enum):
+    """Whether eps_w (and eps_b) are absolute sizes or fractions of the weights' own size."""
+
+    ABSOLUTE = "absolute"
+    RELATIVE = "relative"
+
+
+class Scope(str, Enum):
+    """Per-example: the adversary picks weights per input (worst case). Shared: one weight perturbation for all."""
+
+    PER_EXAMPLE = "per-example"
+    SHARED = "shared"
+
+
+def _check_eps(name: str, value: float) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError(f"{name} must be a number, got {value!r}")
+    if math.isnan(value) or math.isinf(value):
+        raise ValueError(f"{name} must be finite, got {value}")
+    if value < 0:
+        raise ValueError(f"{name} must be >= 0, got {value}")
+    return float(value)
+
+
+class ThreatModel(BaseModel):
+    """Joint l_inf threat on inputs and weights.
+
+    Attributes:
+        eps_x: input radius in the data's own scale (l_inf), e.g. 0.05 for inputs in [0, 1].
+        domain: (lo, hi) bounds of valid inputs; perturbed inputs are clipped to it.
+        eps_w: weight radius for every perturbed layer (absolute, or a fraction of the weights in relative mode).
+        weight_ball: element-wise box per weight, or operator (l_inf induced) norm ball per matrix.
+        weight_mode: absolute radius, or relative to |W| (element-wise) / ||W||_inf (operator).
+        layer_eps: per-layer overrides of eps_w, keyed by module name (as in `model.named_modules()`).
+        layers: module names to perturb; None perturbs every Linear/Conv weight matrix.
+        eps_b: bias radius (0: biases unperturbed), in the same mode as the weights.
+        scope: per-example (one weight perturbation per input) or shared (one for all inputs).
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid", use_enum_values=False)
+
+    eps_x: float = 0.0
+    domain: tuple[float, float] = (0.0, 1.0)
+    eps_w: float = 0.0
+    weight_ball: WeightBall = WeightBall.ELEMENTWISE
+    weight_mode: EpsMode = EpsMode.ABSOLUTE
+    layer_eps: tuple[tuple[str, float], ...] = ()
+    layers: tuple[str, ...] | None = None
+    eps_b: float = 0.0
+    scope: Scope = Scope.PER_EXAMPLE
+
+    @field_validator("eps_x", "eps_w", "eps_b", mode="before")
+    @classmethod
+    def _eps_valid(cls, value: Any, info: Any) -> float:
+        return _check_eps(info.field_name, value)
+
+    @field_validator("layer_eps", mode="before")
+    @classmethod
+    def _layer_eps_valid(cls, value: Any) -> tuple[tuple[str, float], ...]:
+        items = value.items() if isinstance(value, Mapping) else value
+        return tuple(sorted((str(k), _check_eps(f"layer_eps[{k}]", v)) for k, v in items))
+
+    @field_validator("layers", mode="before")
+    @classmethod
+    def _layers_valid(cls, value: Any) -> tuple[str, ...] | None:
+        if value is None:
+            return None
+        if isinstance(value, str):
+            value = [value]
+        names = tuple(str(v) for v in value)
+        if not names:
+            raise ValueError("layers must name at least one layer, or be None for all weight layers")
+        if len(set(names)) != len(names):
+            raise ValueError(f"layers lists a layer twice: {names}")
+        return names
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ThreatModel:
+        lo, hi = self.domain
+        if not (math.isfinite(lo) and math.isfinite(hi)) or lo >= hi:
+            raise ValueError(f"domain must be finite with lo < hi, got {self.domain}")
+        if self.eps_x > hi - lo:
+            raise ValueError(f"eps_x={self.eps_x} exceeds the width of the domain {self.domain}")
+        if self.layers is not None:
+            unknown = [k for k, _ in self.layer_eps if k not in self.layers]
+            if unknown:
+                raise ValueError(f"layer_eps names layers outside the selection `layers`: {unknown}")
+        return self
+
+    # ----------------------------------------------------------------- derived threats
+    def input_only(self) -> ThreatModel:
+        """The same threat with weights and biases left alone."""
+        return self.model_copy(update={"eps_w": 0.0, "layer_eps": (), "eps_b": 0.0})
+
+    def weight_only(self) -> ThreatModel:
+        """The same threat with inputs left alone."""
+        return self.model_copy(update={"eps_x": 0.0})
+
+    def with_scope(self, scope: Scope | str) -> ThreatModel:
+        return self.model_copy(update={"scope": Scope(scope)})
+
+    @property
+    def perturbs_input(self) -> bool:
+        return self.eps_x > 0
+
+    @property
+    def perturbs_weights(self) -> bool:
+        return self.eps_w > 0 or self.eps_b > 0 or any(v > 0 for _, v in self.layer_eps)
+
+    @property
+    def kind(self) -> str:
+        """'joint', 'input', 'weight' or 'none'."""
+        if self.perturbs_input and self.perturbs_weights:
+            return "joint"
+        if self.perturbs_input:
+            return "input"
+        return "weight" if self.perturbs_weights else "none"
+
+    def describe(self) -> dict[str, Any]:
+        """Plain-JSON description with every field, for reports."""
+        data = self.model_dump(mode="json")
+        data["layer_eps"] = dict(self.layer_eps)
+        data["kind"] = self.kind
+        return data
+
+    def __str__(self) -> str:
+        parts = [f"eps_x={self.eps_x:g}", f"eps_w={self.eps_w:g}", self.weight_ball.value, self.weight_mode.value]
+        if self.eps_b:
+            parts.append(f"eps_b={self.eps_b:g}")
+        if self.layer_eps:
+            parts.append("layer_eps=" + ",".join(f"{k}:{v:g}" for k, v in self.layer_eps))
+        parts.append("layers=" + (",".join(self.layers) if self.layers else "all"))
+        parts.append(self.scope.value)
+        parts.append(f"domain=[{self.domain[0]:g},{self.domain[1]:g}]")
+        return " ".join(parts)
+
+    # ----------------------------------------------------------------- the threat set
+    def eps_w_for(self, name: str) -> float:
+        """Weight radius of layer `name` (its override in `layer_eps`, else eps_w)."""
+        return dict(self.layer_eps).get(name, self.eps_w)
+
+    def weight_layers(self, model: nn.Module) -> list[tuple[str, nn.Module]]:
+        """The (name, module) pairs whose weights the threat perturbs, in module order.
+
+        Raises:
+            ValueError: a selected or overridden layer does not exist or is not a Linear/Conv layer.
+        """
+        modules = dict(model.named_modules())
+        if self.layers is None:
+            chosen = [(n, m) for n, m in modules.items() if isinstance(m, PERTURBABLE_TYPES)]
+        else:
+            chosen = []
+            for name in self.layers:
+                if name not in modules:
+                    raise ValueError(f"layers names '{name}', which the model does not have")
+                if not isinstance(modules[name], PERTURBABLE_TYPES):
+                    kind = type(modules[name]).__name__
+                    raise ValueError(f"layer '{name}' is a {kind}; only Linear, Conv1d and Conv2d can be perturbed")
+                chosen.append((name, modules[name]))
+        names = {n for n, _ in chosen}
+        for name, _ in self.layer_eps:
+            if name not in names:
+                raise ValueError(f"layer_eps names '{name}', which is not a perturbable layer of the model")
+        if not self.perturbs_weights:
+            return []
+        return [(n, m) for n, m in chosen if self.eps_w_for(n) > 0 or self.eps_b > 0]
+
+    def input_bounds(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """Element-wise [lb, ub] of valid perturbed inputs, in x's dtype (THEORY.md section 8)."""
+        lo, hi = self.domain
+        if x.numel() and (x.min().item() < lo or x.max().item() > hi):
+            raise ValueError(
+                f"inputs lie outside the domain {self.domain} (min {x.min().item():.4g}, max "
+                f"{x.max().item():.4g}); pass data in the domain's scale, with normalisation inside the model"
+            )
+        lb = torch.clamp(x - self.eps_x, min=lo)
+        ub = torch.clamp(x + self.eps_x, max=hi)
+        return lb, ub
+
+    def weight_radius(self, name: str, weight: Tensor) -> Tensor:
+        """Element-wise ball: rho with |D[i,j]| <= rho[i,j], same shape and dtype as `weight`."""
+        eps = self.eps_w_for(name)
+        if self.weight_mode is EpsMode.RELATIVE:
+            return eps * weight.detach().abs()
+        return torch.full_like(weight.detach(), eps)
+
+    def operator_radius(self, name: str, weight: Tensor) -> Tensor:
+        """Operator ball: e with ||D||_inf <= e (rows of a conv kernel are its output channels); 0-dim tensor."""
+        eps = self.eps_w_for(name)
+        w = weight.detach()
+        if self.weight_mode is EpsMode.RELATIVE:
+            return eps * w.reshape(w.shape[0], -1).abs().sum(dim=1).max()
+        return torch.tensor(eps, dtype=w.dtype, device=w.device)
+
+    def bias_radius(self, bias: Tensor | None) -> Tensor | None:
+        """|db[i]| <= bias_radius[i]; None when biases are not perturbed or the layer has none."""
+        if bias is None or self.eps_b == 0:
+            return None
+        if self.weight_mode is EpsMode.RELATIVE:
+            return self.eps_b * bias.detach().abs()
+        return torch.full_like(bias.detach(), self.eps_b)
