@@ -1,0 +1,35 @@
+"""The `nonsingular` command: a thin adapter over the library. One module per command."""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+from ..checkpoint import CheckpointError
+from .common import UserError, err_console, one_line
+from .evaluate_cmd import evaluate
+
+app = typer.Typer(
+    name="nonsingular",
+    help="Attack, certify and train neural networks against joint input + weight perturbations.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+app.command("evaluate")(evaluate)
+
+
+def main() -> None:
+    """Console-script entry point: bad input gives one line on stderr and exit status 2, never a traceback."""
+    try:
+        app()
+    except (UserError, CheckpointError, ValueError, FileNotFoundError, PermissionError, OSError) as err:
+        err_console.print(f"[red]error:[/red] {one_line(err)}", highlight=False, soft_wrap=True)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        err_console.print("interrupted")
+        sys.exit(130)
+
+
+__all__ = ["app", "main"]

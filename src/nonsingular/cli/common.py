@@ -1,0 +1,107 @@
+"""Pieces every command shares: threat options, safe output writing, progress bars, one-line errors."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from pydantic import ValidationError
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from ..checkpoint import atomic_write
+from ..threat import EpsMode, Scope, ThreatModel, WeightBall
+
+console = Console()
+err_console = Console(stderr=True)
+
+
+class UserError(ValueError):
+    """Bad input from the user: printed as one line, exit status 2."""
+
+
+def one_line(err: BaseException) -> str:
+    """A single-line message for an error, naming the field for validation errors."""
+    if isinstance(err, ValidationError):
+        first = err.errors()[0]
+        field = ".".join(str(p) for p in first.get("loc", ())) or "value"
+        msg = first.get("msg", str(err)).removeprefix("Value error, ")
+        return f"{field}: {msg}" if field not in msg else msg
+    return " ".join(str(err).split()) or type(err).__name__
+
+
+# ---------------------------------------------------------------------- threat options
+EpsXOpt = Annotated[float, typer.Option("--eps-x", help="Input l_inf radius, in data units (inputs lie in [0, 1]).")]
+EpsWOpt = Annotated[
+    float,
+    typer.Option("--eps-w", help="Weight radius per element (absolute: weight units; relative: fraction of |W|)."),
+]
+BallOpt = Annotated[
+    WeightBall, typer.Option("--weight-ball", help="elementwise: |D_ij| <= rho_ij; operator: ||D||_inf <= e.")
+]
+ModeOpt = Annotated[EpsMode, typer.Option("--weight-mode", help="absolute radius, or relative to the weights' size.")]
+EpsBOpt = Annotated[float, typer.Option("--eps-b", help="Bias radius (same mode as weights); 0 leaves biases alone.")]
+LayersOpt = Annotated[
+    str | None,
+    typer.Option("--layers", help="Comma-separated module names to perturb (default: every Linear/Conv weight)."),
+]
+
+
+def make_threat(
+    eps_x: float,
+    eps_w: float,
+    weight_ball: WeightBall = WeightBall.ELEMENTWISE,
+    weight_mode: EpsMode = EpsMode.ABSOLUTE,
+    eps_b: float = 0.0,
+    layers: str | None = None,
+    scope: Scope = Scope.PER_EXAMPLE,
+    domain: tuple[float, float] = (0.0, 1.0),
+) -> ThreatModel:
+    names = [n.strip() for n in layers.split(",") if n.strip()] if layers else None
+    return ThreatModel(
+        eps_x=eps_x,
+        eps_w=eps_w,
+        weight_ball=weight_ball,
+        weight_mode=weight_mode,
+        eps_b=eps_b,
+        layers=names,
+        scope=scope,
+        domain=domain,
+    )
+
+
+# ---------------------------------------------------------------------- output
+def check_writable(path: Path | None, force: bool) -> None:
+    """Refuse to overwrite an existing file unless --force; never leaves anything half-written."""
+    if path is not None and path.exists() and not force:
+        raise UserError(f"{path} exists; pass --force to overwrite it")
+    if path is not None and path.exists() and path.is_dir():
+        raise UserError(f"{path} is a directory, not a file")
+
+
+def write_json(path: Path, data: Any) -> None:
+    text = json.dumps(data, indent=2, allow_nan=False) + "\n"
+    atomic_write(path, lambda tmp: Path(tmp).write_text(text))
+
+
+@contextmanager
+def progress_bar(description: str, total: int | None = None) -> Iterator[Any]:
+    """A rich progress bar on stderr; yields update(done, total) for library progress callbacks."""
+    columns = (
+        TextColumn("[progress.description]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+    )
+    with Progress(*columns, console=err_console, transient=True) as bar:
+        task = bar.add_task(description, total=total)
+
+        def update(done: int, total_now: int | None = None, description_now: str | None = None) -> None:
+            bar.update(task, completed=done, total=total_now, description=description_now or description)
+
+        yield update
