@@ -6,6 +6,7 @@ import sys
 
 import typer
 
+from .._version import __version__
 from ..checkpoint import CheckpointError
 from .common import UserError, err_console, one_line
 from .evaluate_cmd import evaluate
@@ -17,6 +18,21 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
+
+
+def _show_version(value: bool) -> None:
+    if value:
+        typer.echo(f"nonsingular {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(False, "--version", help="Print the version and exit.", callback=_show_version),
+) -> None:
+    """Attack, certify and train neural networks against joint input + weight perturbations."""
+
+
 app.command("evaluate")(evaluate)
 
 
