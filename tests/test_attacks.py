@@ -1,0 +1,211 @@
+"""Contract of every attack variant: inside the threat set, no better than clean, verifier agrees."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.func import functional_call, vmap
+
+from nonsingular import FGSM, PGD, ThreatModel, TorchattacksAdapter, verify
+from nonsingular.models import Normalize
+
+THREATS = {
+    "input": {"eps_x": 0.05},
+    "weight": {"eps_w": 0.004},
+    "joint": {"eps_x": 0.03, "eps_w": 0.002},
+    "joint-relative-bias": {"eps_x": 0.03, "eps_w": 0.05, "weight_mode": "relative", "eps_b": 0.02},
+    "joint-operator": {"eps_x": 0.03, "eps_w": 0.05, "weight_ball": "operator"},
+    "joint-operator-relative": {"eps_x": 0.03, "eps_w": 0.02, "weight_ball": "operator", "weight_mode": "relative"},
+    "layer-subset": {"eps_x": 0.03, "eps_w": 0.01, "layers": ["4"], "layer_eps": {"4": 0.02}},
+}
+
+
+def _state(model):
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def _no_hooks(model):
+    return all(not m._forward_hooks for m in model.modules())
+
+
+@pytest.mark.parametrize("scope", ["per-example", "shared"])
+@pytest.mark.parametrize("name", list(THREATS))
+def test_attack_contract(small_mlp, batch, name, scope):
+    x, y = batch
+    threat = ThreatModel(**THREATS[name], scope=scope)
+    before = _state(small_mlp)
+    small_mlp.train()
+    result = PGD(steps=5, restarts=2)(small_mlp, x, y, threat)
+    assert small_mlp.training, "the attack must restore the model's mode"
+    small_mlp.eval()
+    assert _no_hooks(small_mlp)
+    assert all(torch.equal(before[k], v) for k, v in small_mlp.state_dict().items()), "weights were modified"
+
+    check = verify(small_mlp, x, y, result)
+    assert check.passed, check.problems
+    clean_correct = small_mlp(x).argmax(1) == y
+    assert (clean_correct & check.correct).float().mean() <= clean_correct.float().mean()
+    assert check.max_logit_gap < 1e-4
+    ours = result.logits.argmax(1)
+    disagree = ours != check.logits.argmax(1)
+    top2 = result.logits.topk(2, dim=1).values
+    assert bool(((top2[:, 0] - top2[:, 1])[disagree] < 1e-4).all()), "verifier and attack disagree"
+    expected_path = "shared" if scope == "shared" else "lemma1"
+    assert set(result.paths.values()) <= {expected_path}
+    if threat.perturbs_weights:
+        weights = result.perturbed_weights(3, 7)
+        for pname, value in weights.items():
+            shape = dict(small_mlp.named_parameters())[pname].shape
+            assert value.shape == (shape if scope == "shared" else (4, *shape))
+
+
+def test_attack_weakens_model(small_mlp, batch):
+    x, y = batch
+    clean = (small_mlp(x).argmax(1) == y).float().mean()
+    result = PGD(steps=10)(small_mlp, x, y, ThreatModel(eps_x=0.05, eps_w=0.002))
+    assert verify(small_mlp, x, y, result).accuracy < clean - 0.2
+
+
+def test_lemma1_materialised_weights_reproduce_logits(small_mlp, batch):
+    x, y = batch
+    for kwargs in (THREATS["joint"], THREATS["joint-relative-bias"], THREATS["joint-operator"]):
+        result = PGD(steps=3)(small_mlp, x, y, ThreatModel(**kwargs))
+        assert set(result.paths.values()) == {"lemma1"}
+        params = dict(small_mlp.named_parameters())
+        weights = result.perturbed_weights()
+        for i in range(len(x)):
+            p = {**params, **{k: v[i] for k, v in weights.items()}}
+            logits = functional_call(small_mlp, p, (result.x_adv[i : i + 1],))[0]
+            assert torch.allclose(logits, result.logits[i], atol=1e-4, rtol=0)
+
+
+def _explicit_joint_pgd(model, x, y, eps_x, eps_w, steps):
+    """PGD over explicit per-example weight tensors, written as a researcher would (reference only)."""
+    params = {k: v.detach() for k, v in model.named_parameters()}
+    names = [k for k in params if k.endswith("weight")]
+    delta = {k: torch.zeros(len(x), *params[k].shape) for k in names}
+    lb, ub = (x - eps_x).clamp(0, 1), (x + eps_x).clamp(0, 1)
+    x_adv = x.clone()
+    fooled = torch.zeros(len(x), dtype=torch.bool)
+
+    def one(p, xi):
+        return functional_call(model, {**params, **p}, (xi[None],))[0]
+
+    for step in range(steps + 1):
+        x_adv.requires_grad_(True)
+        for d in delta.values():
+            d.requires_grad_(True)
+        logits = vmap(one)({k: params[k] + delta[k] for k in names}, x_adv)
+        fooled |= logits.argmax(1) != y
+        if step == steps:
+            break
+        grads = torch.autograd.grad(F.cross_entropy(logits, y, reduction="sum"), [x_adv, *delta.values()])
+        with torch.no_grad():
+            x_adv = torch.min(torch.max(x_adv + 2.5 / steps * eps_x * grads[0].sign(), lb), ub)
+            delta = {k: (delta[k] + 2.5 / steps * eps_w * g.sign()).clamp(-eps_w, eps_w) for k, g in zip(names, grads[1:])}
+    return 1 - fooled.float().mean().item()
+
+
+def test_fast_joint_attack_at_least_as_strong_as_explicit_weights(small_mlp, digits):
+    x, y = digits.x_test[:64], digits.y_test[:64]
+    eps_x, eps_w, steps = 0.03, 0.002, 10
+    reference = _explicit_joint_pgd(small_mlp, x, y, eps_x, eps_w, steps)
+    result = PGD(steps=steps, random_start=False)(small_mlp, x, y, ThreatModel(eps_x=eps_x, eps_w=eps_w))
+    ours = verify(small_mlp, x, y, result).accuracy
+    assert 0 < reference < 1, "pick epsilons where the reference attack is neither trivial nor hopeless"
+    assert ours <= reference + 1 / len(y)
+
+
+def test_input_pgd_matches_reference_loop(small_mlp, batch):
+    x, y = batch
+    eps, steps = 0.05, 7
+    lb, ub = (x - eps).clamp(0, 1), (x + eps).clamp(0, 1)
+    x_adv, fooled = x.clone(), torch.zeros(len(x), dtype=torch.bool)
+    for step in range(steps + 1):
+        x_adv.requires_grad_(True)
+        logits = small_mlp(x_adv)
+        fooled |= logits.argmax(1) != y
+        if step == steps:
+            break
+        (g,) = torch.autograd.grad(F.cross_entropy(logits, y, reduction="sum"), [x_adv])
+        x_adv = torch.min(torch.max(x_adv.detach() + 2.5 / steps * eps * g.sign(), lb), ub)
+    result = PGD(steps=steps, random_start=False)(small_mlp, x, y, ThreatModel(eps_x=eps))
+    assert torch.equal(result.logits.argmax(1) != y, fooled)
+
+
+def test_per_example_at_most_shared(small_mlp, digits):
+    x, y = digits.x_test[:120], digits.y_test[:120]
+    threat = ThreatModel(eps_x=0.02, eps_w=0.002)
+    accs = {}
+    for scope in ("per-example", "shared"):
+        result = PGD(steps=10)(small_mlp, x, y, threat.with_scope(scope))
+        accs[scope] = verify(small_mlp, x, y, result).accuracy
+    assert accs["per-example"] <= accs["shared"]
+
+
+def test_shared_scope_spans_batches(small_mlp, digits):
+    x, y = digits.x_test[:50], digits.y_test[:50]
+    result = PGD(steps=4, batch_size=16)(small_mlp, x, y, ThreatModel(eps_w=0.004, scope="shared"))
+    check = verify(small_mlp, x, y, result)
+    assert check.passed and check.max_logit_gap < 1e-4
+
+
+def _conv_net():
+    torch.manual_seed(1)
+    return nn.Sequential(
+        Normalize(0.3, 0.4),
+        nn.Conv2d(1, 4, 3, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(4, 4, 3, stride=2, groups=2),
+        nn.ReLU(),
+        nn.Flatten(),
+        nn.Linear(36, 10),
+    ).eval()
+
+
+class TwiceApplied(nn.Module):
+    """A Linear applied twice per example: Lemma 1 must not be used for it."""
+
+    def __init__(self):
+        super().__init__()
+        self.inner = nn.Linear(64, 64)
+        self.head = nn.Linear(64, 10)
+
+    def forward(self, x):
+        h = x.flatten(1)
+        return self.head(torch.relu(self.inner(torch.relu(self.inner(h)))))
+
+
+@pytest.mark.parametrize("scope", ["per-example", "shared"])
+def test_explicit_paths_verify(batch, scope):
+    x, y = batch
+    for model, explicit in ((_conv_net(), {"1", "3"}), (TwiceApplied().eval(), {"inner"})):
+        threat = ThreatModel(eps_x=0.03, eps_w=0.01, eps_b=0.01, scope=scope)
+        result = PGD(steps=3, memory_budget_mb=0.05)(model, x, y, threat)
+        want = "shared" if scope == "shared" else "explicit"
+        assert {k for k, v in result.paths.items() if v == want} >= explicit
+        check = verify(model, x, y, result, chunk_size=7)
+        assert check.passed, check.problems
+        assert check.max_logit_gap < 1e-4
+
+
+def test_fgsm_and_adapter(small_mlp, batch):
+    x, y = batch
+    threat = ThreatModel(eps_x=0.05)
+    atk = TorchattacksAdapter(FGSM(), small_mlp, threat)
+    x_adv = atk(x, y)
+    assert x_adv.shape == x.shape and atk.last_result is not None
+    assert float((x_adv - x).abs().max()) <= 0.05 + 1e-7
+    assert "steps=1" in repr(FGSM())
+
+
+@pytest.mark.parametrize("kwargs", [{"steps": 0}, {"restarts": 0}, {"rel_stepsize": -1.0}, {"loss": "l2"}])
+def test_bad_attack_config(kwargs):
+    with pytest.raises(ValueError):
+        PGD(**kwargs)
+
+
+def test_margin_loss_runs(small_mlp, batch):
+    x, y = batch
+    result = PGD(steps=3, loss="margin")(small_mlp, x, y, ThreatModel(eps_x=0.05, eps_w=0.001))
+    assert verify(small_mlp, x, y, result).passed

@@ -1,0 +1,86 @@
+"""`nonsingular evaluate` end to end, and one-line errors for bad input."""
+
+import json
+import sys
+
+import pytest
+
+from nonsingular.checkpoint import save_checkpoint
+from nonsingular.cli import main
+
+
+def run_cli(monkeypatch, capsys, *args):
+    monkeypatch.setattr(sys, "argv", ["nonsingular", *args])
+    code = 0
+    try:
+        main()
+    except SystemExit as exit_:
+        code = exit_.code if isinstance(exit_.code, int) else 1
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory, small_mlp, digits):
+    path = tmp_path_factory.mktemp("ckpt") / "mlp.safetensors"
+    spec = {
+        "name": "mlp",
+        "input_shape": list(digits.input_shape),
+        "widths": [32, 32],
+        "num_classes": 10,
+        "mean": digits.mean,
+        "std": digits.std,
+    }
+    save_checkpoint(path, small_mlp, {"architecture": spec, "data": {"source": "digits", "seed": 0}})
+    return path
+
+
+def test_evaluate_round_trip(monkeypatch, capsys, checkpoint, tmp_path):
+    out = tmp_path / "eval.json"
+    args = ["evaluate", "-c", str(checkpoint), "--eps-x", "0.05", "--eps-w", "0.002", "--steps", "5"]
+    code, stdout, _ = run_cli(monkeypatch, capsys, *args, "--n-examples", "60", "--out", str(out))
+    assert code == 0
+    assert "joint" in stdout and "weight-only" in stdout
+    report = json.loads(out.read_text())
+    assert report["n_examples"] == 60
+    assert report["threat"]["eps_x"] == 0.05 and report["threat"]["weight_ball"] == "elementwise"
+    joint = report["cells"]["joint"]["per-example"]
+    assert joint["verified"] and joint["accuracy"] <= report["clean_accuracy"]
+    assert report["cells"]["joint"]["per-example"]["paths"] == {"2": "lemma1", "4": "lemma1", "6": "lemma1"}
+    assert report["cells"]["joint"]["per-example"]["accuracy"] <= report["cells"]["joint"]["shared"]["accuracy"]
+    # an existing output is never overwritten without --force
+    before = out.read_text()
+    code, _, err = run_cli(monkeypatch, capsys, *args, "--out", str(out))
+    assert code != 0 and "exists" in err and out.read_text() == before
+
+
+@pytest.mark.parametrize(
+    ("case", "extra", "needle"),
+    [
+        ("missing", [], "not found"),
+        ("corrupted", [], "not a readable safetensors"),
+        ("negative", ["--eps-x", "-0.1"], "eps_x"),
+        ("wrong-size", ["--data", "npz-28x28"], "does not accept inputs"),
+        ("bad-layer", ["--layers", "nope"], "nope"),
+    ],
+)
+def test_bad_input_one_line_error(monkeypatch, capsys, checkpoint, tmp_path, case, extra, needle):
+    path = checkpoint
+    if case == "missing":
+        path = tmp_path / "absent.safetensors"
+    elif case == "corrupted":
+        path = tmp_path / "broken.safetensors"
+        path.write_bytes(checkpoint.read_bytes()[:200])
+    if case == "wrong-size":
+        import torch
+
+        from nonsingular.data import DATA_SOURCES, Dataset
+
+        fake = Dataset("npz-28x28", torch.rand(4, 1, 28, 28), torch.zeros(4, dtype=torch.long),
+                       torch.rand(4, 1, 28, 28), torch.zeros(4, dtype=torch.long), num_classes=10)
+        monkeypatch.setitem(DATA_SOURCES, "npz-28x28", lambda _arg, _seed: fake)
+    code, stdout, err = run_cli(monkeypatch, capsys, "evaluate", "-c", str(path), "--eps-w", "0.001", *extra)
+    assert code != 0
+    assert needle in err
+    assert "Traceback" not in err + stdout
+    assert len(err.strip().splitlines()) == 1, err
