@@ -15,7 +15,12 @@ THREATS = {
     "joint": {"eps_x": 0.03, "eps_w": 0.002},
     "joint-relative-bias": {"eps_x": 0.03, "eps_w": 0.05, "weight_mode": "relative", "eps_b": 0.02},
     "joint-operator": {"eps_x": 0.03, "eps_w": 0.05, "weight_ball": "operator"},
-    "joint-operator-relative": {"eps_x": 0.03, "eps_w": 0.02, "weight_ball": "operator", "weight_mode": "relative"},
+    "joint-operator-relative": {
+        "eps_x": 0.03,
+        "eps_w": 0.02,
+        "weight_ball": "operator",
+        "weight_mode": "relative",
+    },
     "layer-subset": {"eps_x": 0.03, "eps_w": 0.01, "layers": ["4"], "layer_eps": {"4": 0.02}},
 }
 
@@ -102,7 +107,10 @@ def _explicit_joint_pgd(model, x, y, eps_x, eps_w, steps):
         grads = torch.autograd.grad(F.cross_entropy(logits, y, reduction="sum"), [x_adv, *delta.values()])
         with torch.no_grad():
             x_adv = torch.min(torch.max(x_adv + 2.5 / steps * eps_x * grads[0].sign(), lb), ub)
-            delta = {k: (delta[k] + 2.5 / steps * eps_w * g.sign()).clamp(-eps_w, eps_w) for k, g in zip(names, grads[1:])}
+            delta = {
+                k: (delta[k] + 2.5 / steps * eps_w * g.sign()).clamp(-eps_w, eps_w)
+                for k, g in zip(names, grads[1:], strict=True)
+            }
     return 1 - fooled.float().mean().item()
 
 

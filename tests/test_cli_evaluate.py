@@ -47,7 +47,9 @@ def test_evaluate_round_trip(monkeypatch, capsys, checkpoint, tmp_path):
     joint = report["cells"]["joint"]["per-example"]
     assert joint["verified"] and joint["accuracy"] <= report["clean_accuracy"]
     assert report["cells"]["joint"]["per-example"]["paths"] == {"2": "lemma1", "4": "lemma1", "6": "lemma1"}
-    assert report["cells"]["joint"]["per-example"]["accuracy"] <= report["cells"]["joint"]["shared"]["accuracy"]
+    assert (
+        report["cells"]["joint"]["per-example"]["accuracy"] <= report["cells"]["joint"]["shared"]["accuracy"]
+    )
     # an existing output is never overwritten without --force
     before = out.read_text()
     code, _, err = run_cli(monkeypatch, capsys, *args, "--out", str(out))
@@ -76,8 +78,14 @@ def test_bad_input_one_line_error(monkeypatch, capsys, checkpoint, tmp_path, cas
 
         from nonsingular.data import DATA_SOURCES, Dataset
 
-        fake = Dataset("npz-28x28", torch.rand(4, 1, 28, 28), torch.zeros(4, dtype=torch.long),
-                       torch.rand(4, 1, 28, 28), torch.zeros(4, dtype=torch.long), num_classes=10)
+        fake = Dataset(
+            "npz-28x28",
+            torch.rand(4, 1, 28, 28),
+            torch.zeros(4, dtype=torch.long),
+            torch.rand(4, 1, 28, 28),
+            torch.zeros(4, dtype=torch.long),
+            num_classes=10,
+        )
         monkeypatch.setitem(DATA_SOURCES, "npz-28x28", lambda _arg, _seed: fake)
     code, stdout, err = run_cli(monkeypatch, capsys, "evaluate", "-c", str(path), "--eps-w", "0.001", *extra)
     assert code != 0

@@ -83,7 +83,7 @@ class AttackResult:
         """
         stop = len(self.x_adv) if stop is None else stop
         if self.shared:
-            return self._chunks[0].blocks and _merge([b.materialise() for b in self._chunks[0].blocks]) or {}
+            return _merge([b.materialise() for b in self._chunks[0].blocks])
         parts: list[dict[str, Tensor]] = []
         for chunk in self._chunks:
             lo, hi = max(start, chunk.start), min(stop, chunk.stop)
@@ -134,8 +134,10 @@ class PGD:
     def __post_init__(self) -> None:
         object.__setattr__(self, "loss", Loss(self.loss))
         if self.steps < 1 or self.restarts < 1 or self.batch_size < 1:
-            raise ValueError(f"steps, restarts and batch_size must be >= 1 (got {self.steps}, "
-                             f"{self.restarts}, {self.batch_size})")
+            raise ValueError(
+                f"steps, restarts and batch_size must be >= 1 (got {self.steps}, "
+                f"{self.restarts}, {self.batch_size})"
+            )
         for name in ("rel_stepsize", "abs_stepsize"):
             value = getattr(self, name)
             if value is not None and not value > 0:
@@ -144,10 +146,8 @@ class PGD:
             raise ValueError(f"memory_budget_mb must be > 0, got {self.memory_budget_mb}")
 
     def __repr__(self) -> str:
-        fields = ", ".join(
-            f"{f.name}={getattr(self, f.name).value if isinstance(getattr(self, f.name), Enum) else getattr(self, f.name)!r}"
-            for f in dataclasses.fields(self)
-        )
+        values = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        fields = ", ".join(f"{k}={v.value if isinstance(v, Enum) else v!r}" for k, v in values.items())
         return f"{type(self).__name__}({fields})"
 
     @property
@@ -191,10 +191,8 @@ class PGD:
             if progress is not None:
                 progress(done[0], total)
 
-        if threat.scope is Scope.SHARED:
-            groups = [spans]
-        else:
-            groups = [[span] for span in spans]
+        # Per-example examples are independent: optimise batch by batch. Shared: all batches in one run.
+        groups = [spans] if threat.scope is Scope.SHARED else [[span] for span in spans]
         x_adv, logits, chunks = [], [], []
         for group in groups:
             xa, lg, ch = self._optimise(model, x, y, group, threat, paths, generator, tick)
@@ -221,7 +219,7 @@ class PGD:
 
     # ------------------------------------------------------------------ the one loop
     def _optimise(self, model, x, y, spans, threat, paths, generator, tick):
-        """Run restarts x steps over the batches `spans`; all weight blocks of a shared threat span them all."""
+        """Run restarts x steps over the batches `spans`; a shared threat's weight blocks span them all."""
         shared = threat.scope is Scope.SHARED
         frac = self.step_fraction
         x_step = self.abs_stepsize if self.abs_stepsize is not None else frac * threat.eps_x
@@ -263,7 +261,9 @@ class PGD:
                         total_loss += float(losses.detach().sum())
                         candidate.append([xs[b].detach().clone()])
                     else:
-                        better = (fooled & ~best_fooled[b]) | ((fooled == best_fooled[b]) & (losses.detach() > best_loss[b]))
+                        better = (fooled & ~best_fooled[b]) | (
+                            (fooled == best_fooled[b]) & (losses.detach() > best_loss[b])
+                        )
                         if best is None or len(best) <= b:
                             best = (best or []) + [[t.detach().clone() for t in state]]
                         else:
@@ -278,7 +278,9 @@ class PGD:
                     with torch.no_grad():
                         if threat.perturbs_input:
                             lb, ub = bounds[b]
-                            xs[b] = torch.minimum(torch.maximum(xb + x_step * torch.sign(grads[0]), lb), ub).detach()
+                            xs[b] = torch.minimum(
+                                torch.maximum(xb + x_step * torch.sign(grads[0]), lb), ub
+                            ).detach()
                             grads = grads[1:]
                         k = 0
                         for blk in blocks[b]:

@@ -124,7 +124,9 @@ def evaluate_robustness(
                 continue
             if kind == "input" and scope == Scope.SHARED.value:
                 # No weights move, so the scope changes nothing: the same attack, reported once.
-                cells[kind][scope] = Cell(**{**asdict(cells[kind][Scope.PER_EXAMPLE.value]), "same_as": "per-example"})
+                cells[kind][scope] = Cell(
+                    **{**asdict(cells[kind][Scope.PER_EXAMPLE.value]), "same_as": "per-example"}
+                )
                 continue
             cell_threat = base.with_scope(scope)
             label = f"{kind}-only {scope}" if kind != "joint" else f"joint {scope}"

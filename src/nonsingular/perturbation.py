@@ -94,8 +94,8 @@ def _apply_weight_per_example(module: nn.Module, h: Tensor, delta: Tensor) -> Te
 def _check_conv(module: nn.Module) -> None:
     if getattr(module, "padding_mode", "zeros") != "zeros":
         raise ValueError(
-            f"weight perturbation of convolutions with padding_mode={module.padding_mode!r} is not supported; "
-            "use padding_mode='zeros'"
+            f"weight perturbation of convolutions with padding_mode={module.padding_mode!r} is not "
+            "supported; use padding_mode='zeros'"
         )
 
 
@@ -107,7 +107,11 @@ def _bias_term(module: nn.Module, delta_b: Tensor, out: Tensor, per_example: boo
     extra = out.dim() - 2
     if isinstance(module, nn.Linear):
         return delta_b.reshape(delta_b.shape[0], *([1] * extra), -1) if per_example else delta_b
-    return delta_b.reshape(*delta_b.shape, *([1] * extra)) if per_example else delta_b.reshape(-1, *([1] * extra))
+    return (
+        delta_b.reshape(*delta_b.shape, *([1] * extra))
+        if per_example
+        else delta_b.reshape(-1, *([1] * extra))
+    )
 
 
 def project_rows_l1(delta: Tensor, radius: Tensor) -> Tensor:
@@ -158,7 +162,11 @@ class WeightBlock:
         self.e = threat.operator_radius(name, weight) if self.ball is WeightBall.OPERATOR else None
         self.bias_rho = threat.bias_radius(module.bias)
         # Absolute element-wise radius is one number: r = eps * ||h||_1 needs no matmul (Lemma 1).
-        self.uniform_eps = threat.eps_w_for(name) if self.rho is not None and threat.weight_mode.value == "absolute" else None
+        self.uniform_eps = (
+            threat.eps_w_for(name)
+            if self.rho is not None and threat.weight_mode.value == "absolute"
+            else None
+        )
         self.h_seen: Tensor | None = None
         out_features = weight.shape[0]
         lead = () if path is LayerPath.SHARED else (n,)
@@ -266,7 +274,9 @@ class WeightBlock:
         out = {f"{self.name}.weight": settle_in_ball(W, W + delta, radius, self.ball)}
         if delta_b is not None:
             b = self.module.bias.detach()
-            out[f"{self.name}.bias"] = torch.minimum(torch.maximum(b + delta_b, b - self.bias_rho), b + self.bias_rho)
+            out[f"{self.name}.bias"] = torch.minimum(
+                torch.maximum(b + delta_b, b - self.bias_rho), b + self.bias_rho
+            )
         return out
 
 

@@ -154,7 +154,12 @@ class ThreatModel(BaseModel):
         return data
 
     def __str__(self) -> str:
-        parts = [f"eps_x={self.eps_x:g}", f"eps_w={self.eps_w:g}", self.weight_ball.value, self.weight_mode.value]
+        parts = [
+            f"eps_x={self.eps_x:g}",
+            f"eps_w={self.eps_w:g}",
+            self.weight_ball.value,
+            self.weight_mode.value,
+        ]
         if self.eps_b:
             parts.append(f"eps_b={self.eps_b:g}")
         if self.layer_eps:
@@ -185,7 +190,9 @@ class ThreatModel(BaseModel):
                     raise ValueError(f"layers names '{name}', which the model does not have")
                 if not isinstance(modules[name], PERTURBABLE_TYPES):
                     kind = type(modules[name]).__name__
-                    raise ValueError(f"layer '{name}' is a {kind}; only Linear, Conv1d and Conv2d can be perturbed")
+                    raise ValueError(
+                        f"layer '{name}' is a {kind}; only Linear, Conv1d and Conv2d can be perturbed"
+                    )
                 chosen.append((name, modules[name]))
         names = {n for n, _ in chosen}
         for name, _ in self.layer_eps:

@@ -1,8 +1,9 @@
 """Independent check of an attack's result: is it inside the threat set, and what does the ordinary module say?
 
 Shares nothing with the attack code but the threat model's definition of the set. Element-wise weight boxes
-[W - rho, W + rho] and operator-ball row sums of |W' - W| are computed in the model's dtype, inputs against [max(x - eps_x, lo), min(x + eps_x, hi)] in x's dtype, and
-predictions are recomputed with `torch.func.functional_call` on the explicit perturbed weights (per example via
+[W - rho, W + rho] and operator-ball row sums of |W' - W| are computed in the model's dtype, inputs are checked
+against [max(x - eps_x, lo), min(x + eps_x, hi)] in x's dtype (THEORY.md section 8), and predictions
+are recomputed with `torch.func.functional_call` on the explicit perturbed weights (per example via
 `torch.func.vmap`). Nothing of the user's module is modified.
 """
 

@@ -11,7 +11,14 @@ from typing import Annotated, Any
 import typer
 from pydantic import ValidationError
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 
 from ..checkpoint import atomic_write
 from ..threat import EpsMode, Scope, ThreatModel, WeightBall
@@ -35,19 +42,29 @@ def one_line(err: BaseException) -> str:
 
 
 # ---------------------------------------------------------------------- threat options
-EpsXOpt = Annotated[float, typer.Option("--eps-x", help="Input l_inf radius, in data units (inputs lie in [0, 1]).")]
+EpsXOpt = Annotated[
+    float, typer.Option("--eps-x", help="Input l_inf radius, in data units (inputs lie in [0, 1]).")
+]
 EpsWOpt = Annotated[
     float,
-    typer.Option("--eps-w", help="Weight radius per element (absolute: weight units; relative: fraction of |W|)."),
+    typer.Option(
+        "--eps-w", help="Weight radius per element (absolute: weight units; relative: fraction of |W|)."
+    ),
 ]
 BallOpt = Annotated[
     WeightBall, typer.Option("--weight-ball", help="elementwise: |D_ij| <= rho_ij; operator: ||D||_inf <= e.")
 ]
-ModeOpt = Annotated[EpsMode, typer.Option("--weight-mode", help="absolute radius, or relative to the weights' size.")]
-EpsBOpt = Annotated[float, typer.Option("--eps-b", help="Bias radius (same mode as weights); 0 leaves biases alone.")]
+ModeOpt = Annotated[
+    EpsMode, typer.Option("--weight-mode", help="absolute radius, or relative to the weights' size.")
+]
+EpsBOpt = Annotated[
+    float, typer.Option("--eps-b", help="Bias radius (same mode as weights); 0 leaves biases alone.")
+]
 LayersOpt = Annotated[
     str | None,
-    typer.Option("--layers", help="Comma-separated module names to perturb (default: every Linear/Conv weight)."),
+    typer.Option(
+        "--layers", help="Comma-separated module names to perturb (default: every Linear/Conv weight)."
+    ),
 ]
 
 

@@ -29,7 +29,9 @@ from .loading import load_model_and_data, select_examples
 
 
 def evaluate(
-    checkpoint: Annotated[Path, typer.Option("--checkpoint", "-c", help="Checkpoint (.safetensors) to evaluate.")],
+    checkpoint: Annotated[
+        Path, typer.Option("--checkpoint", "-c", help="Checkpoint (.safetensors) to evaluate.")
+    ],
     eps_x: EpsXOpt = 0.0,
     eps_w: EpsWOpt = 0.0,
     weight_ball: BallOpt = WeightBall.ELEMENTWISE,
@@ -39,11 +41,16 @@ def evaluate(
     data: Annotated[
         str | None, typer.Option("--data", help="Data source, e.g. digits (default: the checkpoint's own).")
     ] = None,
-    n_examples: Annotated[int | None, typer.Option("--n-examples", help="Evaluate the first N test examples.")] = None,
+    n_examples: Annotated[
+        int | None, typer.Option("--n-examples", help="Evaluate the first N test examples.")
+    ] = None,
     steps: Annotated[int, typer.Option(help="Attack gradient steps per restart.")] = 20,
     restarts: Annotated[int, typer.Option(help="Attack restarts; each example keeps its worst.")] = 1,
     step_size: Annotated[
-        float | None, typer.Option("--step-size", help="Step per iteration as a fraction of each radius [default 2.5/steps].")
+        float | None,
+        typer.Option(
+            "--step-size", help="Step per iteration as a fraction of each radius [default 2.5/steps]."
+        ),
     ] = None,
     loss: Annotated[Loss, typer.Option(help="Attack loss: ce (cross-entropy) or margin.")] = Loss.CE,
     batch_size: Annotated[int, typer.Option(help="Examples per forward pass.")] = 256,
@@ -72,7 +79,9 @@ def evaluate(
             loaded.model, x, y, threat, attack, progress=lambda label, d, t: update(d, t, label)
         )
     elapsed = time.perf_counter() - t0
-    console.print(render_table(report, title=f"{checkpoint.name} on {loaded.data.name} ({len(y)} test examples)"))
+    console.print(
+        render_table(report, title=f"{checkpoint.name} on {loaded.data.name} ({len(y)} test examples)")
+    )
     console.print(f"threat: {threat}    attack: {report.attack}")
     console.print(f"evaluated in {elapsed:.2f} s; every robust accuracy verified with explicit weights")
     if out is not None:
