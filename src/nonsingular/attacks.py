@@ -255,11 +255,11 @@ class PGD:
                         logits = model(xb)
                         losses = attack_loss(logits, y[s:e], self.loss)
                     fooled = (logits.argmax(dim=1) != y[s:e]).detach()
-                    state = [xs[b], *variables[b]]
+                    state = [xs[b], logits.detach(), *variables[b]]
                     if shared:
                         n_correct += int((~fooled).sum())
                         total_loss += float(losses.detach().sum())
-                        candidate.append([xs[b].detach().clone()])
+                        candidate.append([xs[b].detach().clone(), logits.detach()])
                     else:
                         better = (fooled & ~best_fooled[b]) | (
                             (fooled == best_fooled[b]) & (losses.detach() > best_loss[b])
@@ -268,7 +268,8 @@ class PGD:
                             best = (best or []) + [[t.detach().clone() for t in state]]
                         else:
                             for kept, t in zip(best[b], state, strict=True):
-                                kept[better] = t.detach()[better]
+                                mask = better.view(-1, *([1] * (t.dim() - 1)))
+                                kept.copy_(torch.where(mask, t.detach(), kept))
                         best_fooled[b] = torch.where(better, fooled, best_fooled[b])
                         best_loss[b] = torch.where(better, losses.detach(), best_loss[b])
                     if last:
@@ -315,11 +316,15 @@ class PGD:
             blocks = [] if shared else build_weight_blocks(model, threat, paths, e - s)
             if not shared:
                 flat = [v for blk in blocks for v in blk.variables]
-                for v, kept in zip(flat, best[b][1:], strict=True):
+                for v, kept in zip(flat, best[b][2:], strict=True):
                     v.copy_(kept)
             xb = best[b][0]
-            with torch.no_grad(), installed(blocks + global_blocks):
-                logits.append(model(xb))
+            if paths:
+                # Re-run at the kept point so every Lemma 1 block records the layer input h' it materialises from.
+                with torch.no_grad(), installed(blocks + global_blocks):
+                    logits.append(model(xb))
+            else:
+                logits.append(best[b][1])
             x_adv.append(xb)
             chunks.append(_Chunk(s, e, blocks))
         if shared:

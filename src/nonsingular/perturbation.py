@@ -39,6 +39,8 @@ def layer_paths(model: nn.Module, threat: ThreatModel, x_probe: Tensor) -> dict[
     Lemma 1 needs a Linear layer that sees exactly one (N, in) vector per example and is called once.
     """
     layers = threat.weight_layers(model)
+    if not layers:
+        return {}
     if threat.scope is Scope.SHARED:
         return {name: LayerPath.SHARED for name, _ in layers}
     calls: dict[str, list[int]] = {name: [] for name, _ in layers}
