@@ -15,10 +15,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .distributed import all_reduce_sum_
 from .perturbation import LayerPath, WeightBlock, build_weight_blocks, installed, layer_paths
 from .threat import Scope, ThreatModel
 
@@ -156,7 +158,15 @@ class PGD:
 
     # ------------------------------------------------------------------ entry point
     def __call__(
-        self, model: nn.Module, x: Tensor, y: Tensor, threat: ThreatModel, progress: Progress | None = None
+        self,
+        model: nn.Module,
+        x: Tensor,
+        y: Tensor,
+        threat: ThreatModel,
+        progress: Progress | None = None,
+        *,
+        first_index: int = 0,
+        sync_ranks: bool = False,
     ) -> AttackResult:
         """Attack `model` on (x, y) under `threat`.
 
@@ -166,6 +176,10 @@ class PGD:
             y: (N,) labels.
             threat: what may be perturbed, by how much, and in which scope.
             progress: called as progress(done, total) after every gradient step on a batch.
+            first_index: global index of x[0] when x is a shard of a larger set. Random starts are seeded by
+                (seed, restart, global index of each batch), so sharded and single runs draw the same numbers.
+            sync_ranks: shared scope under torch.distributed: sum the weight gradient and the score over all
+                ranks each step, so every rank holds the same perturbation for the whole (sharded) set.
         """
         if x.shape[0] != y.shape[0]:
             raise ValueError(f"x has {x.shape[0]} examples but y has {y.shape[0]}")
@@ -174,15 +188,15 @@ class PGD:
         was_training = model.training
         model.eval()
         try:
-            return self._run(model, x, y, threat, progress)
+            return self._run(model, x, y, threat, progress, first_index, sync_ranks)
         finally:
             model.train(was_training)
 
-    def _run(self, model: nn.Module, x: Tensor, y: Tensor, threat: ThreatModel, progress: Progress | None):
+    def _run(self, model, x, y, threat, progress, first_index, sync_ranks):
         paths = layer_paths(model, threat, x[: min(2, len(x))])
         batch = self._batch_size(model, paths)
         spans = [(s, min(s + batch, len(x))) for s in range(0, len(x), batch)]
-        generator = torch.Generator().manual_seed(self.seed)
+        seeds = _Seeds(self.seed, first_index)
         total = len(spans) * self.restarts * self.steps
         done = [0]
 
@@ -195,7 +209,7 @@ class PGD:
         groups = [spans] if threat.scope is Scope.SHARED else [[span] for span in spans]
         x_adv, logits, chunks = [], [], []
         for group in groups:
-            xa, lg, ch = self._optimise(model, x, y, group, threat, paths, generator, tick)
+            xa, lg, ch = self._optimise(model, x, y, group, threat, paths, seeds, tick, sync_ranks)
             x_adv += xa
             logits += lg
             chunks += ch
@@ -218,7 +232,7 @@ class PGD:
         return max(1, min(self.batch_size, int(self.memory_budget_mb * 2**20 // per_example)))
 
     # ------------------------------------------------------------------ the one loop
-    def _optimise(self, model, x, y, spans, threat, paths, generator, tick):
+    def _optimise(self, model, x, y, spans, threat, paths, seeds, tick, sync_ranks):
         """Run restarts x steps over the batches `spans`; a shared threat's weight blocks span them all."""
         shared = threat.scope is Scope.SHARED
         frac = self.step_fraction
@@ -229,7 +243,7 @@ class PGD:
         best_loss = [torch.full((e - s,), float("-inf")) for s, e in spans]
         best_score = (float("inf"), float("inf"))  # shared: (n correct, -total loss), lower is stronger
 
-        for _restart in range(self.restarts):
+        for restart in range(self.restarts):
             xs = [x[s:e].clone() for s, e in spans]
             if shared:
                 global_blocks = build_weight_blocks(model, threat, paths, 0)
@@ -238,9 +252,13 @@ class PGD:
                 global_blocks = []
                 blocks = [build_weight_blocks(model, threat, paths, e - s) for s, e in spans]
             if self.random_start:
-                for xb, (lb, ub) in zip(xs, bounds, strict=True):
+                for (s, _e), xb, (lb, ub), bl in zip(spans, xs, bounds, blocks, strict=True):
+                    generator = seeds.batch(restart, s)
                     xb.copy_(lb + (ub - lb) * torch.rand(xb.shape, generator=generator).to(xb))
-                for blk in global_blocks + [b for bl in blocks for b in bl]:
+                    for blk in bl:
+                        blk.random_start(generator)
+                generator = seeds.shared(restart)
+                for blk in global_blocks:
                     blk.random_start(generator)
             variables = [[v.requires_grad_() for blk in bl for v in blk.variables] for bl in blocks]
             global_vars = [v.requires_grad_() for blk in global_blocks for v in blk.variables]
@@ -291,6 +309,10 @@ class PGD:
                             acc.add_(g)
                     tick()
                 if shared:
+                    if sync_ranks:
+                        totals = torch.tensor([float(n_correct), total_loss], dtype=torch.float64)
+                        all_reduce_sum_([totals, *global_grads])
+                        n_correct, total_loss = int(totals[0]), float(totals[1])
                     score = (n_correct, -total_loss)
                     if best is None or score < best_score:
                         best_score = score
@@ -330,6 +352,23 @@ class PGD:
         if shared:
             chunks = [_Chunk(spans[0][0], spans[-1][1], global_blocks)]
         return x_adv, logits, chunks
+
+
+class _Seeds:
+    """Random-start generators keyed by (seed, restart, global batch start): independent of sharding."""
+
+    def __init__(self, seed: int, first_index: int) -> None:
+        self.seed, self.first_index = seed, first_index
+
+    def _make(self, *key: int) -> torch.Generator:
+        state = np.random.SeedSequence([self.seed, *key]).generate_state(1)[0]
+        return torch.Generator().manual_seed(int(state))
+
+    def batch(self, restart: int, start: int) -> torch.Generator:
+        return self._make(restart, 0, self.first_index + start)
+
+    def shared(self, restart: int) -> torch.Generator:
+        return self._make(restart, 1)
 
 
 def FGSM(**kwargs: object) -> PGD:

@@ -1,0 +1,76 @@
+"""torch.distributed helpers: launch detection, batch-aligned sharding, gathering, gradient all-reduce.
+
+Launch with torchrun (`torchrun --nproc-per-node 2 -m nonsingular evaluate ...`): the environment it sets
+(RANK, WORLD_SIZE, MASTER_ADDR, ...) is read by `init_from_env`. Without it everything runs in one process and
+these helpers are no-ops. Collectives carry a bounded timeout so a dead rank ends the job instead of hanging it.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+from collections.abc import Sequence
+
+import torch
+import torch.distributed as dist
+from torch import Tensor
+
+__all__ = ["all_reduce_sum_", "gather_cat", "init_from_env", "is_distributed", "rank", "shard_range", "world_size"]
+
+
+def is_distributed() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def rank() -> int:
+    return dist.get_rank() if is_distributed() else 0
+
+
+def world_size() -> int:
+    return dist.get_world_size() if is_distributed() else 1
+
+
+def init_from_env(device: torch.device | None = None, timeout_s: float = 300.0) -> bool:
+    """Join the process group torchrun describes (gloo on CPU, NCCL on CUDA). False when not launched so."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or is_distributed():
+        return is_distributed()
+    backend = "nccl" if device is not None and device.type == "cuda" else "gloo"
+    dist.init_process_group(backend=backend, timeout=datetime.timedelta(seconds=timeout_s))
+    return True
+
+
+def shard_range(n: int, batch_size: int) -> tuple[int, int]:
+    """This rank's contiguous share [start, stop) of n examples, made of whole batches of `batch_size`.
+
+    The batches are the ones a single process would form, so each computes exactly what it would alone.
+    A rank may get an empty range when there are fewer batches than ranks.
+    """
+    n_batches = -(-n // batch_size)
+    per_rank, extra = divmod(n_batches, world_size())
+    r = rank()
+    first = r * per_rank + min(r, extra)
+    count = per_rank + (1 if r < extra else 0)
+    return min(first * batch_size, n), min((first + count) * batch_size, n)
+
+
+def all_reduce_sum_(tensors: Sequence[Tensor]) -> None:
+    """Sum tensors in place across ranks (one flattened collective)."""
+    if not is_distributed() or not tensors:
+        return
+    flat = torch.cat([t.reshape(-1) for t in tensors])
+    dist.all_reduce(flat)
+    offset = 0
+    for t in tensors:
+        t.copy_(flat[offset : offset + t.numel()].view_as(t))
+        offset += t.numel()
+
+
+def gather_cat(part: Tensor, start: int, n: int) -> Tensor:
+    """Reassemble per-example rows sharded by `shard_range` into the full (n, ...) tensor on every rank."""
+    if not is_distributed():
+        return part
+    full = torch.zeros(n, *part.shape[1:], dtype=torch.float64, device=part.device)
+    full[start : start + len(part)] = part.to(torch.float64)
+    # Every rank fills its own rows and leaves zeros elsewhere: a sum gives every rank the whole tensor.
+    dist.all_reduce(full)
+    return full.to(part.dtype)
