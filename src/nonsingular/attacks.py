@@ -137,8 +137,7 @@ class PGD:
         object.__setattr__(self, "loss", Loss(self.loss))
         if self.steps < 1 or self.restarts < 1 or self.batch_size < 1:
             raise ValueError(
-                f"steps, restarts and batch_size must be >= 1 (got {self.steps}, "
-                f"{self.restarts}, {self.batch_size})"
+                f"steps, restarts and batch_size must be >= 1 (got {self.steps}, {self.restarts}, {self.batch_size})"
             )
         for name in ("rel_stepsize", "abs_stepsize"):
             value = getattr(self, name)
@@ -239,8 +238,8 @@ class PGD:
         x_step = self.abs_stepsize if self.abs_stepsize is not None else frac * threat.eps_x
         bounds = [threat.input_bounds(x[s:e]) for s, e in spans]
         best: list[list[Tensor]] | None = None
-        best_fooled = [torch.zeros(e - s, dtype=torch.bool) for s, e in spans]
-        best_loss = [torch.full((e - s,), float("-inf")) for s, e in spans]
+        best_fooled = [torch.zeros(e - s, dtype=torch.bool, device=x.device) for s, e in spans]
+        best_loss = [torch.full((e - s,), float("-inf"), device=x.device) for s, e in spans]
         best_score = (float("inf"), float("inf"))  # shared: (n correct, -total loss), lower is stronger
 
         for restart in range(self.restarts):
@@ -297,9 +296,7 @@ class PGD:
                     with torch.no_grad():
                         if threat.perturbs_input:
                             lb, ub = bounds[b]
-                            xs[b] = torch.minimum(
-                                torch.maximum(xb + x_step * torch.sign(grads[0]), lb), ub
-                            ).detach()
+                            xs[b] = torch.minimum(torch.maximum(xb + x_step * torch.sign(grads[0]), lb), ub).detach()
                             grads = grads[1:]
                         k = 0
                         for blk in blocks[b]:

@@ -15,7 +15,16 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-__all__ = ["all_reduce_sum_", "gather_cat", "init_from_env", "is_distributed", "rank", "shard_range", "world_size"]
+__all__ = [
+    "all_reduce_max_",
+    "all_reduce_sum_",
+    "gather_cat",
+    "init_from_env",
+    "is_distributed",
+    "rank",
+    "shard_range",
+    "world_size",
+]
 
 
 def is_distributed() -> bool:
@@ -63,6 +72,12 @@ def all_reduce_sum_(tensors: Sequence[Tensor]) -> None:
     for t in tensors:
         t.copy_(flat[offset : offset + t.numel()].view_as(t))
         offset += t.numel()
+
+
+def all_reduce_max_(tensor: Tensor) -> None:
+    """Element-wise max across ranks, in place."""
+    if is_distributed():
+        dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
 
 
 def gather_cat(part: Tensor, start: int, n: int) -> Tensor:

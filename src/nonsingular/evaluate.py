@@ -17,6 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from ._version import __version__
+from . import distributed as dist
 from .attacks import PGD
 from .threat import Scope, ThreatModel
 from .verify import verify
@@ -89,6 +90,42 @@ def threats_for(threat: ThreatModel) -> dict[str, ThreatModel | None]:
     return {k: (t if t.kind == k else None) for k, t in derived.items()}
 
 
+def _attack_cell(model, x, y, threat, attack, clean_correct, tick) -> Cell:
+    """Attack, verify and score one cell; under torch.distributed each rank takes a contiguous run of batches."""
+    n = len(y)
+    start, stop = dist.shard_range(n, attack.batch_size)
+    shared = threat.scope is Scope.SHARED
+    if start == stop and (shared or not dist.is_distributed()):
+        raise ValueError(
+            f"{n} examples in batches of {attack.batch_size} leave rank {dist.rank()} without any; "
+            "lower --batch-size or use fewer processes"
+        )
+    xs, ys = x[start:stop], y[start:stop]
+    if start < stop:
+        result = attack(model, xs, ys, threat, progress=tick, first_index=start, sync_ranks=shared)
+        check = verify(model, xs, ys, result)
+        correct, attack_correct = check.correct, result.logits.argmax(dim=1) == ys
+        status = torch.tensor([float(not check.passed), check.max_logit_gap], dtype=torch.float64)
+        problems, paths = check.problems, result.paths
+    else:
+        correct = attack_correct = torch.zeros(0, dtype=torch.bool)
+        status, problems, paths = torch.zeros(2, dtype=torch.float64), [], {}
+    correct = dist.gather_cat(correct, start, n)
+    attack_correct = dist.gather_cat(attack_correct, start, n)
+    dist.all_reduce_max_(status)
+    passed = status[0] == 0
+    return Cell(
+        accuracy=float((clean_correct & correct).float().mean()) if passed else None,
+        attack_accuracy=float(attack_correct.float().mean()),
+        verified=bool(passed),
+        max_logit_gap=float(status[1]),
+        seconds=0.0,
+        threat=threat.describe(),
+        paths=paths,
+        problems=problems if passed or problems else ["another rank's perturbation failed verification"],
+    )
+
+
 def evaluate_robustness(
     model: nn.Module,
     x: Tensor,
@@ -106,6 +143,9 @@ def evaluate_robustness(
         threat: the joint threat; its scope is ignored (both are evaluated).
         attack: the attack configuration used for every cell.
         progress: progress(label, done, total) during each attack.
+
+    Under torch.distributed (torchrun) each rank attacks a contiguous run of whole batches and the results
+    are gathered on every rank; with the same seed they equal a single-process run's.
     """
     start = time.perf_counter()
     was_training = model.training
@@ -124,9 +164,7 @@ def evaluate_robustness(
                 continue
             if kind == "input" and scope == Scope.SHARED.value:
                 # No weights move, so the scope changes nothing: the same attack, reported once.
-                cells[kind][scope] = Cell(
-                    **{**asdict(cells[kind][Scope.PER_EXAMPLE.value]), "same_as": "per-example"}
-                )
+                cells[kind][scope] = Cell(**{**asdict(cells[kind][Scope.PER_EXAMPLE.value]), "same_as": "per-example"})
                 continue
             cell_threat = base.with_scope(scope)
             label = f"{kind}-only {scope}" if kind != "joint" else f"joint {scope}"
@@ -136,20 +174,8 @@ def evaluate_robustness(
                     progress(label, done, total)
 
             t0 = time.perf_counter()
-            result = attack(model, x, y, cell_threat, progress=tick)
-            seconds = time.perf_counter() - t0
-            check = verify(model, x, y, result)
-            robust = clean_correct & check.correct
-            cells[kind][scope] = Cell(
-                accuracy=float(robust.float().mean()) if check.passed else None,
-                attack_accuracy=float((result.logits.argmax(dim=1) == y).float().mean()),
-                verified=check.passed,
-                max_logit_gap=check.max_logit_gap,
-                seconds=seconds,
-                threat=cell_threat.describe(),
-                paths=result.paths,
-                problems=check.problems,
-            )
+            cells[kind][scope] = _attack_cell(model, x, y, cell_threat, attack, clean_correct, tick)
+            cells[kind][scope].seconds = time.perf_counter() - t0
     return RobustnessReport(
         clean_accuracy=float(clean_correct.float().mean()),
         n_examples=len(y),

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any
 
+import torch
 import typer
 from pydantic import ValidationError
 from rich.console import Console
@@ -42,29 +44,19 @@ def one_line(err: BaseException) -> str:
 
 
 # ---------------------------------------------------------------------- threat options
-EpsXOpt = Annotated[
-    float, typer.Option("--eps-x", help="Input l_inf radius, in data units (inputs lie in [0, 1]).")
-]
+EpsXOpt = Annotated[float, typer.Option("--eps-x", help="Input l_inf radius, in data units (inputs lie in [0, 1]).")]
 EpsWOpt = Annotated[
     float,
-    typer.Option(
-        "--eps-w", help="Weight radius per element (absolute: weight units; relative: fraction of |W|)."
-    ),
+    typer.Option("--eps-w", help="Weight radius per element (absolute: weight units; relative: fraction of |W|)."),
 ]
 BallOpt = Annotated[
     WeightBall, typer.Option("--weight-ball", help="elementwise: |D_ij| <= rho_ij; operator: ||D||_inf <= e.")
 ]
-ModeOpt = Annotated[
-    EpsMode, typer.Option("--weight-mode", help="absolute radius, or relative to the weights' size.")
-]
-EpsBOpt = Annotated[
-    float, typer.Option("--eps-b", help="Bias radius (same mode as weights); 0 leaves biases alone.")
-]
+ModeOpt = Annotated[EpsMode, typer.Option("--weight-mode", help="absolute radius, or relative to the weights' size.")]
+EpsBOpt = Annotated[float, typer.Option("--eps-b", help="Bias radius (same mode as weights); 0 leaves biases alone.")]
 LayersOpt = Annotated[
     str | None,
-    typer.Option(
-        "--layers", help="Comma-separated module names to perturb (default: every Linear/Conv weight)."
-    ),
+    typer.Option("--layers", help="Comma-separated module names to perturb (default: every Linear/Conv weight)."),
 ]
 
 
@@ -91,6 +83,27 @@ def make_threat(
     )
 
 
+DeviceOpt = Annotated[str, typer.Option("--device", help="auto (CUDA when present), cpu, cuda or cuda:N.")]
+
+
+def resolve_device(name: str) -> torch.device:
+    """--device value to a torch.device; under torchrun each rank takes the GPU of its LOCAL_RANK."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UserError(f"--device must be auto, cpu, cuda or cuda:N, got {name!r}") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise UserError("--device cuda was asked for but no CUDA device is available")
+        if device.index is None:
+            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")) % torch.cuda.device_count())
+    elif device.type != "cpu":
+        raise UserError(f"--device must be auto, cpu, cuda or cuda:N, got {name!r}")
+    return device
+
+
 # ---------------------------------------------------------------------- output
 def check_writable(path: Path | None, force: bool) -> None:
     """Refuse to overwrite an existing file unless --force; never leaves anything half-written."""
@@ -106,8 +119,14 @@ def write_json(path: Path, data: Any) -> None:
 
 
 @contextmanager
-def progress_bar(description: str, total: int | None = None) -> Iterator[Any]:
-    """A rich progress bar on stderr; yields update(done, total) for library progress callbacks."""
+def progress_bar(description: str, total: int | None = None, enabled: bool = True) -> Iterator[Any]:
+    """A rich progress bar on stderr; yields update(done, total, description) for library progress callbacks.
+
+    Disabled (a no-op updater) on non-zero ranks and when `enabled` is False.
+    """
+    if not enabled:
+        yield lambda *_args, **_kwargs: None
+        return
     columns = (
         TextColumn("[progress.description]{task.description}"),
         BarColumn(),

@@ -9,11 +9,13 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
+from .. import distributed as dist
 from ..attacks import PGD, Loss
 from ..evaluate import KINDS, SCOPES, RobustnessReport, evaluate_robustness
 from ..threat import EpsMode, WeightBall
 from .common import (
     BallOpt,
+    DeviceOpt,
     EpsBOpt,
     EpsWOpt,
     EpsXOpt,
@@ -23,15 +25,14 @@ from .common import (
     console,
     make_threat,
     progress_bar,
+    resolve_device,
     write_json,
 )
 from .loading import load_model_and_data, select_examples
 
 
 def evaluate(
-    checkpoint: Annotated[
-        Path, typer.Option("--checkpoint", "-c", help="Checkpoint (.safetensors) to evaluate.")
-    ],
+    checkpoint: Annotated[Path, typer.Option("--checkpoint", "-c", help="Checkpoint (.safetensors) to evaluate.")],
     eps_x: EpsXOpt = 0.0,
     eps_w: EpsWOpt = 0.0,
     weight_ball: BallOpt = WeightBall.ELEMENTWISE,
@@ -41,20 +42,17 @@ def evaluate(
     data: Annotated[
         str | None, typer.Option("--data", help="Data source, e.g. digits (default: the checkpoint's own).")
     ] = None,
-    n_examples: Annotated[
-        int | None, typer.Option("--n-examples", help="Evaluate the first N test examples.")
-    ] = None,
+    n_examples: Annotated[int | None, typer.Option("--n-examples", help="Evaluate the first N test examples.")] = None,
     steps: Annotated[int, typer.Option(help="Attack gradient steps per restart.")] = 20,
     restarts: Annotated[int, typer.Option(help="Attack restarts; each example keeps its worst.")] = 1,
     step_size: Annotated[
         float | None,
-        typer.Option(
-            "--step-size", help="Step per iteration as a fraction of each radius [default 2.5/steps]."
-        ),
+        typer.Option("--step-size", help="Step per iteration as a fraction of each radius [default 2.5/steps]."),
     ] = None,
     loss: Annotated[Loss, typer.Option(help="Attack loss: ce (cross-entropy) or margin.")] = Loss.CE,
     batch_size: Annotated[int, typer.Option(help="Examples per forward pass.")] = 256,
     seed: Annotated[int, typer.Option(help="Random-start seed.")] = 0,
+    device: DeviceOpt = "auto",
     out: Annotated[Path | None, typer.Option("--out", "-o", help="Write the results as JSON here.")] = None,
     force: Annotated[bool, typer.Option("--force/--no-force", help="Overwrite --out if it exists.")] = False,
 ) -> None:
@@ -64,24 +62,29 @@ def evaluate(
     recomputed by the ordinary module with the explicit perturbed weights.
     """
     check_writable(out, force)
+    run_device = resolve_device(device)
+    dist.init_from_env(run_device)
+    lead = dist.rank() == 0
     threat = make_threat(eps_x, eps_w, weight_ball, weight_mode, eps_b, layers)
-    attack = PGD(
-        steps=steps, restarts=restarts, rel_stepsize=step_size, loss=loss, batch_size=batch_size, seed=seed
-    )
+    attack = PGD(steps=steps, restarts=restarts, rel_stepsize=step_size, loss=loss, batch_size=batch_size, seed=seed)
     loaded = load_model_and_data(checkpoint, data)
+    loaded.model.to(run_device)
     threat = threat.model_copy(update={"domain": loaded.data.domain})
     threat.weight_layers(loaded.model)  # fail early on --layers the model does not have
     x, y = select_examples(loaded.data, n_examples)
+    x, y = x.to(run_device), y.to(run_device)
 
     t0 = time.perf_counter()
-    with progress_bar("attacking") as update:
+    with progress_bar("attacking", enabled=lead) as update:
         report = evaluate_robustness(
             loaded.model, x, y, threat, attack, progress=lambda label, d, t: update(d, t, label)
         )
     elapsed = time.perf_counter() - t0
-    console.print(
-        render_table(report, title=f"{checkpoint.name} on {loaded.data.name} ({len(y)} test examples)")
-    )
+    if not lead:
+        return
+    if dist.is_distributed():
+        console.print(f"{dist.world_size()} processes, each attacking a contiguous share of the batches")
+    console.print(render_table(report, title=f"{checkpoint.name} on {loaded.data.name} ({len(y)} test examples)"))
     console.print(f"threat: {threat}    attack: {report.attack}")
     console.print(f"evaluated in {elapsed:.2f} s; every robust accuracy verified with explicit weights")
     if out is not None:

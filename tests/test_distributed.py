@@ -1,0 +1,74 @@
+"""Two gloo processes on the CPU give the same numbers as one; a dead rank ends the job."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from nonsingular.checkpoint import save_checkpoint
+
+TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory, small_mlp, digits):
+    path = tmp_path_factory.mktemp("dist") / "mlp.safetensors"
+    spec = {
+        "name": "mlp",
+        "input_shape": [1, 8, 8],
+        "widths": [32, 32],
+        "num_classes": 10,
+        "mean": digits.mean,
+        "std": digits.std,
+    }
+    save_checkpoint(path, small_mlp, {"architecture": spec, "data": {"source": "digits", "seed": 0}})
+    return path
+
+
+def _evaluate(launcher: list[str], checkpoint: Path, out: Path) -> dict:
+    args = [
+        "-m",
+        "nonsingular",
+        "evaluate",
+        "-c",
+        str(checkpoint),
+        "--eps-x",
+        "0.03",
+        "--eps-w",
+        "0.002",
+        "--steps",
+        "4",
+        "--batch-size",
+        "32",
+        "--n-examples",
+        "150",
+        "--device",
+        "cpu",
+        "--out",
+        str(out),
+    ]
+    done = subprocess.run([*launcher, *args], capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return json.loads(out.read_text())
+
+
+def test_two_processes_match_one(checkpoint, tmp_path):
+    single = _evaluate([sys.executable], checkpoint, tmp_path / "one.json")
+    double = _evaluate(TORCHRUN, checkpoint, tmp_path / "two.json")
+    for kind, scopes in single["cells"].items():
+        for scope, cell in scopes.items():
+            other = double["cells"][kind][scope]
+            assert (cell is None) == (other is None)
+            if cell is not None:
+                assert cell["accuracy"] == other["accuracy"], (kind, scope)
+                assert cell["verified"] and other["verified"]
+    assert single["clean_accuracy"] == double["clean_accuracy"]
+
+
+def test_dead_rank_ends_the_job(tmp_path):
+    worker = Path(__file__).with_name("dist_worker.py")
+    done = subprocess.run([*TORCHRUN, str(worker), "20"], capture_output=True, text=True, timeout=120)
+    assert done.returncode != 0
+    assert "without its peer" not in done.stdout
