@@ -16,8 +16,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ._version import __version__
 from . import distributed as dist
+from ._version import __version__
 from .attacks import PGD
 from .threat import Scope, ThreatModel
 from .verify import verify
