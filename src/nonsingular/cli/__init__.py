@@ -28,9 +28,7 @@ def _show_version(value: bool) -> None:
 
 @app.callback()
 def _root(
-    version: bool = typer.Option(
-        False, "--version", help="Print the version and exit.", callback=_show_version
-    ),
+    version: bool = typer.Option(False, "--version", help="Print the version and exit.", callback=_show_version),
 ) -> None:
     """Attack, certify and train neural networks against joint input + weight perturbations."""
 
