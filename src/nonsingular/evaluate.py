@@ -90,7 +90,7 @@ def threats_for(threat: ThreatModel) -> dict[str, ThreatModel | None]:
     return {k: (t if t.kind == k else None) for k, t in derived.items()}
 
 
-def _attack_cell(model, x, y, threat, attack, clean_correct, tick) -> Cell:
+def attack_cell(model, x, y, threat, attack, clean_correct, tick) -> Cell:
     """Attack, verify and score one cell; under torch.distributed each rank takes a contiguous run of batches."""
     n = len(y)
     start, stop = dist.shard_range(n, attack.batch_size)
@@ -174,7 +174,7 @@ def evaluate_robustness(
                     progress(label, done, total)
 
             t0 = time.perf_counter()
-            cells[kind][scope] = _attack_cell(model, x, y, cell_threat, attack, clean_correct, tick)
+            cells[kind][scope] = attack_cell(model, x, y, cell_threat, attack, clean_correct, tick)
             cells[kind][scope].seconds = time.perf_counter() - t0
     return RobustnessReport(
         clean_accuracy=float(clean_correct.float().mean()),

@@ -1,0 +1,143 @@
+"""The study's configuration: a validated TOML/YAML file (unknown keys are errors), with a shipped default."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import tomllib
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from ..attacks import Loss
+from ..threat import EpsMode, Scope, WeightBall
+
+__all__ = ["StudyConfig", "default_config_path", "load_study_config"]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ModelEntry(_Strict):
+    """One model of the comparison: an objective and its options (passed to the trainer)."""
+
+    name: str
+    objective: str = "standard"
+    options: dict[str, Any] = Field(default_factory=dict)
+
+
+class GridConfig(_Strict):
+    """The (eps_x, eps_w) grid; 0 is added to both axes so input-only and weight-only slices exist."""
+
+    eps_x: list[float] = [0.0, 0.02, 0.05, 0.1]
+    eps_w: list[float] = [0.0, 0.0005, 0.001, 0.002]
+    weight_ball: WeightBall = WeightBall.ELEMENTWISE
+    weight_mode: EpsMode = EpsMode.ABSOLUTE
+    scopes: list[Scope] = [Scope.PER_EXAMPLE, Scope.SHARED]
+
+    @field_validator("eps_x", "eps_w")
+    @classmethod
+    def _axis(cls, values: list[float]) -> list[float]:
+        if any(v < 0 or v != v for v in values):
+            raise ValueError(f"grid epsilons must be >= 0, got {values}")
+        return sorted({0.0, *map(float, values)})
+
+
+class AttackConfig(_Strict):
+    steps: int = Field(20, ge=1)
+    restarts: int = Field(1, ge=1)
+    loss: Loss = Loss.CE
+    batch_size: int = Field(512, ge=1)
+
+
+class CertifyConfig(_Strict):
+    methods: list[str] = ["ibp", "crown"]
+
+
+class RadiusConfig(_Strict):
+    """Ray (eps_x, eps_w) = s (k_x, k_w) for the per-example radii; n_examples first test examples."""
+
+    enabled: bool = True
+    k_x: float = Field(1.0, ge=0)
+    k_w: float = Field(0.04, ge=0)
+    s_max: float = Field(0.2, gt=0)
+    n_examples: int = Field(100, ge=1)
+    iterations: int = Field(6, ge=1, le=20)
+
+
+class Headline(_Strict):
+    eps_x: float = 0.05
+    eps_w: float = 0.002
+
+
+class StudyConfig(_Strict):
+    """Everything a study does. Trained models are cached by the hash of what determines them."""
+
+    name: str = "study"
+    data: str = "digits"
+    seed: int = 0
+    n_examples: int | None = Field(None, ge=1)
+    architecture: dict[str, Any] = Field(default_factory=lambda: {"name": "mlp", "widths": [256, 256]})
+    training: dict[str, Any] = Field(default_factory=dict)
+    attack: AttackConfig = AttackConfig()
+    grid: GridConfig = GridConfig()
+    certify: CertifyConfig = CertifyConfig()
+    radius: RadiusConfig = RadiusConfig()
+    headline: Headline = Headline()
+    models: list[ModelEntry] = Field(default_factory=lambda: [ModelEntry(name="standard")])
+
+    @model_validator(mode="after")
+    def _consistent(self) -> StudyConfig:
+        names = [m.name for m in self.models]
+        if len(set(names)) != len(names):
+            raise ValueError(f"models: names must be unique, got {names}")
+        if self.headline.eps_x not in self.grid.eps_x or self.headline.eps_w not in self.grid.eps_w:
+            raise ValueError(
+                f"headline: ({self.headline.eps_x}, {self.headline.eps_w}) must be a point of the grid "
+                f"eps_x={self.grid.eps_x}, eps_w={self.grid.eps_w}"
+            )
+        return self
+
+    def model_key(self, entry: ModelEntry) -> str:
+        """Content hash of everything that determines a trained model (the training cache key)."""
+        from .._version import __version__
+
+        payload = {
+            "entry": entry.model_dump(mode="json"),
+            "architecture": self.architecture,
+            "training": self.training,
+            "data": self.data,
+            "seed": self.seed,
+            "version": __version__,
+        }
+        return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def default_config_path() -> Path:
+    return Path(str(resources.files("nonsingular") / "configs" / "study.toml"))
+
+
+def load_study_config(path: Path | None) -> StudyConfig:
+    """Read and validate a study file (.toml, .yaml/.yml); None gives the shipped default study.
+
+    Raises:
+        ValueError: unreadable file, unknown key, or invalid value (the message names it).
+    """
+    path = default_config_path() if path is None else path
+    try:
+        text = path.read_text()
+    except OSError as err:
+        raise ValueError(f"cannot read study config {path}: {err.strerror or err}") from None
+    try:
+        raw = yaml.safe_load(text) if path.suffix in (".yaml", ".yml") else tomllib.loads(text)
+    except (tomllib.TOMLDecodeError, yaml.YAMLError) as err:
+        raise ValueError(
+            f"{path} is not valid {'YAML' if path.suffix in ('.yaml', '.yml') else 'TOML'}: {err}"
+        ) from None
+    if not isinstance(raw, dict):
+        raise ValueError(f"{path} must hold a table of settings")
+    return StudyConfig(**raw)

@@ -1,0 +1,229 @@
+"""Run a study: train (or reuse) each model, attack it on the grid, certify it, measure radii, write the report.
+
+Every finished piece is recorded in `<out>/state.json` (atomically) before the next starts, so a study stopped
+at any point resumes where it stopped. Trained models live in a cache keyed by the hash of what determines
+them, so re-running a study with other evaluation settings does not retrain.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import platform
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from .. import distributed as dist
+from .._version import __version__
+from ..attacks import PGD
+from ..checkpoint import atomic_write, load_checkpoint, save_checkpoint
+from ..data import Dataset, load_data
+from ..evaluate import attack_cell
+from ..radius import Ray, attacked_radius, certified_radius
+from ..threat import Scope, ThreatModel
+from .config import ModelEntry, StudyConfig
+from .report import write_report
+
+__all__ = ["StudyState", "run_study"]
+
+log = logging.getLogger(__name__)
+
+#: progress(label, done, total)
+StudyProgress = Callable[[str, int, int], None]
+
+
+class StudyState:
+    """Finished pieces of a study by key, persisted as JSON after every update."""
+
+    def __init__(self, path: Path, fingerprint: str) -> None:
+        self.path = path
+        self.values: dict[str, Any] = {}
+        if path.exists():
+            saved = json.loads(path.read_text())
+            if saved.get("fingerprint") == fingerprint:
+                self.values = saved.get("values", {})
+            else:
+                log.info("study settings changed since %s was written: starting its evaluation afresh", path)
+        self.fingerprint = fingerprint
+
+    def get(self, key: str) -> Any:
+        return self.values.get(key)
+
+    def put(self, key: str, value: Any) -> None:
+        self.values[key] = value
+        if dist.rank() == 0:
+            text = json.dumps({"fingerprint": self.fingerprint, "values": self.values}, allow_nan=False)
+            atomic_write(self.path, lambda tmp: Path(tmp).write_text(text))
+
+
+def _train_or_load(
+    config: StudyConfig, entry: ModelEntry, data: Dataset, cache_dir: Path, progress: StudyProgress | None
+) -> tuple[nn.Module, dict[str, Any], bool]:
+    """The entry's trained model from the cache, or trained now and cached; (model, metadata, was_cached)."""
+    from ..training.study import train_for_study
+
+    path = cache_dir / f"{entry.name.replace('/', '_')}-{config.model_key(entry)}.safetensors"
+    if path.exists():
+        ckpt = load_checkpoint(path)
+        return ckpt.model, ckpt.metadata, True
+    model, metadata = train_for_study(config, entry, data, progress)
+    if dist.rank() == 0:
+        save_checkpoint(path, model, metadata)
+    return model.eval(), metadata, False
+
+
+def _certify_mask(model: nn.Module, x: Tensor, y: Tensor, threat: ThreatModel, method: str) -> Tensor:
+    from ..certify import certified_mask
+
+    return certified_mask(model, x, y, threat, method)
+
+
+def run_study(
+    config: StudyConfig, out_dir: Path, cache_dir: Path, progress: StudyProgress | None = None
+) -> tuple[Path, dict[str, Any]]:
+    """Run (or resume) the study; returns the path of report.html and the results dict."""
+    started = time.perf_counter()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    data = load_data(config.data, seed=config.seed)
+    n = len(data.y_test) if config.n_examples is None else min(config.n_examples, len(data.y_test))
+    x, y = data.x_test[:n], data.y_test[:n]
+    attack = PGD(
+        steps=config.attack.steps,
+        restarts=config.attack.restarts,
+        loss=config.attack.loss,
+        batch_size=config.attack.batch_size,
+        seed=config.seed,
+    )
+    fingerprint = json.dumps(config.model_dump(mode="json"), sort_keys=True) + __version__
+    state = StudyState(out_dir / "state.json", fingerprint)
+    grid = config.grid
+    points = [(ex, ew) for ex in grid.eps_x for ew in grid.eps_w if ex > 0 or ew > 0]
+    models: dict[str, Any] = {}
+
+    for entry in config.models:
+        t0 = time.perf_counter()
+        model, metadata, cached = _train_or_load(config, entry, data, cache_dir, progress)
+        train_seconds = metadata.get("training", {}).get("seconds", time.perf_counter() - t0)
+        with torch.no_grad():
+            clean_correct = model(x).argmax(1) == y
+        t_eval = time.perf_counter()
+        cells = []
+        total = len(points) * len(grid.scopes)
+        for i, (ex, ew) in enumerate(points):
+            for j, scope in enumerate(grid.scopes):
+                key = f"cell/{entry.name}/{ex}/{ew}/{scope.value}"
+                if state.get(key) is None:
+                    threat = ThreatModel(
+                        eps_x=ex,
+                        eps_w=ew,
+                        weight_ball=grid.weight_ball,
+                        weight_mode=grid.weight_mode,
+                        scope=scope,
+                        domain=data.domain,
+                    )
+                    if ew == 0 and scope is Scope.SHARED and Scope.PER_EXAMPLE in grid.scopes:
+                        # No weight moves: the shared cell is the per-example one by definition.
+                        cell = dict(state.get(f"cell/{entry.name}/{ex}/{ew}/{Scope.PER_EXAMPLE.value}"))
+                    else:
+                        c = attack_cell(model, x, y, threat, attack, clean_correct, lambda *_: None)
+                        cell = {"accuracy": c.accuracy, "verified": c.verified, "paths": c.paths}
+                    cell.update({"eps_x": ex, "eps_w": ew, "scope": scope.value})
+                    state.put(key, cell)
+                cells.append(state.get(key))
+                if progress is not None:
+                    progress(f"{entry.name}: attacks", i * len(grid.scopes) + j + 1, total)
+        certified = []
+        for i, (ex, ew) in enumerate(points):
+            for method in config.certify.methods:
+                key = f"cert/{entry.name}/{ex}/{ew}/{method}"
+                if state.get(key) is None:
+                    threat = ThreatModel(
+                        eps_x=ex,
+                        eps_w=ew,
+                        weight_ball=grid.weight_ball,
+                        weight_mode=grid.weight_mode,
+                        domain=data.domain,
+                    )
+                    t1 = time.perf_counter()
+                    mask = _certify_mask(model, x, y, threat, method)
+                    state.put(
+                        key,
+                        {
+                            "eps_x": ex,
+                            "eps_w": ew,
+                            "method": method,
+                            "certified_accuracy": float(mask.float().mean()),
+                            "seconds": time.perf_counter() - t1,
+                        },
+                    )
+                certified.append(state.get(key))
+            if progress is not None:
+                progress(f"{entry.name}: certificates", i + 1, len(points))
+        radius = None
+        if config.radius.enabled:
+            key = f"radius/{entry.name}"
+            if state.get(key) is None:
+                state.put(key, _radii(model, x, y, config, data, attack, progress, entry.name))
+            radius = state.get(key)
+        models[entry.name] = {
+            "objective": entry.objective,
+            "options": entry.options,
+            "clean_accuracy": float(clean_correct.float().mean()),
+            "train_seconds": float(train_seconds),
+            "cached": cached,
+            "eval_seconds": time.perf_counter() - t_eval,
+            "training": metadata.get("training", {}),
+            "cells": cells,
+            "certified": certified,
+            "radius": radius,
+        }
+
+    results = {
+        "schema": "nonsingular.study/1",
+        "name": config.name,
+        "config": config.model_dump(mode="json"),
+        "data": data.describe(),
+        "n_examples": n,
+        "attack": repr(attack),
+        "grid": grid.model_dump(mode="json"),
+        "headline": config.headline.model_dump(mode="json"),
+        "models": models,
+        "seconds": time.perf_counter() - started,
+        "versions": {"nonsingular": __version__, "torch": torch.__version__, "python": platform.python_version()},
+    }
+    report = write_report(results, out_dir) if dist.rank() == 0 else out_dir / "report.html"
+    return report, results
+
+
+def _radii(model, x, y, config: StudyConfig, data: Dataset, attack: PGD, progress, name: str) -> dict[str, Any]:
+    rc, grid = config.radius, config.grid
+    base = ThreatModel(weight_ball=grid.weight_ball, weight_mode=grid.weight_mode, domain=data.domain)
+    ray = Ray(rc.k_x, rc.k_w, base)
+    s_hi = min(rc.s_max, ray.s_max)
+    xs, ys = x[: rc.n_examples], y[: rc.n_examples]
+    if progress is not None:
+        progress(f"{name}: radius", 0, 2)
+    upper = attacked_radius(model, xs, ys, ray, attack, s_hi, rc.iterations)
+    if progress is not None:
+        progress(f"{name}: radius", 1, 2)
+    method = config.certify.methods[-1] if config.certify.methods else "ibp"
+    lower = certified_radius(
+        xs, ys, ray, lambda a, b, t: _certify_mask(model, a, b, t, method), s_hi, rc.iterations + 4
+    )
+    if progress is not None:
+        progress(f"{name}: radius", 2, 2)
+    return {
+        "k_x": rc.k_x,
+        "k_w": rc.k_w,
+        "s_max": s_hi,
+        "certify_method": method,
+        "attack": upper.radius.tolist(),
+        "certified": lower.radius.tolist(),
+        "attack_censored": upper.censored.tolist(),
+        "certified_censored": lower.censored.tolist(),
+    }
