@@ -7,7 +7,7 @@ radius a lower bound (the largest s a certificate proves). Their gap is what is 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor, nn
@@ -16,7 +16,7 @@ from .attacks import PGD
 from .threat import ThreatModel
 from .verify import verify
 
-__all__ = ["Ray", "RadiusResult", "attacked_radius", "bisect", "certified_radius"]
+__all__ = ["RadiusResult", "Ray", "attacked_radius", "bisect", "certified_radius"]
 
 #: predicate(index, s) -> bool mask over those examples: True where the property holds at s.
 Predicate = Callable[[Tensor, float], Tensor]
@@ -28,7 +28,7 @@ class Ray:
 
     k_x: float
     k_w: float
-    base: ThreatModel = ThreatModel()
+    base: ThreatModel = field(default_factory=ThreatModel)
 
     def __post_init__(self) -> None:
         if self.k_x < 0 or self.k_w < 0 or self.k_x + self.k_w == 0:
