@@ -16,6 +16,7 @@ __all__ = ["write_figures"]
 
 def _accuracy_grid(model: dict[str, Any], grid: dict[str, Any], scope: str) -> np.ndarray:
     acc = np.full((len(grid["eps_x"]), len(grid["eps_w"])), np.nan)
+    acc[grid["eps_x"].index(0.0), grid["eps_w"].index(0.0)] = model["clean_accuracy"]  # no perturbation: clean
     for cell in model["cells"]:
         if cell["scope"] == scope and cell["accuracy"] is not None:
             acc[grid["eps_x"].index(cell["eps_x"]), grid["eps_w"].index(cell["eps_w"])] = cell["accuracy"]

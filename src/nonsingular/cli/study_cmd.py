@@ -1,0 +1,64 @@
+"""`nonsingular study`: the paper's comparison as one reproducible, resumable command."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from .. import distributed as dist
+from ..study.config import default_config_path, load_study_config
+from ..study.report import HEADLINE_COLUMNS, headline_rows, summarise
+from ..study.runner import run_study
+from .common import UserError, console, progress_bar
+
+
+def study(
+    config: Annotated[
+        Path | None,
+        typer.Option("--config", help=f"Study file (.toml or .yaml) [default: the shipped {default_config_path().name}]."),
+    ] = None,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for results.json, CSVs, PNGs, report.html.")] = Path(
+        "runs/study"
+    ),
+    cache: Annotated[
+        Path, typer.Option("--cache", help="Folder of trained models, keyed by the hash of their settings.")
+    ] = Path("runs/cache"),
+    fresh: Annotated[
+        bool, typer.Option("--fresh/--resume", help="Discard finished evaluations in --out instead of resuming.")
+    ] = False,
+) -> None:
+    """Train the comparison's models (or reuse them from the cache), attack them on the eps_x x eps_w grid in
+    both scopes, certify them, measure per-example radii, and write the report.
+
+    Interrupted studies resume where they stopped: finished pieces are kept in OUT/state.json.
+    """
+    cfg = load_study_config(config)
+    dist.init_from_env()
+    state = out / "state.json"
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} is a file, not a folder")
+    if out.exists() and any(out.iterdir()) and not state.exists():
+        raise UserError(f"--out {out} is a non-empty folder that holds no study; choose another folder")
+    if fresh and state.exists() and dist.rank() == 0:
+        state.unlink()
+    t0 = time.perf_counter()
+    with progress_bar("study", enabled=dist.rank() == 0) as update:
+        report, results = run_study(cfg, out, cache, progress=lambda label, d, t: update(d, t, label))
+    if dist.rank() != 0:
+        return
+    hx, hw = results["headline"]["eps_x"], results["headline"]["eps_w"]
+    table = Table(title=f"{cfg.name}: accuracy at eps_x={hx:g}, eps_w={hw:g} ({results['n_examples']} test examples)")
+    table.add_column("model")
+    for column in HEADLINE_COLUMNS:
+        table.add_column(column, justify="right")
+    for row in headline_rows(results):
+        table.add_row(row["model"], *("-" if row[c] is None else f"{100 * row[c]:.1f}%" for c in HEADLINE_COLUMNS))
+    console.print(table)
+    for line in summarise(results):
+        console.print(f"- {line}")
+    console.print(f"study finished in {time.perf_counter() - t0:.1f} s")
+    console.print(f"report: {report.resolve()}")
