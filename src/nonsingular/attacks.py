@@ -232,24 +232,23 @@ class PGD:
 
     # ------------------------------------------------------------------ the one loop
     def _optimise(self, model, x, y, spans, threat, paths, seeds, tick, sync_ranks):
-        """Run restarts x steps over the batches `spans`; a shared threat's weight blocks span them all."""
+        """Run restarts x steps over the batches `spans`; a shared threat's weight blocks span them all.
+
+        Per-example scope keeps, for each example, the strongest point seen at any step of any restart
+        (misclassified first, then higher loss). Shared scope keeps the step with the fewest correct examples.
+        """
         shared = threat.scope is Scope.SHARED
         frac = self.step_fraction
         x_step = self.abs_stepsize if self.abs_stepsize is not None else frac * threat.eps_x
         bounds = [threat.input_bounds(x[s:e]) for s, e in spans]
-        best: list[list[Tensor]] | None = None
-        best_fooled = [torch.zeros(e - s, dtype=torch.bool, device=x.device) for s, e in spans]
-        best_loss = [torch.full((e - s,), float("-inf"), device=x.device) for s, e in spans]
+        kept = [_Kept() for _ in spans]  # per-example scope
+        best_shared: list[list[Tensor]] | None = None
         best_score = (float("inf"), float("inf"))  # shared: (n correct, -total loss), lower is stronger
 
         for restart in range(self.restarts):
             xs = [x[s:e].clone() for s, e in spans]
-            if shared:
-                global_blocks = build_weight_blocks(model, threat, paths, 0)
-                blocks = [[] for _ in spans]
-            else:
-                global_blocks = []
-                blocks = [build_weight_blocks(model, threat, paths, e - s) for s, e in spans]
+            global_blocks = build_weight_blocks(model, threat, paths, 0) if shared else []
+            blocks = [[] if shared else build_weight_blocks(model, threat, paths, e - s) for s, e in spans]
             if self.random_start:
                 for (s, _e), xb, (lb, ub), bl in zip(spans, xs, bounds, blocks, strict=True):
                     generator = seeds.batch(restart, s)
@@ -263,7 +262,7 @@ class PGD:
             global_vars = [v.requires_grad_() for blk in global_blocks for v in blk.variables]
 
             for step in range(self.steps + 1):
-                last = step == self.steps
+                last = step == self.steps  # the last pass only evaluates the final iterate
                 global_grads = [torch.zeros_like(v) for v in global_vars]
                 n_correct, total_loss, candidate = 0, 0.0, []
                 for b, (s, e) in enumerate(spans):
@@ -272,37 +271,23 @@ class PGD:
                         logits = model(xb)
                         losses = attack_loss(logits, y[s:e], self.loss)
                     fooled = (logits.argmax(dim=1) != y[s:e]).detach()
-                    state = [xs[b], logits.detach(), *variables[b]]
                     if shared:
                         n_correct += int((~fooled).sum())
                         total_loss += float(losses.detach().sum())
                         candidate.append([xs[b].detach().clone(), logits.detach()])
                     else:
-                        better = (fooled & ~best_fooled[b]) | (
-                            (fooled == best_fooled[b]) & (losses.detach() > best_loss[b])
-                        )
-                        if best is None or len(best) <= b:
-                            best = (best or []) + [[t.detach().clone() for t in state]]
-                        else:
-                            for kept, t in zip(best[b], state, strict=True):
-                                mask = better.view(-1, *([1] * (t.dim() - 1)))
-                                kept.copy_(torch.where(mask, t.detach(), kept))
-                        best_fooled[b] = torch.where(better, fooled, best_fooled[b])
-                        best_loss[b] = torch.where(better, losses.detach(), best_loss[b])
+                        kept[b].update(fooled, losses.detach(), [xs[b], logits, *variables[b]])
                     if last:
                         continue
                     wrt = ([xb] if threat.perturbs_input else []) + variables[b] + global_vars
-                    grads = torch.autograd.grad(losses.sum(), wrt) if wrt else []
+                    grads = list(torch.autograd.grad(losses.sum(), wrt)) if wrt else []
                     with torch.no_grad():
                         if threat.perturbs_input:
                             lb, ub = bounds[b]
-                            xs[b] = torch.minimum(torch.maximum(xb + x_step * torch.sign(grads[0]), lb), ub).detach()
-                            grads = grads[1:]
-                        k = 0
-                        for blk in blocks[b]:
-                            blk.ascend(grads[k : k + len(blk.variables)], frac)
-                            k += len(blk.variables)
-                        for acc, g in zip(global_grads, grads[k:], strict=True):
+                            xs[b] = torch.minimum(torch.maximum(xb + x_step * torch.sign(grads.pop(0)), lb), ub)
+                            xs[b] = xs[b].detach()
+                        _ascend(blocks[b], grads[: len(variables[b])], frac)
+                        for acc, g in zip(global_grads, grads[len(variables[b]) :], strict=True):
                             acc.add_(g)
                     tick()
                 if shared:
@@ -310,16 +295,13 @@ class PGD:
                         totals = torch.tensor([float(n_correct), total_loss], dtype=torch.float64)
                         all_reduce_sum_([totals, *global_grads])
                         n_correct, total_loss = int(totals[0]), float(totals[1])
-                    score = (n_correct, -total_loss)
-                    if best is None or score < best_score:
-                        best_score = score
-                        best = [*candidate, [v.detach().clone() for v in global_vars]]
+                    if best_shared is None or (n_correct, -total_loss) < best_score:
+                        best_score = (n_correct, -total_loss)
+                        best_shared = [*candidate, [v.detach().clone() for v in global_vars]]
                     if not last:
                         with torch.no_grad():
-                            k = 0
-                            for blk in global_blocks:
-                                blk.ascend(global_grads[k : k + len(blk.variables)], frac)
-                                k += len(blk.variables)
+                            _ascend(global_blocks, global_grads, frac)
+        best = best_shared if shared else [k.state for k in kept]
         return self._finish(model, x, y, spans, threat, paths, best)
 
     def _finish(self, model, x, y, spans, threat, paths, best):
@@ -349,6 +331,34 @@ class PGD:
         if shared:
             chunks = [_Chunk(spans[0][0], spans[-1][1], global_blocks)]
         return x_adv, logits, chunks
+
+
+class _Kept:
+    """Per-example strongest state so far: misclassified beats correct, then higher loss wins."""
+
+    def __init__(self) -> None:
+        self.state: list[Tensor] = []
+        self.fooled: Tensor | None = None
+        self.loss: Tensor | None = None
+
+    def update(self, fooled: Tensor, loss: Tensor, state: list[Tensor]) -> None:
+        if self.fooled is None:
+            self.state = [t.detach().clone() for t in state]
+            self.fooled, self.loss = fooled.clone(), loss.clone()
+            return
+        better = (fooled & ~self.fooled) | ((fooled == self.fooled) & (loss > self.loss))
+        for kept, t in zip(self.state, state, strict=True):
+            kept.copy_(torch.where(better.view(-1, *([1] * (t.dim() - 1))), t.detach(), kept))
+        self.fooled = torch.where(better, fooled, self.fooled)
+        self.loss = torch.where(better, loss, self.loss)
+
+
+def _ascend(blocks: list[WeightBlock], grads: Sequence[Tensor], frac: float) -> None:
+    """Step every block with its slice of the gradients (blocks own len(block.variables) tensors each)."""
+    k = 0
+    for blk in blocks:
+        blk.ascend(grads[k : k + len(blk.variables)], frac)
+        k += len(blk.variables)
 
 
 class _Seeds:
