@@ -1,0 +1,30 @@
+"""Bounds on what the joint threat can do to a network: Theorem 2's error analysis, IBP, and CROWN.
+
+lower = margin_bounds(model, x, y, threat, method="crown").lower   # (N, K) margin lower bounds
+r_x, r_w, _ = sensitivity_terms(model, x, threat)                  # Theorem 2's regulariser terms
+"""
+
+from .api import margin_bounds
+from .crown import crown_margin_bounds
+from .ibp import IBP_RULES, IntervalRule, ibp_margin_bounds, register_ibp_rule
+from .layers import UnsupportedLayerError
+from .margins import BoundMethod, MarginBounds, loss_bound_from_margins
+from .norm import NormBounds, SensitivityTerms, norm_bounds, norm_margin_bounds, sensitivity_terms
+
+__all__ = [
+    "IBP_RULES",
+    "BoundMethod",
+    "IntervalRule",
+    "MarginBounds",
+    "NormBounds",
+    "SensitivityTerms",
+    "UnsupportedLayerError",
+    "crown_margin_bounds",
+    "ibp_margin_bounds",
+    "loss_bound_from_margins",
+    "margin_bounds",
+    "norm_bounds",
+    "norm_margin_bounds",
+    "register_ibp_rule",
+    "sensitivity_terms",
+]
