@@ -234,8 +234,9 @@ class PGD:
     def _optimise(self, model, x, y, spans, threat, paths, seeds, tick, sync_ranks):
         """Run restarts x steps over the batches `spans`; a shared threat's weight blocks span them all.
 
-        Per-example scope keeps, for each example, the strongest point seen at any step of any restart
-        (misclassified first, then higher loss). Shared scope keeps the step with the fewest correct examples.
+        Per-example scope keeps, for each example, the first point of any step of any restart where it was
+        misclassified, else its highest-loss final iterate. Shared scope keeps the step with the fewest correct
+        examples.
         """
         shared = threat.scope is Scope.SHARED
         frac = self.step_fraction
@@ -276,7 +277,8 @@ class PGD:
                         total_loss += float(losses.detach().sum())
                         candidate.append([xs[b].detach().clone(), logits.detach()])
                     else:
-                        kept[b].update(fooled, losses.detach(), [xs[b], logits, *variables[b]])
+                        state = [xs[b], logits, *_block_state(blocks[b])]
+                        kept[b].update(fooled, losses.detach(), state, final=last)
                     if last:
                         continue
                     wrt = ([xb] if threat.perturbs_input else []) + variables[b] + global_vars
@@ -302,55 +304,66 @@ class PGD:
                         with torch.no_grad():
                             _ascend(global_blocks, global_grads, frac)
         best = best_shared if shared else [k.state for k in kept]
-        return self._finish(model, x, y, spans, threat, paths, best)
+        return self._finish(spans, threat, model, paths, best)
 
-    def _finish(self, model, x, y, spans, threat, paths, best):
-        """Load the kept state into fresh blocks and run the final forward pass that records layer inputs."""
+    def _finish(self, spans, threat, model, paths, best):
+        """Load the kept state into fresh blocks: the kept inputs, logits, variables and (Lemma 1) layer inputs."""
         shared = threat.scope is Scope.SHARED
         global_blocks = build_weight_blocks(model, threat, paths, 0) if shared else []
         if shared:
-            flat = [v for blk in global_blocks for v in blk.variables]
-            for v, kept in zip(flat, best[-1], strict=True):
+            for v, kept in zip([v for blk in global_blocks for v in blk.variables], best[-1], strict=True):
                 v.copy_(kept)
         x_adv, logits, chunks = [], [], []
         for b, (s, e) in enumerate(spans):
             blocks = [] if shared else build_weight_blocks(model, threat, paths, e - s)
             if not shared:
-                flat = [v for blk in blocks for v in blk.variables]
-                for v, kept in zip(flat, best[b][2:], strict=True):
-                    v.copy_(kept)
-            xb = best[b][0]
-            if paths:
-                # Re-run at the kept point so every Lemma 1 block records the layer input h' it materialises from.
-                with torch.no_grad(), installed(blocks + global_blocks):
-                    logits.append(model(xb))
-            else:
-                logits.append(best[b][1])
-            x_adv.append(xb)
+                _load_state(blocks, best[b][2:])
+            x_adv.append(best[b][0])
+            logits.append(best[b][1])
             chunks.append(_Chunk(s, e, blocks))
         if shared:
             chunks = [_Chunk(spans[0][0], spans[-1][1], global_blocks)]
         return x_adv, logits, chunks
 
 
+def _block_state(blocks: list[WeightBlock]) -> list[Tensor]:
+    """What a per-example block needs kept: its variables, and for Lemma 1 the layer input h' it saw."""
+    state: list[Tensor] = [v for blk in blocks for v in blk.variables]
+    return state + [blk.h_seen for blk in blocks if blk.path is LayerPath.LEMMA1]
+
+
+def _load_state(blocks: list[WeightBlock], state: list[Tensor]) -> None:
+    n_vars = sum(len(blk.variables) for blk in blocks)
+    for v, kept in zip([v for blk in blocks for v in blk.variables], state[:n_vars], strict=True):
+        v.copy_(kept)
+    for blk, h in zip([b for b in blocks if b.path is LayerPath.LEMMA1], state[n_vars:], strict=True):
+        blk.h_seen = h
+
+
 class _Kept:
-    """Per-example strongest state so far: misclassified beats correct, then higher loss wins."""
+    """Per-example state to return: the first point where the example was misclassified, else the final
+    iterate with the highest loss over restarts. Only rows that change are copied, so keeping is cheap.
+    """
 
     def __init__(self) -> None:
         self.state: list[Tensor] = []
         self.fooled: Tensor | None = None
         self.loss: Tensor | None = None
 
-    def update(self, fooled: Tensor, loss: Tensor, state: list[Tensor]) -> None:
+    def update(self, fooled: Tensor, loss: Tensor, state: list[Tensor], final: bool) -> None:
         if self.fooled is None:
             self.state = [t.detach().clone() for t in state]
             self.fooled, self.loss = fooled.clone(), loss.clone()
             return
-        better = (fooled & ~self.fooled) | ((fooled == self.fooled) & (loss > self.loss))
-        for kept, t in zip(self.state, state, strict=True):
-            kept.copy_(torch.where(better.view(-1, *([1] * (t.dim() - 1))), t.detach(), kept))
-        self.fooled = torch.where(better, fooled, self.fooled)
-        self.loss = torch.where(better, loss, self.loss)
+        take = fooled & ~self.fooled
+        if final:  # end of a restart: a still-correct example keeps the final point with the higher loss
+            take |= ~fooled & ~self.fooled & (loss > self.loss)
+        rows = torch.nonzero(take).flatten()
+        if len(rows):
+            for kept, t in zip(self.state, state, strict=True):
+                kept[rows] = t.detach()[rows]
+            self.fooled[rows] = fooled[rows]
+            self.loss[rows] = loss[rows]
 
 
 def _ascend(blocks: list[WeightBlock], grads: Sequence[Tensor], frac: float) -> None:

@@ -15,6 +15,7 @@ verifier re-runs through the ordinary module.
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import Iterator, Sequence
 from enum import Enum
 
@@ -22,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .threat import Scope, ThreatModel, WeightBall
+from .threat import EpsMode, Scope, ThreatModel, WeightBall
 
 __all__ = ["LayerPath", "WeightBlock", "build_weight_blocks", "installed", "layer_paths"]
 
@@ -160,15 +161,12 @@ class WeightBlock:
         self.ball = threat.weight_ball
         weight = module.weight.detach()
         self.weight = weight
-        self.rho = threat.weight_radius(name, weight) if self.ball is WeightBall.ELEMENTWISE else None
+        self._threat = threat
         self.e = threat.operator_radius(name, weight) if self.ball is WeightBall.OPERATOR else None
         self.bias_rho = threat.bias_radius(module.bias)
         # Absolute element-wise radius is one number: r = eps * ||h||_1 needs no matmul (Lemma 1).
-        self.uniform_eps = (
-            threat.eps_w_for(name)
-            if self.rho is not None and threat.weight_mode.value == "absolute"
-            else None
-        )
+        elementwise_absolute = self.ball is WeightBall.ELEMENTWISE and threat.weight_mode is EpsMode.ABSOLUTE
+        self.uniform_eps = threat.eps_w_for(name) if elementwise_absolute else None
         self.h_seen: Tensor | None = None
         out_features = weight.shape[0]
         lead = () if path is LayerPath.SHARED else (n,)
@@ -181,6 +179,13 @@ class WeightBlock:
             if self.bias_rho is not None:
                 self.delta_b = torch.zeros(*lead, out_features, dtype=weight.dtype, device=weight.device)
                 self.variables.append(self.delta_b)
+
+    @functools.cached_property
+    def rho(self) -> Tensor | None:
+        """Element-wise radius matrix (None for the operator ball); built on first use only."""
+        if self.ball is not WeightBall.ELEMENTWISE:
+            return None
+        return self._threat.weight_radius(self.name, self.weight)
 
     # ------------------------------------------------------------------ optimisation hooks
     def random_start(self, generator: torch.Generator | None) -> None:
@@ -224,7 +229,7 @@ class WeightBlock:
     def radius(self, h: Tensor) -> Tensor:
         """Lemma 1: r(h) with {D h} = box of radius r, plus the bias radius; (n, out)."""
         if self.uniform_eps is not None:
-            r = self.uniform_eps * h.abs().sum(dim=1, keepdim=True)
+            r = self.uniform_eps * torch.linalg.vector_norm(h, 1, dim=1, keepdim=True)
         elif self.ball is WeightBall.ELEMENTWISE:
             r = h.abs() @ self.rho.t()
         else:
@@ -237,7 +242,7 @@ class WeightBlock:
         h = inputs[0]
         self.h_seen = h.detach()
         if self.path is LayerPath.LEMMA1:
-            return out + self.t * self.radius(h)
+            return torch.addcmul(out, self.t, self.radius(h))
         shared = self.path is LayerPath.SHARED
         if shared:
             term = _apply_weight(self.module, h, self.delta)
