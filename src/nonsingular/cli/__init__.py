@@ -10,6 +10,7 @@ from .._version import __version__
 from ..checkpoint import CheckpointError
 from .common import UserError, err_console, one_line
 from .evaluate_cmd import evaluate
+from .radius_cmd import radius
 
 app = typer.Typer(
     name="nonsingular",
@@ -34,6 +35,7 @@ def _root(
 
 
 app.command("evaluate")(evaluate)
+app.command("radius")(radius)
 
 
 def main() -> None:

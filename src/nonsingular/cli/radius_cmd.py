@@ -11,6 +11,7 @@ import typer
 from rich.table import Table
 
 from ..attacks import PGD
+from ..bounds import margin_bounds
 from ..radius import Ray, attacked_radius, certified_radius
 from ..threat import EpsMode, ThreatModel, WeightBall
 from .common import BallOpt, ModeOpt, check_writable, console, progress_bar, write_json
@@ -36,8 +37,6 @@ def radius(
     attack finds a verified error (upper bound) and the largest s a certificate proves (lower bound).
     """
     check_writable(out, force)
-    from ..certify import certified_mask
-
     loaded = load_model_and_data(checkpoint, data)
     x, y = select_examples(loaded.data, n_examples)
     ray = Ray(k_x, k_w, ThreatModel(weight_ball=weight_ball, weight_mode=weight_mode, domain=loaded.data.domain))
@@ -47,7 +46,9 @@ def radius(
     with progress_bar("radius", total=2) as update:
         upper = attacked_radius(model, x, y, ray, PGD(steps=steps), s_hi, iterations)
         update(1, 2, "certified radius")
-        lower = certified_radius(x, y, ray, lambda a, b, t: certified_mask(model, a, b, t, method), s_hi, iterations)
+        lower = certified_radius(
+            x, y, ray, lambda a, b, t: margin_bounds(model, a.double(), b, t, method).certified, s_hi, iterations
+        )
         update(2, 2)
     table = Table(title=f"radius along (eps_x, eps_w) = s ({k_x:g}, {k_w:g}), {len(y)} examples")
     table.add_column("bound")
@@ -60,9 +61,19 @@ def radius(
     gap_ok = bool((lower.radius <= upper.radius + 1e-12).all())
     console.print(f"certified <= attacked for every example: {gap_ok}; took {time.perf_counter() - t0:.1f} s")
     if out is not None:
-        write_json(out, {
-            "checkpoint": str(checkpoint), "k_x": k_x, "k_w": k_w, "s_max": s_hi, "method": method,
-            "threat": ray.base.describe(), "attacked": upper.radius.tolist(), "certified": lower.radius.tolist(),
-            "attacked_censored": upper.censored.tolist(), "certified_censored": lower.censored.tolist(),
-        })
+        write_json(
+            out,
+            {
+                "checkpoint": str(checkpoint),
+                "k_x": k_x,
+                "k_w": k_w,
+                "s_max": s_hi,
+                "method": method,
+                "threat": ray.base.describe(),
+                "attacked": upper.radius.tolist(),
+                "certified": lower.radius.tolist(),
+                "attacked_censored": upper.censored.tolist(),
+                "certified_censored": lower.censored.tolist(),
+            },
+        )
         console.print(f"wrote {out}")

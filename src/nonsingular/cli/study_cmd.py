@@ -19,7 +19,9 @@ from .common import UserError, console, progress_bar
 def study(
     config: Annotated[
         Path | None,
-        typer.Option("--config", help=f"Study file (.toml or .yaml) [default: the shipped {default_config_path().name}]."),
+        typer.Option(
+            "--config", help=f"Study file (.toml or .yaml) [default: the shipped {default_config_path().name}]."
+        ),
     ] = None,
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder for results.json, CSVs, PNGs, report.html.")] = Path(
         "runs/study"
