@@ -40,3 +40,37 @@ def small_mlp(digits: Dataset) -> MLP:
 @pytest.fixture(scope="session")
 def batch(digits: Dataset) -> tuple[torch.Tensor, torch.Tensor]:
     return digits.x_test[:48], digits.y_test[:48]
+
+
+@pytest.fixture(scope="session")
+def checkpoint(tmp_path_factory, small_mlp: MLP, digits: Dataset):
+    """The small MLP saved as a checkpoint of the digits."""
+    from nonsingular.checkpoint import save_checkpoint
+
+    path = tmp_path_factory.mktemp("ckpt") / "mlp.safetensors"
+    spec = {
+        "name": "mlp",
+        "input_shape": list(digits.input_shape),
+        "widths": [32, 32],
+        "num_classes": 10,
+        "mean": digits.mean,
+        "std": digits.std,
+    }
+    save_checkpoint(path, small_mlp, {"architecture": spec, "data": {"source": "digits", "seed": 0}})
+    return path
+
+
+def run_cli(monkeypatch, capsys, *args: str) -> tuple[int, str, str]:
+    """Run the console entry point in-process; returns (exit code, stdout, stderr)."""
+    import sys
+
+    from nonsingular.cli import main
+
+    monkeypatch.setattr(sys, "argv", ["nonsingular", *args])
+    code = 0
+    try:
+        main()
+    except SystemExit as exit_:
+        code = exit_.code if isinstance(exit_.code, int) else 1
+    out = capsys.readouterr()
+    return code, out.out, out.err

@@ -1,38 +1,10 @@
 """`nonsingular evaluate` end to end, and one-line errors for bad input."""
 
 import json
-import sys
 
 import pytest
 
-from nonsingular.checkpoint import save_checkpoint
-from nonsingular.cli import main
-
-
-def run_cli(monkeypatch, capsys, *args):
-    monkeypatch.setattr(sys, "argv", ["nonsingular", *args])
-    code = 0
-    try:
-        main()
-    except SystemExit as exit_:
-        code = exit_.code if isinstance(exit_.code, int) else 1
-    out = capsys.readouterr()
-    return code, out.out, out.err
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory, small_mlp, digits):
-    path = tmp_path_factory.mktemp("ckpt") / "mlp.safetensors"
-    spec = {
-        "name": "mlp",
-        "input_shape": list(digits.input_shape),
-        "widths": [32, 32],
-        "num_classes": 10,
-        "mean": digits.mean,
-        "std": digits.std,
-    }
-    save_checkpoint(path, small_mlp, {"architecture": spec, "data": {"source": "digits", "seed": 0}})
-    return path
+from conftest import run_cli
 
 
 def test_evaluate_round_trip(monkeypatch, capsys, checkpoint, tmp_path):
@@ -47,9 +19,7 @@ def test_evaluate_round_trip(monkeypatch, capsys, checkpoint, tmp_path):
     joint = report["cells"]["joint"]["per-example"]
     assert joint["verified"] and joint["accuracy"] <= report["clean_accuracy"]
     assert report["cells"]["joint"]["per-example"]["paths"] == {"2": "lemma1", "4": "lemma1", "6": "lemma1"}
-    assert (
-        report["cells"]["joint"]["per-example"]["accuracy"] <= report["cells"]["joint"]["shared"]["accuracy"]
-    )
+    assert report["cells"]["joint"]["per-example"]["accuracy"] <= report["cells"]["joint"]["shared"]["accuracy"]
     # an existing output is never overwritten without --force
     before = out.read_text()
     code, _, err = run_cli(monkeypatch, capsys, *args, "--out", str(out))

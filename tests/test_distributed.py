@@ -5,26 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
-from nonsingular.checkpoint import save_checkpoint
-
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory, small_mlp, digits):
-    path = tmp_path_factory.mktemp("dist") / "mlp.safetensors"
-    spec = {
-        "name": "mlp",
-        "input_shape": [1, 8, 8],
-        "widths": [32, 32],
-        "num_classes": 10,
-        "mean": digits.mean,
-        "std": digits.std,
-    }
-    save_checkpoint(path, small_mlp, {"architecture": spec, "data": {"source": "digits", "seed": 0}})
-    return path
 
 
 def _evaluate(launcher: list[str], checkpoint: Path, out: Path) -> dict:
