@@ -8,8 +8,13 @@ import pytest
 from nonsingular.study.config import StudyConfig, load_study_config
 from nonsingular.study.report import headline_rows, summarise, write_report
 
-GRID = {"eps_x": [0.0, 0.05], "eps_w": [0.0, 0.002], "weight_ball": "elementwise", "weight_mode": "absolute",
-        "scopes": ["per-example", "shared"]}
+GRID = {
+    "eps_x": [0.0, 0.05],
+    "eps_w": [0.0, 0.002],
+    "weight_ball": "elementwise",
+    "weight_mode": "absolute",
+    "scopes": ["per-example", "shared"],
+}
 
 
 def _model(objective, clean, acc):
@@ -19,15 +24,26 @@ def _model(objective, clean, acc):
         cells.append({"eps_x": ex, "eps_w": ew, "scope": "per-example", "accuracy": value, "verified": True})
         cells.append({"eps_x": ex, "eps_w": ew, "scope": "shared", "accuracy": min(1, value + 0.1), "verified": True})
     certified = [{"eps_x": 0.05, "eps_w": 0.002, "method": "ibp", "certified_accuracy": acc[2] / 2, "seconds": 0.1}]
-    return {"objective": objective, "clean_accuracy": clean, "cells": cells, "certified": certified,
-            "train_seconds": 1.0, "eval_seconds": 2.0,
-            "radius": {"k_x": 1.0, "k_w": 0.04, "attack": [0.05, 0.1], "certified": [0.01, 0.02]}}
+    return {
+        "objective": objective,
+        "clean_accuracy": clean,
+        "cells": cells,
+        "certified": certified,
+        "train_seconds": 1.0,
+        "eval_seconds": 2.0,
+        "radius": {"k_x": 1.0, "k_w": 0.04, "attack": [0.05, 0.1], "certified": [0.01, 0.02]},
+    }
 
 
 def _results(reg_joint):
     return {
-        "name": "synthetic", "data": {"name": "digits", "n_test": 360}, "n_examples": 360, "attack": "PGD()",
-        "grid": GRID, "headline": {"eps_x": 0.05, "eps_w": 0.002}, "versions": {"nonsingular": "0"},
+        "name": "synthetic",
+        "data": {"name": "digits", "n_test": 360},
+        "n_examples": 360,
+        "attack": "PGD()",
+        "grid": GRID,
+        "headline": {"eps_x": 0.05, "eps_w": 0.002},
+        "versions": {"nonsingular": "0"},
         "models": {
             "std": _model("standard", 0.97, (0.80, 0.40, 0.10)),
             "adv": _model("pgd-at", 0.95, (0.90, 0.30, 0.15)),
@@ -51,9 +67,20 @@ def test_headline_rows():
 
 def test_write_report(tmp_path):
     html = write_report(_results(0.45), tmp_path)
-    for name in ("results.json", "headline.csv", "robust_accuracy.csv", "certified.csv", "radius.csv",
-                 "heatmaps.png", "weight_fragility.png", "input_robustness.png", "certified_vs_attacked.png",
-                 "radius.png", "report.md", "report.html"):
+    for name in (
+        "results.json",
+        "headline.csv",
+        "robust_accuracy.csv",
+        "certified.csv",
+        "radius.csv",
+        "heatmaps.png",
+        "weight_fragility.png",
+        "input_robustness.png",
+        "certified_vs_attacked.png",
+        "radius.png",
+        "report.md",
+        "report.html",
+    ):
         assert (tmp_path / name).stat().st_size > 0, name
     page = html.read_text()
     assert page.count("data:image/png;base64,") == 5 and "Claim 1" in page
