@@ -8,6 +8,7 @@ import typer
 
 from .._version import __version__
 from ..checkpoint import CheckpointError
+from .certify_cmd import certify
 from .common import UserError, err_console, one_line
 from .evaluate_cmd import evaluate
 from .radius_cmd import radius
@@ -35,6 +36,7 @@ def _root(
 
 
 app.command("evaluate")(evaluate)
+app.command("certify")(certify)
 app.command("radius")(radius)
 
 
