@@ -86,6 +86,10 @@ def evaluate(
         console.print(f"{dist.world_size()} processes, each attacking a contiguous share of the batches")
     console.print(render_table(report, title=f"{checkpoint.name} on {loaded.data.name} ({len(y)} test examples)"))
     console.print(f"threat: {threat}    attack: {report.attack}")
+    joint = report.cells["joint"]["per-example"] or report.cells["weight"]["per-example"]
+    if joint is not None:
+        paths = ", ".join(f"{layer}={path}" for layer, path in joint.paths.items())
+        console.print(f"per-example weight paths: {paths} (shared scope: one perturbation for all inputs)")
     console.print(f"evaluated in {elapsed:.2f} s; every robust accuracy verified with explicit weights")
     if out is not None:
         payload = report.to_json()
