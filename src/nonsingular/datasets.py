@@ -133,10 +133,7 @@ def _idx_split(folder: Path, split: str) -> tuple[np.ndarray, np.ndarray, Path]:
         files[kind] = found
     images = read_idx(files["images"], _IDX_IMAGES_MAGIC)
     labels = read_idx(files["labels"], _IDX_LABELS_MAGIC)
-    if images.ndim != 3:
-        raise ValueError(f"{files['images']}: expected (N, H, W) images, header declares shape {images.shape}")
-    if labels.ndim != 1:
-        raise ValueError(f"{files['labels']}: expected (N,) labels, header declares shape {labels.shape}")
+    # The magic numbers fix the ranks: images (N, H, W), labels (N,).
     if len(images) != len(labels):
         raise ValueError(
             f"{files['labels']}: count mismatch: {len(labels)} labels for {len(images)} images in {files['images']}"
@@ -343,17 +340,18 @@ def _npz_labels(path: Path, key: str, y: np.ndarray, n: int) -> np.ndarray:
 
 
 def _read_npz(path: Path) -> dict[str, np.ndarray]:
-    try:
-        archive = np.load(path, allow_pickle=False)
-    except (OSError, ValueError, EOFError) as err:
-        raise ValueError(f"{path}: not a readable .npz archive ({err})") from None
-    if not isinstance(archive, np.lib.npyio.NpzFile):
-        raise ValueError(f"{path}: holds a single array (.npy); save x and y with np.savez(path, x=..., y=...)")
-    try:
-        with archive:
-            return {k: archive[k] for k in archive.files}
-    except (OSError, ValueError, EOFError, zlib.error, zipfile.BadZipFile) as err:
-        raise ValueError(f"{path}: truncated or corrupted .npz archive ({type(err).__name__}: {err})") from None
+    # We open the file ourselves so that it is closed on every error path (np.load leaks it on a bad zip).
+    with open(path, "rb") as fh:
+        try:
+            archive = np.load(fh, allow_pickle=False)
+            if not isinstance(archive, np.lib.npyio.NpzFile):
+                raise ValueError(f"{path}: holds a single array (.npy); save x and y with np.savez(path, x=..., y=...)")
+            with archive:
+                return {k: archive[k] for k in archive.files}
+        except (OSError, ValueError, EOFError, zlib.error, zipfile.BadZipFile) as err:
+            if str(err).startswith(str(path)):
+                raise
+            raise ValueError(f"{path}: not a readable .npz archive ({type(err).__name__}: {err})") from None
 
 
 def load_npz(arg: str, seed: int = 0) -> Dataset:
