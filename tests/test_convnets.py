@@ -257,12 +257,6 @@ def test_grouped_conv1d_and_bias_perturbation_verify():
             assert set(result.paths.values()) == expected
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="settle_in_ball (operator ball) shrinks over-budget rows by a factor 1 - 1e-6, smaller than the "
-    "rounding of W + D when |W| >> eps_w, so rows stay over the radius after its 8 rounds (seen as a verify "
-    "failure of a shared operator-ball attack on SmallCNN); see the helper's report for the fix",
-)
 def test_operator_ball_settles_inside_with_large_weights():
     torch.manual_seed(0)
     weight = SmallCNN((1, 8, 8), 10)[1].weight.detach()  # |W| up to 1/3, eps_w = 0.01

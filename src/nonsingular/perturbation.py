@@ -142,15 +142,29 @@ def settle_in_ball(weight: Tensor, perturbed: Tensor, radius: Tensor, ball: Weig
     if ball is WeightBall.ELEMENTWISE:
         return torch.minimum(torch.maximum(perturbed, weight - radius), weight + radius)
     rows = weight.shape[0]
-    for _ in range(8):
+    lead = perturbed.dim() - weight.dim()
+    tiny = torch.finfo(weight.dtype).eps
+
+    def row_view(t: Tensor) -> Tensor:
+        return t.reshape(*t.shape[:lead], rows, -1)
+
+    def expand(v: Tensor) -> Tensor:
+        return v.reshape(*v.shape, *([1] * (weight.dim() - 1)))
+
+    for _ in range(4):
         diff = perturbed - weight
-        sums = diff.reshape(*diff.shape[: diff.dim() - weight.dim()], rows, -1).abs().sum(dim=-1)
+        sums = row_view(diff).abs().sum(dim=-1)
         over = sums > radius
         if not bool(over.any()):
-            break
-        scale = torch.where(over, radius / sums * (1 - 1e-6), torch.ones_like(sums))
-        perturbed = weight + diff * scale.reshape(*scale.shape, *([1] * (weight.dim() - 1)))
-    return perturbed
+            return perturbed
+        # Aim below the radius by a bound on the rounding of W + D (an ulp of each |W'| element), so the
+        # difference the dtype computes afterwards lands inside even when |W| >> radius.
+        slack = 2 * tiny * row_view(perturbed).abs().sum(dim=-1)
+        scale = torch.where(over, (radius - slack).clamp_min(0) / sums, torch.ones_like(sums))
+        perturbed = weight + diff * expand(scale)
+    # Still outside after the rounds above (pathological magnitudes): those rows stay unperturbed.
+    over = row_view(perturbed - weight).abs().sum(dim=-1) > radius
+    return torch.where(expand(over), weight.expand_as(perturbed), perturbed)
 
 
 class WeightBlock:
