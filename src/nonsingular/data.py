@@ -100,8 +100,22 @@ def load_digits(seed: int = 0, test_fraction: float = 0.2) -> Dataset:
     return make_dataset("digits", x_tr, y_tr, x_te, y_te, num_classes=10)
 
 
-#: scheme -> loader(argument, seed). "digits" takes no argument; "mnist:PATH" passes PATH.
-DATA_SOURCES: dict[str, Callable[[str, int], Dataset]] = {"digits": lambda _arg, seed: load_digits(seed=seed)}
+def _from_files(scheme: str) -> Callable[[str, int], Dataset]:
+    def load(arg: str, seed: int) -> Dataset:
+        from .datasets import FILE_SOURCES  # imported on use: datasets builds on this module
+
+        if not arg:
+            raise ValueError(f"data source '{scheme}' needs a path, e.g. '{scheme}:/data/{scheme}'")
+        return FILE_SOURCES[scheme](arg, seed)
+
+    return load
+
+
+#: scheme -> loader(argument, seed). "digits" takes no argument; "mnist:PATH" passes PATH. Local files only.
+DATA_SOURCES: dict[str, Callable[[str, int], Dataset]] = {
+    "digits": lambda _arg, seed: load_digits(seed=seed),
+    **{scheme: _from_files(scheme) for scheme in ("mnist", "fashion-mnist", "cifar10", "npz")},
+}
 
 
 def register_data_source(scheme: str, loader: Callable[[str, int], Dataset]) -> None:
