@@ -69,8 +69,17 @@ class MLP(nn.Sequential):
         super().__init__(*layers)
 
 
+def _convnet(name: str) -> Callable[..., nn.Module]:
+    def build(**kwargs: Any) -> nn.Module:
+        from . import convnets  # imported on use: convnets builds on Normalize from this module
+
+        return {"cnn": convnets.SmallCNN, "lenet": convnets.LeNet}[name](**kwargs)
+
+    return build
+
+
 #: name -> factory(**spec_without_name) -> nn.Module. Extended by `register_architecture`.
-ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {"mlp": MLP}
+ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {"mlp": MLP, "cnn": _convnet("cnn"), "lenet": _convnet("lenet")}
 
 
 def register_architecture(name: str, factory: Callable[..., nn.Module]) -> None:
