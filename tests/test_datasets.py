@@ -363,9 +363,16 @@ def test_npz_errors_name_the_file(tmp_path, case):
 
 
 @pytest.mark.parametrize("scheme", sorted(FILE_SOURCES))
-def test_schemes_need_an_argument(sources, scheme):
-    with pytest.raises(ValueError, match=f"{scheme} needs a"):
+def test_schemes_need_an_argument(scheme):
+    with pytest.raises(ValueError, match="needs a"):
         data_module.load_data(scheme)
+    with pytest.raises(ValueError, match=f"{scheme} needs a"):
+        FILE_SOURCES[scheme]("", 0)
+
+
+def test_load_data_knows_the_file_schemes(tmp_path):
+    written = write_mnist(tmp_path, hw=(8, 8))
+    _check_images(data_module.load_data(f"fashion-mnist:{tmp_path}"), written, (1, 8, 8))
 
 
 def test_gzip_detected_by_content(tmp_path):
