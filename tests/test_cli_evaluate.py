@@ -62,3 +62,23 @@ def test_bad_input_one_line_error(monkeypatch, capsys, checkpoint, tmp_path, cas
     assert needle in err
     assert "Traceback" not in err + stdout
     assert len(err.strip().splitlines()) == 1, err
+
+
+def test_evaluate_user_model(monkeypatch, capsys, tmp_path):
+    import torch
+    from safetensors.torch import save_file
+
+    source = tmp_path / "user_net.py"
+    source.write_text(
+        "from torch import nn\n\n\ndef make():\n"
+        "    return nn.Sequential(nn.Flatten(), nn.Linear(64, 16), nn.ReLU(), nn.Linear(16, 10))\n"
+    )
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 16), torch.nn.ReLU(), torch.nn.Linear(16, 10))
+    save_file(net.state_dict(), str(tmp_path / "w.safetensors"))
+    args = ["evaluate", "--model", f"{source}:make", "--weights", str(tmp_path / "w.safetensors")]
+    code, stdout, err = run_cli(monkeypatch, capsys, *args, "--eps-w", "0.001", "--n-examples", "20", "--steps", "2")
+    assert code == 0, err
+    assert "1=lemma1, 3=lemma1" in stdout.replace("\n", " ")
+    code, _, err = run_cli(monkeypatch, capsys, "evaluate", "--model", "no_such_module_xyz:make", "--eps-w", "0.001")
+    assert code == 2 and "no_such_module_xyz" in err and len(err.strip().splitlines()) == 1

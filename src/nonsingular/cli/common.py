@@ -83,6 +83,14 @@ def make_threat(
     )
 
 
+CheckpointOpt = Annotated[
+    Path | None, typer.Option("--checkpoint", "-c", help="Checkpoint (.safetensors) written by nonsingular train.")
+]
+ModelOpt = Annotated[
+    str | None,
+    typer.Option("--model", help="Your own model instead of a checkpoint: package.module:factory or file.py:factory."),
+]
+WeightsOpt = Annotated[Path | None, typer.Option("--weights", help="safetensors state dict for --model.")]
 DeviceOpt = Annotated[str, typer.Option("--device", help="auto (CUDA when present), cpu, cuda or cuda:N.")]
 
 

@@ -15,12 +15,15 @@ from ..evaluate import KINDS, SCOPES, RobustnessReport, evaluate_robustness
 from ..threat import EpsMode, WeightBall
 from .common import (
     BallOpt,
+    CheckpointOpt,
     DeviceOpt,
     EpsBOpt,
     EpsWOpt,
     EpsXOpt,
     LayersOpt,
+    ModelOpt,
     ModeOpt,
+    WeightsOpt,
     check_writable,
     console,
     make_threat,
@@ -32,7 +35,9 @@ from .loading import load_model_and_data, select_examples
 
 
 def evaluate(
-    checkpoint: Annotated[Path, typer.Option("--checkpoint", "-c", help="Checkpoint (.safetensors) to evaluate.")],
+    checkpoint: CheckpointOpt = None,
+    model: ModelOpt = None,
+    weights: WeightsOpt = None,
     eps_x: EpsXOpt = 0.0,
     eps_w: EpsWOpt = 0.0,
     weight_ball: BallOpt = WeightBall.ELEMENTWISE,
@@ -67,7 +72,7 @@ def evaluate(
     lead = dist.rank() == 0
     threat = make_threat(eps_x, eps_w, weight_ball, weight_mode, eps_b, layers)
     attack = PGD(steps=steps, restarts=restarts, rel_stepsize=step_size, loss=loss, batch_size=batch_size, seed=seed)
-    loaded = load_model_and_data(checkpoint, data)
+    loaded = load_model_and_data(checkpoint, data, model, weights)
     loaded.model.to(run_device)
     threat = threat.model_copy(update={"domain": loaded.data.domain})
     threat.weight_layers(loaded.model)  # fail early on --layers the model does not have
@@ -84,7 +89,8 @@ def evaluate(
         return
     if dist.is_distributed():
         console.print(f"{dist.world_size()} processes, each attacking a contiguous share of the batches")
-    console.print(render_table(report, title=f"{checkpoint.name} on {loaded.data.name} ({len(y)} test examples)"))
+    name = checkpoint.name if checkpoint is not None else model
+    console.print(render_table(report, title=f"{name} on {loaded.data.name} ({len(y)} test examples)"))
     console.print(f"threat: {threat}    attack: {report.attack}")
     joint = report.cells["joint"]["per-example"] or report.cells["weight"]["per-example"]
     if joint is not None:
@@ -93,7 +99,8 @@ def evaluate(
     console.print(f"evaluated in {elapsed:.2f} s; every robust accuracy verified with explicit weights")
     if out is not None:
         payload = report.to_json()
-        payload["checkpoint"] = str(checkpoint)
+        payload["checkpoint"] = None if checkpoint is None else str(checkpoint)
+        payload["model"] = model
         payload["data"] = loaded.data.describe()
         write_json(out, payload)
         console.print(f"wrote {out}")

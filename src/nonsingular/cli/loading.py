@@ -21,14 +21,31 @@ class Loaded:
     metadata: dict[str, Any]
 
 
-def load_model_and_data(checkpoint: Path, data: str | None = None) -> Loaded:
-    """The checkpoint's model (eval mode) and its data: `data` if given, else the source it was trained on."""
-    ckpt = load_checkpoint(checkpoint)
-    data_meta = ckpt.metadata.get("data", {})
-    source = data or data_meta.get("source", "digits")
-    dataset = load_data(source, seed=int(data_meta.get("seed", 0)))
-    check_input_shape(ckpt.model, dataset.x_test[:1], source)
-    return Loaded(ckpt.model, dataset, ckpt.metadata)
+def load_model_and_data(
+    checkpoint: Path | None, data: str | None = None, model: str | None = None, weights: Path | None = None
+) -> Loaded:
+    """The model (eval mode) and data a command works on.
+
+    Either a nonsingular checkpoint (its data is the default), or the user's own model: `model` is
+    "package.module:factory" (or "path/to/file.py:factory") with optional safetensors `weights`, and `data`
+    (default digits) names the data it takes.
+    """
+    if (checkpoint is None) == (model is None):
+        raise UserError("give either --checkpoint, or --model (with --weights) for a model trained elsewhere")
+    if model is not None:
+        from ..convnets import load_user_model
+
+        net, metadata, seed = load_user_model(model, weights), {"model": model}, 0
+    else:
+        if weights is not None:
+            raise UserError("--weights goes with --model; a checkpoint holds its own weights")
+        ckpt = load_checkpoint(checkpoint)
+        net, metadata = ckpt.model, ckpt.metadata
+        seed = int(metadata.get("data", {}).get("seed", 0))
+    source = data or metadata.get("data", {}).get("source", "digits")
+    dataset = load_data(source, seed=seed)
+    check_input_shape(net, dataset.x_test[:1], source)
+    return Loaded(net, dataset, metadata)
 
 
 def check_input_shape(model: nn.Module, x: Tensor, source: str) -> None:

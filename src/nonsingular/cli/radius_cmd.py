@@ -14,12 +14,24 @@ from ..attacks import PGD
 from ..bounds import margin_bounds
 from ..radius import Ray, attacked_radius, certified_radius
 from ..threat import EpsMode, ThreatModel, WeightBall
-from .common import BallOpt, ModeOpt, check_writable, console, progress_bar, write_json
+from .common import (
+    BallOpt,
+    CheckpointOpt,
+    ModelOpt,
+    ModeOpt,
+    WeightsOpt,
+    check_writable,
+    console,
+    progress_bar,
+    write_json,
+)
 from .loading import load_model_and_data, select_examples
 
 
 def radius(
-    checkpoint: Annotated[Path, typer.Option("--checkpoint", "-c", help="Checkpoint (.safetensors).")],
+    checkpoint: CheckpointOpt = None,
+    model: ModelOpt = None,
+    weights: WeightsOpt = None,
     k_x: Annotated[float, typer.Option("--k-x", help="Ray direction for eps_x (data units per unit of s).")] = 1.0,
     k_w: Annotated[float, typer.Option("--k-w", help="Ray direction for eps_w (weight units per unit of s).")] = 0.04,
     s_max: Annotated[float, typer.Option("--s-max", help="Largest s searched; radii beyond it are censored.")] = 0.2,
@@ -37,7 +49,7 @@ def radius(
     attack finds a verified error (upper bound) and the largest s a certificate proves (lower bound).
     """
     check_writable(out, force)
-    loaded = load_model_and_data(checkpoint, data)
+    loaded = load_model_and_data(checkpoint, data, model, weights)
     x, y = select_examples(loaded.data, n_examples)
     ray = Ray(k_x, k_w, ThreatModel(weight_ball=weight_ball, weight_mode=weight_mode, domain=loaded.data.domain))
     s_hi = min(s_max, ray.s_max)
@@ -64,7 +76,8 @@ def radius(
         write_json(
             out,
             {
-                "checkpoint": str(checkpoint),
+                "checkpoint": None if checkpoint is None else str(checkpoint),
+                "model": model,
                 "k_x": k_x,
                 "k_w": k_w,
                 "s_max": s_hi,
