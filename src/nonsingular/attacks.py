@@ -91,8 +91,8 @@ class AttackResult:
             lo, hi = max(start, chunk.start), min(stop, chunk.stop)
             if lo >= hi or not chunk.blocks:
                 continue
-            mats = _merge([b.materialise() for b in chunk.blocks])
-            parts.append({k: v[lo - chunk.start : hi - chunk.start] for k, v in mats.items()})
+            rows = slice(lo - chunk.start, hi - chunk.start)
+            parts.append(_merge([b.materialise(rows) for b in chunk.blocks]))
         if not parts:
             return {}
         return {k: torch.cat([p[k] for p in parts]) for k in parts[0]}

@@ -267,30 +267,31 @@ class WeightBlock:
         return out + term
 
     # ------------------------------------------------------------------ materialisation
-    def materialise(self) -> dict[str, Tensor]:
+    def materialise(self, rows: slice = slice(None)) -> dict[str, Tensor]:
         """Explicit perturbed parameters {'<name>.weight': W', '<name>.bias': b'}.
 
         Per-example paths give (n, *W.shape); the shared path gives W.shape. Lemma 1 uses the input h' the
         layer saw in the last forward pass: D = diag(t) rho sign(h')^T (operator ball: all of row i's budget on
-        argmax |h'_j|), sign(0) = +1.
+        argmax |h'_j|), sign(0) = +1. `rows` selects examples (per-example paths) so that only they are built.
         """
         W = self.weight
         if self.path is LayerPath.LEMMA1:
             if self.h_seen is None:
                 raise RuntimeError("materialise() needs a forward pass that recorded the layer input")
-            h = self.h_seen
+            h, t = self.h_seen[rows], self.t[rows]
             sign = torch.where(h >= 0, 1.0, -1.0).to(W.dtype)
             if self.ball is WeightBall.ELEMENTWISE:
-                delta = self.t[:, :, None] * (self.rho[None] * sign[:, None, :])
+                delta = t[:, :, None] * (self.rho[None] * sign[:, None, :])
             else:
                 j = h.abs().argmax(dim=1)
                 delta = torch.zeros(h.shape[0], *W.shape, dtype=W.dtype, device=W.device)
-                col = (self.t * self.e) * sign.gather(1, j[:, None])
+                col = (t * self.e) * sign.gather(1, j[:, None])
                 delta.scatter_(2, j[:, None, None].expand(-1, W.shape[0], 1), col[:, :, None])
-            delta_b = self.t * self.bias_rho if self.bias_rho is not None else None
+            delta_b = t * self.bias_rho if self.bias_rho is not None else None
         else:
-            delta = self.delta
-            delta_b = self.delta_b if self.bias_rho is not None else None
+            picked = slice(None) if self.path is LayerPath.SHARED else rows
+            delta = self.delta[picked]
+            delta_b = self.delta_b[picked] if self.bias_rho is not None else None
         radius = self.rho if self.rho is not None else self.e
         out = {f"{self.name}.weight": settle_in_ball(W, W + delta, radius, self.ball)}
         if delta_b is not None:
