@@ -17,7 +17,7 @@ from nonsingular import MLP, ThreatModel
 from nonsingular.bounds import UnsupportedLayerError, margin_bounds, norm_bounds
 from nonsingular.models import Normalize
 
-SETTINGS = settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
 @st.composite
@@ -137,7 +137,7 @@ def _convnet(data: st.DataObject, seed: int) -> tuple[nn.Sequential, tuple[int, 
     return nn.Sequential(features, nn.Linear(n_flat, 3)).double().eval(), shape
 
 
-@settings(SETTINGS, max_examples=12)
+@settings(SETTINGS, max_examples=25)
 @given(data=st.data())
 def test_convnet_interval_and_norm_bounds_are_sound(data: st.DataObject) -> None:
     seed = data.draw(st.integers(0, 2**16))
