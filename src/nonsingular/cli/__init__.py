@@ -12,6 +12,8 @@ from .certify_cmd import certify
 from .common import UserError, err_console, one_line
 from .evaluate_cmd import evaluate
 from .radius_cmd import radius
+from .study_cmd import study
+from .train_cmd import train
 
 app = typer.Typer(
     name="nonsingular",
@@ -38,6 +40,8 @@ def _root(
 app.command("evaluate")(evaluate)
 app.command("certify")(certify)
 app.command("radius")(radius)
+app.command("study")(study)
+app.command("train")(train)
 
 
 def main() -> None:

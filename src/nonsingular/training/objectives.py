@@ -1,0 +1,352 @@
+"""Training objectives (THEORY.md section 6): small callables the one trainer calls once per batch.
+
+Each objective maps (model, x, y, step context) to {"loss": scalar, "logits": (N, K), ...more scalars to log}.
+The adversarial ones find their perturbation with the library's own machinery (`attacks.PGD`, or the
+`perturbation` blocks for TRADES' KL ascent) and then train at the perturbed point: weight perturbations enter
+the forward pass through the same hooks the attacks use, so the gradient with respect to W is the gradient at
+W + D with D held fixed (as AWP does), and the user's parameters are never modified.
+
+Names combine with "+" where that makes sense:
+- one base: standard, pgd-at, trades, joint-at or ibp-certified;
+- awp adds a shared, layer-wise relative weight perturbation to standard, pgd-at or trades (pgd-at+awp is
+  Wu et al.'s AT-AWP, trades+awp their TRADES-AWP);
+- bound-reg adds Theorem 2's sensitivity terms to any base (bound-reg alone: cross-entropy + the terms).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from enum import Enum
+from typing import Protocol
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..attacks import PGD
+from ..bounds import ibp_margin_bounds, loss_bound_from_margins, sensitivity_terms
+from ..perturbation import WeightBlock, build_weight_blocks, installed, layer_paths
+from ..threat import EpsMode, Scope, ThreatModel
+from .config import TrainConfig
+
+__all__ = [
+    "Adversarial",
+    "BoundRegularized",
+    "IBPCertified",
+    "Objective",
+    "ObjectiveName",
+    "Standard",
+    "StepContext",
+    "Trades",
+    "build_objective",
+    "parse_objective",
+    "training_threat",
+]
+
+
+class ObjectiveName(str, Enum):
+    """Objective names; the string values are what configs and the CLI accept."""
+
+    STANDARD = "standard"
+    PGD_AT = "pgd-at"
+    TRADES = "trades"
+    AWP = "awp"
+    JOINT_AT = "joint-at"
+    BOUND_REG = "bound-reg"
+    IBP_CERTIFIED = "ibp-certified"
+
+
+_BASES = (
+    ObjectiveName.STANDARD,
+    ObjectiveName.PGD_AT,
+    ObjectiveName.TRADES,
+    ObjectiveName.JOINT_AT,
+    ObjectiveName.IBP_CERTIFIED,
+)
+_AWP_BASES = (ObjectiveName.STANDARD, ObjectiveName.PGD_AT, ObjectiveName.TRADES)
+
+
+def parse_objective(spec: str | ObjectiveName | Sequence[str | ObjectiveName]) -> tuple[ObjectiveName, ...]:
+    """Names of an objective in canonical order (base, awp, bound-reg); "standard" is dropped when combined.
+
+    Raises:
+        ValueError: an unknown name, a repeated name, two bases, or awp on a base it cannot modify.
+    """
+    if isinstance(spec, ObjectiveName):
+        tokens: list[str | ObjectiveName] = [spec]
+    elif isinstance(spec, str):
+        tokens = [t.strip() for t in spec.split("+")]
+    else:
+        tokens = list(spec)
+    names: list[ObjectiveName] = []
+    for token in tokens:
+        try:
+            names.append(ObjectiveName(token))
+        except ValueError:
+            known = ", ".join(n.value for n in ObjectiveName)
+            raise ValueError(f"unknown objective {str(token)!r}; known: {known} (combine with '+')") from None
+    if len(set(names)) != len(names):
+        raise ValueError(f"objective {spec!r} names a part twice")
+    bases = [n for n in names if n in _BASES]
+    if len(bases) > 1:
+        raise ValueError(f"objective {spec!r} combines {bases[0].value} and {bases[1].value}; use one base")
+    base = bases[0] if bases else ObjectiveName.STANDARD
+    if ObjectiveName.AWP in names and base not in _AWP_BASES:
+        raise ValueError(f"awp cannot be combined with {base.value} (it already perturbs weights or bounds them)")
+    extras = [n for n in (ObjectiveName.AWP, ObjectiveName.BOUND_REG) if n in names]
+    if base is ObjectiveName.STANDARD and extras:
+        return tuple(extras)
+    return (base, *extras)
+
+
+@dataclass(frozen=True)
+class StepContext:
+    """What an objective needs to know about the current step.
+
+    Attributes:
+        scale: epsilon warm-up factor in [0, 1]; the training threat's radii are multiplied by it.
+        seed: seed of this step's random starts (derived from the run seed, epoch and step: resumable).
+    """
+
+    scale: float = 1.0
+    seed: int = 0
+
+
+class Objective(Protocol):
+    def __call__(self, model: nn.Module, x: Tensor, y: Tensor, ctx: StepContext) -> dict[str, Tensor]:
+        """Loss and logits on a batch: x (N, *input_shape) in the data domain, y (N,) labels."""
+        ...
+
+
+def scaled_threat(threat: ThreatModel, scale: float) -> ThreatModel:
+    """The threat with every radius multiplied by `scale` in [0, 1] (stays valid, hence no re-validation)."""
+    if scale >= 1.0:
+        return threat
+    return threat.model_copy(
+        update={
+            "eps_x": threat.eps_x * scale,
+            "eps_w": threat.eps_w * scale,
+            "eps_b": threat.eps_b * scale,
+            "layer_eps": tuple((k, v * scale) for k, v in threat.layer_eps),
+        }
+    )
+
+
+def _frozen(blocks: list[WeightBlock]) -> list[WeightBlock]:
+    """The attack's variables stop tracking gradients: training differentiates the weights, not D."""
+    for blk in blocks:
+        for v in blk.variables:
+            v.requires_grad_(False)
+    return blocks
+
+
+def _attack_blocks(result) -> list[WeightBlock]:
+    # AttackResult keeps the blocks holding the found perturbation in `_chunks` (no public accessor yet);
+    # installing them reproduces the attack's perturbed forward pass exactly.
+    return [blk for chunk in result._chunks for blk in chunk.blocks]
+
+
+# ---------------------------------------------------------------------------------------------- objectives
+@dataclass(frozen=True)
+class Standard:
+    """Cross-entropy on the clean batch."""
+
+    def __call__(self, model: nn.Module, x: Tensor, y: Tensor, ctx: StepContext) -> dict[str, Tensor]:
+        logits = model(x)
+        return {"loss": F.cross_entropy(logits, y), "logits": logits}
+
+
+@dataclass(frozen=True)
+class Adversarial:
+    """Cross-entropy at the worst point PGD finds in `threat` (Madry et al. with weights as extra variables).
+
+    pgd-at: an input-only threat. awp: weight-only, shared per batch, relative element-wise radii (the
+    box |D_ij| <= gamma |W_ij| lies inside Wu et al.'s layer-wise ball ||D_l||_F <= gamma ||W_l||_F).
+    joint-at: the joint threat, per example through Lemma 1 (cost of input-only PGD) or shared per batch.
+    """
+
+    threat: ThreatModel
+    steps: int = 7
+
+    def __call__(self, model: nn.Module, x: Tensor, y: Tensor, ctx: StepContext) -> dict[str, Tensor]:
+        threat = scaled_threat(self.threat, ctx.scale)
+        if threat.kind == "none":
+            return Standard()(model, x, y, ctx)
+        # One batch per attack call so every example's perturbation lives in one set of blocks.
+        result = PGD(steps=self.steps, batch_size=len(x), seed=ctx.seed)(model, x, y, threat)
+        with installed(_frozen(_attack_blocks(result))):
+            logits = model(result.x_adv.detach())
+        return {"loss": F.cross_entropy(logits, y), "logits": logits}
+
+
+@dataclass(frozen=True)
+class Trades:
+    """TRADES (Zhang et al. 2019): CE(f(x), y) + beta KL(f(x) || f'(x')), (x', W') maximising the KL term.
+
+    The attacks ascend cross-entropy or margin only, so the KL ascent is its own short sign-gradient loop over
+    the same perturbation blocks (inputs, and weights when the threat has them).
+    """
+
+    threat: ThreatModel
+    steps: int = 7
+    beta: float = 6.0
+
+    def __call__(self, model: nn.Module, x: Tensor, y: Tensor, ctx: StepContext) -> dict[str, Tensor]:
+        logits = model(x)
+        ce = F.cross_entropy(logits, y)
+        threat = scaled_threat(self.threat, ctx.scale)
+        if threat.kind == "none" or self.beta == 0:
+            return {"loss": ce, "logits": logits, "kl": torch.zeros(())}
+        target = F.softmax(logits.detach(), dim=1)
+        x_adv, blocks = self._maximise_kl(model, x, target, threat, ctx.seed)
+        with installed(blocks):
+            adv_logits = model(x_adv)
+        kl = F.kl_div(F.log_softmax(adv_logits, dim=1), target, reduction="batchmean")
+        return {"loss": ce + self.beta * kl, "logits": logits, "kl": kl.detach()}
+
+    def _maximise_kl(
+        self, model: nn.Module, x: Tensor, target: Tensor, threat: ThreatModel, seed: int
+    ) -> tuple[Tensor, list[WeightBlock]]:
+        generator = torch.Generator().manual_seed(seed)
+        frac = 2.5 / self.steps
+        lb, ub = threat.input_bounds(x)
+        was_training = model.training
+        model.eval()
+        try:
+            paths = layer_paths(model, threat, x[: min(2, len(x))])
+            blocks = build_weight_blocks(model, threat, paths, len(x))
+            # The KL gradient vanishes at the clean point: start close to it (TRADES uses 0.001 N(0, 1)).
+            noise = 0.001 * torch.randn(x.shape, generator=generator).to(x)
+            x_adv = torch.minimum(torch.maximum(x + noise, lb), ub).detach()
+            for blk in blocks:
+                blk.random_start(generator)
+                for v in blk.variables:
+                    v.mul_(0.001).requires_grad_()
+            variables = [v for blk in blocks for v in blk.variables]
+            for _ in range(self.steps):
+                x_adv.requires_grad_(threat.perturbs_input)
+                with torch.enable_grad(), installed(blocks):
+                    log_p = F.log_softmax(model(x_adv), dim=1)
+                    kl = F.kl_div(log_p, target, reduction="sum")
+                wrt = ([x_adv] if threat.perturbs_input else []) + variables
+                grads = list(torch.autograd.grad(kl, wrt))
+                with torch.no_grad():
+                    if threat.perturbs_input:
+                        step = frac * threat.eps_x * torch.sign(grads.pop(0))
+                        x_adv = torch.minimum(torch.maximum(x_adv + step, lb), ub)
+                    k = 0
+                    for blk in blocks:
+                        blk.ascend(grads[k : k + len(blk.variables)], frac)
+                        k += len(blk.variables)
+                x_adv = x_adv.detach()
+        finally:
+            model.train(was_training)
+        return x_adv, _frozen(blocks)
+
+
+@dataclass(frozen=True)
+class IBPCertified:
+    """Certified training on the joint IBP margin bounds (Gowal et al. 2018, with Lemma 1's weight term).
+
+    loss = kappa CE(f(x), y) + (1 - kappa) CE(worst-case logits), the worst case from the margin lower bounds
+    (an upper bound on the loss over the per-example joint threat). kappa ramps from 1 to `kappa` with the
+    epsilon warm-up, as Gowal et al. do.
+    """
+
+    threat: ThreatModel
+    kappa: float = 0.5
+
+    def __call__(self, model: nn.Module, x: Tensor, y: Tensor, ctx: StepContext) -> dict[str, Tensor]:
+        logits = model(x)
+        ce = F.cross_entropy(logits, y)
+        threat = scaled_threat(self.threat, ctx.scale)
+        if threat.kind == "none":
+            return {"loss": ce, "logits": logits, "robust_ce": ce.detach()}
+        bounds = ibp_margin_bounds(model, x, y, threat)
+        robust = loss_bound_from_margins(bounds.lower, y).mean()
+        kappa = 1.0 - ctx.scale * (1.0 - self.kappa)
+        return {"loss": kappa * ce + (1 - kappa) * robust, "logits": logits, "robust_ce": robust.detach()}
+
+
+@dataclass(frozen=True)
+class BoundRegularized:
+    """`base` + lambda_x R_x + lambda_w R_w, the batch means of Theorem 2's sensitivity terms.
+
+    At lambda_x = lambda_w = 2 with the standard base, the objective upper-bounds the worst-case joint loss.
+    Products of layer norms grow exponentially with depth; `log_domain` penalises log R_x and log R_w instead
+    (the gradient is that of R divided by R: a relative penalty that does not explode, but the sum is then no
+    longer a bound on the loss). A term whose radius is 0 is left out (its log would be a constant floor).
+    """
+
+    base: Objective
+    threat: ThreatModel
+    lambda_x: float = 0.01
+    lambda_w: float = 0.01
+    log_domain: bool = False
+
+    def __call__(self, model: nn.Module, x: Tensor, y: Tensor, ctx: StepContext) -> dict[str, Tensor]:
+        out = dict(self.base(model, x, y, ctx))
+        threat = scaled_threat(self.threat, ctx.scale)
+        zero = torch.zeros((), dtype=out["loss"].dtype, device=out["loss"].device)
+        r_x = r_w = zero
+        if threat.kind != "none" and (self.lambda_x > 0 or self.lambda_w > 0):
+            terms = sensitivity_terms(model, x, threat, log_domain=self.log_domain)
+            if threat.perturbs_input:
+                r_x = terms.r_x.mean()
+            if threat.perturbs_weights:
+                r_w = terms.r_w.mean()
+        out["loss"] = out["loss"] + self.lambda_x * r_x + self.lambda_w * r_w
+        out["r_x"], out["r_w"] = r_x.detach(), r_w.detach()
+        return out
+
+
+# ---------------------------------------------------------------------------------------------- factory
+#: Defaults of the weight radius when the config leaves it out: (eps_w, mode).
+AWP_DEFAULT = (0.005, EpsMode.RELATIVE)
+JOINT_DEFAULT = (0.002, EpsMode.ABSOLUTE)
+
+
+def training_threat(config: TrainConfig) -> ThreatModel:
+    """The threat an objective trains against, with the objective's defaults for eps_w and weight_mode.
+
+    awp: weight perturbation shared per batch (inputs too when combined with pgd-at or trades), relative by
+    default. Every other objective: per-example unless `scope` says shared, absolute by default.
+    """
+    names = parse_objective(config.objective)
+    awp = ObjectiveName.AWP in names
+    default_eps, default_mode = AWP_DEFAULT if awp else JOINT_DEFAULT
+    eps_x = config.eps_x
+    if awp and names[0] not in (ObjectiveName.PGD_AT, ObjectiveName.TRADES):
+        eps_x = 0.0  # awp alone is weight-only adversarial training
+    return ThreatModel(
+        eps_x=eps_x,
+        eps_w=default_eps if config.eps_w is None else config.eps_w,
+        weight_ball=config.weight_ball,
+        weight_mode=default_mode if config.weight_mode is None else config.weight_mode,
+        scope=Scope.SHARED if awp else config.scope,
+    )
+
+
+def build_objective(config: TrainConfig) -> Objective:
+    """The objective `config.objective` names, configured from `config`."""
+    names = parse_objective(config.objective)
+    threat = training_threat(config)
+    awp = ObjectiveName.AWP in names
+    base_name = names[0] if names[0] in _BASES else ObjectiveName.STANDARD
+    objective: Objective
+    if base_name is ObjectiveName.STANDARD:
+        objective = Adversarial(threat.weight_only(), config.attack_steps) if awp else Standard()
+    elif base_name is ObjectiveName.PGD_AT:
+        objective = Adversarial(threat if awp else threat.input_only(), config.attack_steps)
+    elif base_name is ObjectiveName.TRADES:
+        objective = Trades(threat if awp else threat.input_only(), config.attack_steps, config.trades_beta)
+    elif base_name is ObjectiveName.JOINT_AT:
+        objective = Adversarial(threat, config.attack_steps)
+    else:
+        objective = IBPCertified(threat.with_scope(Scope.PER_EXAMPLE), config.ibp_kappa)
+    if ObjectiveName.BOUND_REG in names:
+        objective = BoundRegularized(
+            objective, threat.with_scope(Scope.PER_EXAMPLE), config.lambda_x, config.lambda_w, config.log_domain
+        )
+    return objective
