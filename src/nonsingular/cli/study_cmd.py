@@ -54,9 +54,15 @@ def study(
         return
     hx, hw = results["headline"]["eps_x"], results["headline"]["eps_w"]
     table = Table(title=f"{cfg.name}: accuracy at eps_x={hx:g}, eps_w={hw:g} ({results['n_examples']} test examples)")
-    table.add_column("model")
+    table.add_column("model", no_wrap=True)
+    short = {
+        "input-only": "input",
+        "weight-only": "weight",
+        "joint per-example": "joint/ex",
+        "joint shared": "joint/sh",
+    }
     for column in HEADLINE_COLUMNS:
-        table.add_column(column, justify="right")
+        table.add_column(short.get(column, column), justify="right", no_wrap=True)
     for row in headline_rows(results):
         table.add_row(row["model"], *("-" if row[c] is None else f"{100 * row[c]:.1f}%" for c in HEADLINE_COLUMNS))
     console.print(table)

@@ -29,6 +29,7 @@ from ..radius import Ray, attacked_radius, certified_radius
 from ..threat import Scope, ThreatModel
 from .config import ModelEntry, StudyConfig
 from .report import write_report
+from .training import train_for_study
 
 __all__ = ["StudyState", "run_study"]
 
@@ -66,8 +67,6 @@ def _train_or_load(
     config: StudyConfig, entry: ModelEntry, data: Dataset, cache_dir: Path, progress: StudyProgress | None
 ) -> tuple[nn.Module, dict[str, Any], bool]:
     """The entry's trained model from the cache, or trained now and cached; (model, metadata, was_cached)."""
-    from ..training.study import train_for_study
-
     path = cache_dir / f"{entry.name.replace('/', '_')}-{config.model_key(entry)}.safetensors"
     if path.exists():
         ckpt = load_checkpoint(path)
@@ -212,9 +211,7 @@ def _radii(model, x, y, config: StudyConfig, data: Dataset, attack: PGD, progres
     if progress is not None:
         progress(f"{name}: radius", 1, 2)
     method = config.certify.methods[-1] if config.certify.methods else "ibp"
-    lower = certified_radius(
-        xs, ys, ray, lambda a, b, t: _certify_mask(model, a, b, t, method), s_hi, rc.iterations + 4
-    )
+    lower = certified_radius(xs, ys, ray, lambda a, b, t: _certify_mask(model, a, b, t, method), s_hi, rc.iterations)
     if progress is not None:
         progress(f"{name}: radius", 2, 2)
     return {

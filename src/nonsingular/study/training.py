@@ -1,0 +1,61 @@
+"""Train one model of a study with the library's trainer: the study's shared settings, then the model's own."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+from torch import nn
+
+from ..data import Dataset
+from ..training import TrainConfig, Trainer, TrainEvent
+from .config import ModelEntry, StudyConfig
+
+__all__ = ["train_config", "train_for_study"]
+
+
+def train_config(config: StudyConfig, entry: ModelEntry) -> TrainConfig:
+    """The TrainConfig of `entry`: study data and seed, the architecture, [training], then the entry's options.
+
+    The per-epoch robust evaluation is off (eval_steps = 0): the study evaluates every model itself.
+    """
+    arch = dict(config.architecture)
+    name = arch.pop("name", "mlp")
+    fields: dict[str, Any] = {
+        "data": config.data,
+        "data_seed": config.seed,
+        "seed": config.seed,
+        "architecture": name,
+        "eval_steps": 0,
+    }
+    if "widths" in arch:
+        fields["widths"] = arch.pop("widths")
+    if arch:
+        fields["arch_options"] = arch
+    fields.update(config.training)
+    fields.update(entry.options)
+    fields["objective"] = entry.objective
+    try:
+        return TrainConfig(**fields)
+    except ValueError as err:
+        raise ValueError(f"model '{entry.name}': {err}") from None
+
+
+def train_for_study(
+    config: StudyConfig, entry: ModelEntry, data: Dataset, progress: Callable[[str, int, int], None] | None
+) -> tuple[nn.Module, dict[str, Any]]:
+    """Train `entry` in memory; returns the model (eval mode) and its checkpoint metadata (with seconds)."""
+    cfg = train_config(config, entry)
+
+    def report(event: TrainEvent) -> None:
+        if progress is not None:
+            done = (event.epoch - 1) * event.steps + event.step
+            progress(f"{entry.name}: training", done, event.epochs * event.steps)
+
+    t0 = time.perf_counter()
+    result = Trainer(cfg, paths=None, data=data, callback=report).fit()
+    metadata = dict(result.metadata)
+    metadata.setdefault("training", {})
+    metadata["training"] = {**metadata["training"], "seconds": time.perf_counter() - t0}
+    return result.model.eval(), metadata
