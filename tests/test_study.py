@@ -1,0 +1,122 @@
+"""`nonsingular study` end to end on a tiny configuration: report, model cache, resume."""
+
+import json
+import shutil
+import subprocess
+
+import pytest
+
+from conftest import run_cli
+
+TINY = """
+name = "tiny"
+n_examples = 40
+[training]
+epochs = 1
+[attack]
+steps = 3
+[grid]
+eps_x = [0.05]
+eps_w = [0.002]
+[certify]
+methods = ["ibp", "crown"]
+[radius]
+n_examples = 6
+iterations = 2
+[headline]
+eps_x = 0.05
+eps_w = 0.002
+[[models]]
+name = "standard"
+objective = "standard"
+[[models]]
+name = "input-AT"
+objective = "pgd-at"
+options = { eps_x = 0.05, attack_steps = 2 }
+"""
+
+
+@pytest.fixture(scope="module")
+def study_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("study")
+    config = root / "tiny.toml"
+    config.write_text(TINY)
+    return root, config
+
+
+def test_study_report_cache_and_resume(monkeypatch, capsys, study_run):
+    root, config = study_run
+    out, cache = root / "out", root / "cache"
+    args = ["study", "--config", str(config), "--out", str(out), "--cache", str(cache)]
+    code, stdout, err = run_cli(monkeypatch, capsys, *args)
+    assert code == 0, err
+    assert "report:" in stdout and "Claim 1" in stdout
+    results = json.loads((out / "results.json").read_text())
+    assert set(results["models"]) == {"standard", "input-AT"}
+    for model in results["models"].values():
+        cells = {(c["eps_x"], c["eps_w"], c["scope"]): c for c in model["cells"]}
+        assert len(cells) == 6 and all(c["verified"] for c in cells.values())
+        joint = cells[(0.05, 0.002, "per-example")]["accuracy"]
+        certified = [c["certified_accuracy"] for c in model["certified"] if c["eps_x"] == 0.05 and c["eps_w"] == 0.002]
+        assert max(certified) <= joint <= model["clean_accuracy"]
+        assert all(c <= a + 1e-12 for a, c in zip(model["radius"]["attack"], model["radius"]["certified"], strict=True))
+    for name in ("report.html", "report.md", "heatmaps.png", "robust_accuracy.csv", "headline.csv"):
+        assert (out / name).stat().st_size > 0
+    assert len(list(cache.glob("*.safetensors"))) == 2
+
+    # Interrupted after some cells: drop part of the state and the report; the rerun reuses models and cells.
+    state = json.loads((out / "state.json").read_text())
+    kept = {k: v for k, v in state["values"].items() if not k.startswith(("cert/input-AT", "radius/"))}
+    (out / "state.json").write_text(json.dumps({**state, "values": kept}))
+    (out / "report.html").unlink()
+    code, _, err = run_cli(monkeypatch, capsys, *args)
+    assert code == 0, err
+    again = json.loads((out / "results.json").read_text())
+    assert all(m["cached"] for m in again["models"].values())
+    for name, model in results["models"].items():
+        assert again["models"][name]["cells"] == model["cells"]
+        assert [c["certified_accuracy"] for c in again["models"][name]["certified"]] == [
+            c["certified_accuracy"] for c in model["certified"]
+        ]
+    assert (out / "report.html").exists()
+
+
+def test_study_refuses_foreign_folder(monkeypatch, capsys, study_run, tmp_path):
+    _, config = study_run
+    (tmp_path / "precious.txt").write_text("keep me")
+    code, _, err = run_cli(monkeypatch, capsys, "study", "--config", str(config), "--out", str(tmp_path))
+    assert code == 2 and "holds no study" in err
+    assert (tmp_path / "precious.txt").read_text() == "keep me"
+
+
+def test_study_bad_config(monkeypatch, capsys, tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[grid]\neps_x = [-1]\n")
+    code, _, err = run_cli(monkeypatch, capsys, "study", "--config", str(bad), "--out", str(tmp_path / "o"))
+    assert code == 2 and "eps_x" in err and len(err.strip().splitlines()) == 1
+
+
+def test_report_renders_in_headless_chromium(study_run, tmp_path):
+    browser = shutil.which("chromium") or shutil.which("chromium-browser")
+    if browser is None:
+        pytest.skip("chromium is not installed")
+    report = study_run[0] / "out" / "report.html"
+    if not report.exists():
+        pytest.skip("the study test did not run first")
+    shot = tmp_path / "report.png"
+    flags = [
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        f"--user-data-dir={tmp_path / 'profile'}",
+    ]
+    done = subprocess.run(
+        [browser, *flags, f"--screenshot={shot}", "--window-size=1200,2000", report.as_uri()],
+        capture_output=True,
+        timeout=120,
+    )
+    assert done.returncode == 0 and shot.stat().st_size > 10_000
