@@ -58,9 +58,12 @@ def curves(results: dict[str, Any], path: Path, axis: str) -> None:
     fig, ax = plt.subplots(figsize=(5.5, 3.8), constrained_layout=True)
     for name, model in models.items():
         points = sorted(
-            (c[axis], c["accuracy"])
-            for c in model["cells"]
-            if c["scope"] == "per-example" and c[other] == 0 and c["accuracy"] is not None
+            [(0.0, model["clean_accuracy"])]
+            + [
+                (c[axis], c["accuracy"])
+                for c in model["cells"]
+                if c["scope"] == "per-example" and c[other] == 0 and c[axis] > 0 and c["accuracy"] is not None
+            ]
         )
         if points:
             xs, ys = zip(*points, strict=True)
