@@ -106,7 +106,11 @@ def train(
         int | None, typer.Option("--attack-steps", help="Inner maximisation steps. [default: 7]")
     ] = None,
     warmup_epochs: Annotated[
-        int | None, typer.Option("--warmup-epochs", help="Epochs over which epsilons ramp up from 0. [default: 0]")
+        int | None,
+        typer.Option(
+            "--warmup-epochs",
+            help="Epochs over which epsilons ramp up from 0. [default: 0; ibp-certified: half the epochs]",
+        ),
     ] = None,
     lambda_x: Annotated[
         float | None, typer.Option("--lambda-x", help="bound-reg weight of R_x (input sensitivity). [default: 0.01]")

@@ -56,7 +56,8 @@ class TrainConfig(BaseModel):
         lambda_x, lambda_w: weights of Theorem 2's input and weight sensitivity terms (bound-reg).
         log_domain: bound-reg penalises log R_x and log R_w instead of R_x and R_w.
         ibp_kappa: ibp-certified loss = kappa CE(clean) + (1 - kappa) CE(IBP worst case), kappa after warm-up.
-        warmup_epochs: training epsilons ramp linearly from 0 over this many epochs (per step).
+        warmup_epochs: training epsilons ramp linearly from 0 over this many epochs (per step); None: half the
+            epochs for ibp-certified (interval bounds of an untrained network are too loose to train on), else 0.
         epochs, batch_size, lr, optimizer, momentum, weight_decay, lr_schedule: optimisation.
         seed: initialisation, shuffling and attack random starts (each epoch reseeded from (seed, epoch)).
         eval_eps_x, eval_eps_w, eval_steps: the per-example joint threat (absolute, element-wise) and PGD steps
@@ -88,7 +89,7 @@ class TrainConfig(BaseModel):
     lambda_w: float = 0.01
     log_domain: bool = False
     ibp_kappa: float = Field(0.5, ge=0.0, le=1.0)
-    warmup_epochs: int = Field(0, ge=0)
+    warmup_epochs: int | None = Field(None, ge=0)
 
     epochs: int = Field(20, ge=1)
     batch_size: int = Field(64, ge=1)
@@ -131,9 +132,16 @@ class TrainConfig(BaseModel):
     def _consistent(self) -> TrainConfig:
         if self.eps_x > 1 or self.eval_eps_x > 1:
             raise ValueError(f"eps_x and eval_eps_x must be <= 1 (the width of [0, 1]), got {self.eps_x}")
-        if self.warmup_epochs > self.epochs:
+        if self.warmup_epochs is not None and self.warmup_epochs > self.epochs:
             raise ValueError(f"warmup_epochs ({self.warmup_epochs}) exceeds epochs ({self.epochs})")
         return self
+
+    @property
+    def warmup(self) -> int:
+        """Epochs of epsilon warm-up, with the objective's default when `warmup_epochs` is None."""
+        if self.warmup_epochs is not None:
+            return self.warmup_epochs
+        return self.epochs // 2 if "ibp-certified" in self.objective.split("+") else 0
 
 
 def load_config_file(path: Path) -> dict[str, Any]:

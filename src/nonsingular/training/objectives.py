@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import Enum
-from typing import Protocol
+from typing import Any, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -41,6 +41,7 @@ __all__ = [
     "Trades",
     "build_objective",
     "parse_objective",
+    "trained_threat",
     "training_threat",
 ]
 
@@ -118,6 +119,18 @@ class Objective(Protocol):
         """Loss and logits on a batch: x (N, *input_shape) in the data domain, y (N,) labels."""
         ...
 
+    def describe(self) -> dict[str, Any]:
+        """Plain-JSON description (kind, threat in full, hyper-parameters) for the checkpoint."""
+        ...
+
+
+def trained_threat(objective: Objective) -> dict[str, Any] | None:
+    """The threat the objective trains against (the adversary's, else the bound's); None for standard."""
+    description = objective.describe()
+    if "base" in description and "threat" in description["base"]:
+        return description["base"]["threat"]
+    return description.get("threat")
+
 
 def scaled_threat(threat: ThreatModel, scale: float) -> ThreatModel:
     """The threat with every radius multiplied by `scale` in [0, 1] (stays valid, hence no re-validation)."""
@@ -152,6 +165,9 @@ def _attack_blocks(result) -> list[WeightBlock]:
 class Standard:
     """Cross-entropy on the clean batch."""
 
+    def describe(self) -> dict[str, Any]:
+        return {"kind": "standard"}
+
     def __call__(self, model: nn.Module, x: Tensor, y: Tensor, ctx: StepContext) -> dict[str, Tensor]:
         logits = model(x)
         return {"loss": F.cross_entropy(logits, y), "logits": logits}
@@ -168,6 +184,9 @@ class Adversarial:
 
     threat: ThreatModel
     steps: int = 7
+
+    def describe(self) -> dict[str, Any]:
+        return {"kind": "adversarial", "threat": self.threat.describe(), "attack_steps": self.steps}
 
     def __call__(self, model: nn.Module, x: Tensor, y: Tensor, ctx: StepContext) -> dict[str, Tensor]:
         threat = scaled_threat(self.threat, ctx.scale)
@@ -191,6 +210,9 @@ class Trades:
     threat: ThreatModel
     steps: int = 7
     beta: float = 6.0
+
+    def describe(self) -> dict[str, Any]:
+        return {"kind": "trades", "threat": self.threat.describe(), "attack_steps": self.steps, "beta": self.beta}
 
     def __call__(self, model: nn.Module, x: Tensor, y: Tensor, ctx: StepContext) -> dict[str, Tensor]:
         logits = model(x)
@@ -257,6 +279,9 @@ class IBPCertified:
     threat: ThreatModel
     kappa: float = 0.5
 
+    def describe(self) -> dict[str, Any]:
+        return {"kind": "ibp-certified", "threat": self.threat.describe(), "kappa": self.kappa}
+
     def __call__(self, model: nn.Module, x: Tensor, y: Tensor, ctx: StepContext) -> dict[str, Tensor]:
         logits = model(x)
         ce = F.cross_entropy(logits, y)
@@ -284,6 +309,16 @@ class BoundRegularized:
     lambda_x: float = 0.01
     lambda_w: float = 0.01
     log_domain: bool = False
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "kind": "bound-regularized",
+            "base": self.base.describe(),
+            "threat": self.threat.describe(),
+            "lambda_x": self.lambda_x,
+            "lambda_w": self.lambda_w,
+            "log_domain": self.log_domain,
+        }
 
     def __call__(self, model: nn.Module, x: Tensor, y: Tensor, ctx: StepContext) -> dict[str, Tensor]:
         out = dict(self.base(model, x, y, ctx))

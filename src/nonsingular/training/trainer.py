@@ -30,7 +30,7 @@ from ..models import build_model
 from ..threat import ThreatModel
 from .config import LRSchedule, OptimizerName, TrainConfig
 from .logs import MetricsLog, RunPaths
-from .objectives import build_objective, training_threat
+from .objectives import StepContext, build_objective, trained_threat
 from .state import derive_seed, optimizer_from_tensors, optimizer_to_tensors
 
 __all__ = ["TrainEvent", "TrainResult", "Trainer", "architecture_spec", "learning_rate", "warmup_scale"]
@@ -82,9 +82,9 @@ def learning_rate(config: TrainConfig, step: int, total: int) -> float:
 
 def warmup_scale(config: TrainConfig, step: int, steps_per_epoch: int) -> float:
     """Epsilon warm-up factor: linear from 1/(warm-up steps) to 1 over `warmup_epochs`, then 1."""
-    if config.warmup_epochs == 0:
+    if config.warmup == 0:
         return 1.0
-    return min(1.0, (step + 1) / (config.warmup_epochs * steps_per_epoch))
+    return min(1.0, (step + 1) / (config.warmup * steps_per_epoch))
 
 
 # ---------------------------------------------------------------------------------------------- pieces
@@ -170,11 +170,12 @@ class Trainer:
         self.x_train, self.y_train = x_tr.to(self.device), y_tr.to(self.device)
         self.x_val, self.y_val = x_val.to(self.device), y_val.to(self.device)
         self.spec = architecture_spec(config, self.data)
-        self.threat = training_threat(config)
         self.objective = build_objective(config)
         torch.manual_seed(derive_seed(config.seed, 0xC0FFEE))  # initialisation depends on the seed only
         self.model = build_model(self.spec).to(self.device)
         self.optimizer = self._make_optimizer()
+        #: The per-epoch robust accuracy's threat: per-example joint, absolute element-wise.
+        self.eval_threat = ThreatModel(eps_x=config.eval_eps_x, eps_w=config.eval_eps_w)
         self.metrics: list[dict[str, Any]] = []
         self.epochs_done = 0
         self.seconds = 0.0
@@ -275,8 +276,6 @@ class Trainer:
         sums: dict[str, float] = {}
         n_seen = n_correct = 0
         scale = 1.0
-        from .objectives import StepContext
-
         for b in range(steps):
             idx = perm[b * c.batch_size : (b + 1) * c.batch_size].to(self.device)
             x, y = self.x_train[idx], self.y_train[idx]
@@ -312,7 +311,7 @@ class Trainer:
             clean = self.model(self.x_val).argmax(dim=1) == self.y_val
         row: dict[str, Any] = {"val_clean_acc": float(clean.float().mean())}
         if c.eval_steps > 0 and (c.eval_eps_x > 0 or c.eval_eps_w > 0):
-            threat = ThreatModel(eps_x=c.eval_eps_x, eps_w=c.eval_eps_w)
+            threat = self.eval_threat
             result = PGD(steps=c.eval_steps, seed=derive_seed(c.seed, epoch, 3))(
                 self.model, self.x_val, self.y_val, threat
             )
@@ -338,9 +337,10 @@ class Trainer:
         return {
             "architecture": self.spec,
             "data": self._data_description(),
-            "threat": self.threat.describe(),
+            "threat": trained_threat(self.objective),
             "training": {
                 "objective": self.config.objective,
+                "objective_details": self.objective.describe(),
                 "seed": self.config.seed,
                 "epochs": self.config.epochs,
                 "epochs_done": self.epochs_done,
@@ -348,6 +348,8 @@ class Trainer:
                 "seconds": self.seconds,
                 "hyperparameters": self.config.model_dump(mode="json"),
                 "optimizer_state": scalars,
+                "eval_threat": self.eval_threat.describe(),
+                "eval_attack": repr(PGD(steps=self.config.eval_steps)) if self.config.eval_steps else None,
                 "torch": torch.__version__,
             },
             "metrics": self.metrics,
