@@ -211,3 +211,18 @@ def test_per_layer_subset_threat_only_perturbs_chosen_layers():
         expected = expected.masked_fill(torch.nn.functional.one_hot(y, 2).bool(), 0.0)
         for method in ("ibp", "crown"):
             assert torch.allclose(margin_bounds(model, x, y, threat, method).lower, expected, atol=1e-10)
+
+
+def test_known_zero_terms_stay_exactly_zero_in_the_log_domain():
+    """eps_x = 0 or eps_w = 0 gives R_x = 0 or R_w = 0 exactly (log: -inf), not a floor grown by the norms."""
+    torch.manual_seed(0)
+    model = MLP((4,), (8,) * 6, 3)
+    x = torch.rand(3, 4)
+    for threat, zero in ((ThreatModel(eps_w=0.01), "r_x"), (ThreatModel(eps_x=0.01), "r_w")):
+        logs = sensitivity_terms(model, x, threat, log_domain=True)
+        plain = sensitivity_terms(model, x, threat)
+        assert torch.isneginf(getattr(logs, zero)).all() and (getattr(plain, zero) == 0).all()
+        other = "r_w" if zero == "r_x" else "r_x"
+        getattr(logs, other).sum().backward()
+        assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+        model.zero_grad()

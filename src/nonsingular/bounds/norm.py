@@ -13,7 +13,6 @@ differentiable in the weights.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -78,18 +77,42 @@ class NormBounds:
     clean_logits: Tensor
 
 
-class _Algebra(NamedTuple):
-    """+, x and the embedding of non-negative numbers: ordinary, or in the log domain (logaddexp, +, log)."""
+class _Algebra:
+    """+, x and the embedding of non-negative numbers, ordinary or in the log domain (logaddexp, +, log).
 
-    add: Callable[[Tensor, Tensor], Tensor]
-    mul: Callable[[Tensor, Tensor], Tensor]
-    lift: Callable[[Tensor], Tensor]
+    Known zeros (constants such as eps_x = 0 or an unperturbed layer's eta) are carried as None rather than
+    as numbers: in the log domain a floored zero multiplied by many norms would grow into a spurious term,
+    and log 0 would give infinite gradients. Values that merely happen to be 0 but carry a gradient (a fresh
+    zero bias) are floored at the dtype's smallest normal number, which only enlarges the bound.
+    """
+
+    def __init__(self, log: bool) -> None:
+        self.log = log
+
+    def lift(self, v: Tensor) -> Tensor | None:
+        if not v.requires_grad and bool((v == 0).all()):
+            return None
+        return torch.log(v.clamp(min=torch.finfo(v.dtype).tiny)) if self.log else v
+
+    def add(self, a: Tensor | None, b: Tensor | None) -> Tensor | None:
+        if a is None or b is None:
+            return b if a is None else a
+        return torch.logaddexp(a, b) if self.log else a + b
+
+    def mul(self, a: Tensor | None, b: Tensor | None) -> Tensor | None:
+        if a is None or b is None:
+            return None
+        return a + b if self.log else a * b
+
+    def value(self, v: Tensor | None, like: Tensor) -> Tensor:
+        """v as a tensor shaped like `like` (N,): a known zero becomes 0, or -inf in the log domain."""
+        if v is None:
+            return torch.full_like(like, float("-inf") if self.log else 0.0)
+        return v.expand_as(like) if v.dim() == 0 else v
 
 
-_PLAIN = _Algebra(torch.add, torch.mul, lambda v: v)
-# Zeros become the dtype's smallest normal number so every log is finite and has a finite gradient; this only
-# enlarges the bound.
-_LOG = _Algebra(torch.logaddexp, torch.add, lambda v: torch.log(v.clamp(min=torch.finfo(v.dtype).tiny)))
+_PLAIN = _Algebra(log=False)
+_LOG = _Algebra(log=True)
 
 
 def _operator_norm(weight: Tensor) -> Tensor:
@@ -98,11 +121,11 @@ def _operator_norm(weight: Tensor) -> Tensor:
 
 
 class _State(NamedTuple):
-    """Per-example (N,) quantities after a layer, in the algebra's domain."""
+    """Per-example (N,) quantities after a layer, in the algebra's domain (None: exactly zero)."""
 
-    a: Tensor  # A_l
-    r_x: Tensor  # the E_0 part of E_l
-    r_w: Tensor  # the rest of E_l
+    a: Tensor | None  # A_l
+    r_x: Tensor | None  # the E_0 part of E_l
+    r_w: Tensor | None  # the rest of E_l
 
 
 def _kind(module: nn.Module) -> type[nn.Module] | None:
@@ -137,24 +160,27 @@ def _propagate(
 ) -> _State:
     """Carry (A, R_x, R_w) through `layers` with Theorem 2's recursion."""
     a, r_x, r_w = state
+    dtype = next(t for t in (*state, torch.zeros(())) if t is not None).dtype
     for name, module in layers:
         kind = _kind(module)
         if kind in _WEIGHT_TYPES:
-            norm_w, eta, norm_b, beta = (alg.lift(v) for v in _layer_constants(module, threats.get(name), a.dtype))
+            norm_w, eta, norm_b, beta = (alg.lift(v) for v in _layer_constants(module, threats.get(name), dtype))
             r_x = alg.mul(norm_w, r_x)
             r_w = alg.add(alg.mul(norm_w, r_w), alg.add(alg.mul(eta, a), beta))  # + this layer's eta A + beta
             a = alg.add(alg.mul(alg.add(norm_w, eta), a), alg.add(norm_b, beta))
         elif kind is Normalize:
             # (h - mu) / sigma: distances scale by 1 / min |sigma|, sizes become (A + max |mu|) / min |sigma|.
-            inv = alg.lift(1 / module.std.to(a.dtype).abs().min())
+            inv = alg.lift(1 / module.std.to(dtype).abs().min())
             r_x, r_w = alg.mul(inv, r_x), alg.mul(inv, r_w)
-            a = alg.mul(inv, alg.add(a, alg.lift(module.mean.to(a.dtype).abs().max())))
+            a = alg.mul(inv, alg.add(a, alg.lift(module.mean.to(dtype).abs().max())))
         elif kind is None:
             raise _unsupported(name, module)
     return _State(a, r_x, r_w)
 
 
 class _Run(NamedTuple):
+    """Theorem 2's quantities as (N,) tensors in the algebra's domain (known zeros made explicit)."""
+
     layers: list[tuple[str, nn.Module]]
     threats: dict[str, LayerThreat]
     before_last: _State  # after every layer but the last
@@ -176,9 +202,10 @@ def _run(model: nn.Module, x: Tensor, threat: ThreatModel, alg: _Algebra) -> _Ru
     lb, ub, center = (t.reshape(len(x), -1) for t in (lb, ub, center))
     a0 = torch.maximum(lb.abs(), ub.abs()).amax(dim=1)
     e0 = torch.maximum(center - lb, ub - center).amax(dim=1)
-    state = _State(alg.lift(a0), alg.lift(e0), alg.lift(torch.zeros_like(e0)))
-    before = _propagate(layers[start:-1], threats, state, alg)
-    return _Run(layers, threats, before, _propagate(layers[-1:], threats, before, alg))
+    before = _propagate(layers[start:-1], threats, _State(alg.lift(a0), alg.lift(e0), None), alg)
+    final = _propagate(layers[-1:], threats, before, alg)
+    explicit = [_State(*(alg.value(v, e0) for v in state)) for state in (before, final)]
+    return _Run(layers, threats, *explicit)
 
 
 def sensitivity_terms(model: nn.Module, x: Tensor, threat: ThreatModel, log_domain: bool = False) -> SensitivityTerms:
