@@ -226,3 +226,17 @@ def test_known_zero_terms_stay_exactly_zero_in_the_log_domain():
         getattr(logs, other).sum().backward()
         assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
         model.zero_grad()
+
+
+def test_norm_bound_refuses_sum_pooling():
+    """AvgPool2d with divisor_override=1 sums its window: not non-expansive, so Theorem 2's recursion would lie."""
+    pool = nn.AvgPool2d(2, divisor_override=1)
+    model = nn.Sequential(nn.Conv2d(1, 1, 1), nn.ReLU(), pool, nn.Flatten(), nn.Linear(4, 2)).double()
+    x = torch.rand(3, 1, 4, 4, dtype=torch.float64)
+    y = torch.zeros(3, dtype=torch.long)
+    with pytest.raises(UnsupportedLayerError, match="AvgPool2d"):
+        margin_bounds(model, x, y, THREAT, "norm")
+    with torch.no_grad():
+        lower = margin_bounds(model, x, y, THREAT, "ibp").lower  # monotone all the same: IBP is fine
+    found = margins(vertex_logits(model, x, THREAT, n_vertices=16), y)
+    assert (lower[None] <= found + tolerance(found)).all()

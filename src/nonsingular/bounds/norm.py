@@ -131,6 +131,8 @@ class _State(NamedTuple):
 def _kind(module: nn.Module) -> type[nn.Module] | None:
     """The known layer type `module` is (a subclass keeping its forward counts), else None."""
     known = (*_WEIGHT_TYPES, *_NONEXPANSIVE_TYPES, Normalize)
+    if getattr(module, "divisor_override", None):
+        return None  # a pooling sum over fewer than its window size can grow ||h||_inf
     for cls in type(module).__mro__:
         if cls in known:
             return cls if type(module).forward is cls.forward else None
