@@ -108,7 +108,7 @@ def test_existing_out_needs_force_and_resume_checks_architecture(tmp_path: Path,
     assert len(stderr.strip().splitlines()) == 1
 
     code, _, stderr = run_cli(monkeypatch, capsys, "train", "--out", str(out), "--resume", "--data-seed", "1")
-    assert code == 2
+    assert code == 2 and "other data" in stderr and "seed" in stderr
 
     assert {p: p.read_bytes() for p in files} == files
 

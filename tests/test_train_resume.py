@@ -105,3 +105,16 @@ def test_sigkill_mid_epoch_leaves_a_loadable_checkpoint(tmp_path: Path, digits) 
     trainer.resume()
     trainer.fit()
     assert load_checkpoint(out).metadata["training"]["epochs_done"] == done + 1
+
+
+def test_tensorboard_is_optional(tmp_path: Path, digits, caplog) -> None:
+    import importlib.util
+
+    paths = RunPaths(tmp_path / "tb.safetensors")
+    with caplog.at_level("WARNING", logger="nonsingular.training.logs"):
+        Trainer(tiny_config(epochs=1, tensorboard=True), paths, data=digits).fit()
+    if importlib.util.find_spec("tensorboard") is None:
+        assert "TensorBoard is not installed" in caplog.text
+    else:
+        assert any(paths.tensorboard.iterdir())
+    assert paths.checkpoint.exists()

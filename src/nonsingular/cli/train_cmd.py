@@ -65,6 +65,13 @@ def train(
     ] = None,
     objective: Annotated[str | None, typer.Option("--objective", help=_OBJECTIVE_HELP)] = None,
     data: Annotated[str | None, typer.Option("--data", help="Data source, e.g. digits. [default: digits]")] = None,
+    data_seed: Annotated[
+        int | None, typer.Option("--data-seed", help="Seed of the train/test and validation splits. [default: 0]")
+    ] = None,
+    val_fraction: Annotated[
+        float | None,
+        typer.Option("--val-fraction", help="Training fraction held out for per-epoch metrics. [default: 0.1]"),
+    ] = None,
     widths: Annotated[
         str | None, typer.Option("--widths", help="MLP hidden widths, comma-separated. [default: 256,256]")
     ] = None,
@@ -149,6 +156,8 @@ def train(
     flags = {
         "objective": objective,
         "data": data,
+        "data_seed": data_seed,
+        "val_fraction": val_fraction,
         "widths": _widths(widths),
         "epochs": epochs,
         "batch_size": batch_size,

@@ -207,13 +207,13 @@ class Trainer:
         training = meta.get("training")
         if not isinstance(training, dict) or "epochs_done" not in training:
             raise CheckpointError(f"{path} holds no training state (not written by nonsingular train); cannot resume")
-        if meta.get("architecture") != self.spec:
-            diff = _describe_difference(meta.get("architecture", {}), self.spec)
-            raise CheckpointError(f"cannot resume {path}: another architecture ({diff})")
         data = {k: meta.get("data", {}).get(k) for k in ("source", "seed", "n_train", "n_val")}
         wanted = {k: self._data_description()[k] for k in data}
         if data != wanted:
             raise CheckpointError(f"cannot resume {path}: other data ({_describe_difference(data, wanted)})")
+        if meta.get("architecture") != self.spec:
+            diff = _describe_difference(meta.get("architecture", {}), self.spec)
+            raise CheckpointError(f"cannot resume {path}: another architecture ({diff})")
         if training["epochs_done"] > self.config.epochs:
             raise CheckpointError(
                 f"cannot resume {path}: it has {training['epochs_done']} epochs, more than epochs={self.config.epochs}"
