@@ -118,3 +118,13 @@ def test_tensorboard_is_optional(tmp_path: Path, digits, caplog) -> None:
     else:
         assert any(paths.tensorboard.iterdir())
     assert paths.checkpoint.exists()
+
+
+def test_diverging_run_stops_and_keeps_the_last_good_checkpoint(tmp_path: Path, digits) -> None:
+    paths = RunPaths(tmp_path / "diverged.safetensors")
+    config = tiny_config(epochs=3, optimizer="sgd", lr=1e30)
+    with pytest.raises(FloatingPointError, match="loss became"):
+        Trainer(config, paths, data=digits).fit()
+    if paths.checkpoint.exists():
+        ckpt = load_checkpoint(paths.checkpoint)
+        assert all(torch.isfinite(t).all() for t in ckpt.model.state_dict().values())

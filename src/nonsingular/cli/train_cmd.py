@@ -203,14 +203,16 @@ def train(
         trainer = Trainer(cfg, paths, callback=on_event)  # validates data, objective and architecture
         if resume:
             trainer.resume()
-        result = trainer.fit()
+        try:
+            trainer.fit()
+        except FloatingPointError as err:  # a diverged run: one line, the last good checkpoint kept
+            raise UserError(str(err)) from None
     test = _test_accuracy(trainer)
     console.print(
         f"{cfg.objective}: {trainer.epochs_done} epochs, test accuracy {test:.4f}, "
         f"{time.perf_counter() - started:.1f}s -> {paths.checkpoint}",
         highlight=False,
     )
-    del result
 
 
 def _test_accuracy(trainer: Trainer) -> float:

@@ -24,7 +24,7 @@ import yaml
 from torch import Tensor, nn
 
 from ..attacks import PGD
-from ..checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from ..checkpoint import CheckpointError, atomic_write, load_checkpoint, save_checkpoint
 from ..data import Dataset, load_data
 from ..models import build_model
 from ..threat import ThreatModel
@@ -231,8 +231,6 @@ class Trainer:
         logs = None
         if self.paths is not None:
             text = yaml.safe_dump(self.config.model_dump(mode="json"), sort_keys=False)
-            from ..checkpoint import atomic_write
-
             atomic_write(self.paths.config, lambda tmp: Path(tmp).write_text(text))
             logs = MetricsLog(self.paths, tensorboard=self.config.tensorboard)
             logs.resume_from(self.epochs_done)
@@ -286,6 +284,12 @@ class Trainer:
             scale = warmup_scale(c, global_step, steps)
             self.model.train()
             out = self.objective(self.model, x, y, StepContext(scale=scale, seed=derive_seed(c.seed, epoch, 2, b)))
+            if not torch.isfinite(out["loss"].detach()):
+                # Stop with the last good checkpoint intact rather than train on (and save) NaN weights.
+                raise FloatingPointError(
+                    f"the {c.objective} loss became {float(out['loss'].detach())} at epoch {epoch + 1}, step {b + 1}; "
+                    "lower --lr or the lambdas, or add --warmup-epochs"
+                )
             self.optimizer.zero_grad(set_to_none=True)
             out["loss"].backward()
             self.optimizer.step()
