@@ -217,3 +217,10 @@ def test_margin_loss_runs(small_mlp, batch):
     x, y = batch
     result = PGD(steps=3, loss="margin")(small_mlp, x, y, ThreatModel(eps_x=0.05, eps_w=0.001))
     assert verify(small_mlp, x, y, result).passed
+
+
+def test_attack_runs_inside_no_grad(small_mlp, batch):
+    x, y = batch
+    with torch.no_grad():
+        result = PGD(steps=2)(small_mlp, x, y, ThreatModel(eps_x=0.05, eps_w=0.001))
+    assert verify(small_mlp, x, y, result).passed

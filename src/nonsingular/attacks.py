@@ -77,6 +77,13 @@ class AttackResult:
     def shared(self) -> bool:
         return self.threat.scope is Scope.SHARED
 
+    def weight_blocks(self) -> list[WeightBlock]:
+        """The blocks holding the found weight perturbation (each chunk's, in example order; shared: one set).
+
+        For training objectives that re-apply the perturbation with `perturbation.installed(blocks)`.
+        """
+        return [blk for chunk in self._chunks for blk in chunk.blocks]
+
     def perturbed_weights(self, start: int = 0, stop: int | None = None) -> dict[str, Tensor]:
         """Explicit perturbed parameters W' (and b') by parameter name, e.g. {"2.weight": ...}.
 
@@ -271,6 +278,7 @@ class PGD:
                     with torch.enable_grad(), installed(blocks[b] + global_blocks):
                         logits = model(xb)
                         losses = attack_loss(logits, y[s:e], self.loss)
+                        total = losses.sum()
                     fooled = (logits.argmax(dim=1) != y[s:e]).detach()
                     if shared:
                         n_correct += int((~fooled).sum())
@@ -282,7 +290,7 @@ class PGD:
                     if last:
                         continue
                     wrt = ([xb] if threat.perturbs_input else []) + variables[b] + global_vars
-                    grads = list(torch.autograd.grad(losses.sum(), wrt)) if wrt else []
+                    grads = list(torch.autograd.grad(total, wrt)) if wrt else []
                     with torch.no_grad():
                         if threat.perturbs_input:
                             lb, ub = bounds[b]

@@ -154,12 +154,6 @@ def _frozen(blocks: list[WeightBlock]) -> list[WeightBlock]:
     return blocks
 
 
-def _attack_blocks(result) -> list[WeightBlock]:
-    # AttackResult keeps the blocks holding the found perturbation in `_chunks` (no public accessor yet);
-    # installing them reproduces the attack's perturbed forward pass exactly.
-    return [blk for chunk in result._chunks for blk in chunk.blocks]
-
-
 # ---------------------------------------------------------------------------------------------- objectives
 @dataclass(frozen=True)
 class Standard:
@@ -194,7 +188,7 @@ class Adversarial:
             return Standard()(model, x, y, ctx)
         # One batch per attack call so every example's perturbation lives in one set of blocks.
         result = PGD(steps=self.steps, batch_size=len(x), seed=ctx.seed)(model, x, y, threat)
-        with installed(_frozen(_attack_blocks(result))):
+        with installed(_frozen(result.weight_blocks())):
             logits = model(result.x_adv.detach())
         return {"loss": F.cross_entropy(logits, y), "logits": logits}
 
