@@ -1,6 +1,7 @@
 """Two gloo processes on the CPU give the same numbers as one; a dead rank ends the job."""
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -30,7 +31,8 @@ def _evaluate(launcher: list[str], checkpoint: Path, out: Path) -> dict:
         "--out",
         str(out),
     ]
-    done = subprocess.run([*launcher, *args], capture_output=True, text=True, timeout=240)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}  # two processes on two cores: one thread each
+    done = subprocess.run([*launcher, *args], capture_output=True, text=True, timeout=240, env=env)
     assert done.returncode == 0, done.stderr[-2000:]
     return json.loads(out.read_text())
 
