@@ -111,58 +111,9 @@ def run_study(
         with torch.no_grad():
             clean_correct = model(x).argmax(1) == y
         t_eval = time.perf_counter()
-        cells = []
-        total = len(points) * len(grid.scopes)
-        for i, (ex, ew) in enumerate(points):
-            for j, scope in enumerate(grid.scopes):
-                key = f"cell/{entry.name}/{ex}/{ew}/{scope.value}"
-                if state.get(key) is None:
-                    threat = ThreatModel(
-                        eps_x=ex,
-                        eps_w=ew,
-                        weight_ball=grid.weight_ball,
-                        weight_mode=grid.weight_mode,
-                        scope=scope,
-                        domain=data.domain,
-                    )
-                    if ew == 0 and scope is Scope.SHARED and Scope.PER_EXAMPLE in grid.scopes:
-                        # No weight moves: the shared cell is the per-example one by definition.
-                        cell = dict(state.get(f"cell/{entry.name}/{ex}/{ew}/{Scope.PER_EXAMPLE.value}"))
-                    else:
-                        c = attack_cell(model, x, y, threat, attack, clean_correct, lambda *_: None)
-                        cell = {"accuracy": c.accuracy, "verified": c.verified, "paths": c.paths}
-                    cell.update({"eps_x": ex, "eps_w": ew, "scope": scope.value})
-                    state.put(key, cell)
-                cells.append(state.get(key))
-                if progress is not None:
-                    progress(f"{entry.name}: attacks", i * len(grid.scopes) + j + 1, total)
-        certified = []
-        for i, (ex, ew) in enumerate(points):
-            for method in config.certify.methods:
-                key = f"cert/{entry.name}/{ex}/{ew}/{method}"
-                if state.get(key) is None:
-                    threat = ThreatModel(
-                        eps_x=ex,
-                        eps_w=ew,
-                        weight_ball=grid.weight_ball,
-                        weight_mode=grid.weight_mode,
-                        domain=data.domain,
-                    )
-                    t1 = time.perf_counter()
-                    mask = _certify_mask(model, x, y, threat, method)
-                    state.put(
-                        key,
-                        {
-                            "eps_x": ex,
-                            "eps_w": ew,
-                            "method": method,
-                            "certified_accuracy": float(mask.float().mean()),
-                            "seconds": time.perf_counter() - t1,
-                        },
-                    )
-                certified.append(state.get(key))
-            if progress is not None:
-                progress(f"{entry.name}: certificates", i + 1, len(points))
+        run = _ModelRun(entry.name, model, x, y, config, data, state, progress)
+        cells = run.attack_cells(points, attack, clean_correct)
+        certified = run.certify_cells(points)
         radius = None
         if config.radius.enabled:
             key = f"radius/{entry.name}"
@@ -197,6 +148,79 @@ def run_study(
     }
     report = write_report(results, out_dir) if dist.rank() == 0 else out_dir / "report.html"
     return report, results
+
+
+class _ModelRun:
+    """The grid evaluations of one model, each recorded in the study state as soon as it is done."""
+
+    def __init__(self, name, model, x, y, config: StudyConfig, data: Dataset, state: StudyState, progress) -> None:
+        self.name, self.model, self.x, self.y = name, model, x, y
+        self.grid, self.methods, self.domain = config.grid, config.certify.methods, data.domain
+        self.state, self.progress = state, progress
+
+    def threat(self, eps_x: float, eps_w: float, scope: Scope = Scope.PER_EXAMPLE) -> ThreatModel:
+        g = self.grid
+        return ThreatModel(
+            eps_x=eps_x,
+            eps_w=eps_w,
+            weight_ball=g.weight_ball,
+            weight_mode=g.weight_mode,
+            scope=scope,
+            domain=self.domain,
+        )
+
+    def _tick(self, label: str, done: int, total: int) -> None:
+        if self.progress is not None:
+            self.progress(f"{self.name}: {label}", done, total)
+
+    def attack_cells(self, points, attack: PGD, clean_correct: Tensor) -> list[dict[str, Any]]:
+        cells = []
+        scopes = sorted(self.grid.scopes, key=lambda s: s is Scope.SHARED)  # per-example first: shared may copy it
+        for i, (ex, ew) in enumerate(points):
+            for scope in scopes:
+                key = f"cell/{self.name}/{ex}/{ew}/{scope.value}"
+                if self.state.get(key) is None:
+                    per_example = self.state.get(f"cell/{self.name}/{ex}/{ew}/{Scope.PER_EXAMPLE.value}")
+                    if ew == 0 and scope is Scope.SHARED and per_example is not None:
+                        cell = dict(per_example)  # no weight moves: the shared cell is the per-example one
+                    else:
+                        c = attack_cell(
+                            self.model,
+                            self.x,
+                            self.y,
+                            self.threat(ex, ew, scope),
+                            attack,
+                            clean_correct,
+                            lambda *_: None,
+                        )
+                        cell = {"accuracy": c.accuracy, "verified": c.verified, "paths": c.paths}
+                    cell.update({"eps_x": ex, "eps_w": ew, "scope": scope.value})
+                    self.state.put(key, cell)
+                cells.append(self.state.get(key))
+            self._tick("attacks", i + 1, len(points))
+        return cells
+
+    def certify_cells(self, points) -> list[dict[str, Any]]:
+        certified = []
+        for i, (ex, ew) in enumerate(points):
+            for method in self.methods:
+                key = f"cert/{self.name}/{ex}/{ew}/{method}"
+                if self.state.get(key) is None:
+                    t1 = time.perf_counter()
+                    mask = _certify_mask(self.model, self.x, self.y, self.threat(ex, ew), method)
+                    self.state.put(
+                        key,
+                        {
+                            "eps_x": ex,
+                            "eps_w": ew,
+                            "method": method,
+                            "certified_accuracy": float(mask.float().mean()),
+                            "seconds": time.perf_counter() - t1,
+                        },
+                    )
+                certified.append(self.state.get(key))
+            self._tick("certificates", i + 1, len(points))
+        return certified
 
 
 def _radii(model, x, y, config: StudyConfig, data: Dataset, attack: PGD, progress, name: str) -> dict[str, Any]:
