@@ -19,10 +19,10 @@ install: $(BIN)/nonsingular
 # The paper's study on the bundled digits: five models trained (cached in runs/cache), attacked on the
 # eps_x x eps_w grid in both scopes, certified; prints the headline table and the path of report.html.
 demo: install
-	$(BIN)/nonsingular study --out runs/demo
+	OMP_NUM_THREADS=1 $(BIN)/nonsingular study --out runs/demo
 
 test: install
-	@$(BIN)/python -m pytest -q; status=$$?; \
+	@OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q; status=$$?; \
 	if [ $$status -eq 5 ]; then echo "pytest collected no tests: failing" >&2; exit 1; fi; exit $$status
 
 lint: install

@@ -53,13 +53,13 @@ def radius(
     x, y = select_examples(loaded.data, n_examples)
     ray = Ray(k_x, k_w, ThreatModel(weight_ball=weight_ball, weight_mode=weight_mode, domain=loaded.data.domain))
     s_hi = min(s_max, ray.s_max)
-    model = loaded.model
+    net = loaded.model
     t0 = time.perf_counter()
     with progress_bar("radius", total=2) as update:
-        upper = attacked_radius(model, x, y, ray, PGD(steps=steps), s_hi, iterations)
+        upper = attacked_radius(net, x, y, ray, PGD(steps=steps), s_hi, iterations)
         update(1, 2, "certified radius")
         lower = certified_radius(
-            x, y, ray, lambda a, b, t: margin_bounds(model, a.double(), b, t, method).certified, s_hi, iterations
+            x, y, ray, lambda a, b, t: margin_bounds(net, a.double(), b, t, method).certified, s_hi, iterations
         )
         update(2, 2)
     table = Table(title=f"radius along (eps_x, eps_w) = s ({k_x:g}, {k_w:g}), {len(y)} examples")
