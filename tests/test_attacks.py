@@ -224,3 +224,17 @@ def test_attack_runs_inside_no_grad(small_mlp, batch):
     with torch.no_grad():
         result = PGD(steps=2)(small_mlp, x, y, ThreatModel(eps_x=0.05, eps_w=0.001))
     assert verify(small_mlp, x, y, result).passed
+
+
+@pytest.mark.parametrize("eps_w", [0.0, 0.01])
+def test_per_example_result_independent_of_batching(small_mlp, digits, eps_w):
+    """Random starts are keyed by global example index: splitting the examples (into batches, or into calls
+    with first_index as a rank's shard does) gives each example the same attack, bit for bit."""
+    x, y = digits.x_test[:100], digits.y_test[:100]
+    threat = ThreatModel(eps_x=0.05, eps_w=eps_w)
+    whole = PGD(steps=5, seed=3, batch_size=100)(small_mlp, x, y, threat)
+    batched = PGD(steps=5, seed=3, batch_size=30)(small_mlp, x, y, threat)
+    attack = PGD(steps=5, seed=3, batch_size=100)
+    parts = [attack(small_mlp, x[a:b], y[a:b], threat, first_index=a) for a, b in ((0, 37), (37, 100))]
+    for other in (batched.x_adv, torch.cat([p.x_adv for p in parts])):
+        torch.testing.assert_close(other, whole.x_adv, rtol=0, atol=1e-6)

@@ -258,11 +258,11 @@ class PGD:
             global_blocks = build_weight_blocks(model, threat, paths, 0) if shared else []
             blocks = [[] if shared else build_weight_blocks(model, threat, paths, e - s) for s, e in spans]
             if self.random_start:
-                for (s, _e), xb, (lb, ub), bl in zip(spans, xs, bounds, blocks, strict=True):
-                    generator = seeds.batch(restart, s)
-                    xb.copy_(lb + (ub - lb) * torch.rand(xb.shape, generator=generator).to(xb))
+                for (s, e), xb, (lb, ub), bl in zip(spans, xs, bounds, blocks, strict=True):
+                    uniform = seeds.rows(restart, s, e)
+                    xb.copy_(lb + (ub - lb) * uniform(xb.shape).to(xb))
                     for blk in bl:
-                        blk.random_start(generator)
+                        blk.random_start(uniform)
                 generator = seeds.shared(restart)
                 for blk in global_blocks:
                     blk.random_start(generator)
@@ -383,7 +383,13 @@ def _ascend(blocks: list[WeightBlock], grads: Sequence[Tensor], frac: float) -> 
 
 
 class _Seeds:
-    """Random-start generators keyed by (seed, restart, global batch start): independent of sharding."""
+    """Random starts keyed by global example index (and seed, restart): independent of batching and sharding.
+
+    Per-example noise is drawn in fixed chunks of `CHUNK` global rows, each from its own generator, and sliced:
+    rows i..j get the same numbers whether they are one batch, part of a larger one or a rank's share of one.
+    """
+
+    CHUNK = 64
 
     def __init__(self, seed: int, first_index: int) -> None:
         self.seed, self.first_index = seed, first_index
@@ -392,8 +398,24 @@ class _Seeds:
         state = np.random.SeedSequence([self.seed, *key]).generate_state(1)[0]
         return torch.Generator().manual_seed(int(state))
 
-    def batch(self, restart: int, start: int) -> torch.Generator:
-        return self._make(restart, 0, self.first_index + start)
+    def rows(self, restart: int, start: int, stop: int) -> Callable[[torch.Size], Tensor]:
+        """U[0, 1) noise for rows start..stop of x, one independent stream per call (x, then each variable)."""
+        first, last = self.first_index + start, self.first_index + stop
+        streams = iter(range(1 << 30))
+
+        def uniform(shape: torch.Size) -> Tensor:
+            assert shape[0] == stop - start, "per-example noise must have one row per example"
+            stream = next(streams)
+            if stop == start:
+                return torch.empty(shape)
+            lo, hi = first // self.CHUNK, -(-last // self.CHUNK)
+            chunks = [
+                torch.rand((self.CHUNK, *shape[1:]), generator=self._make(restart, 0, stream, c)) for c in range(lo, hi)
+            ]
+            offset = first - lo * self.CHUNK
+            return torch.cat(chunks)[offset : offset + stop - start]
+
+        return uniform
 
     def shared(self, restart: int) -> torch.Generator:
         return self._make(restart, 1)

@@ -119,9 +119,7 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
         model.load_state_dict(state)
     except RuntimeError as err:
         first = str(err).strip().splitlines()
-        raise CheckpointError(
-            f"{path}: weights do not fit the architecture ({' '.join(first[:2])})"
-        ) from None
+        raise CheckpointError(f"{path}: weights do not fit the architecture ({' '.join(first[:2])})") from None
     model.eval()
     extra = {k.removeprefix("extra/"): v for k, v in tensors.items() if k.startswith("extra/")}
     return Checkpoint(model=model, metadata=metadata, tensors=extra)

@@ -89,3 +89,9 @@ def gather_cat(part: Tensor, start: int, n: int) -> Tensor:
     # Every rank fills its own rows and leaves zeros elsewhere: a sum gives every rank the whole tensor.
     dist.all_reduce(full)
     return full.to(part.dtype)
+
+
+def barrier() -> None:
+    """Wait for every rank (bounded by the process group's timeout); a no-op in one process."""
+    if is_distributed():
+        dist.barrier()

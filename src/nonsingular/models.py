@@ -55,9 +55,7 @@ class MLP(nn.Sequential):
         std: float | Sequence[float] = 1.0,
     ) -> None:
         if any(int(w) <= 0 for w in widths) or num_classes < 2:
-            raise ValueError(
-                f"MLP widths must be positive and num_classes >= 2, got {list(widths)}, {num_classes}"
-            )
+            raise ValueError(f"MLP widths must be positive and num_classes >= 2, got {list(widths)}, {num_classes}")
         n_in = 1
         for d in input_shape:
             n_in *= int(d)

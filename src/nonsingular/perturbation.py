@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from enum import Enum
 
 import torch
@@ -47,9 +47,7 @@ def layer_paths(model: nn.Module, threat: ThreatModel, x_probe: Tensor) -> dict[
     calls: dict[str, list[int]] = {name: [] for name, _ in layers}
     handles = []
     for name, module in layers:
-        handles.append(
-            module.register_forward_hook(lambda _m, inp, _out, name=name: calls[name].append(inp[0].dim()))
-        )
+        handles.append(module.register_forward_hook(lambda _m, inp, _out, name=name: calls[name].append(inp[0].dim())))
     try:
         with torch.no_grad():
             model(x_probe)
@@ -110,11 +108,7 @@ def _bias_term(module: nn.Module, delta_b: Tensor, out: Tensor, per_example: boo
     extra = out.dim() - 2
     if isinstance(module, nn.Linear):
         return delta_b.reshape(delta_b.shape[0], *([1] * extra), -1) if per_example else delta_b
-    return (
-        delta_b.reshape(*delta_b.shape, *([1] * extra))
-        if per_example
-        else delta_b.reshape(-1, *([1] * extra))
-    )
+    return delta_b.reshape(*delta_b.shape, *([1] * extra)) if per_example else delta_b.reshape(-1, *([1] * extra))
 
 
 def project_rows_l1(delta: Tensor, radius: Tensor) -> Tensor:
@@ -202,10 +196,15 @@ class WeightBlock:
         return self._threat.weight_radius(self.name, self.weight)
 
     # ------------------------------------------------------------------ optimisation hooks
-    def random_start(self, generator: torch.Generator | None) -> None:
+    def random_start(self, generator: torch.Generator | Callable[[torch.Size], Tensor] | None) -> None:
+        """Start uniformly inside the ball: from `generator`, or from a function giving U[0, 1) noise of a shape
+        (per-example attacks pass one keyed by global example index, so a start does not depend on sharding)."""
         for v in self.variables:
-            u = torch.rand(v.shape, generator=generator, dtype=v.dtype, device="cpu").to(v.device) * 2 - 1
-            v.copy_(u)
+            if callable(generator):
+                u = generator(v.shape)
+            else:
+                u = torch.rand(v.shape, generator=generator, dtype=v.dtype, device="cpu")
+            v.copy_(u.to(v) * 2 - 1)
         if self.path is not LayerPath.LEMMA1:
             self._scale_unit_to_ball()
 
@@ -296,9 +295,7 @@ class WeightBlock:
         out = {f"{self.name}.weight": settle_in_ball(W, W + delta, radius, self.ball)}
         if delta_b is not None:
             b = self.module.bias.detach()
-            out[f"{self.name}.bias"] = torch.minimum(
-                torch.maximum(b + delta_b, b - self.bias_rho), b + self.bias_rho
-            )
+            out[f"{self.name}.bias"] = torch.minimum(torch.maximum(b + delta_b, b - self.bias_rho), b + self.bias_rho)
         return out
 
 

@@ -190,9 +190,7 @@ class ThreatModel(BaseModel):
                     raise ValueError(f"layers names '{name}', which the model does not have")
                 if not isinstance(modules[name], PERTURBABLE_TYPES):
                     kind = type(modules[name]).__name__
-                    raise ValueError(
-                        f"layer '{name}' is a {kind}; only Linear, Conv1d and Conv2d can be perturbed"
-                    )
+                    raise ValueError(f"layer '{name}' is a {kind}; only Linear, Conv1d and Conv2d can be perturbed")
                 chosen.append((name, modules[name]))
         names = {n for n, _ in chosen}
         for name, _ in self.layer_eps:

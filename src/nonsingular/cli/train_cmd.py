@@ -1,4 +1,7 @@
-"""`nonsingular train`: a thin adapter over `nonsingular.training` (config file + flags -> Trainer)."""
+"""`nonsingular train`: a thin adapter over `nonsingular.training` (config file + flags -> Trainer).
+
+Launched with torchrun it trains data-parallel (DistributedDataParallel); rank 0 alone prints and writes.
+"""
 
 from __future__ import annotations
 
@@ -10,11 +13,12 @@ import torch
 import typer
 from pydantic import ValidationError
 
+from .. import distributed as dist
 from ..checkpoint import read_metadata
 from ..threat import EpsMode, Scope, WeightBall
 from ..training import RunPaths, TrainConfig, Trainer, TrainEvent, load_config_file, resolve_config
 from ..training.config import LRSchedule, OptimizerName
-from .common import UserError, console, one_line, progress_bar
+from .common import UserError, console, one_line, progress_bar, resolve_device
 
 _OBJECTIVE_HELP = (
     "Training objective: standard, pgd-at (input AT), trades, awp (weight AT, shared per batch, relative), "
@@ -138,7 +142,14 @@ def train(
     tensorboard: Annotated[
         bool | None, typer.Option("--tensorboard/--no-tensorboard", help="Also log to <out>.tb/ if installed.")
     ] = None,
-    device: Annotated[str | None, typer.Option("--device", help="cpu, cuda, cuda:N or auto. [default: cpu]")] = None,
+    device: Annotated[
+        str | None,
+        typer.Option(
+            "--device",
+            help="auto (CUDA when present), cpu, cuda or cuda:N; under torchrun cuda is the GPU of LOCAL_RANK. "
+            "[default: cpu]",
+        ),
+    ] = None,
     threads: Annotated[int, typer.Option("--threads", help="CPU threads for torch (0: torch's default).", min=0)] = 0,
     resume: Annotated[
         bool, typer.Option("--resume/--no-resume", help="Continue the run at --out from its last complete epoch.")
@@ -184,12 +195,13 @@ def train(
     cfg = _resolve(config, flags, paths.checkpoint if resume else None)
     if threads:
         torch.set_num_threads(threads)
+    lead = _join_process_group(cfg)
     started = time.perf_counter()
-    with progress_bar("training", total=None, enabled=not quiet) as update:
+    with progress_bar("training", total=None, enabled=lead and not quiet) as update:
 
         def on_event(event: TrainEvent) -> None:
             update(event.step, event.steps, f"epoch {event.epoch}/{event.epochs}")
-            if event.kind == "epoch" and not quiet and event.metrics is not None:
+            if event.kind == "epoch" and lead and not quiet and event.metrics is not None:
                 m = event.metrics
                 robust = m.get("val_robust_acc")
                 console.print(
@@ -202,17 +214,32 @@ def train(
 
         trainer = Trainer(cfg, paths, callback=on_event)  # validates data, objective and architecture
         if resume:
-            trainer.resume()
+            trainer.resume()  # every rank loads the same checkpoint
         try:
             trainer.fit()
         except FloatingPointError as err:  # a diverged run: one line, the last good checkpoint kept
             raise UserError(str(err)) from None
+    if not lead:
+        return
+    if dist.is_distributed():
+        console.print(f"{dist.world_size()} processes, each training on a share of every batch", highlight=False)
     test = _test_accuracy(trainer)
     console.print(
         f"{cfg.objective}: {trainer.epochs_done} epochs, test accuracy {test:.4f}, "
         f"{time.perf_counter() - started:.1f}s -> {paths.checkpoint}",
         highlight=False,
     )
+
+
+def _join_process_group(cfg: TrainConfig) -> bool:
+    """Join torchrun's process group (if launched so) on the configured device; True on the rank that writes."""
+    device = resolve_device(cfg.device)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)  # NCCL's collectives (the barrier too) run on this rank's GPU
+    dist.init_from_env(device)
+    # Every rank has checked --out (and read a --resume checkpoint) before rank 0 writes anything there.
+    dist.barrier()
+    return dist.rank() == 0
 
 
 def _test_accuracy(trainer: Trainer) -> float:

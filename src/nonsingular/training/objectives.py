@@ -11,6 +11,15 @@ Names combine with "+" where that makes sense:
 - awp adds a shared, layer-wise relative weight perturbation to standard, pgd-at or trades (pgd-at+awp is
   Wu et al.'s AT-AWP, trades+awp their TRADES-AWP);
 - bound-reg adds Theorem 2's sensitivity terms to any base (bound-reg alone: cross-entropy + the terms).
+
+Data-parallel training (see `parallel`): `model` may be a DistributedDataParallel wrapper and x this rank's share
+of the batch. Forwards whose gradient trains the weights go through `model`; inner maximisations and bounds run
+on `parallel.inner(model)` and in eval mode (PGD, the KL ascent and the bounds set it), so they neither
+synchronise anything nor move BatchNorm running statistics. Only the training forwards run in train mode:
+BatchNorm statistics follow the batches the loss is computed on, the clean one (standard, ibp-certified,
+bound-reg's base), the perturbed one (pgd-at, awp, joint-at train at the adversarial point only), or both
+(trades). A weight perturbation shared by the batch is found from gradients summed over all ranks, so every
+rank trains at the same perturbed weights; per-example perturbations need no communication.
 """
 
 from __future__ import annotations
@@ -24,10 +33,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .. import distributed as dist
 from ..attacks import PGD
 from ..bounds import ibp_margin_bounds, loss_bound_from_margins, sensitivity_terms
 from ..perturbation import WeightBlock, build_weight_blocks, installed, layer_paths
 from ..threat import EpsMode, Scope, ThreatModel
+from . import parallel
 from .config import TrainConfig
 
 __all__ = [
@@ -108,15 +119,22 @@ class StepContext:
     Attributes:
         scale: epsilon warm-up factor in [0, 1]; the training threat's radii are multiplied by it.
         seed: seed of this step's random starts (derived from the run seed, epoch and step: resumable).
+        first_index: position of x[0] in the global batch when x is this rank's share of it (else 0).
+        n_batch: examples in the global batch over all ranks; None: x is the whole batch.
     """
 
     scale: float = 1.0
     seed: int = 0
+    first_index: int = 0
+    n_batch: int | None = None
 
 
 class Objective(Protocol):
     def __call__(self, model: nn.Module, x: Tensor, y: Tensor, ctx: StepContext) -> dict[str, Tensor]:
-        """Loss and logits on a batch: x (N, *input_shape) in the data domain, y (N,) labels."""
+        """Loss and logits on a batch: x (N, *input_shape) in the data domain, y (N,) labels.
+
+        The loss is a mean over the N examples (the trainer reweighs unequal shares of a distributed batch).
+        """
         ...
 
     def describe(self) -> dict[str, Any]:
@@ -186,8 +204,11 @@ class Adversarial:
         threat = scaled_threat(self.threat, ctx.scale)
         if threat.kind == "none":
             return Standard()(model, x, y, ctx)
-        # One batch per attack call so every example's perturbation lives in one set of blocks.
-        result = PGD(steps=self.steps, batch_size=len(x), seed=ctx.seed)(model, x, y, threat)
+        # One batch per attack call so every example's perturbation lives in one set of blocks. A shared
+        # perturbation sums its gradient over ranks: every rank holds the one perturbation of the global batch.
+        attack = PGD(steps=self.steps, batch_size=len(x), seed=ctx.seed)
+        sync = threat.scope is Scope.SHARED and dist.is_distributed()
+        result = attack(parallel.inner(model), x, y, threat, first_index=ctx.first_index, sync_ranks=sync)
         with installed(_frozen(result.weight_blocks())):
             logits = model(result.x_adv.detach())
         return {"loss": F.cross_entropy(logits, y), "logits": logits}
@@ -215,16 +236,17 @@ class Trades:
         if threat.kind == "none" or self.beta == 0:
             return {"loss": ce, "logits": logits, "kl": torch.zeros(())}
         target = F.softmax(logits.detach(), dim=1)
-        x_adv, blocks = self._maximise_kl(model, x, target, threat, ctx.seed)
+        x_adv, blocks = self._maximise_kl(parallel.inner(model), x, target, threat, ctx)
         with installed(blocks):
             adv_logits = model(x_adv)
         kl = F.kl_div(F.log_softmax(adv_logits, dim=1), target, reduction="batchmean")
         return {"loss": ce + self.beta * kl, "logits": logits, "kl": kl.detach()}
 
     def _maximise_kl(
-        self, model: nn.Module, x: Tensor, target: Tensor, threat: ThreatModel, seed: int
+        self, model: nn.Module, x: Tensor, target: Tensor, threat: ThreatModel, ctx: StepContext
     ) -> tuple[Tensor, list[WeightBlock]]:
-        generator = torch.Generator().manual_seed(seed)
+        generator = torch.Generator().manual_seed(ctx.seed)
+        sync = threat.scope is Scope.SHARED and dist.is_distributed()
         frac = 2.5 / self.steps
         lb, ub = threat.input_bounds(x)
         was_training = model.training
@@ -232,8 +254,12 @@ class Trades:
         try:
             paths = layer_paths(model, threat, x[: min(2, len(x))])
             blocks = build_weight_blocks(model, threat, paths, len(x))
-            # The KL gradient vanishes at the clean point: start close to it (TRADES uses 0.001 N(0, 1)).
-            noise = 0.001 * torch.randn(x.shape, generator=generator).to(x)
+            # The KL gradient vanishes at the clean point: start close to it (TRADES uses 0.001 N(0, 1)). Every
+            # rank draws the whole batch's noise and keeps its rows: the same start as one process, and the
+            # generator is left where a shared weight start draws the same numbers on every rank.
+            n_batch = ctx.n_batch if ctx.n_batch is not None else len(x)
+            noise = torch.randn((n_batch, *x.shape[1:]), generator=generator)
+            noise = 0.001 * noise[ctx.first_index : ctx.first_index + len(x)].to(x)
             x_adv = torch.minimum(torch.maximum(x + noise, lb), ub).detach()
             for blk in blocks:
                 blk.random_start(generator)
@@ -247,6 +273,8 @@ class Trades:
                     kl = F.kl_div(log_p, target, reduction="sum")
                 wrt = ([x_adv] if threat.perturbs_input else []) + variables
                 grads = list(torch.autograd.grad(kl, wrt))
+                if sync:  # the summed KL's gradient over the global batch
+                    dist.all_reduce_sum_(grads[len(wrt) - len(variables) :])
                 with torch.no_grad():
                     if threat.perturbs_input:
                         step = frac * threat.eps_x * torch.sign(grads.pop(0))
@@ -282,7 +310,7 @@ class IBPCertified:
         threat = scaled_threat(self.threat, ctx.scale)
         if threat.kind == "none":
             return {"loss": ce, "logits": logits, "robust_ce": ce.detach()}
-        bounds = ibp_margin_bounds(model, x, y, threat)
+        bounds = ibp_margin_bounds(parallel.inner(model), x, y, threat)
         robust = loss_bound_from_margins(bounds.lower, y).mean()
         kappa = 1.0 - ctx.scale * (1.0 - self.kappa)
         return {"loss": kappa * ce + (1 - kappa) * robust, "logits": logits, "robust_ce": robust.detach()}
@@ -320,7 +348,7 @@ class BoundRegularized:
         zero = torch.zeros((), dtype=out["loss"].dtype, device=out["loss"].device)
         r_x = r_w = zero
         if threat.kind != "none" and (self.lambda_x > 0 or self.lambda_w > 0):
-            terms = sensitivity_terms(model, x, threat, log_domain=self.log_domain)
+            terms = sensitivity_terms(parallel.inner(model), x, threat, log_domain=self.log_domain)
             if threat.perturbs_input:
                 r_x = terms.r_x.mean()
             if threat.perturbs_weights:

@@ -7,12 +7,18 @@ and an atomic, resumable checkpoint after every epoch.
 Determinism: every epoch reseeds its shuffling, the global RNG and each step's attack random start from
 (seed, epoch, step), so a run resumed from the checkpoint of epoch k continues exactly as the uninterrupted
 run did (same weights, bit for bit, on the same machine and thread count).
+
+Under torchrun (after `distributed.init_from_env`) the trainer is data-parallel: every rank draws the same
+shuffle, trains on its share of each global batch through DistributedDataParallel, and rank 0 alone writes the
+checkpoint, the logs and the resolved config (the others wait at a barrier after each save). See
+docs/distributed.md for what matches a 1-process run exactly.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -23,11 +29,13 @@ import torch
 import yaml
 from torch import Tensor, nn
 
+from .. import distributed as dist
 from ..attacks import PGD
 from ..checkpoint import CheckpointError, atomic_write, load_checkpoint, save_checkpoint
 from ..data import Dataset, load_data
 from ..models import build_model
 from ..threat import ThreatModel
+from . import parallel
 from .config import LRSchedule, OptimizerName, TrainConfig
 from .logs import MetricsLog, RunPaths
 from .objectives import StepContext, build_objective, trained_threat
@@ -127,6 +135,9 @@ def _resolve_device(name: str) -> torch.device:
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError("device cuda was asked for but no CUDA device is available")
+    if device.type == "cuda" and device.index is None:
+        # Under torchrun each rank takes the GPU of its LOCAL_RANK (as cli.common.resolve_device does).
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")) % torch.cuda.device_count())
     return device
 
 
@@ -227,19 +238,28 @@ class Trainer:
 
     # ------------------------------------------------------------------------------------------ training
     def fit(self) -> TrainResult:
-        """Train the remaining epochs; returns the model in eval mode and the final metadata."""
+        """Train the remaining epochs; returns the model in eval mode and the final metadata.
+
+        Raises:
+            ValueError: distributed, with a batch that has fewer examples than there are processes.
+            FloatingPointError: the loss became NaN or infinite (on any rank); the last checkpoint is kept.
+        """
+        parallel.check_batches(len(self.y_train), self.config.batch_size)
+        lead = dist.rank() == 0
         logs = None
-        if self.paths is not None:
+        if self.paths is not None and lead:
             text = yaml.safe_dump(self.config.model_dump(mode="json"), sort_keys=False)
             atomic_write(self.paths.config, lambda tmp: Path(tmp).write_text(text))
             logs = MetricsLog(self.paths, tensorboard=self.config.tensorboard)
             logs.resume_from(self.epochs_done)
             if self.metrics:
                 logs.write(self.metrics)
+        # Built here, not in __init__, so that `resume` has loaded the weights DDP broadcasts from rank 0.
+        train_model = parallel.wrap(self.model, self.device)
         try:
             for epoch in range(self.epochs_done, self.config.epochs):
                 started = time.perf_counter()
-                row = self._train_epoch(epoch)
+                row = self._train_epoch(epoch, train_model)
                 train_seconds = time.perf_counter() - started
                 row.update(self._validate(epoch))
                 row["seconds"] = train_seconds
@@ -248,7 +268,9 @@ class Trainer:
                 self.metrics.append({k: _finite(v) if isinstance(v, float) else v for k, v in row.items()})
                 self.epochs_done = epoch + 1
                 if self.paths is not None:
-                    self._save(self.paths.checkpoint)
+                    if lead:
+                        self._save(self.paths.checkpoint)
+                    dist.barrier()  # no rank reports an epoch (or returns) before its checkpoint exists
                 if logs is not None:
                     logs.write(self.metrics)
                 log.info("epoch %d/%d %s", epoch + 1, self.config.epochs, self.metrics[-1])
@@ -265,8 +287,10 @@ class Trainer:
         if self.callback is not None:
             self.callback(event)
 
-    def _train_epoch(self, epoch: int) -> dict[str, Any]:
+    def _train_epoch(self, epoch: int, train_model: nn.Module | None = None) -> dict[str, Any]:
+        """One epoch; `train_model` is the module the loss goes through (the DDP wrapper when distributed)."""
         c = self.config
+        train_model = train_model if train_model is not None else self.model
         steps = self.steps_per_epoch
         total_steps = steps * c.epochs
         torch.manual_seed(derive_seed(c.seed, epoch, 1))  # any global-RNG use (e.g. dropout) is per-epoch seeded
@@ -275,23 +299,27 @@ class Trainer:
         n_seen = n_correct = 0
         scale = 1.0
         for b in range(steps):
-            idx = perm[b * c.batch_size : (b + 1) * c.batch_size].to(self.device)
+            batch = perm[b * c.batch_size : (b + 1) * c.batch_size]
+            idx, first = parallel.batch_share(batch)
+            idx = idx.to(self.device)
             x, y = self.x_train[idx], self.y_train[idx]
             global_step = epoch * steps + b
             lr = learning_rate(c, global_step, total_steps)
             for group in self.optimizer.param_groups:
                 group["lr"] = lr
             scale = warmup_scale(c, global_step, steps)
-            self.model.train()
-            out = self.objective(self.model, x, y, StepContext(scale=scale, seed=derive_seed(c.seed, epoch, 2, b)))
-            if not torch.isfinite(out["loss"].detach()):
+            train_model.train()
+            ctx = StepContext(scale=scale, seed=derive_seed(c.seed, epoch, 2, b), first_index=first, n_batch=len(batch))
+            out = self.objective(train_model, x, y, ctx)
+            # Every rank must stop together: one that went on into backward would wait for the others' gradients.
+            if parallel.any_rank(not torch.isfinite(out["loss"].detach()), self.device):
                 # Stop with the last good checkpoint intact rather than train on (and save) NaN weights.
                 raise FloatingPointError(
                     f"the {c.objective} loss became {float(out['loss'].detach())} at epoch {epoch + 1}, step {b + 1}; "
                     "lower --lr or the lambdas, or add --warmup-epochs"
                 )
             self.optimizer.zero_grad(set_to_none=True)
-            out["loss"].backward()
+            parallel.global_mean(out["loss"], len(y), len(batch)).backward()
             self.optimizer.step()
             n = len(y)
             n_seen += n
@@ -300,27 +328,36 @@ class Trainer:
                 if key != "logits":
                     sums[key] = sums.get(key, 0.0) + float(value.detach()) * n
             self._emit(TrainEvent("batch", epoch + 1, c.epochs, b + 1, steps))
+        totals = parallel.sum_over_ranks({**sums, "#seen": n_seen, "#correct": n_correct}, self.device)
+        n_seen, n_correct = int(totals.pop("#seen")), int(totals.pop("#correct"))
         row: dict[str, Any] = {"epoch": epoch + 1}
-        row.update({f"train_{k}": v / n_seen for k, v in sums.items()})
+        row.update({f"train_{k}": v / n_seen for k, v in totals.items()})
         row["train_acc"] = n_correct / n_seen
         row["lr"] = learning_rate(c, (epoch + 1) * steps - 1, total_steps)
         row["eps_scale"] = scale
         return row
 
     def _validate(self, epoch: int) -> dict[str, Any]:
-        """Clean and per-example joint robust accuracy (PGD, the attack's own logits) on the held-out split."""
+        """Clean and per-example joint robust accuracy (PGD, the attack's own logits) on the held-out split.
+
+        Distributed, each rank takes a contiguous run of the attack's batches (seeded by their global index) and
+        the per-example results are gathered, so every rank gets the numbers a single process gets.
+        """
         c = self.config
         self.model.eval()
+        attack = PGD(steps=c.eval_steps, seed=derive_seed(c.seed, epoch, 3)) if c.eval_steps > 0 else None
+        n = len(self.y_val)
+        start, stop = dist.shard_range(n, attack.batch_size if attack is not None else n)
+        x, y = self.x_val[start:stop], self.y_val[start:stop]
         with torch.no_grad():
-            clean = self.model(self.x_val).argmax(dim=1) == self.y_val
-        row: dict[str, Any] = {"val_clean_acc": float(clean.float().mean())}
-        if c.eval_steps > 0 and (c.eval_eps_x > 0 or c.eval_eps_w > 0):
-            threat = self.eval_threat
-            result = PGD(steps=c.eval_steps, seed=derive_seed(c.seed, epoch, 3))(
-                self.model, self.x_val, self.y_val, threat
-            )
-            robust = (result.logits.argmax(dim=1) == self.y_val) & clean
-            row["val_robust_acc"] = float(robust.float().mean())
+            clean = self.model(x).argmax(dim=1) == y
+        row: dict[str, Any] = {"val_clean_acc": float(dist.gather_cat(clean, start, n).float().mean())}
+        if attack is not None and (c.eval_eps_x > 0 or c.eval_eps_w > 0):
+            robust = clean  # an empty share stays empty
+            if start < stop:
+                result = attack(self.model, x, y, self.eval_threat, first_index=start)
+                robust = (result.logits.argmax(dim=1) == y) & clean
+            row["val_robust_acc"] = float(dist.gather_cat(robust, start, n).float().mean())
         return row
 
     # ------------------------------------------------------------------------------------------ checkpoint
@@ -354,6 +391,7 @@ class Trainer:
                 "optimizer_state": scalars,
                 "eval_threat": self.eval_threat.describe(),
                 "eval_attack": repr(PGD(steps=self.config.eval_steps)) if self.config.eval_steps else None,
+                "processes": dist.world_size(),
                 "torch": torch.__version__,
             },
             "metrics": self.metrics,
