@@ -22,10 +22,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from . import distributed as dist
 from ._version import __version__
 from .attacks import PGD
 from .bounds import BoundMethod, margin_bounds, norm_bounds
-from .threat import ThreatModel
+from .threat import Scope, ThreatModel
 from .verify import verify
 
 __all__ = ["CertifyReport", "MethodResult", "Tightness", "certified_mask", "certify", "example_bounds"]
@@ -139,14 +140,33 @@ def example_bounds(
 
 
 def certified_mask(
-    model: nn.Module, x: Tensor, y: Tensor, threat: ThreatModel, method: BoundMethod | str, batch_size: int = 512
+    model: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    threat: ThreatModel,
+    method: BoundMethod | str,
+    batch_size: int = 512,
+    candidates: Tensor | None = None,
 ) -> Tensor:
-    """(N,) bool: examples whose prediction no (x', W') in the threat set can change (by `method`)."""
-    parts = [
-        example_bounds(model, x[s : s + batch_size], y[s : s + batch_size], threat, method)[0] > 0
-        for s in range(0, len(y), batch_size)
-    ]
-    return torch.cat(parts).to(y.device)
+    """(N,) bool: examples whose prediction no (x', W') in the threat set can change (by `method`).
+
+    candidates: (N,) bool, bound only these examples and report the others uncertified. Passing the examples a
+    verified attack did not break saves the bound's cost without changing the result: a sound bound never
+    certifies an example the attack broke (certify() runs every example and counts such breaks).
+
+    Under torch.distributed the examples to bound are split over the ranks in whole batches and the mask is
+    gathered, so every rank returns the whole mask (and every rank must call this with the same arguments).
+    """
+    index = torch.arange(len(y), device=y.device) if candidates is None else candidates.nonzero().flatten()
+    start, stop = dist.shard_range(len(index), batch_size)
+    parts = [torch.zeros(0, dtype=torch.bool, device=y.device)]
+    for s in range(start, stop, batch_size):
+        rows = index[s : min(s + batch_size, stop)]
+        parts.append((example_bounds(model, x[rows], y[rows], threat, method)[0] > 0).to(y.device))
+    certified = dist.gather_cat(torch.cat(parts), start, len(index))
+    mask = torch.zeros(len(y), dtype=torch.bool, device=y.device)
+    mask[index] = certified
+    return mask
 
 
 def _quantiles(values: Tensor) -> dict[str, float]:
@@ -165,14 +185,34 @@ def _tightness(bound: Tensor, found: Tensor) -> Tightness:
 def _attack(
     model: nn.Module, x: Tensor, y: Tensor, threat: ThreatModel, attack: PGD, progress: Progress | None
 ) -> tuple[Tensor, Tensor, list[str]]:
-    """(correct after the attack, verified loss increase, problems): the attack's result re-run by the verifier."""
-    result = attack(model, x, y, threat, (lambda d, t: progress("attack", d, t)) if progress else None)
-    check = verify(model, x, y, result)
-    problems = [f"attack result failed verification: {p}" for p in check.problems]
-    with torch.no_grad():
-        clean = F.cross_entropy(model(x), y, reduction="none")
-        increase = F.cross_entropy(check.logits, y, reduction="none") - clean
-    return check.correct, increase, problems
+    """(correct after the attack, verified loss increase, problems): the attack's result re-run by the verifier.
+
+    Under torch.distributed each rank attacks a contiguous run of whole batches (random starts keyed by global
+    index, as in evaluation) and the per-example results are gathered on every rank.
+    """
+    n = len(y)
+    start, stop = dist.shard_range(n, attack.batch_size)
+    shared = threat.scope is Scope.SHARED
+    if start == stop and shared:
+        raise ValueError(f"{n} examples in batches of {attack.batch_size} leave rank {dist.rank()} without any")
+    correct = torch.zeros(0, dtype=torch.bool, device=y.device)
+    increase = torch.zeros(0, dtype=torch.float64, device=y.device)
+    problems: list[str] = []
+    if start < stop:
+        xs, ys = x[start:stop], y[start:stop]
+        tick = (lambda d, t: progress("attack", d, t)) if progress else None
+        result = attack(model, xs, ys, threat, tick, first_index=start, sync_ranks=shared)
+        check = verify(model, xs, ys, result)
+        problems = [f"attack result failed verification: {p}" for p in check.problems]
+        with torch.no_grad():
+            clean = F.cross_entropy(model(xs), ys, reduction="none")
+            increase = (F.cross_entropy(check.logits, ys, reduction="none") - clean).double()
+        correct = check.correct
+    failed = torch.tensor([float(bool(problems))], dtype=torch.float64, device=y.device)
+    dist.all_reduce_max_(failed)
+    if failed.item() and not problems:
+        problems = ["another rank's attack result failed verification"]
+    return dist.gather_cat(correct, start, n), dist.gather_cat(increase, start, n), problems
 
 
 def certify(
@@ -246,15 +286,20 @@ def _run_method(
     increase: Tensor | None,
 ) -> MethodResult:
     t0 = time.perf_counter()
-    worst, loss = [], []
-    spans = list(range(0, len(y), batch_size))
+    # Under torch.distributed each rank bounds a contiguous run of whole batches; every rank gets all rows.
+    start, stop = dist.shard_range(len(y), batch_size)
+    worst = [torch.zeros(0, dtype=torch.float64, device=y.device)]
+    loss = [torch.zeros(0, dtype=torch.float64, device=y.device)]
+    spans = list(range(start, stop, batch_size))
     for i, s in enumerate(spans):
-        w, lb = example_bounds(model, x[s : s + batch_size], y[s : s + batch_size], threat, method)
+        e = min(s + batch_size, stop)
+        w, lb = example_bounds(model, x[s:e], y[s:e], threat, method)
         worst.append(w)
         loss.append(lb)
         if progress is not None:
             progress(method.value, i + 1, len(spans))
-    worst_t, loss_t = torch.cat(worst).cpu(), torch.cat(loss).cpu()
+    worst_t = dist.gather_cat(torch.cat(worst), start, len(y)).cpu()
+    loss_t = dist.gather_cat(torch.cat(loss), start, len(y)).cpu()
     certified = worst_t > 0
     broken = 0 if survived is None else int((certified & ~survived.cpu()).sum())
     return MethodResult(

@@ -23,6 +23,7 @@ __all__ = [
     "is_distributed",
     "rank",
     "shard_range",
+    "shutdown",
     "world_size",
 ]
 
@@ -95,3 +96,14 @@ def barrier() -> None:
     """Wait for every rank (bounded by the process group's timeout); a no-op in one process."""
     if is_distributed():
         dist.barrier()
+
+
+def shutdown() -> None:
+    """Leave the process group after a successful run: wait for every rank, then destroy it.
+
+    A rank that exits while another still talks to it can abort in gloo's destructor ("terminate called
+    without an active exception"); the barrier makes every rank finish its collectives first.
+    """
+    if is_distributed():
+        dist.barrier()
+        dist.destroy_process_group()

@@ -90,8 +90,10 @@ def threats_for(threat: ThreatModel) -> dict[str, ThreatModel | None]:
     return {k: (t if t.kind == k else None) for k, t in derived.items()}
 
 
-def attack_cell(model, x, y, threat, attack, clean_correct, tick) -> Cell:
-    """Attack, verify and score one cell; under torch.distributed each rank takes a contiguous run of batches."""
+def attack_cell(model, x, y, threat, attack, clean_correct, tick) -> tuple[Cell, Tensor]:
+    """Attack, verify and score one cell: (the cell, (N,) bool examples correct clean and after the verified
+    attack). Under torch.distributed each rank takes a contiguous run of batches; every rank gets the whole mask.
+    """
     n = len(y)
     start, stop = dist.shard_range(n, attack.batch_size)
     shared = threat.scope is Scope.SHARED
@@ -114,8 +116,9 @@ def attack_cell(model, x, y, threat, attack, clean_correct, tick) -> Cell:
     attack_correct = dist.gather_cat(attack_correct, start, n)
     dist.all_reduce_max_(status)
     passed = status[0] == 0
-    return Cell(
-        accuracy=float((clean_correct & correct).float().mean()) if passed else None,
+    robust = clean_correct & correct
+    cell = Cell(
+        accuracy=float(robust.float().mean()) if passed else None,
         attack_accuracy=float(attack_correct.float().mean()),
         verified=bool(passed),
         max_logit_gap=float(status[1]),
@@ -124,6 +127,7 @@ def attack_cell(model, x, y, threat, attack, clean_correct, tick) -> Cell:
         paths=paths,
         problems=problems if passed or problems else ["another rank's perturbation failed verification"],
     )
+    return cell, robust
 
 
 def evaluate_robustness(
@@ -174,7 +178,7 @@ def evaluate_robustness(
                     progress(label, done, total)
 
             t0 = time.perf_counter()
-            cells[kind][scope] = attack_cell(model, x, y, cell_threat, attack, clean_correct, tick)
+            cells[kind][scope] = attack_cell(model, x, y, cell_threat, attack, clean_correct, tick)[0]
             cells[kind][scope].seconds = time.perf_counter() - t0
     return RobustnessReport(
         clean_accuracy=float(clean_correct.float().mean()),

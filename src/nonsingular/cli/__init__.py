@@ -6,6 +6,7 @@ import sys
 
 import typer
 
+from .. import distributed as dist
 from .._version import __version__
 from ..checkpoint import CheckpointError
 from .certify_cmd import certify
@@ -48,6 +49,10 @@ def main() -> None:
     """Console-script entry point: bad input gives one line on stderr and exit status 2, never a traceback."""
     try:
         app()
+    except SystemExit as done:
+        if done.code in (0, None):  # finished: under torchrun every rank leaves the process group together
+            dist.shutdown()
+        raise
     except (UserError, CheckpointError, ValueError, FileNotFoundError, PermissionError, OSError) as err:
         err_console.print(f"[red]error:[/red] {one_line(err)}", highlight=False, soft_wrap=True)
         sys.exit(2)

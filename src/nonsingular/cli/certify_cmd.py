@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import time
-from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.table import Table
 
+from .. import distributed as dist
 from ..attacks import PGD, Loss
 from ..bounds import BoundMethod
 from ..certify import CertifyReport
@@ -16,13 +16,20 @@ from ..certify import certify as run_certify
 from ..threat import EpsMode, WeightBall
 from .common import (
     BallOpt,
+    CheckpointOpt,
+    DataOpt,
     DeviceOpt,
     EpsBOpt,
     EpsWOpt,
     EpsXOpt,
+    ForceOpt,
+    JsonOutOpt,
     LayersOpt,
+    ModelOpt,
     ModeOpt,
+    NExamplesOpt,
     UserError,
+    WeightsOpt,
     check_writable,
     console,
     make_threat,
@@ -52,7 +59,9 @@ def parse_methods(values: list[str]) -> list[BoundMethod]:
 
 
 def certify(
-    checkpoint: Annotated[Path, typer.Option("--checkpoint", "-c", help="Checkpoint (.safetensors) to certify.")],
+    checkpoint: CheckpointOpt = None,
+    model: ModelOpt = None,
+    weights: WeightsOpt = None,
     eps_x: EpsXOpt = 0.0,
     eps_w: EpsWOpt = 0.0,
     weight_ball: BallOpt = WeightBall.ELEMENTWISE,
@@ -63,17 +72,15 @@ def certify(
         list[str],
         typer.Option("--method", "-m", help="norm, ibp, crown or all; repeat the option or separate by commas."),
     ] = ["all"],  # noqa: B006 - typer reads the default, nothing mutates it
-    data: Annotated[
-        str | None, typer.Option("--data", help="Data source, e.g. digits (default: the checkpoint's own).")
-    ] = None,
-    n_examples: Annotated[int | None, typer.Option("--n-examples", help="Certify the first N test examples.")] = None,
+    data: DataOpt = None,
+    n_examples: NExamplesOpt = None,
     steps: Annotated[int, typer.Option(help="PGD steps for the attacked accuracy and tightness (0: no attack).")] = 50,
     restarts: Annotated[int, typer.Option(help="PGD restarts; each example keeps its worst.")] = 1,
     batch_size: Annotated[int, typer.Option(help="Examples per bound computation and attack batch.")] = 256,
     seed: Annotated[int, typer.Option(help="Attack random-start seed.")] = 0,
     device: DeviceOpt = "auto",
-    out: Annotated[Path | None, typer.Option("--out", "-o", help="Write the results as JSON here.")] = None,
-    force: Annotated[bool, typer.Option("--force/--no-force", help="Overwrite --out if it exists.")] = False,
+    out: JsonOutOpt = None,
+    force: ForceOpt = False,
 ) -> None:
     """Certify a checkpoint: per bound method the certified accuracy (a lower bound on robust accuracy), the
     distribution of margin lower bounds, and the tightness ratio (bound on the loss increase / the largest loss
@@ -84,29 +91,37 @@ def certify(
     if steps < 0 or restarts < 1 or batch_size < 1:
         raise UserError("--steps must be >= 0, --restarts and --batch-size >= 1")
     run_device = resolve_device(device)
+    dist.init_from_env(run_device)
+    lead = dist.rank() == 0
     threat = make_threat(eps_x, eps_w, weight_ball, weight_mode, eps_b, layers)
-    loaded = load_model_and_data(checkpoint, data)
-    model = loaded.model.to(run_device)
+    loaded = load_model_and_data(checkpoint, data, model, weights)
+    net = loaded.model.to(run_device)
     threat = threat.model_copy(update={"domain": loaded.data.domain})
-    threat.weight_layers(model)  # fail early on --layers the model does not have
+    threat.weight_layers(net)  # fail early on --layers the model does not have
     x, y = select_examples(loaded.data, n_examples)
     x, y = x.to(run_device), y.to(run_device)
     attack = PGD(steps=steps, restarts=restarts, loss=Loss.CE, batch_size=batch_size, seed=seed) if steps > 0 else None
 
     t0 = time.perf_counter()
-    with progress_bar("certifying") as update:
+    with progress_bar("certifying", enabled=lead) as update:
         report = run_certify(
-            model, x, y, threat, methods, attack, batch_size, progress=lambda label, d, t: update(d, t, label)
+            net, x, y, threat, methods, attack, batch_size, progress=lambda label, d, t: update(d, t, label)
         )
     elapsed = time.perf_counter() - t0
-    console.print(render_table(report, title=f"{checkpoint.name} on {loaded.data.name} ({len(y)} test examples)"))
+    if not lead:
+        return
+    if dist.is_distributed():
+        console.print(f"{dist.world_size()} processes, each bounding and attacking a contiguous share of the batches")
+    name = checkpoint.name if checkpoint is not None else model
+    console.print(render_table(report, title=f"{name} on {loaded.data.name} ({len(y)} test examples)"))
     console.print(f"threat: {threat}    attack: {report.attack or 'none'}")
     for problem in report.problems:
         console.print(f"[red]problem:[/red] {problem}", highlight=False)
     console.print(f"certified in {elapsed:.2f} s")
     if out is not None:
         payload = report.to_json()
-        payload["checkpoint"] = str(checkpoint)
+        payload["checkpoint"] = None if checkpoint is None else str(checkpoint)
+        payload["model"] = model
         payload["data"] = loaded.data.describe()
         write_json(out, payload)
         console.print(f"wrote {out}")

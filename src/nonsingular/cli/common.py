@@ -92,6 +92,16 @@ ModelOpt = Annotated[
 ]
 WeightsOpt = Annotated[Path | None, typer.Option("--weights", help="safetensors state dict for --model.")]
 DeviceOpt = Annotated[str, typer.Option("--device", help="auto (CUDA when present), cpu, cuda or cuda:N.")]
+DataOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--data",
+        help="digits, mnist:PATH, fashion-mnist:PATH, cifar10:PATH or npz:FILE (default: the checkpoint's own).",
+    ),
+]
+NExamplesOpt = Annotated[int | None, typer.Option("--n-examples", help="Use the first N test examples (default: all).")]
+JsonOutOpt = Annotated[Path | None, typer.Option("--out", "-o", help="Also write the results as JSON to this file.")]
+ForceOpt = Annotated[bool, typer.Option("--force/--no-force", help="Overwrite --out if it exists.")]
 
 
 def resolve_device(name: str) -> torch.device:

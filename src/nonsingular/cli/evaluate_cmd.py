@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -16,13 +15,17 @@ from ..threat import EpsMode, WeightBall
 from .common import (
     BallOpt,
     CheckpointOpt,
+    DataOpt,
     DeviceOpt,
     EpsBOpt,
     EpsWOpt,
     EpsXOpt,
+    ForceOpt,
+    JsonOutOpt,
     LayersOpt,
     ModelOpt,
     ModeOpt,
+    NExamplesOpt,
     WeightsOpt,
     check_writable,
     console,
@@ -44,10 +47,8 @@ def evaluate(
     weight_mode: ModeOpt = EpsMode.ABSOLUTE,
     eps_b: EpsBOpt = 0.0,
     layers: LayersOpt = None,
-    data: Annotated[
-        str | None, typer.Option("--data", help="Data source, e.g. digits (default: the checkpoint's own).")
-    ] = None,
-    n_examples: Annotated[int | None, typer.Option("--n-examples", help="Evaluate the first N test examples.")] = None,
+    data: DataOpt = None,
+    n_examples: NExamplesOpt = None,
     steps: Annotated[int, typer.Option(help="Attack gradient steps per restart.")] = 20,
     restarts: Annotated[int, typer.Option(help="Attack restarts; each example keeps its worst.")] = 1,
     step_size: Annotated[
@@ -58,8 +59,8 @@ def evaluate(
     batch_size: Annotated[int, typer.Option(help="Examples per forward pass.")] = 256,
     seed: Annotated[int, typer.Option(help="Random-start seed.")] = 0,
     device: DeviceOpt = "auto",
-    out: Annotated[Path | None, typer.Option("--out", "-o", help="Write the results as JSON here.")] = None,
-    force: Annotated[bool, typer.Option("--force/--no-force", help="Overwrite --out if it exists.")] = False,
+    out: JsonOutOpt = None,
+    force: ForceOpt = False,
 ) -> None:
     """Attack a checkpoint under input-only, weight-only and joint threats, per-example and shared scope.
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from pathlib import Path
 from typing import Annotated
 
 import torch
@@ -17,6 +16,9 @@ from ..threat import EpsMode, ThreatModel, WeightBall
 from .common import (
     BallOpt,
     CheckpointOpt,
+    DataOpt,
+    ForceOpt,
+    JsonOutOpt,
     ModelOpt,
     ModeOpt,
     WeightsOpt,
@@ -41,9 +43,9 @@ def radius(
     method: Annotated[str, typer.Option(help="Certificate for the lower bound: ibp or crown.")] = "crown",
     steps: Annotated[int, typer.Option(help="Attack steps for the upper bound.")] = 20,
     n_examples: Annotated[int, typer.Option("--n-examples", help="First N test examples.")] = 100,
-    data: Annotated[str | None, typer.Option("--data", help="Data source (default: the checkpoint's).")] = None,
-    out: Annotated[Path | None, typer.Option("--out", "-o", help="Write per-example radii as JSON here.")] = None,
-    force: Annotated[bool, typer.Option("--force/--no-force", help="Overwrite --out if it exists.")] = False,
+    data: DataOpt = None,
+    out: JsonOutOpt = None,
+    force: ForceOpt = False,
 ) -> None:
     """Bisect each example's robustness radius along (eps_x, eps_w) = s (k_x, k_w): the smallest s where the
     attack finds a verified error (upper bound) and the largest s a certificate proves (lower bound).
