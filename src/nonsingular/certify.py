@@ -193,8 +193,8 @@ def _attack(
     n = len(y)
     start, stop = dist.shard_range(n, attack.batch_size)
     shared = threat.scope is Scope.SHARED
-    if start == stop and shared:
-        raise ValueError(f"{n} examples in batches of {attack.batch_size} leave rank {dist.rank()} without any")
+    if shared and n < dist.world_size():  # every rank checks: all stop together
+        raise ValueError(f"{n} examples cannot be split over {dist.world_size()} processes (one per rank needed)")
     correct = torch.zeros(0, dtype=torch.bool, device=y.device)
     increase = torch.zeros(0, dtype=torch.float64, device=y.device)
     problems: list[str] = []

@@ -50,14 +50,21 @@ def init_from_env(device: torch.device | None = None, timeout_s: float = 300.0) 
 
 
 def shard_range(n: int, batch_size: int) -> tuple[int, int]:
-    """This rank's contiguous share [start, stop) of n examples, made of whole batches of `batch_size`.
+    """This rank's contiguous share [start, stop) of n examples.
 
-    The batches are the ones a single process would form, so each computes exactly what it would alone.
-    A rank may get an empty range when there are fewer batches than ranks.
+    With at least as many batches of `batch_size` as ranks, the share is made of whole batches, the ones a
+    single process would form, so each rank computes exactly what one process computes on them (bit for bit).
+    With fewer batches than ranks, the rows are split evenly instead (every rank gets work; attack random
+    starts are keyed by example index, so the results equal one process's up to float rounding in the
+    smaller matrix products). A rank gets an empty share only when n is smaller than the number of ranks.
     """
+    world, r = world_size(), rank()
     n_batches = -(-n // batch_size)
-    per_rank, extra = divmod(n_batches, world_size())
-    r = rank()
+    if n_batches < world:
+        size, extra = divmod(n, world)
+        first = r * size + min(r, extra)
+        return first, first + size + (1 if r < extra else 0)
+    per_rank, extra = divmod(n_batches, world)
     first = r * per_rank + min(r, extra)
     count = per_rank + (1 if r < extra else 0)
     return min(first * batch_size, n), min((first + count) * batch_size, n)

@@ -97,11 +97,10 @@ def attack_cell(model, x, y, threat, attack, clean_correct, tick) -> tuple[Cell,
     n = len(y)
     start, stop = dist.shard_range(n, attack.batch_size)
     shared = threat.scope is Scope.SHARED
-    if start == stop and (shared or not dist.is_distributed()):
-        raise ValueError(
-            f"{n} examples in batches of {attack.batch_size} leave rank {dist.rank()} without any; "
-            "lower --batch-size or use fewer processes"
-        )
+    if n == 0:
+        raise ValueError("no examples to attack")
+    if shared and n < dist.world_size():  # every rank checks: all stop together
+        raise ValueError(f"{n} examples cannot be split over {dist.world_size()} processes (one per rank needed)")
     xs, ys = x[start:stop], y[start:stop]
     if start < stop:
         result = attack(model, xs, ys, threat, progress=tick, first_index=start, sync_ranks=shared)

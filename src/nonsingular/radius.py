@@ -61,7 +61,7 @@ def bisect(n: int, holds: Predicate, s_hi: float, iterations: int, want_first_tr
     lo = torch.zeros(n, dtype=torch.float64)
     hi = torch.full((n,), s_hi, dtype=torch.float64)
     everyone = torch.arange(n)
-    at_hi = holds(everyone, s_hi)
+    at_hi = holds(everyone, s_hi).cpu()  # bookkeeping on the CPU whatever device the model runs on
     # Examples whose answer at s_hi already settles them are censored at the interval's end.
     censored = ~at_hi if want_first_true else at_hi
     active = ~censored
@@ -69,7 +69,7 @@ def bisect(n: int, holds: Predicate, s_hi: float, iterations: int, want_first_tr
         mids = (lo + hi) / 2
         for s in torch.unique(mids[active]).tolist():
             idx = everyone[active & (mids == s)]
-            result = holds(idx, s)
+            result = holds(idx, s).cpu()
             if want_first_true:
                 hi[idx[result]] = s
                 lo[idx[~result]] = s
@@ -89,7 +89,7 @@ def attacked_radius(
     Misclassified clean examples have radius 0.
     """
     with torch.no_grad():
-        wrong = model(x).argmax(1) != y
+        wrong = (model(x).argmax(1) != y).cpu()
 
     def success(idx: Tensor, s: float) -> Tensor:
         if s == 0:
@@ -98,7 +98,7 @@ def attacked_radius(
         check = verify(model, x[idx], y[idx], result)
         if not check.passed:
             raise RuntimeError(f"attack result failed verification at s={s}: {check.problems}")
-        return ~check.correct | wrong[idx]
+        return ~check.correct.cpu() | wrong[idx]
 
     out = bisect(len(y), success, s_hi, iterations, want_first_true=True)
     out.radius[wrong] = 0.0
@@ -119,7 +119,7 @@ def certified_radius(
     def proved(idx: Tensor, s: float) -> Tensor:
         return certify(x[idx], y[idx], ray.threat(s))
 
-    zero = proved(torch.arange(len(y)), 0.0)
+    zero = proved(torch.arange(len(y)), 0.0).cpu()
     out = bisect(len(y), proved, s_hi, iterations, want_first_true=False)
     out.radius[~zero] = 0.0
     out.censored[~zero] = False

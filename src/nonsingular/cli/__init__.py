@@ -56,6 +56,12 @@ def main() -> None:
     except (UserError, CheckpointError, ValueError, FileNotFoundError, PermissionError, OSError) as err:
         err_console.print(f"[red]error:[/red] {one_line(err)}", highlight=False, soft_wrap=True)
         sys.exit(2)
+    except RuntimeError as err:
+        if not (dist.is_distributed() and "closed by peer" in str(err)):
+            raise
+        # A peer process failed (its own error is printed by it): say so in one line instead of gloo's trace.
+        err_console.print("[red]error:[/red] another process of this torchrun job stopped; its error is above")
+        sys.exit(1)
     except KeyboardInterrupt:
         err_console.print("interrupted")
         sys.exit(130)

@@ -13,7 +13,7 @@ from .. import distributed as dist
 from ..study.config import default_config_path, load_study_config
 from ..study.report import HEADLINE_COLUMNS, headline_rows, summarise
 from ..study.runner import run_study
-from .common import UserError, console, progress_bar
+from .common import DeviceOpt, UserError, console, progress_bar, resolve_device
 
 
 def study(
@@ -32,6 +32,7 @@ def study(
     fresh: Annotated[
         bool, typer.Option("--fresh/--resume", help="Discard finished evaluations in --out instead of resuming.")
     ] = False,
+    device: DeviceOpt = "auto",
 ) -> None:
     """Train the comparison's models (or reuse them from the cache), attack them on the eps_x x eps_w grid in
     both scopes, certify them, measure per-example radii, and write the report.
@@ -39,7 +40,8 @@ def study(
     Interrupted studies resume where they stopped: finished pieces are kept in OUT/state.json.
     """
     cfg = load_study_config(config)
-    dist.init_from_env()
+    run_device = resolve_device(device)
+    dist.init_from_env(run_device)
     state = out / "state.json"
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} is a file, not a folder")
@@ -49,7 +51,9 @@ def study(
         state.unlink()
     t0 = time.perf_counter()
     with progress_bar("study", enabled=dist.rank() == 0) as update:
-        report, results = run_study(cfg, out, cache, progress=lambda label, d, t: update(d, t, label))
+        report, results = run_study(
+            cfg, out, cache, progress=lambda label, d, t: update(d, t, label), device=run_device
+        )
     if dist.rank() != 0:
         return
     hx, hw = results["headline"]["eps_x"], results["headline"]["eps_w"]

@@ -64,14 +64,19 @@ class StudyState:
 
 
 def _train_or_load(
-    config: StudyConfig, entry: ModelEntry, data: Dataset, cache_dir: Path, progress: StudyProgress | None
+    config: StudyConfig,
+    entry: ModelEntry,
+    data: Dataset,
+    cache_dir: Path,
+    progress: StudyProgress | None,
+    device: torch.device,
 ) -> tuple[nn.Module, dict[str, Any], bool]:
     """The entry's trained model from the cache, or trained now and cached; (model, metadata, was_cached)."""
     path = cache_dir / f"{entry.name.replace('/', '_')}-{config.model_key(entry)}.safetensors"
     if path.exists():
         ckpt = load_checkpoint(path)
-        return ckpt.model, ckpt.metadata, True
-    model, metadata = train_for_study(config, entry, data, progress)
+        return ckpt.model.to(device), ckpt.metadata, True
+    model, metadata = train_for_study(config, entry, data, progress, str(device))
     if dist.rank() == 0:
         save_checkpoint(path, model, metadata)
     return model.eval(), metadata, False
@@ -87,14 +92,19 @@ def _mask_from_text(text: str) -> Tensor:
 
 
 def run_study(
-    config: StudyConfig, out_dir: Path, cache_dir: Path, progress: StudyProgress | None = None
+    config: StudyConfig,
+    out_dir: Path,
+    cache_dir: Path,
+    progress: StudyProgress | None = None,
+    device: torch.device | None = None,
 ) -> tuple[Path, dict[str, Any]]:
-    """Run (or resume) the study; returns the path of report.html and the results dict."""
+    """Run (or resume) the study on `device` (default cpu); returns the path of report.html and the results."""
+    device = torch.device("cpu") if device is None else device
     started = time.perf_counter()
     out_dir.mkdir(parents=True, exist_ok=True)
     data = load_data(config.data, seed=config.seed)
     n = len(data.y_test) if config.n_examples is None else min(config.n_examples, len(data.y_test))
-    x, y = data.x_test[:n], data.y_test[:n]
+    x, y = data.x_test[:n].to(device), data.y_test[:n].to(device)
     attack = PGD(
         steps=config.attack.steps,
         restarts=config.attack.restarts,
@@ -110,7 +120,7 @@ def run_study(
 
     for entry in config.models:
         t0 = time.perf_counter()
-        model, metadata, cached = _train_or_load(config, entry, data, cache_dir, progress)
+        model, metadata, cached = _train_or_load(config, entry, data, cache_dir, progress, device)
         train_seconds = metadata.get("training", {}).get("seconds", time.perf_counter() - t0)
         with torch.no_grad():
             clean_correct = model(x).argmax(1) == y

@@ -43,10 +43,15 @@ def train_config(config: StudyConfig, entry: ModelEntry) -> TrainConfig:
 
 
 def train_for_study(
-    config: StudyConfig, entry: ModelEntry, data: Dataset, progress: Callable[[str, int, int], None] | None
+    config: StudyConfig,
+    entry: ModelEntry,
+    data: Dataset,
+    progress: Callable[[str, int, int], None] | None,
+    device: str = "cpu",
 ) -> tuple[nn.Module, dict[str, Any]]:
-    """Train `entry` in memory; returns the model (eval mode) and its checkpoint metadata (with seconds)."""
-    cfg = train_config(config, entry)
+    """Train `entry` in memory on `device`; returns the model (eval mode) and its checkpoint metadata (with
+    seconds). The device is not part of the model's cache key: it changes where, not what, is trained."""
+    cfg = train_config(config, entry).model_copy(update={"device": device})
 
     def report(event: TrainEvent) -> None:
         if progress is not None:
