@@ -17,13 +17,19 @@ from torch.func import functional_call, vmap
 
 from nonsingular import MLP, PGD, ThreatModel, load_digits
 
-from .timing import median_time
+from .timing import bench_device, median_time
 
 STEPS = 10
 
 
 def build(setting: str, seed: int = 0) -> tuple[torch.nn.Module, torch.Tensor, torch.Tensor]:
-    """(model, x, y) for 'digits' or 'mnist-mlp'; deterministic."""
+    """(model, x, y) for 'digits' or 'mnist-mlp' on the benchmark device; deterministic (built on the CPU)."""
+    model, x, y = _build_cpu(setting, seed)
+    device = bench_device()
+    return model.to(device), x.to(device), y.to(device)
+
+
+def _build_cpu(setting: str, seed: int) -> tuple[torch.nn.Module, torch.Tensor, torch.Tensor]:
     torch.manual_seed(seed)
     if setting == "digits":
         data = load_digits()
@@ -85,7 +91,7 @@ def input_pgd(setting: str, impl: str, eps: float, repeats: int) -> dict[str, An
             input_shape=tuple(x.shape[1:]),
             nb_classes=10,
             clip_values=(0.0, 1.0),
-            device_type="cpu",
+            device_type="gpu" if x.is_cuda else "cpu",
         )
         atk = ProjectedGradientDescent(
             clf,
@@ -97,10 +103,10 @@ def input_pgd(setting: str, impl: str, eps: float, repeats: int) -> dict[str, An
             batch_size=len(x),
             verbose=False,
         )
-        xn, yn = x.numpy(), y.numpy()
+        xn, yn = x.cpu().numpy(), y.cpu().numpy()
 
         def run():
-            x_adv = torch.from_numpy(atk.generate(xn, yn))
+            x_adv = torch.from_numpy(atk.generate(xn, yn)).to(x.device)
             _accuracy(model, x_adv, y)
             return x_adv
 
@@ -148,8 +154,8 @@ def _vmap_joint(model, x, y, eps_x, eps_w) -> float:
 
     forward = vmap(one)
     lb, ub = (x - eps_x).clamp(0, 1), (x + eps_x).clamp(0, 1)
-    x_adv, delta = x.clone(), [torch.zeros(len(x), *params[k].shape) for k in names]
-    fooled = torch.zeros(len(x), dtype=torch.bool)
+    x_adv, delta = x.clone(), [x.new_zeros(len(x), *params[k].shape) for k in names]
+    fooled = torch.zeros(len(x), dtype=torch.bool, device=x.device)
     for _ in range(STEPS):
         x_adv, delta, logits = _explicit_step(params, names, forward, x_adv, delta, y, lb, ub, eps_x, eps_w)
         fooled |= logits.argmax(1) != y
@@ -188,9 +194,10 @@ def matmul_ceiling(setting: str, repeats: int) -> dict[str, Any]:
     model, x, _ = build(setting)
     b = len(x)
     sizes = layer_sizes(model)
-    acts = [torch.rand(b, n_in) for n_in, _ in sizes]
-    weights = [torch.rand(n_out, n_in) for n_in, n_out in sizes]
-    grads = [torch.rand(b, n_out) for _, n_out in sizes]
+    device = x.device
+    acts = [torch.rand(b, n_in, device=device) for n_in, _ in sizes]
+    weights = [torch.rand(n_out, n_in, device=device) for n_in, n_out in sizes]
+    grads = [torch.rand(b, n_out, device=device) for _, n_out in sizes]
 
     def run():
         for a, w, g in zip(acts, weights, grads, strict=True):

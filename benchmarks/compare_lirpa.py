@@ -24,6 +24,7 @@ import logging
 import time
 import warnings
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -86,6 +87,40 @@ def _summary(name: str, worst: Tensor, seconds: float) -> str:
     return f"{name:<22} {cert:8.1f}% {q[0]:10.4g} {q[1]:10.4g} {q[2]:10.4g} {seconds:8.2f}"
 
 
+def compare(model: nn.Sequential, x: Tensor, y: Tensor, threat: ThreatModel, chunk: int = 2) -> dict[str, Any]:
+    """Worst-margin lower bounds and times of our IBP/CROWN and, when importable, auto_LiRPA's, on the CPU.
+
+    Returns {label: {"worst": (N,) float64, "seconds": s}} plus "auto_LiRPA" = its version or "missing".
+    """
+    model, x = copy.deepcopy(model).cpu().double(), x.cpu().double()
+    y = y.cpu()
+    out: dict[str, Any] = {}
+    for method in ("ibp", "crown"):
+        t0 = time.perf_counter()
+        with torch.no_grad():
+            worst = _worst(margin_bounds(model, x, y, threat, method).lower, y)
+        out[f"nonsingular {method}"] = {"worst": worst, "seconds": time.perf_counter() - t0}
+    if importlib.util.find_spec("auto_LiRPA") is None:
+        out["auto_LiRPA"] = "missing"
+        return out
+    import auto_LiRPA
+
+    out["auto_LiRPA"] = auto_LiRPA.__version__
+    for method, label in (("IBP", "auto_LiRPA IBP"), ("backward", "auto_LiRPA CROWN")):
+        t0 = time.perf_counter()
+        default = torch.get_default_dtype()
+        try:
+            # auto_LiRPA creates some relaxation tensors in the default dtype; make it float64 like ours.
+            torch.set_default_dtype(torch.float64)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                worst = _worst(_lirpa_margins(model, x, y, threat, method, chunk), y)
+        finally:
+            torch.set_default_dtype(default)
+        out[label] = {"worst": worst, "seconds": time.perf_counter() - t0}
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--checkpoint", type=Path, required=True)
@@ -98,33 +133,18 @@ def main() -> None:
 
     ckpt = load_checkpoint(args.checkpoint)
     data = load_data(ckpt.metadata.get("data", {}).get("source", "digits"))
-    x, y = data.x_test[: args.n_examples].double(), data.y_test[: args.n_examples]
+    x, y = data.x_test[: args.n_examples], data.y_test[: args.n_examples]
     threat = ThreatModel(eps_x=args.eps_x, eps_w=args.eps_w, domain=data.domain)
-    model = ckpt.model.double()
     print(f"{args.checkpoint.name}: {len(y)} examples, threat {threat}")
     print(f"{'bound':<22} {'certified':>9} {'lb p5':>10} {'lb p50':>10} {'lb p95':>10} {'seconds':>8}")
-    worst = {}
-    for method in ("ibp", "crown"):
-        t0 = time.perf_counter()
-        with torch.no_grad():
-            worst[f"nonsingular {method}"] = _worst(margin_bounds(model, x, y, threat, method).lower, y)
-        print(_summary(f"nonsingular {method}", worst[f"nonsingular {method}"], time.perf_counter() - t0))
-    if importlib.util.find_spec("auto_LiRPA") is None:
+    results = compare(ckpt.model, x, y, threat, args.lirpa_chunk)
+    for label, r in results.items():
+        if label != "auto_LiRPA":
+            print(_summary(label, r["worst"], r["seconds"]))
+    if results["auto_LiRPA"] == "missing":
         print("auto_LiRPA is not installed here: no peer numbers (see this script's docstring)")
         return
-    for method, label in (("IBP", "auto_LiRPA IBP"), ("backward", "auto_LiRPA CROWN")):
-        t0 = time.perf_counter()
-        default = torch.get_default_dtype()
-        try:
-            # auto_LiRPA creates some relaxation tensors in the default dtype; make it float64 like ours.
-            torch.set_default_dtype(torch.float64)
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                worst[label] = _worst(_lirpa_margins(model, x, y, threat, method, args.lirpa_chunk), y)
-        finally:
-            torch.set_default_dtype(default)
-        print(_summary(label, worst[label], time.perf_counter() - t0))
-    ours, theirs = worst["nonsingular crown"], worst["auto_LiRPA CROWN"]
+    ours, theirs = results["nonsingular crown"]["worst"], results["auto_LiRPA CROWN"]["worst"]
     diff = ours - theirs
     print(
         f"CROWN, ours - auto_LiRPA's worst margin bound per example: min {float(diff.min()):.4g}, "

@@ -1,8 +1,10 @@
 """Run every benchmark in one go and write BENCHMARKS.md plus benchmarks/results.json.
 
-    .venv/bin/python -m benchmarks.run [--repeats 5] [--threads 2] [--sections attacks,ceiling,training]
+    .venv/bin/python -m benchmarks.run [--repeats 5] [--threads 2] [--device auto]
+                                       [--sections attacks,certificates,training]
 
-Peers (torchattacks, ART) are optional: a missing one is reported in the table, not a crash.
+Peers (torchattacks, ART, auto_LiRPA) are optional: a missing one is reported in the table, not a crash.
+On CUDA (--device auto picks it when present) the figures go to benchmarks/BENCHMARKS-cuda.md instead.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import os
 import platform
 from pathlib import Path
 from typing import Any
@@ -17,7 +20,7 @@ from typing import Any
 import torch
 
 from . import attacks
-from .timing import in_fresh_process
+from .timing import bench_device, in_fresh_process
 
 EPS = {"digits": (0.05, 0.002), "mnist-mlp": (0.02, 0.0005)}
 SETTINGS = {"digits": "digits MLP 64-256-256-10, batch 360", "mnist-mlp": "MLP 784-512-512-10, batch 256"}
@@ -44,6 +47,12 @@ def run_attacks(repeats: int, threads: int) -> dict[str, Any]:
         row["ceiling"] = in_fresh_process(attacks.matmul_ceiling, setting, repeats, threads=threads)
         out[setting] = row
     return out
+
+
+def run_certificates(threads: int) -> dict[str, Any]:
+    from . import certificates
+
+    return in_fresh_process(certificates.bound_comparison, threads=threads)
 
 
 def run_training(threads: int) -> dict[str, Any]:
@@ -115,6 +124,34 @@ def render(results: dict[str, Any]) -> str:
                     " (target >= 100x at batch 256 on 784-512-512-10)"
                 )
         lines.append("")
+    certs = results.get("certificates")
+    if certs and "error" not in certs:
+        lines += [
+            f"## Certificates: digits MLP, first {certs['n']} test examples, eps_x={certs['eps_x']}, "
+            f"eps_w={certs['eps_w']} (per-example, absolute element-wise), float64 on the CPU",
+            "",
+            f"auto_LiRPA: {certs['auto_LiRPA']}.",
+            "",
+            "| bound | certified | median worst-margin lower bound | seconds | time ratio (auto_LiRPA / ours) |",
+            "| --- | --- | --- | --- | --- |",
+        ]
+        for label in ("nonsingular ibp", "auto_LiRPA IBP", "nonsingular crown", "auto_LiRPA CROWN"):
+            if label not in certs:
+                continue
+            r = certs[label]
+            ours = certs["nonsingular " + label.split()[-1].lower()]
+            ratio = f"{r['seconds'] / ours['seconds']:.0f}x" if label.startswith("auto") else "1"
+            cert, margin = f"{100 * r['certified']:.1f}%", f"{r['median_margin_lb']:.4g}"
+            lines.append(f"| {label} | {cert} | {margin} | {r['seconds']:.3f} | {ratio} |")
+        if "crown_at_least_as_tight" in certs:
+            lines += [
+                "",
+                f"- our CROWN bound is at least as tight as auto_LiRPA's on {certs['crown_at_least_as_tight']}/"
+                f"{certs['n']} examples (median gain in the worst margin bound {certs['crown_median_gain']:.4g})",
+            ]
+        lines.append("")
+    elif certs:
+        lines += ["## Certificates", "", f"not measured: {certs['error']}", ""]
     training = results.get("training")
     if training and "error" not in training:
         lines += [
@@ -137,18 +174,30 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=5, help="timed repeats per measurement (median reported)")
     parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads")
-    parser.add_argument("--sections", default="attacks,training", help="comma-separated: attacks, training")
-    parser.add_argument("--markdown", type=Path, default=Path("BENCHMARKS.md"))
-    parser.add_argument("--json", type=Path, default=Path("benchmarks/results.json"))
+    parser.add_argument(
+        "--sections", default="attacks,certificates,training", help="comma-separated: attacks, certificates, training"
+    )
+    parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")
+    parser.add_argument(
+        "--markdown", type=Path, default=None, help="[default: BENCHMARKS.md; on CUDA benchmarks/BENCHMARKS-cuda.md]"
+    )
+    parser.add_argument("--json", type=Path, default=None, help="[default: benchmarks/results.json; -cuda on CUDA]")
     args = parser.parse_args()
     sections = set(args.sections.split(","))
+    os.environ["NONSINGULAR_BENCH_DEVICE"] = args.device  # the spawned measurement processes read it
+    device = bench_device()
+    device_name = f"CUDA {torch.cuda.get_device_name(device)}" if device.type == "cuda" else "CPU"
+    # GPU figures are kept apart from the CPU ones (BENCHMARKS.md), never mixed into one table.
+    gpu = device.type == "cuda"
+    markdown = args.markdown or Path("benchmarks/BENCHMARKS-cuda.md" if gpu else "BENCHMARKS.md")
+    json_path = args.json or Path("benchmarks/results-cuda.json" if gpu else "benchmarks/results.json")
     peers = {
         m: (importlib.metadata.version(d) if _peer_available(m) else "missing")
         for m, d in (("torchattacks", "torchattacks"), ("art", "adversarial-robustness-toolbox"))
     }
     results: dict[str, Any] = {
         "machine": {
-            "device": "CPU",
+            "device": device_name,
             "threads": args.threads,
             "processor": platform.processor() or platform.machine(),
             "torch": torch.__version__,
@@ -158,11 +207,13 @@ def main() -> None:
     }
     if "attacks" in sections:
         results["attacks"] = run_attacks(args.repeats, args.threads)
+    if "certificates" in sections:
+        results["certificates"] = run_certificates(args.threads)
     if "training" in sections:
         results["training"] = run_training(args.threads)
-    args.json.write_text(json.dumps(results, indent=2) + "\n")
-    args.markdown.write_text(render(results))
-    print(args.markdown.read_text())
+    json_path.write_text(json.dumps(results, indent=2) + "\n")
+    markdown.write_text(render(results))
+    print(markdown.read_text())
 
 
 if __name__ == "__main__":

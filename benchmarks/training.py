@@ -13,6 +13,8 @@ from typing import Any
 from nonsingular.data import load_digits
 from nonsingular.training import ObjectiveName, TrainConfig, Trainer, TrainEvent
 
+from .timing import bench_device
+
 EPOCHS = 4
 
 
@@ -26,7 +28,7 @@ def epoch_times() -> dict[str, Any]:
             if event.kind == "epoch":
                 stamps.append(time.perf_counter())
 
-        config = TrainConfig(objective=name.value, epochs=EPOCHS, eval_steps=0)
+        config = TrainConfig(objective=name.value, epochs=EPOCHS, eval_steps=0, device=str(bench_device()))
         start = time.perf_counter()
         Trainer(config, paths=None, data=data, callback=on_event).fit()
         durations = [b - a for a, b in zip([start, *stamps[:-1]], stamps, strict=True)]

@@ -76,6 +76,13 @@ def train(
         float | None,
         typer.Option("--val-fraction", help="Training fraction held out for per-epoch metrics. [default: 0.1]"),
     ] = None,
+    architecture: Annotated[
+        str | None,
+        typer.Option(
+            "--architecture",
+            help="mlp (the paper's ReLU MLP), cnn (small CNN) or lenet (LeNet-5 style). [default: mlp]",
+        ),
+    ] = None,
     widths: Annotated[
         str | None, typer.Option("--widths", help="MLP hidden widths, comma-separated. [default: 256,256]")
     ] = None,
@@ -169,6 +176,7 @@ def train(
         "data": data,
         "data_seed": data_seed,
         "val_fraction": val_fraction,
+        "architecture": architecture,
         "widths": _widths(widths),
         "epochs": epochs,
         "batch_size": batch_size,
