@@ -34,6 +34,6 @@ clean:
 # Peers for the benchmarks. torchattacks is installed without its dependencies: it declares torchvision,
 # which would replace the CPU torch with a multi-GB CUDA build, and its attacks do not import it.
 bench: install
-	$(BIN)/python -m pip install --quiet ".[bench]"
+	$(BIN)/python -m pip install --quiet -e ".[bench]"
 	$(BIN)/python -m pip install --quiet --no-deps "torchattacks==3.5.1"
 	$(BIN)/python -m benchmarks.run

@@ -29,7 +29,7 @@ import torch
 from nonsingular import MLP, PGD, ThreatModel, verify
 from nonsingular.convnets import LeNet, SmallCNN
 
-from .timing import in_fresh_process, median_time
+from .timing import bench_device, in_fresh_process, median_time
 
 STEPS = 10
 EPS_X, EPS_W = 0.02, 0.0005
@@ -75,6 +75,8 @@ def measure(name: str, kind: str, scope: str, batch: int, repeats: int) -> dict[
     Memory: peak RSS growth over the attacks alone (after the model and data exist), then over the verifier.
     """
     model, x, y = _build(name, batch)
+    device = bench_device()
+    model, x, y = model.to(device), x.to(device), y.to(device)
     eps_w = EPS_W if kind == "joint" else 0.0
     threat = ThreatModel(eps_x=EPS_X, eps_w=eps_w, scope=scope)
     attack = PGD(steps=STEPS, batch_size=batch)

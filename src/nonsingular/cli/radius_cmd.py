@@ -17,6 +17,7 @@ from .common import (
     BallOpt,
     CheckpointOpt,
     DataOpt,
+    DeviceOpt,
     ForceOpt,
     JsonOutOpt,
     ModelOpt,
@@ -25,6 +26,7 @@ from .common import (
     check_writable,
     console,
     progress_bar,
+    resolve_device,
     write_json,
 )
 from .loading import load_model_and_data, select_examples
@@ -44,6 +46,7 @@ def radius(
     steps: Annotated[int, typer.Option(help="Attack steps for the upper bound.")] = 20,
     n_examples: Annotated[int, typer.Option("--n-examples", help="First N test examples.")] = 100,
     data: DataOpt = None,
+    device: DeviceOpt = "auto",
     out: JsonOutOpt = None,
     force: ForceOpt = False,
 ) -> None:
@@ -52,10 +55,12 @@ def radius(
     """
     check_writable(out, force)
     loaded = load_model_and_data(checkpoint, data, model, weights)
+    run_device = resolve_device(device)
     x, y = select_examples(loaded.data, n_examples)
+    x, y = x.to(run_device), y.to(run_device)
     ray = Ray(k_x, k_w, ThreatModel(weight_ball=weight_ball, weight_mode=weight_mode, domain=loaded.data.domain))
     s_hi = min(s_max, ray.s_max)
-    net = loaded.model
+    net = loaded.model.to(run_device)
     t0 = time.perf_counter()
     with progress_bar("radius", total=2) as update:
         upper = attacked_radius(net, x, y, ray, PGD(steps=steps), s_hi, iterations)
