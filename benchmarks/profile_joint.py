@@ -11,6 +11,7 @@ layer input, its gradient, and the sign step on t) plus the hooks that add it to
 from __future__ import annotations
 
 import argparse
+from typing import Any
 
 import torch
 from torch.profiler import ProfilerActivity, profile
@@ -37,6 +38,20 @@ def profile_attack(setting: str, joint: bool, top: int) -> tuple[float, float, l
     matmul = sum(e.self_cpu_time_total for e in events if e.key in MATMUL_OPS) / 1000
     rows = sorted(events, key=lambda e: e.self_cpu_time_total, reverse=True)[:top]
     return total, matmul, [(e.key, e.self_cpu_time_total / 1000, e.count) for e in rows]
+
+
+def profile_both(setting: str, top: int = 10) -> dict[str, Any]:
+    """Both attacks' totals and the `top` operators by joint self time, with their input-only times (ms)."""
+    in_total, in_matmul, in_rows = profile_attack(setting, False, 1000)
+    j_total, j_matmul, j_rows = profile_attack(setting, True, top)
+    input_ms = {key: ms for key, ms, _ in in_rows}
+    return {
+        "input_total": in_total,
+        "input_matmul": in_matmul,
+        "joint_total": j_total,
+        "joint_matmul": j_matmul,
+        "ops": [(key, input_ms.get(key, 0.0), ms) for key, ms, _ in j_rows],
+    }
 
 
 def main() -> None:

@@ -1,7 +1,7 @@
 """Run every benchmark in one go and write BENCHMARKS.md plus benchmarks/results.json.
 
     .venv/bin/python -m benchmarks.run [--repeats 5] [--threads 2] [--device auto]
-                                       [--sections attacks,conv,certificates,training]
+                                       [--sections attacks,profile,conv,certificates,training]
 
 Peers (torchattacks, ART, auto_LiRPA) are optional: a missing one is reported in the table, not a crash.
 On CUDA (--device auto picks it when present) the figures go to benchmarks/BENCHMARKS-cuda.md instead.
@@ -59,6 +59,13 @@ def run_conv(repeats: int, batch: int = 128) -> list[dict[str, Any]]:
     ]
 
 
+def run_profile(threads: int) -> dict[str, Any]:
+    """Operator profile (torch.profiler) of our input-only and joint PGD: why joint costs more than input-only."""
+    from . import profile_joint
+
+    return {setting: in_fresh_process(profile_joint.profile_both, setting, threads=threads) for setting in SETTINGS}
+
+
 def run_certificates(threads: int) -> dict[str, Any]:
     from . import certificates
 
@@ -97,6 +104,11 @@ def render(results: dict[str, Any]) -> str:
         f"Machine: {meta['device']}, {meta['threads']} threads, {meta['processor']}; torch {meta['torch']},",
         f"Python {meta['python']}; peers: {meta['peers']}.",
         "",
+        "Peers are optional: `make bench` installs torchattacks and ART. auto_LiRPA's releases pin torch < 2.9, so",
+        "it is measured only when importable: put its source (github.com/Verified-Intelligence/auto_LiRPA) on",
+        "PYTHONPATH, e.g. `PYTHONPATH=/path/to/auto_LiRPA make bench`. Timings on a shared machine vary by about",
+        "+-15% between runs; ratios within one run are the figures to compare.",
+        "",
     ]
     for setting, row in results.get("attacks", {}).items():
         ours_in, ours_joint = row["input/nonsingular"], row["joint/nonsingular"]
@@ -134,6 +146,26 @@ def render(results: dict[str, Any]) -> str:
                     " (target >= 100x at batch 256 on 784-512-512-10)"
                 )
         lines.append("")
+    profiles = results.get("profile")
+    if profiles:
+        lines += [
+            "## Profile: where joint PGD spends the time input-only PGD does not",
+            "",
+            "torch.profiler self CPU time of one attack run (`python -m benchmarks.profile_joint` prints the same).",
+            "",
+        ]
+        for setting, prof in profiles.items():
+            if "error" in prof:
+                lines += [f"- {SETTINGS[setting]}: not measured ({prof['error']})", ""]
+                continue
+            lines += [f"### {SETTINGS[setting]}", "", "| op | input-only ms | joint ms |", "| --- | --- | --- |"]
+            for op, a, b in prof["ops"]:
+                lines.append(f"| {op} | {a:.1f} | {b:.1f} |")
+            lines += [
+                f"| **total** | {prof['input_total']:.1f} | {prof['joint_total']:.1f} |",
+                f"| matmuls (addmm, mm) | {prof['input_matmul']:.1f} | {prof['joint_matmul']:.1f} |",
+                "",
+            ]
     conv_rows = results.get("conv")
     if conv_rows:
         from .conv_throughput import EPS_W, EPS_X, MODELS, STEPS
@@ -210,15 +242,21 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads")
     parser.add_argument(
         "--sections",
-        default="attacks,conv,certificates,training",
-        help="comma-separated: attacks, conv, certificates, training",
+        default="attacks,profile,conv,certificates,training",
+        help="comma-separated: attacks, profile, conv, certificates, training",
     )
     parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")
     parser.add_argument(
         "--markdown", type=Path, default=None, help="[default: BENCHMARKS.md; on CUDA benchmarks/BENCHMARKS-cuda.md]"
     )
     parser.add_argument("--json", type=Path, default=None, help="[default: benchmarks/results.json; -cuda on CUDA]")
+    parser.add_argument("--render", type=Path, default=None, help="only re-render the markdown from this results JSON")
     args = parser.parse_args()
+    if args.render is not None:
+        markdown = args.markdown or Path("BENCHMARKS.md")
+        markdown.write_text(render(json.loads(args.render.read_text())))
+        print(f"wrote {markdown} from {args.render}")
+        return
     sections = set(args.sections.split(","))
     os.environ["NONSINGULAR_BENCH_DEVICE"] = args.device  # the spawned measurement processes read it
     device = bench_device()
@@ -243,6 +281,8 @@ def main() -> None:
     }
     if "attacks" in sections:
         results["attacks"] = run_attacks(args.repeats, args.threads)
+    if "profile" in sections:
+        results["profile"] = run_profile(args.threads)
     if "conv" in sections:
         results["conv"] = run_conv(args.repeats)
     if "certificates" in sections:
