@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 from ..checkpoint import atomic_write
-from .plots import write_figures
 
 __all__ = ["headline_rows", "summarise", "write_report"]
 
@@ -218,6 +217,8 @@ def write_report(results: dict[str, Any], folder: Path) -> Path:
     atomic_write(folder / "results.json", lambda tmp: Path(tmp).write_text(text))
     for name, rows in _tables(results).items():
         _write_csv(folder / f"{name}.csv", rows)
+    from .plots import write_figures  # matplotlib takes ~0.5 s to import: only commands that plot pay it
+
     figures = write_figures(results, folder)
     markdown = _markdown(results, figures, summary)
     atomic_write(folder / "report.md", lambda tmp: Path(tmp).write_text(markdown))
