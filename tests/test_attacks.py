@@ -238,3 +238,16 @@ def test_per_example_result_independent_of_batching(small_mlp, digits, eps_w):
     parts = [attack(small_mlp, x[a:b], y[a:b], threat, first_index=a) for a, b in ((0, 37), (37, 100))]
     for other in (batched.x_adv, torch.cat([p.x_adv for p in parts])):
         torch.testing.assert_close(other, whole.x_adv, rtol=0, atol=1e-6)
+
+
+def test_relu_fed_layers_skip_abs_without_changing_the_attack(small_mlp, batch, monkeypatch):
+    """Layers fed by a ReLU use sum(h) for ||h||_1: the attack is bit-for-bit the one with abs()."""
+    from nonsingular import perturbation
+
+    x, y = batch
+    threat = ThreatModel(eps_x=0.05, eps_w=0.002)
+    assert perturbation._fed_by_relu(small_mlp) == {"4", "6"}
+    fast = PGD(steps=5, seed=1)(small_mlp, x, y, threat)
+    monkeypatch.setattr(perturbation, "_fed_by_relu", lambda model: set())
+    plain = PGD(steps=5, seed=1)(small_mlp, x, y, threat)
+    assert torch.equal(fast.x_adv, plain.x_adv) and torch.equal(fast.logits, plain.logits)
