@@ -294,7 +294,7 @@ class PGD:
                     with torch.no_grad():
                         if threat.perturbs_input:
                             lb, ub = bounds[b]
-                            xs[b] = torch.minimum(torch.maximum(xb + x_step * torch.sign(grads.pop(0)), lb), ub)
+                            xs[b] = torch.clamp(torch.add(xb, torch.sign(grads.pop(0)), alpha=x_step), lb, ub)
                             xs[b] = xs[b].detach()
                         _ascend(blocks[b], grads[: len(variables[b])], frac)
                         for acc, g in zip(global_grads, grads[len(variables[b]) :], strict=True):

@@ -222,7 +222,7 @@ class WeightBlock:
     def ascend(self, grads: Sequence[Tensor], rel_step: float) -> None:
         """One steepest-ascent step (l_inf: sign; operator rows: l1) of size rel_step x radius, then project."""
         if self.path is LayerPath.LEMMA1:
-            self.t.add_(rel_step * torch.sign(grads[0])).clamp_(-1, 1)
+            self.t.add_(torch.sign(grads[0]), alpha=rel_step).clamp_(-1, 1)
             return
         g = grads[0]
         if self.ball is WeightBall.ELEMENTWISE:
