@@ -9,6 +9,7 @@ uniform random inputs labelled by the model itself (clean accuracy 100%, so robu
 
 from __future__ import annotations
 
+import statistics
 from typing import Any
 
 import torch
@@ -64,6 +65,43 @@ def _accuracy(model: torch.nn.Module, x_adv: torch.Tensor, y: torch.Tensor) -> f
 # ---------------------------------------------------------------------- input-only PGD
 def input_pgd(setting: str, impl: str, eps: float, repeats: int) -> dict[str, Any]:
     model, x, y = build(setting)
+    run = _input_runner(model, x, y, impl, eps)
+    seconds, x_adv = median_time(run, repeats=repeats)
+    return {"seconds": seconds, "robust_accuracy": _accuracy(model, x_adv, y), "batch": len(x)}
+
+
+def interleaved(setting: str, eps_x: float, eps_w: float, repeats: int, impls: list[str]) -> dict[str, Any]:
+    """Input-only PGD of every implementation in `impls` and our joint PGD, timed in turn in ONE process.
+
+    Round r runs each attack once; the medians over rounds are compared. Alternating cancels the drift of a
+    shared machine's load, which separate processes measured minutes apart do not (their ratios moved by
+    30% between runs). Returns {impl: {seconds, robust_accuracy}, "joint": {...}}.
+    """
+    model, x, y = build(setting)
+    runners = {impl: _input_runner(model, x, y, impl, eps_x) for impl in impls}
+    joint_threat = ThreatModel(eps_x=eps_x, eps_w=eps_w)
+    attack = PGD(steps=STEPS, random_start=False, batch_size=len(x))
+    runners["joint"] = lambda: attack(model, x, y, joint_threat)
+    for run in runners.values():  # warm-up
+        run()
+    times: dict[str, list[float]] = {name: [] for name in runners}
+    last: dict[str, Any] = {}
+    for _ in range(repeats):
+        for name, run in runners.items():
+            seconds, last[name] = median_time(run, repeats=1, warmup=0)
+            times[name].append(seconds)
+    out: dict[str, Any] = {}
+    for name in runners:
+        if name == "joint":
+            accuracy = float((last[name].logits.argmax(1) == y).float().mean())
+        else:
+            accuracy = _accuracy(model, last[name], y)
+        out[name] = {"seconds": statistics.median(times[name]), "robust_accuracy": accuracy, "rounds": repeats}
+    return out
+
+
+def _input_runner(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, impl: str, eps: float):
+    """A no-argument function running one input-only PGD of `impl`; it returns the adversarial inputs."""
     alpha = 2.5 * eps / STEPS
     if impl == "nonsingular":
         attack, threat = PGD(steps=STEPS, random_start=False, batch_size=len(x)), ThreatModel(eps_x=eps)
@@ -112,8 +150,7 @@ def input_pgd(setting: str, impl: str, eps: float, repeats: int) -> dict[str, An
 
     else:
         raise ValueError(impl)
-    seconds, x_adv = median_time(run, repeats=repeats)
-    return {"seconds": seconds, "robust_accuracy": _accuracy(model, x_adv, y), "batch": len(x)}
+    return run
 
 
 # ---------------------------------------------------------------------- per-example joint PGD
