@@ -49,7 +49,8 @@ def run_attacks(repeats: int, threads: int) -> dict[str, Any]:
         impls = [impl for impl in ("nonsingular", "torchattacks", "art") if "error" not in row[f"input/{impl}"]]
         turns = in_fresh_process(attacks.interleaved, setting, eps_x, eps_w, 4 * repeats, impls, threads=threads)
         if "error" not in turns:
-            for name, timed in turns.items():
+            for name in ("joint", *impls):  # (the child also reports its own peak_rss_mb: not an attack)
+                timed = turns[name]
                 key = "joint/nonsingular" if name == "joint" else f"input/{name}"
                 row[key]["isolated_seconds"] = row[key].get("seconds")
                 row[key].update(timed)
