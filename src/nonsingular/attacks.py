@@ -11,6 +11,7 @@ configuration only; the model, data and threat are given at call time:
 from __future__ import annotations
 
 import dataclasses
+import itertools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
@@ -401,7 +402,7 @@ class _Seeds:
     def rows(self, restart: int, start: int, stop: int) -> Callable[[torch.Size], Tensor]:
         """U[0, 1) noise for rows start..stop of x, one independent stream per call (x, then each variable)."""
         first, last = self.first_index + start, self.first_index + stop
-        streams = iter(range(1 << 30))
+        streams = itertools.count()
 
         def uniform(shape: torch.Size) -> Tensor:
             assert shape[0] == stop - start, "per-example noise must have one row per example"
