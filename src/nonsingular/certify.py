@@ -26,8 +26,8 @@ from . import distributed as dist
 from ._version import __version__
 from .attacks import PGD
 from .bounds import BoundMethod, margin_bounds, norm_bounds
-from .threat import Scope, ThreatModel
-from .verify import verify
+from .evaluate import attack_and_verify
+from .threat import ThreatModel
 
 __all__ = ["CertifyReport", "MethodResult", "Tightness", "certified_mask", "certify", "example_bounds"]
 
@@ -185,34 +185,15 @@ def _tightness(bound: Tensor, found: Tensor) -> Tightness:
 def _attack(
     model: nn.Module, x: Tensor, y: Tensor, threat: ThreatModel, attack: PGD, progress: Progress | None
 ) -> tuple[Tensor, Tensor, list[str]]:
-    """(correct after the attack, verified loss increase, problems): the attack's result re-run by the verifier.
-
-    Under torch.distributed each rank attacks a contiguous run of whole batches (random starts keyed by global
-    index, as in evaluation) and the per-example results are gathered on every rank.
-    """
-    n = len(y)
-    start, stop = dist.shard_range(n, attack.batch_size)
-    shared = threat.scope is Scope.SHARED
-    if shared and n < dist.world_size():  # every rank checks: all stop together
-        raise ValueError(f"{n} examples cannot be split over {dist.world_size()} processes (one per rank needed)")
-    correct = torch.zeros(0, dtype=torch.bool, device=y.device)
-    increase = torch.zeros(0, dtype=torch.float64, device=y.device)
-    problems: list[str] = []
-    if start < stop:
-        xs, ys = x[start:stop], y[start:stop]
-        tick = (lambda d, t: progress("attack", d, t)) if progress else None
-        result = attack(model, xs, ys, threat, tick, first_index=start, sync_ranks=shared)
-        check = verify(model, xs, ys, result)
-        problems = [f"attack result failed verification: {p}" for p in check.problems]
-        with torch.no_grad():
-            clean = F.cross_entropy(model(xs), ys, reduction="none")
-            increase = (F.cross_entropy(check.logits, ys, reduction="none") - clean).double()
-        correct = check.correct
-    failed = torch.tensor([float(bool(problems))], dtype=torch.float64, device=y.device)
-    dist.all_reduce_max_(failed)
-    if failed.item() and not problems:
-        problems = ["another rank's attack result failed verification"]
-    return dist.gather_cat(correct, start, n), dist.gather_cat(increase, start, n), problems
+    """(correct after the attack, verified loss increase, problems): the attack's result re-run by the verifier,
+    split over torch.distributed ranks as in evaluation."""
+    tick = (lambda d, t: progress("attack", d, t)) if progress else None
+    checked = attack_and_verify(model, x, y, threat, attack, tick)
+    with torch.no_grad():
+        clean = F.cross_entropy(model(x), y, reduction="none")
+        increase = (F.cross_entropy(checked.logits, y, reduction="none") - clean).double()
+    problems = [f"attack result failed verification: {p}" for p in checked.problems]
+    return checked.correct, increase, problems
 
 
 def certify(

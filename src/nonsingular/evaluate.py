@@ -22,7 +22,7 @@ from .attacks import PGD
 from .threat import Scope, ThreatModel
 from .verify import verify
 
-__all__ = ["KINDS", "SCOPES", "Cell", "RobustnessReport", "evaluate_robustness"]
+__all__ = ["KINDS", "SCOPES", "Cell", "RobustnessReport", "VerifiedAttack", "attack_and_verify", "evaluate_robustness"]
 
 KINDS = ("input", "weight", "joint")
 SCOPES = (Scope.PER_EXAMPLE.value, Scope.SHARED.value)
@@ -90,41 +90,83 @@ def threats_for(threat: ThreatModel) -> dict[str, ThreatModel | None]:
     return {k: (t if t.kind == k else None) for k, t in derived.items()}
 
 
-def attack_cell(model, x, y, threat, attack, clean_correct, tick) -> tuple[Cell, Tensor]:
-    """Attack, verify and score one cell: (the cell, (N,) bool examples correct clean and after the verified
-    attack). Under torch.distributed each rank takes a contiguous run of batches; every rank gets the whole mask.
+@dataclass
+class VerifiedAttack:
+    """An attack's result on all N examples after the verifier, gathered from every rank.
+
+    Attributes:
+        correct: (N,) bool, the verifier's prediction (explicit weights) is the label.
+        attack_correct: (N,) bool, the attack's own logits predict the label.
+        logits: (N, K) the verifier's logits.
+        passed: every rank's perturbation lies in the threat set.
+        max_logit_gap: largest |verifier - attack| logit difference over all ranks.
+        problems: this rank's verifier findings (or a note that another rank failed).
+        paths: layer -> path taken.
     """
+
+    correct: Tensor
+    attack_correct: Tensor
+    logits: Tensor
+    passed: bool
+    max_logit_gap: float
+    problems: list[str]
+    paths: dict[str, str]
+
+
+def attack_and_verify(model, x, y, threat: ThreatModel, attack: PGD, tick=None) -> VerifiedAttack:
+    """Attack x, re-check the result with the verifier; under torch.distributed each rank takes a contiguous
+    share (random starts keyed by global example index; a shared perturbation's gradient summed over ranks)
+    and every rank gets the gathered per-example results."""
     n = len(y)
-    start, stop = dist.shard_range(n, attack.batch_size)
     shared = threat.scope is Scope.SHARED
     if n == 0:
         raise ValueError("no examples to attack")
     if shared and n < dist.world_size():  # every rank checks: all stop together
         raise ValueError(f"{n} examples cannot be split over {dist.world_size()} processes (one per rank needed)")
+    start, stop = dist.shard_range(n, attack.batch_size)
     xs, ys = x[start:stop], y[start:stop]
+    status = torch.zeros(2, dtype=torch.float64, device=y.device)  # (failed, max logit gap), max over ranks
     if start < stop:
         result = attack(model, xs, ys, threat, progress=tick, first_index=start, sync_ranks=shared)
         check = verify(model, xs, ys, result)
-        correct, attack_correct = check.correct, result.logits.argmax(dim=1) == ys
-        status = torch.tensor([float(not check.passed), check.max_logit_gap], dtype=torch.float64)
+        correct, attack_correct, logits = check.correct, result.logits.argmax(dim=1) == ys, check.logits
+        status[0], status[1] = float(not check.passed), check.max_logit_gap
         problems, paths = check.problems, result.paths
-    else:
-        correct = attack_correct = torch.zeros(0, dtype=torch.bool)
-        status, problems, paths = torch.zeros(2, dtype=torch.float64), [], {}
-    correct = dist.gather_cat(correct, start, n)
-    attack_correct = dist.gather_cat(attack_correct, start, n)
+    else:  # more ranks than examples: this rank only joins the gathers
+        with torch.no_grad():
+            classes = model(x[:1]).shape[1]
+        correct = attack_correct = torch.zeros(0, dtype=torch.bool, device=y.device)
+        logits = torch.zeros(0, classes, dtype=x.dtype, device=y.device)
+        problems, paths = [], {}
     dist.all_reduce_max_(status)
-    passed = status[0] == 0
-    robust = clean_correct & correct
-    cell = Cell(
-        accuracy=float(robust.float().mean()) if passed else None,
-        attack_accuracy=float(attack_correct.float().mean()),
-        verified=bool(passed),
+    passed = bool(status[0] == 0)
+    if not passed and not problems:
+        problems = ["another rank's perturbation failed verification"]
+    return VerifiedAttack(
+        correct=dist.gather_cat(correct, start, n),
+        attack_correct=dist.gather_cat(attack_correct, start, n),
+        logits=dist.gather_cat(logits, start, n),
+        passed=passed,
         max_logit_gap=float(status[1]),
+        problems=problems,
+        paths=paths,
+    )
+
+
+def attack_cell(model, x, y, threat, attack, clean_correct, tick) -> tuple[Cell, Tensor]:
+    """Attack, verify and score one cell: (the cell, (N,) bool examples correct clean and after the verified
+    attack), the same on every rank under torch.distributed."""
+    checked = attack_and_verify(model, x, y, threat, attack, tick)
+    robust = clean_correct & checked.correct
+    cell = Cell(
+        accuracy=float(robust.float().mean()) if checked.passed else None,
+        attack_accuracy=float(checked.attack_correct.float().mean()),
+        verified=checked.passed,
+        max_logit_gap=checked.max_logit_gap,
         seconds=0.0,
         threat=threat.describe(),
-        paths=paths,
-        problems=problems if passed or problems else ["another rank's perturbation failed verification"],
+        paths=checked.paths,
+        problems=checked.problems,
     )
     return cell, robust
 

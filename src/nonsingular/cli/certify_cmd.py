@@ -37,7 +37,7 @@ from .common import (
     resolve_device,
     write_json,
 )
-from .loading import load_model_and_data, select_examples
+from .loading import load_workload
 
 
 def parse_methods(values: list[str]) -> list[BoundMethod]:
@@ -94,35 +94,33 @@ def certify(
     dist.init_from_env(run_device)
     lead = dist.rank() == 0
     threat = make_threat(eps_x, eps_w, weight_ball, weight_mode, eps_b, layers)
-    loaded = load_model_and_data(checkpoint, data, model, weights)
-    net = loaded.model.to(run_device)
-    threat = threat.model_copy(update={"domain": loaded.data.domain})
-    threat.weight_layers(net)  # fail early on --layers the model does not have
-    x, y = select_examples(loaded.data, n_examples)
-    x, y = x.to(run_device), y.to(run_device)
+    work = load_workload(checkpoint, data, model, weights, threat, n_examples, run_device)
     attack = PGD(steps=steps, restarts=restarts, loss=Loss.CE, batch_size=batch_size, seed=seed) if steps > 0 else None
 
     t0 = time.perf_counter()
     with progress_bar("certifying", enabled=lead) as update:
         report = run_certify(
-            net, x, y, threat, methods, attack, batch_size, progress=lambda label, d, t: update(d, t, label)
+            work.model,
+            work.x,
+            work.y,
+            work.threat,
+            methods,
+            attack,
+            batch_size,
+            progress=lambda label, d, t: update(d, t, label),
         )
     elapsed = time.perf_counter() - t0
     if not lead:
         return
     if dist.is_distributed():
         console.print(f"{dist.world_size()} processes, each bounding and attacking a contiguous share of the batches")
-    name = checkpoint.name if checkpoint is not None else model
-    console.print(render_table(report, title=f"{name} on {loaded.data.name} ({len(y)} test examples)"))
-    console.print(f"threat: {threat}    attack: {report.attack or 'none'}")
+    console.print(render_table(report, title=f"{work.name} on {work.data.name} ({len(work.y)} test examples)"))
+    console.print(f"threat: {work.threat}    attack: {report.attack or 'none'}")
     for problem in report.problems:
         console.print(f"[red]problem:[/red] {problem}", highlight=False)
     console.print(f"certified in {elapsed:.2f} s")
     if out is not None:
-        payload = report.to_json()
-        payload["checkpoint"] = None if checkpoint is None else str(checkpoint)
-        payload["model"] = model
-        payload["data"] = loaded.data.describe()
+        payload = {**report.to_json(), **work.source_fields()}
         write_json(out, payload)
         console.print(f"wrote {out}")
 

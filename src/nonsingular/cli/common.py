@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -22,6 +21,7 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
+from .. import distributed as dist
 from ..checkpoint import atomic_write
 from ..threat import EpsMode, Scope, ThreatModel, WeightBall
 
@@ -105,21 +105,11 @@ ForceOpt = Annotated[bool, typer.Option("--force/--no-force", help="Overwrite --
 
 
 def resolve_device(name: str) -> torch.device:
-    """--device value to a torch.device; under torchrun each rank takes the GPU of its LOCAL_RANK."""
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
+    """--device value to a torch.device (see distributed.resolve_device), with a one-line error."""
     try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise UserError(f"--device must be auto, cpu, cuda or cuda:N, got {name!r}") from None
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise UserError("--device cuda was asked for but no CUDA device is available")
-        if device.index is None:
-            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")) % torch.cuda.device_count())
-    elif device.type != "cpu":
-        raise UserError(f"--device must be auto, cpu, cuda or cuda:N, got {name!r}")
-    return device
+        return dist.resolve_device(name)
+    except ValueError as err:
+        raise UserError(f"--{err}") from None
 
 
 # ---------------------------------------------------------------------- output

@@ -34,7 +34,7 @@ from .common import (
     resolve_device,
     write_json,
 )
-from .loading import load_model_and_data, select_examples
+from .loading import load_workload
 
 
 def evaluate(
@@ -73,36 +73,27 @@ def evaluate(
     lead = dist.rank() == 0
     threat = make_threat(eps_x, eps_w, weight_ball, weight_mode, eps_b, layers)
     attack = PGD(steps=steps, restarts=restarts, rel_stepsize=step_size, loss=loss, batch_size=batch_size, seed=seed)
-    loaded = load_model_and_data(checkpoint, data, model, weights)
-    loaded.model.to(run_device)
-    threat = threat.model_copy(update={"domain": loaded.data.domain})
-    threat.weight_layers(loaded.model)  # fail early on --layers the model does not have
-    x, y = select_examples(loaded.data, n_examples)
-    x, y = x.to(run_device), y.to(run_device)
+    work = load_workload(checkpoint, data, model, weights, threat, n_examples, run_device)
 
     t0 = time.perf_counter()
     with progress_bar("attacking", enabled=lead) as update:
         report = evaluate_robustness(
-            loaded.model, x, y, threat, attack, progress=lambda label, d, t: update(d, t, label)
+            work.model, work.x, work.y, work.threat, attack, progress=lambda label, d, t: update(d, t, label)
         )
     elapsed = time.perf_counter() - t0
     if not lead:
         return
     if dist.is_distributed():
         console.print(f"{dist.world_size()} processes, each attacking a contiguous share of the batches")
-    name = checkpoint.name if checkpoint is not None else model
-    console.print(render_table(report, title=f"{name} on {loaded.data.name} ({len(y)} test examples)"))
-    console.print(f"threat: {threat}    attack: {report.attack}")
+    console.print(render_table(report, title=f"{work.name} on {work.data.name} ({len(work.y)} test examples)"))
+    console.print(f"threat: {work.threat}    attack: {report.attack}")
     joint = report.cells["joint"]["per-example"] or report.cells["weight"]["per-example"]
     if joint is not None:
         paths = ", ".join(f"{layer}={path}" for layer, path in joint.paths.items())
         console.print(f"per-example weight paths: {paths} (shared scope: one perturbation for all inputs)")
     console.print(f"evaluated in {elapsed:.2f} s; every robust accuracy verified with explicit weights")
     if out is not None:
-        payload = report.to_json()
-        payload["checkpoint"] = None if checkpoint is None else str(checkpoint)
-        payload["model"] = model
-        payload["data"] = loaded.data.describe()
+        payload = {**report.to_json(), **work.source_fields()}
         write_json(out, payload)
         console.print(f"wrote {out}")
 

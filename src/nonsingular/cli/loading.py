@@ -11,6 +11,7 @@ from torch import Tensor, nn
 
 from ..checkpoint import load_checkpoint
 from ..data import Dataset, load_data
+from ..threat import ThreatModel
 from .common import UserError
 
 
@@ -19,6 +20,50 @@ class Loaded:
     model: nn.Module
     data: Dataset
     metadata: dict[str, Any]
+
+
+@dataclass
+class Workload:
+    """What an attack or certificate command runs on: model and examples on the device, the threat fitted
+    to the data's domain, and where the model came from (for the title and the JSON output)."""
+
+    model: nn.Module
+    data: Dataset
+    threat: ThreatModel
+    x: Tensor
+    y: Tensor
+    checkpoint: Path | None
+    model_spec: str | None
+
+    @property
+    def name(self) -> str:
+        return self.checkpoint.name if self.checkpoint is not None else str(self.model_spec)
+
+    def source_fields(self) -> dict[str, Any]:
+        """The JSON fields naming the model and the data."""
+        return {
+            "checkpoint": None if self.checkpoint is None else str(self.checkpoint),
+            "model": self.model_spec,
+            "data": self.data.describe(),
+        }
+
+
+def load_workload(
+    checkpoint: Path | None,
+    data: str | None,
+    model: str | None,
+    weights: Path | None,
+    threat: ThreatModel,
+    n_examples: int | None,
+    device: torch.device,
+) -> Workload:
+    """Load the model and data, move them to `device`, give the threat the data's domain, check --layers."""
+    loaded = load_model_and_data(checkpoint, data, model, weights)
+    net = loaded.model.to(device)
+    threat = threat.model_copy(update={"domain": loaded.data.domain})
+    threat.weight_layers(net)  # fail early on --layers the model does not have
+    x, y = select_examples(loaded.data, n_examples)
+    return Workload(net, loaded.data, threat, x.to(device), y.to(device), checkpoint, model)
 
 
 def load_model_and_data(

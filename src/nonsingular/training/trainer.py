@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -129,18 +128,6 @@ def _split(data: Dataset, config: TrainConfig) -> tuple[Tensor, Tensor, Tensor, 
     return data.x_train[train], data.y_train[train], data.x_train[val], data.y_train[val]
 
 
-def _resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device cuda was asked for but no CUDA device is available")
-    if device.type == "cuda" and device.index is None:
-        # Under torchrun each rank takes the GPU of its LOCAL_RANK (as cli.common.resolve_device does).
-        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")) % torch.cuda.device_count())
-    return device
-
-
 def _finite(value: float) -> float | None:
     """JSON has no NaN or infinity; a diverged number is logged as null."""
     return value if math.isfinite(value) else None
@@ -175,7 +162,7 @@ class Trainer:
         self.config = config
         self.paths = paths
         self.callback = callback
-        self.device = _resolve_device(config.device)
+        self.device = dist.resolve_device(config.device)
         self.data = data if data is not None else load_data(config.data, config.data_seed)
         x_tr, y_tr, x_val, y_val = _split(self.data, config)
         self.x_train, self.y_train = x_tr.to(self.device), y_tr.to(self.device)
