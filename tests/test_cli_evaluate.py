@@ -32,7 +32,7 @@ def test_evaluate_round_trip(monkeypatch, capsys, checkpoint, tmp_path):
         ("missing", [], "not found"),
         ("corrupted", [], "not a readable safetensors"),
         ("negative", ["--eps-x", "-0.1"], "eps_x"),
-        ("wrong-size", ["--data", "npz-28x28"], "does not accept inputs"),
+        ("wrong-size", ["--data", "npz-28x28"], "takes inputs of shape (1, 8, 8)"),
         ("bad-layer", ["--layers", "nope"], "nope"),
     ],
 )

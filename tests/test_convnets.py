@@ -13,10 +13,11 @@ from torch import nn
 
 from nonsingular import PGD, ThreatModel, verify
 from nonsingular import models as models_module
-from nonsingular.convnets import LeNet, SmallCNN, load_user_model, load_weights
+from nonsingular.convnets import LeNet, SmallCNN
 from nonsingular.data import Dataset
 from nonsingular.perturbation import settle_in_ball
 from nonsingular.threat import WeightBall
+from nonsingular.user_models import load_user_model, load_weights
 
 SHAPES = [(1, 8, 8), (1, 28, 28), (3, 32, 32)]
 ARCHS = {

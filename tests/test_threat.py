@@ -5,7 +5,7 @@ import torch
 from pydantic import ValidationError
 
 from nonsingular import ThreatModel
-from nonsingular.cli.common import one_line
+from nonsingular.errors import describe
 
 
 @pytest.mark.parametrize(
@@ -27,7 +27,7 @@ from nonsingular.cli.common import one_line
 def test_bad_values_name_the_field(kwargs, field):
     with pytest.raises(ValidationError) as info:
         ThreatModel(**kwargs)
-    message = one_line(info.value)
+    message = describe(info.value)
     assert field in message
     assert "\n" not in message
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
@@ -149,8 +150,8 @@ class PGD:
             )
         for name in ("rel_stepsize", "abs_stepsize"):
             value = getattr(self, name)
-            if value is not None and not value > 0:
-                raise ValueError(f"{name} must be > 0, got {value}")
+            if value is not None and not (value > 0 and math.isfinite(value)):
+                raise ValueError(f"{name} must be a finite number > 0, got {value}")
         if not self.memory_budget_mb > 0:
             raise ValueError(f"memory_budget_mb must be > 0, got {self.memory_budget_mb}")
 

@@ -26,6 +26,7 @@ from . import distributed as dist
 from ._version import __version__
 from .attacks import PGD
 from .bounds import BoundMethod, margin_bounds, norm_bounds
+from .errors import NonFiniteError
 from .evaluate import attack_and_verify
 from .threat import ThreatModel
 
@@ -162,7 +163,11 @@ def certified_mask(
     parts = [torch.zeros(0, dtype=torch.bool, device=y.device)]
     for s in range(start, stop, batch_size):
         rows = index[s : min(s + batch_size, stop)]
-        parts.append((example_bounds(model, x[rows], y[rows], threat, method)[0] > 0).to(y.device))
+        worst = example_bounds(model, x[rows], y[rows], threat, method)[0]
+        # -inf is a sound (empty) bound at a huge threat; NaN means the arithmetic broke and nothing may be read.
+        if bool(worst.isnan().any()):
+            raise NonFiniteError(f"the {BoundMethod(method).value} bound is NaN at {threat}; use smaller epsilons")
+        parts.append((worst > 0).to(y.device))
     certified = dist.gather_cat(torch.cat(parts), start, len(index))
     mask = torch.zeros(len(y), dtype=torch.bool, device=y.device)
     mask[index] = certified
@@ -192,6 +197,10 @@ def _attack(
     with torch.no_grad():
         clean = F.cross_entropy(model(x), y, reduction="none")
         increase = (F.cross_entropy(checked.logits, y, reduction="none") - clean).double()
+    if not bool(torch.isfinite(increase).all()):
+        raise NonFiniteError(
+            f"the attack's loss increase at {threat} overflowed float arithmetic; use smaller epsilons"
+        )
     problems = [f"attack result failed verification: {p}" for p in checked.problems]
     return checked.correct, increase, problems
 
@@ -281,6 +290,12 @@ def _run_method(
             progress(method.value, i + 1, len(spans))
     worst_t = dist.gather_cat(torch.cat(worst), start, len(y)).cpu()
     loss_t = dist.gather_cat(torch.cat(loss), start, len(y)).cpu()
+    if not bool(torch.isfinite(worst_t).all() and torch.isfinite(loss_t).all()):
+        # Every rank holds the gathered bounds, so every rank stops here together.
+        raise NonFiniteError(
+            f"the {method.value} bound overflowed float64 at {threat} (a margin or loss bound is NaN or infinite): "
+            "the radii are too large to bound; use smaller epsilons"
+        )
     certified = worst_t > 0
     broken = 0 if survived is None else int((certified & ~survived.cpu()).sum())
     return MethodResult(

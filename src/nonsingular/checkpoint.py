@@ -7,8 +7,7 @@ a temporary file in the same folder, then a rename, so a crash never leaves a ha
 from __future__ import annotations
 
 import json
-import os
-import tempfile
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,9 +18,19 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from ._version import __version__
+from .errors import describe
+from .files import atomic_write, check_output_path
 from .models import build_model
 
-__all__ = ["Checkpoint", "CheckpointError", "atomic_write", "load_checkpoint", "save_checkpoint"]
+__all__ = [
+    "Checkpoint",
+    "CheckpointError",
+    "atomic_write",
+    "check_finite_tensors",
+    "check_output_path",
+    "load_checkpoint",
+    "save_checkpoint",
+]
 
 _META_KEY = "nonsingular"
 
@@ -41,22 +50,6 @@ class Checkpoint:
     model: nn.Module
     metadata: dict[str, Any]
     tensors: dict[str, torch.Tensor]
-
-
-def atomic_write(path: str | Path, write: Any) -> None:
-    """Call write(tmp_path), then rename tmp_path onto `path` (same folder, so the rename is atomic)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        with open(tmp, "rb") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def save_checkpoint(
@@ -84,6 +77,8 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
     from safetensors import safe_open
 
     path = Path(path)
+    if path.is_dir():
+        raise CheckpointError(f"checkpoint {path} is a directory, not a .safetensors file")
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
     try:
@@ -94,9 +89,24 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
     if _META_KEY not in header:
         raise CheckpointError(f"{path} has no nonsingular metadata; was it written by `nonsingular train`?")
     try:
-        return json.loads(header[_META_KEY])
+        metadata = json.loads(header[_META_KEY])
     except json.JSONDecodeError as err:
         raise CheckpointError(f"{path} has corrupted metadata ({err})") from None
+    if not isinstance(metadata, dict):
+        raise CheckpointError(f"{path}: its metadata is a JSON {type(metadata).__name__}, not an object")
+    for key in ("architecture", "data", "training"):
+        if key in metadata and not isinstance(metadata[key], dict):
+            raise CheckpointError(f"{path}: metadata entry {key!r} must be an object")
+    return metadata
+
+
+def check_finite_tensors(tensors: dict[str, torch.Tensor], source: str | Path) -> None:
+    """CheckpointError naming the first floating-point tensor that holds NaN or infinity."""
+    for name, value in tensors.items():
+        if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            bad = value[~torch.isfinite(value)].flatten()[0].item()
+            kind = "NaN" if math.isnan(bad) else "infinite"
+            raise CheckpointError(f"{source}: tensor {name!r} holds {kind} values; refusing to load it")
 
 
 def load_checkpoint(path: str | Path) -> Checkpoint:
@@ -112,9 +122,10 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
         raise CheckpointError(f"{path} is not a readable safetensors checkpoint ({err})") from None
     try:
         model = build_model(metadata["architecture"])
-    except (KeyError, ValueError) as err:
-        raise CheckpointError(f"{path}: cannot rebuild its architecture ({err})") from None
+    except Exception as err:  # a hand-edited header can hold anything; name the file, not our internals
+        raise CheckpointError(f"{path}: cannot rebuild its architecture ({describe(err)})") from None
     state = {k: v for k, v in tensors.items() if not k.startswith("extra/")}
+    check_finite_tensors(state, path)
     try:
         model.load_state_dict(state)
     except RuntimeError as err:

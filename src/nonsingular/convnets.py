@@ -1,4 +1,4 @@
-"""Convolutional networks beside the MLP, and the user's own model from `package.module:factory` + safetensors.
+"""Convolutional networks beside the MLP.
 
 Both networks are plain `nn.Sequential`s of Normalize, Conv2d, ReLU, pooling, Flatten and Linear, so every
 bound that follows a Sequential (IBP: all of these layers) and every attack path applies to them. Under a
@@ -8,18 +8,13 @@ applied at many positions, THEORY.md section 3) and their Linear layers the Lemm
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
-import sys
-from collections.abc import Callable, Sequence
-from pathlib import Path
-from typing import Any
+from collections.abc import Sequence
 
 from torch import nn
 
 from .models import Normalize
 
-__all__ = ["LeNet", "SmallCNN", "load_user_model", "load_weights"]
+__all__ = ["LeNet", "SmallCNN"]
 
 
 def _image_shape(input_shape: Sequence[int], arch: str) -> tuple[int, int, int]:
@@ -140,114 +135,3 @@ class LeNet(nn.Sequential):
             n_in = width
         layers.append(nn.Linear(n_in, num_classes))
         super().__init__(*layers)
-
-
-# ------------------------------------------------------------------------------------------------ user models
-
-
-def _import_module(target: str, spec: str) -> Any:
-    """A module by dotted name, or from a file when `target` ends in .py (no sys.path set-up needed)."""
-    if target.endswith(".py"):
-        path = Path(target).expanduser()
-        if not path.is_file():
-            raise ValueError(f"--model {spec}: file {path} not found")
-        name = f"_nonsingular_user_{path.stem}"
-        module_spec = importlib.util.spec_from_file_location(name, path)
-        if module_spec is None or module_spec.loader is None:
-            raise ValueError(f"--model {spec}: cannot import {path}")
-        module = importlib.util.module_from_spec(module_spec)
-        sys.modules[name] = module  # dataclasses and pickling look the module up by name
-        module_spec.loader.exec_module(module)
-        return module
-    try:
-        return importlib.import_module(target)
-    except ModuleNotFoundError as err:
-        raise ValueError(
-            f"--model {spec}: cannot import module '{target}' ({err}); install it, add its folder to PYTHONPATH, "
-            "or give the file: path/to/file.py:factory"
-        ) from None
-
-
-def load_user_model(spec: str, weights: str | Path | None = None, kwargs: dict[str, Any] | None = None) -> nn.Module:
-    """Build the user's model from "package.module:factory" (or "path/to/file.py:factory").
-
-    Importing the module runs the user's own code, as any Python import does. The factory (a function, a class,
-    or a dotted attribute such as "Net.pretrained") is called with `kwargs` and must return an nn.Module.
-
-    Args:
-        spec: "module:factory".
-        weights: optional .safetensors file with the model's full state dict; keys are checked strictly.
-        kwargs: keyword arguments for the factory.
-
-    Returns:
-        The model in eval mode.
-
-    Raises:
-        ValueError: malformed spec, module or factory not found, factory fails or returns something else,
-            or weights that do not fit (see `load_weights`).
-    """
-    target, sep, attr = spec.partition(":")
-    if not sep or not target or not attr:
-        raise ValueError(f"--model expects package.module:factory, got {spec!r}")
-    obj: Any = _import_module(target, spec)
-    for part in attr.split("."):
-        if not hasattr(obj, part):
-            raise ValueError(f"--model {spec}: '{target}' has no attribute '{attr}'")
-        obj = getattr(obj, part)
-    if not callable(obj):
-        raise ValueError(f"--model {spec}: '{attr}' is not callable")
-    factory: Callable[..., Any] = obj
-    try:
-        model = factory(**(kwargs or {}))
-    except TypeError as err:
-        raise ValueError(f"--model {spec}: calling {attr}() failed ({err})") from None
-    if not isinstance(model, nn.Module):
-        raise ValueError(f"--model {spec}: {attr}() returned a {type(model).__name__}, not a torch.nn.Module")
-    if weights is not None:
-        load_weights(model, weights)
-    return model.eval()
-
-
-def _first(keys: Sequence[str], k: int = 3) -> str:
-    shown = ", ".join(keys[:k])
-    return shown + (f" (+{len(keys) - k} more)" if len(keys) > k else "")
-
-
-def load_weights(model: nn.Module, path: str | Path) -> nn.Module:
-    """Load a .safetensors state dict into `model` with a strict key and shape check.
-
-    Raises:
-        ValueError: missing or unreadable file; missing, unexpected or wrongly shaped tensors (one line listing
-            the first few of each).
-    """
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
-    path = Path(path).expanduser()
-    if not path.is_file():
-        raise ValueError(f"{path}: weights file not found")
-    try:
-        tensors = load_file(str(path))
-    except (SafetensorError, OSError, ValueError) as err:
-        raise ValueError(f"{path}: not a readable safetensors file ({err})") from None
-    expected = model.state_dict()
-    missing = [k for k in expected if k not in tensors]
-    unexpected = [k for k in tensors if k not in expected]
-    problems = []
-    if missing:
-        problems.append(f"missing {len(missing)}: {_first(missing)}")
-    if unexpected:
-        problems.append(f"unexpected {len(unexpected)}: {_first(unexpected)}")
-    if unexpected and all(k.startswith("module.") for k in tensors):
-        problems.append("the keys carry DataParallel's 'module.' prefix; save model.module.state_dict()")
-    shapes = [
-        f"{k} {list(tensors[k].shape)} vs {list(v.shape)}"
-        for k, v in expected.items()
-        if k in tensors and tensors[k].shape != v.shape
-    ]
-    if shapes:
-        problems.append(f"wrong shape {len(shapes)}: {_first(shapes)}")
-    if problems:
-        raise ValueError(f"{path}: weights do not fit the model: " + "; ".join(problems))
-    model.load_state_dict(tensors, strict=True)
-    return model

@@ -373,6 +373,8 @@ def load_npz(arg: str, seed: int = 0) -> Dataset:
     if ("x_test" in arrays) != ("y_test" in arrays):
         raise ValueError(f"{path}: give both x_test and y_test, or neither; arrays: {sorted(arrays)}")
     x_raw, x = arrays["x"], _npz_inputs(path, "x", arrays["x"])
+    if len(x) == 0:
+        raise ValueError(f"{path}: 'x' holds no examples")
     y = _npz_labels(path, "y", arrays["y"], len(x))
     if "x_test" in arrays:
         if (x_raw.dtype == np.uint8) != (arrays["x_test"].dtype == np.uint8):
@@ -380,6 +382,8 @@ def load_npz(arg: str, seed: int = 0) -> Dataset:
                 f"{path}: 'x' is {x_raw.dtype} but 'x_test' is {arrays['x_test'].dtype}; store both in one scale"
             )
         x_te = _npz_inputs(path, "x_test", arrays["x_test"])
+        if len(x_te) == 0:
+            raise ValueError(f"{path}: 'x_test' holds no examples")
         y_te = _npz_labels(path, "y_test", arrays["y_test"], len(x_te))
         if x_te.shape[1:] != x.shape[1:]:
             raise ValueError(f"{path}: 'x_test' examples have shape {x_te.shape[1:]}, 'x' examples {x.shape[1:]}")
@@ -399,8 +403,6 @@ def load_npz(arg: str, seed: int = 0) -> Dataset:
     _check_labels(path, y, num_classes, key="y")
     if y_te is not None:
         _check_labels(path, y_te, num_classes, key="y_test")
-    if len(x) == 0:
-        raise ValueError(f"{path}: 'x' holds no examples")
     if x_te is None:
         try:
             x, y, x_te, y_te = stratified_split(x, y, 0.2, seed)

@@ -19,6 +19,7 @@ from torch import Tensor, nn
 from . import distributed as dist
 from ._version import __version__
 from .attacks import PGD
+from .errors import NonFiniteError
 from .threat import Scope, ThreatModel
 from .verify import verify
 
@@ -69,6 +70,15 @@ class RobustnessReport:
     cells: dict[str, dict[str, Cell | None]]
     seconds: float
     versions: dict[str, str] = field(default_factory=dict)
+
+    def labelled_cells(self) -> list[tuple[str, Cell]]:
+        """("joint per-example", cell), ... for every evaluated cell, in table order."""
+        return [
+            (f"{kind}-only {scope}" if kind != "joint" else f"joint {scope}", cell)
+            for kind in KINDS
+            for scope, cell in self.cells[kind].items()
+            if cell is not None
+        ]
 
     def accuracy(self, kind: str, scope: str) -> float | None:
         cell = self.cells[kind][scope]
@@ -125,12 +135,14 @@ def attack_and_verify(model, x, y, threat: ThreatModel, attack: PGD, tick=None) 
         raise ValueError(f"{n} examples cannot be split over {dist.world_size()} processes (one per rank needed)")
     start, stop = dist.shard_range(n, attack.batch_size)
     xs, ys = x[start:stop], y[start:stop]
-    status = torch.zeros(2, dtype=torch.float64, device=y.device)  # (failed, max logit gap), max over ranks
+    # (failed, max logit gap, non-finite logits), max over ranks: every rank raises or goes on together.
+    status = torch.zeros(3, dtype=torch.float64, device=y.device)
     if start < stop:
         result = attack(model, xs, ys, threat, progress=tick, first_index=start, sync_ranks=shared)
         check = verify(model, xs, ys, result)
         correct, attack_correct, logits = check.correct, result.logits.argmax(dim=1) == ys, check.logits
-        status[0], status[1] = float(not check.passed), check.max_logit_gap
+        finite = bool(torch.isfinite(result.logits).all() and torch.isfinite(check.logits).all())
+        status[0], status[1], status[2] = float(not check.passed), check.max_logit_gap if finite else 0.0, not finite
         problems, paths = check.problems, result.paths
     else:  # more ranks than examples: this rank only joins the gathers
         with torch.no_grad():
@@ -139,6 +151,12 @@ def attack_and_verify(model, x, y, threat: ThreatModel, attack: PGD, tick=None) 
         logits = torch.zeros(0, classes, dtype=x.dtype, device=y.device)
         problems, paths = [], {}
     dist.all_reduce_max_(status)
+    if status[2] > 0:
+        kind = "joint" if threat.kind == "joint" else f"{threat.kind}-only"
+        raise NonFiniteError(
+            f"the {kind} attack ({threat}) produced NaN or infinite logits: its radii overflow {x.dtype} "
+            "arithmetic; use smaller epsilons"
+        )
     passed = bool(status[0] == 0)
     if not passed and not problems:
         problems = ["another rank's perturbation failed verification"]

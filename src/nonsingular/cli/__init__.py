@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Sequence
 
 import typer
+from typer.exceptions import TyperException
 
 from .. import distributed as dist
 from .._version import __version__
-from ..checkpoint import CheckpointError
+from ..errors import describe
 from .certify_cmd import certify
-from .common import UserError, err_console, one_line
+from .common import fail
 from .evaluate_cmd import evaluate
 from .radius_cmd import radius
 from .study_cmd import study
@@ -22,6 +24,8 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    # Plain help text: rich markup would eat "[default: ...]" and any bracketed path in a help string.
+    rich_markup_mode=None,
 )
 
 
@@ -34,6 +38,9 @@ def _show_version(value: bool) -> None:
 @app.callback()
 def _root(
     version: bool = typer.Option(False, "--version", help="Print the version and exit.", callback=_show_version),
+    debug: bool = typer.Option(
+        False, "--debug", help="Show the full traceback of any error (give it before the command)."
+    ),
 ) -> None:
     """Attack, certify and train neural networks against joint input + weight perturbations."""
 
@@ -44,27 +51,58 @@ app.command("radius")(radius)
 app.command("study")(study)
 app.command("train")(train)
 
+#: Bad input: every ValueError (pydantic's ValidationError, InputError, CheckpointError, ...) and OSError.
+USER_ERRORS = (ValueError, OSError)
 
-def main() -> None:
-    """Console-script entry point: bad input gives one line on stderr and exit status 2, never a traceback."""
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Console-script entry point.
+
+    Bad input (a usage error, a ValueError or OSError from the library) gives one line on stderr and exit
+    status 2, never a traceback. Any other exception is a bug: one line and exit status 1, or the full
+    traceback with `nonsingular --debug COMMAND ...`.
+    """
+    args = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in args
     try:
-        app()
-    except SystemExit as done:
-        if done.code in (0, None):  # finished: under torchrun every rank leaves the process group together
-            dist.shutdown()
-        raise
-    except (UserError, CheckpointError, ValueError, FileNotFoundError, PermissionError, OSError) as err:
-        err_console.print(f"[red]error:[/red] {one_line(err)}", highlight=False, soft_wrap=True)
-        sys.exit(2)
-    except RuntimeError as err:
-        if not (dist.is_distributed() and "closed by peer" in str(err)):
+        code = app(args=args, prog_name="nonsingular", standalone_mode=False)
+    except TyperException as err:  # click's usage errors: one line instead of the usage block
+        message = err.format_message()
+        if type(err).__name__ == "NoArgsIsHelpError":  # bare `nonsingular`: the message is the help text
+            print(message, file=sys.stderr)
+            sys.exit(2)
+        command = next((a for a in args if a in {c.name for c in app.registered_commands}), None)
+        hint = f" (see nonsingular {command} --help)" if command else " (see nonsingular --help)"
+        fail(message + hint, err.exit_code)
+    except (KeyboardInterrupt, typer.Abort):
+        fail("interrupted", 130)
+    except USER_ERRORS as err:
+        if debug:
             raise
-        # A peer process failed (its own error is printed by it): say so in one line instead of gloo's trace.
-        err_console.print("[red]error:[/red] another process of this torchrun job stopped; its error is above")
-        sys.exit(1)
-    except KeyboardInterrupt:
-        err_console.print("interrupted")
-        sys.exit(130)
+        fail(describe(err), 2)
+    except RuntimeError as err:
+        if debug:
+            raise
+        if dist.is_distributed() and "closed by peer" in str(err):
+            # A peer process failed (its own error is printed by it): say so in one line instead of gloo's trace.
+            fail("another process of this torchrun job stopped; its error is above", 1)
+        fail(_internal(err), 1)
+    except Exception as err:
+        if debug:
+            raise
+        fail(_internal(err), 1)
+    if code == 130:  # typer turns Ctrl-C inside a command into exit code 130
+        fail("interrupted", 130)
+    if code not in (0, None):
+        sys.exit(code)
+    dist.shutdown()  # under torchrun every rank leaves the process group together
+
+
+def _internal(err: BaseException) -> str:
+    return (
+        f"internal error ({type(err).__name__}: {describe(err)}); this is a bug in nonsingular or in the model: "
+        "rerun as `nonsingular --debug ...` for the traceback"
+    )
 
 
 __all__ = ["app", "main"]

@@ -7,6 +7,7 @@ from typing import Annotated
 
 import typer
 from rich.table import Table
+from rich.text import Text
 
 from .. import distributed as dist
 from ..attacks import PGD, Loss
@@ -15,6 +16,7 @@ from ..certify import CertifyReport
 from ..certify import certify as run_certify
 from ..threat import EpsMode, WeightBall
 from .common import (
+    AcceptDataOpt,
     BallOpt,
     CheckpointOpt,
     DataOpt,
@@ -35,6 +37,7 @@ from .common import (
     make_threat,
     progress_bar,
     resolve_device,
+    validated,
     write_json,
 )
 from .loading import load_workload
@@ -73,6 +76,7 @@ def certify(
         typer.Option("--method", "-m", help="norm, ibp, crown or all; repeat the option or separate by commas."),
     ] = ["all"],  # noqa: B006 - typer reads the default, nothing mutates it
     data: DataOpt = None,
+    accept_data_change: AcceptDataOpt = False,
     n_examples: NExamplesOpt = None,
     steps: Annotated[int, typer.Option(help="PGD steps for the attacked accuracy and tightness (0: no attack).")] = 50,
     restarts: Annotated[int, typer.Option(help="PGD restarts; each example keeps its worst.")] = 1,
@@ -90,12 +94,14 @@ def certify(
     methods = parse_methods(method)
     if steps < 0 or restarts < 1 or batch_size < 1:
         raise UserError("--steps must be >= 0, --restarts and --batch-size >= 1")
+    threat = make_threat(eps_x, eps_w, weight_ball, weight_mode, eps_b, layers)
+    attack = None
+    if steps > 0:
+        attack = validated(PGD, steps=steps, restarts=restarts, loss=Loss.CE, batch_size=batch_size, seed=seed)
     run_device = resolve_device(device)
     dist.init_from_env(run_device)
     lead = dist.rank() == 0
-    threat = make_threat(eps_x, eps_w, weight_ball, weight_mode, eps_b, layers)
-    work = load_workload(checkpoint, data, model, weights, threat, n_examples, run_device)
-    attack = PGD(steps=steps, restarts=restarts, loss=Loss.CE, batch_size=batch_size, seed=seed) if steps > 0 else None
+    work = load_workload(checkpoint, data, model, weights, threat, n_examples, run_device, accept_data_change)
 
     t0 = time.perf_counter()
     with progress_bar("certifying", enabled=lead) as update:
@@ -117,7 +123,7 @@ def certify(
     console.print(render_table(report, title=f"{work.name} on {work.data.name} ({len(work.y)} test examples)"))
     console.print(f"threat: {work.threat}    attack: {report.attack or 'none'}")
     for problem in report.problems:
-        console.print(f"[red]problem:[/red] {problem}", highlight=False)
+        console.print(Text("problem: ", style="red") + Text(problem))
     console.print(f"certified in {elapsed:.2f} s")
     if out is not None:
         payload = {**report.to_json(), **work.source_fields()}
@@ -146,7 +152,7 @@ def render_table(report: CertifyReport, title: str) -> Table:
     for name, res in report.methods.items():
         q, tight = res.margin_quantiles, res.tightness
         table.add_row(
-            name + (" [red](broken!)[/red]" if res.broken else ""),
+            Text(name) + (Text(" (broken!)", style="red") if res.broken else Text("")),
             _pct(res.certified_accuracy),
             _num(q["5%"]),
             _num(q["50%"]),

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+import sys
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, NoReturn, TypeVar
 
 import torch
 import typer
@@ -20,34 +21,38 @@ from rich.progress import (
     TimeElapsedColumn,
     TimeRemainingColumn,
 )
+from rich.text import Text
 
 from .. import distributed as dist
-from ..checkpoint import atomic_write
+from ..checkpoint import atomic_write, check_output_path
+from ..errors import InputError, describe
 from ..threat import EpsMode, Scope, ThreatModel, WeightBall
 
-console = Console()
-err_console = Console(stderr=True)
+# No markup and no highlighting: user data and paths (which may hold "[...]") are printed literally.
+# Colour, where wanted, is given as rich Text styles, never as markup in a string.
+console = Console(markup=False, highlight=False, soft_wrap=True)
+err_console = Console(stderr=True, markup=False, highlight=False, soft_wrap=True)
+
+#: Bad input from the user: printed as one line, exit status 2.
+UserError = InputError
+T = TypeVar("T")
 
 
-class UserError(ValueError):
-    """Bad input from the user: printed as one line, exit status 2."""
-
-
-def one_line(err: BaseException) -> str:
-    """A single-line message for an error, naming the field for validation errors."""
-    if isinstance(err, ValidationError):
-        first = err.errors()[0]
-        field = ".".join(str(p) for p in first.get("loc", ())) or "value"
-        msg = first.get("msg", str(err)).removeprefix("Value error, ")
-        return f"{field}: {msg}" if field not in msg else msg
-    return " ".join(str(err).split()) or type(err).__name__
+def fail(message: str, code: int = 2) -> NoReturn:
+    """Print `error: message` as one line on stderr and exit with `code`."""
+    err_console.print(Text("error: ", style="red") + Text(" ".join(message.split())))
+    sys.exit(code)
 
 
 # ---------------------------------------------------------------------- threat options
 EpsXOpt = Annotated[float, typer.Option("--eps-x", help="Input l_inf radius, in data units (inputs lie in [0, 1]).")]
 EpsWOpt = Annotated[
     float,
-    typer.Option("--eps-w", help="Weight radius per element (absolute: weight units; relative: fraction of |W|)."),
+    typer.Option(
+        "--eps-w",
+        help="Weight radius. elementwise ball: per element, |D_ij| <= eps_w (absolute, weight units) or "
+        "eps_w |W_ij| (relative); operator ball: ||D||_inf <= eps_w (absolute) or eps_w ||W||_inf (relative).",
+    ),
 ]
 BallOpt = Annotated[
     WeightBall, typer.Option("--weight-ball", help="elementwise: |D_ij| <= rho_ij; operator: ||D||_inf <= e.")
@@ -60,6 +65,22 @@ LayersOpt = Annotated[
 ]
 
 
+def layer_names(layers: str | None) -> list[str] | None:
+    """--layers "a, b" -> ["a", "b"]; None (all weight layers) when not given."""
+    return [n.strip() for n in layers.split(",") if n.strip()] if layers else None
+
+
+def validated(kind: Callable[..., T], **options: Any) -> T:
+    """Build a validated settings object from CLI options; a bad value is one line naming its --option."""
+    try:
+        return kind(**options)
+    except ValidationError as err:
+        first = err.errors()[0]
+        field = ".".join(str(p) for p in first.get("loc", ()))
+        message = describe(err).removeprefix(f"{field}: ")
+        raise UserError(f"--{field.replace('_', '-')}: {message}" if field else message) from None
+
+
 def make_threat(
     eps_x: float,
     eps_w: float,
@@ -70,14 +91,14 @@ def make_threat(
     scope: Scope = Scope.PER_EXAMPLE,
     domain: tuple[float, float] = (0.0, 1.0),
 ) -> ThreatModel:
-    names = [n.strip() for n in layers.split(",") if n.strip()] if layers else None
-    return ThreatModel(
+    return validated(
+        ThreatModel,
         eps_x=eps_x,
         eps_w=eps_w,
         weight_ball=weight_ball,
         weight_mode=weight_mode,
         eps_b=eps_b,
-        layers=names,
+        layers=layer_names(layers),
         scope=scope,
         domain=domain,
     )
@@ -100,6 +121,14 @@ DataOpt = Annotated[
     ),
 ]
 NExamplesOpt = Annotated[int | None, typer.Option("--n-examples", help="Use the first N test examples (default: all).")]
+AcceptDataOpt = Annotated[
+    bool,
+    typer.Option(
+        "--accept-data-change/--no-accept-data-change",
+        help="Use the checkpoint's data source even when its files no longer hold the data the checkpoint was "
+        "trained on (their fingerprint changed).",
+    ),
+]
 JsonOutOpt = Annotated[Path | None, typer.Option("--out", "-o", help="Also write the results as JSON to this file.")]
 ForceOpt = Annotated[bool, typer.Option("--force/--no-force", help="Overwrite --out if it exists.")]
 
@@ -114,11 +143,15 @@ def resolve_device(name: str) -> torch.device:
 
 # ---------------------------------------------------------------------- output
 def check_writable(path: Path | None, force: bool) -> None:
-    """Refuse to overwrite an existing file unless --force; never leaves anything half-written."""
-    if path is not None and path.exists() and not force:
+    """Before any work: refuse to overwrite an existing file unless --force, and make sure `path` can be written
+    (its folder exists or can be made, and takes a file), so that no result is computed only to be lost."""
+    if path is None:
+        return
+    if path.is_dir():
+        raise UserError(f"--out {path} is a directory, not a file")
+    if path.exists() and not force:
         raise UserError(f"{path} exists; pass --force to overwrite it")
-    if path is not None and path.exists() and path.is_dir():
-        raise UserError(f"{path} is a directory, not a file")
+    check_output_path(path)
 
 
 def write_json(path: Path, data: Any) -> None:
@@ -136,7 +169,7 @@ def progress_bar(description: str, total: int | None = None, enabled: bool = Tru
         yield lambda *_args, **_kwargs: None
         return
     columns = (
-        TextColumn("[progress.description]{task.description}"),
+        TextColumn("{task.description}", style="progress.description", markup=False),
         BarColumn(),
         MofNCompleteColumn(),
         TimeElapsedColumn(),

@@ -7,12 +7,14 @@ from typing import Annotated
 
 import typer
 from rich.table import Table
+from rich.text import Text
 
 from .. import distributed as dist
 from ..attacks import PGD, Loss
 from ..evaluate import KINDS, SCOPES, RobustnessReport, evaluate_robustness
 from ..threat import EpsMode, WeightBall
 from .common import (
+    AcceptDataOpt,
     BallOpt,
     CheckpointOpt,
     DataOpt,
@@ -32,6 +34,7 @@ from .common import (
     make_threat,
     progress_bar,
     resolve_device,
+    validated,
     write_json,
 )
 from .loading import load_workload
@@ -48,6 +51,7 @@ def evaluate(
     eps_b: EpsBOpt = 0.0,
     layers: LayersOpt = None,
     data: DataOpt = None,
+    accept_data_change: AcceptDataOpt = False,
     n_examples: NExamplesOpt = None,
     steps: Annotated[int, typer.Option(help="Attack gradient steps per restart.")] = 20,
     restarts: Annotated[int, typer.Option(help="Attack restarts; each example keeps its worst.")] = 1,
@@ -68,12 +72,14 @@ def evaluate(
     recomputed by the ordinary module with the explicit perturbed weights.
     """
     check_writable(out, force)
+    threat = make_threat(eps_x, eps_w, weight_ball, weight_mode, eps_b, layers)
+    attack = validated(
+        PGD, steps=steps, restarts=restarts, rel_stepsize=step_size, loss=loss, batch_size=batch_size, seed=seed
+    )
     run_device = resolve_device(device)
     dist.init_from_env(run_device)
     lead = dist.rank() == 0
-    threat = make_threat(eps_x, eps_w, weight_ball, weight_mode, eps_b, layers)
-    attack = PGD(steps=steps, restarts=restarts, rel_stepsize=step_size, loss=loss, batch_size=batch_size, seed=seed)
-    work = load_workload(checkpoint, data, model, weights, threat, n_examples, run_device)
+    work = load_workload(checkpoint, data, model, weights, threat, n_examples, run_device, accept_data_change)
 
     t0 = time.perf_counter()
     with progress_bar("attacking", enabled=lead) as update:
@@ -91,7 +97,11 @@ def evaluate(
     if joint is not None:
         paths = ", ".join(f"{layer}={path}" for layer, path in joint.paths.items())
         console.print(f"per-example weight paths: {paths} (shared scope: one perturbation for all inputs)")
-    console.print(f"evaluated in {elapsed:.2f} s; every robust accuracy verified with explicit weights")
+    unverified = [(label, cell) for label, cell in report.labelled_cells() if not cell.verified]
+    for label, cell in unverified:
+        console.print(Text("unverified: ", style="red") + Text(f"{label}: {'; '.join(cell.problems)}"))
+    checked = "every robust accuracy verified" if not unverified else f"{len(unverified)} cell(s) failed verification"
+    console.print(f"evaluated in {elapsed:.2f} s; {checked} with explicit weights")
     if out is not None:
         payload = {**report.to_json(), **work.source_fields()}
         write_json(out, payload)
@@ -113,7 +123,7 @@ def render_table(report: RobustnessReport, title: str) -> Table:
         for scope in SCOPES:
             cell = report.cells[kind][scope]
             if cell is not None and not cell.verified:
-                row.append("[red]unverified[/red]")
+                row.append(Text("unverified", style="red"))
             else:
                 row.append(_fmt(None if cell is None else cell.accuracy))
         table.add_row(f"{kind}-only" if kind != "joint" else "joint", *row)

@@ -10,7 +10,8 @@ import torch
 from torch import Tensor, nn
 
 from ..checkpoint import load_checkpoint
-from ..data import Dataset, load_data
+from ..data import Dataset, canonical_source, load_data
+from ..errors import NonFiniteError, blame
 from ..threat import ThreatModel
 from .common import UserError
 
@@ -56,9 +57,11 @@ def load_workload(
     threat: ThreatModel,
     n_examples: int | None,
     device: torch.device,
+    accept_data_change: bool = False,
 ) -> Workload:
     """Load the model and data, move them to `device`, give the threat the data's domain, check --layers."""
-    loaded = load_model_and_data(checkpoint, data, model, weights)
+    select_count(n_examples)
+    loaded = load_model_and_data(checkpoint, data, model, weights, accept_data_change)
     net = loaded.model.to(device)
     threat = threat.model_copy(update={"domain": loaded.data.domain})
     threat.weight_layers(net)  # fail early on --layers the model does not have
@@ -67,18 +70,22 @@ def load_workload(
 
 
 def load_model_and_data(
-    checkpoint: Path | None, data: str | None = None, model: str | None = None, weights: Path | None = None
+    checkpoint: Path | None,
+    data: str | None = None,
+    model: str | None = None,
+    weights: Path | None = None,
+    accept_data_change: bool = False,
 ) -> Loaded:
     """The model (eval mode) and data a command works on.
 
-    Either a nonsingular checkpoint (its data is the default), or the user's own model: `model` is
-    "package.module:factory" (or "path/to/file.py:factory") with optional safetensors `weights`, and `data`
-    (default digits) names the data it takes.
+    Either a nonsingular checkpoint (its data is the default, and must still be the data it was trained on
+    unless `accept_data_change`), or the user's own model: `model` is "package.module:factory" (or
+    "path/to/file.py:factory") with optional safetensors `weights`, and `data` (default digits) names its data.
     """
     if (checkpoint is None) == (model is None):
         raise UserError("give either --checkpoint, or --model (with --weights) for a model trained elsewhere")
     if model is not None:
-        from ..convnets import load_user_model
+        from ..user_models import load_user_model
 
         net, metadata, seed = load_user_model(model, weights), {"model": model}, 0
     else:
@@ -86,28 +93,64 @@ def load_model_and_data(
             raise UserError("--weights goes with --model; a checkpoint holds its own weights")
         ckpt = load_checkpoint(checkpoint)
         net, metadata = ckpt.model, ckpt.metadata
-        seed = int(metadata.get("data", {}).get("seed", 0))
-    source = data or metadata.get("data", {}).get("source", "digits")
+        with blame(f"{checkpoint}: metadata entry 'data'"):
+            seed = int(metadata.get("data", {}).get("seed", 0))
+    own = metadata.get("data", {}).get("source")
+    if own is not None and not isinstance(own, str):
+        raise UserError(f"{checkpoint}: metadata entry data.source must be a string, got {own!r}")
+    source = data or own or "digits"
     dataset = load_data(source, seed=seed)
-    check_input_shape(net, dataset.x_test[:1], source)
+    if own is not None and canonical_source(source) == canonical_source(own):
+        check_same_data(dataset, metadata["data"], checkpoint, accept_data_change)
+    check_model_fits(net, dataset, source, metadata.get("architecture"))
     return Loaded(net, dataset, metadata)
 
 
-def check_input_shape(model: nn.Module, x: Tensor, source: str) -> None:
-    """Fail with one line when the data does not fit the model (e.g. 28x28 data for an 8x8 model)."""
-    try:
-        with torch.no_grad():
-            model(x)
-    except RuntimeError as err:
-        first = str(err).strip().splitlines()[0]
+def check_same_data(dataset: Dataset, recorded: dict[str, Any], checkpoint: Path | None, accept: bool) -> None:
+    """The checkpoint's own data source must still hold the data it was trained on (its recorded fingerprint)."""
+    fingerprint = recorded.get("fingerprint")
+    if fingerprint is None or fingerprint == dataset.fingerprint or accept:
+        return
+    raise UserError(
+        f"the data at {dataset.name} is not the data {checkpoint} was trained on (fingerprint {dataset.fingerprint}, "
+        f"recorded {fingerprint}): its files changed; pass --accept-data-change to use it anyway"
+    )
+
+
+def check_model_fits(model: nn.Module, data: Dataset, source: str, architecture: Any = None) -> None:
+    """Fail with one line when the data does not fit the model: another input shape than the architecture
+    records, a forward pass that fails, logits that are not (N, K) with K >= the data's classes, or non-finite
+    logits on clean test examples."""
+    shape = list(data.input_shape)
+    if isinstance(architecture, dict) and "input_shape" in architecture and list(architecture["input_shape"]) != shape:
         raise UserError(
-            f"the model does not accept inputs of shape {tuple(x.shape[1:])} from data '{source}' ({first})"
+            f"the model takes inputs of shape {tuple(architecture['input_shape'])} but data '{source}' has "
+            f"{tuple(shape)}"
+        )
+    x = data.x_test[:2]
+    try:
+        with torch.no_grad(), blame("the model's forward pass"):
+            logits = model(x)
+    except ValueError as err:
+        raise UserError(
+            f"the model does not accept inputs of shape {tuple(shape)} from data '{source}' ({err})"
         ) from None
+    if not isinstance(logits, Tensor) or logits.dim() != 2 or logits.shape[0] != len(x):
+        got = f"shape {tuple(logits.shape)}" if isinstance(logits, Tensor) else f"a {type(logits).__name__}"
+        raise UserError(f"the model must return logits of shape (N, classes) for N inputs; it returned {got}")
+    if logits.shape[1] < data.num_classes:
+        raise UserError(f"the model gives {logits.shape[1]} outputs but data '{source}' has {data.num_classes} classes")
+    if not bool(torch.isfinite(logits).all()):
+        raise NonFiniteError("the model's logits on clean test examples are NaN or infinite")
+
+
+def select_count(n_examples: int | None) -> None:
+    if n_examples is not None and n_examples < 1:
+        raise UserError(f"--n-examples must be >= 1, got {n_examples}")
 
 
 def select_examples(data: Dataset, n_examples: int | None) -> tuple[Tensor, Tensor]:
     """The first n test examples (all when None)."""
-    if n_examples is not None and n_examples < 1:
-        raise UserError(f"--n-examples must be >= 1, got {n_examples}")
+    select_count(n_examples)
     n = len(data.y_test) if n_examples is None else min(n_examples, len(data.y_test))
     return data.x_test[:n], data.y_test[:n]

@@ -2,98 +2,121 @@
 
 from __future__ import annotations
 
-import time
 from typing import Annotated
 
-import torch
 import typer
 from rich.table import Table
 
 from ..attacks import PGD
-from ..bounds import margin_bounds
-from ..radius import Ray, attacked_radius, certified_radius
+from ..bounds import BoundMethod, margin_bounds
+from ..radius import QUANTILES, RadiusReport, RadiusSettings, Ray, measure_radii
 from ..threat import EpsMode, ThreatModel, WeightBall
 from .common import (
+    AcceptDataOpt,
     BallOpt,
     CheckpointOpt,
     DataOpt,
     DeviceOpt,
     ForceOpt,
     JsonOutOpt,
+    LayersOpt,
     ModelOpt,
     ModeOpt,
     WeightsOpt,
     check_writable,
     console,
+    layer_names,
     progress_bar,
     resolve_device,
+    validated,
     write_json,
 )
-from .loading import load_model_and_data, select_examples
+from .loading import load_workload
+
+_DEFAULTS = RadiusSettings()
 
 
 def radius(
     checkpoint: CheckpointOpt = None,
     model: ModelOpt = None,
     weights: WeightsOpt = None,
-    k_x: Annotated[float, typer.Option("--k-x", help="Ray direction for eps_x (data units per unit of s).")] = 1.0,
-    k_w: Annotated[float, typer.Option("--k-w", help="Ray direction for eps_w (weight units per unit of s).")] = 0.04,
-    s_max: Annotated[float, typer.Option("--s-max", help="Largest s searched; radii beyond it are censored.")] = 0.2,
-    iterations: Annotated[int, typer.Option(help="Bisection steps: resolution s_max / 2**iterations.")] = 8,
+    k_x: Annotated[
+        float, typer.Option("--k-x", help="eps_x per unit of s: eps_x = s k_x (data units, inputs in [0, 1]).")
+    ] = _DEFAULTS.k_x,
+    k_w: Annotated[
+        float,
+        typer.Option(
+            "--k-w",
+            help="eps_w per unit of s: eps_w = s k_w (absolute mode: weight units; relative mode: a fraction of "
+            "|W| (elementwise) or of ||W||_inf (operator)).",
+        ),
+    ] = _DEFAULTS.k_w,
+    k_b: Annotated[
+        float, typer.Option("--k-b", help="eps_b per unit of s: eps_b = s k_b (same mode as weights); 0: biases fixed.")
+    ] = _DEFAULTS.k_b,
+    s_max: Annotated[
+        float, typer.Option("--s-max", help="Largest s searched (> 0); radii beyond it are censored.")
+    ] = _DEFAULTS.s_max,
+    iterations: Annotated[
+        int, typer.Option(help="Bisection steps (1-30): resolution s_max / 2**iterations.")
+    ] = _DEFAULTS.iterations,
     weight_ball: BallOpt = WeightBall.ELEMENTWISE,
     weight_mode: ModeOpt = EpsMode.ABSOLUTE,
-    method: Annotated[str, typer.Option(help="Certificate for the lower bound: ibp or crown.")] = "crown",
-    steps: Annotated[int, typer.Option(help="Attack steps for the upper bound.")] = 20,
-    n_examples: Annotated[int, typer.Option("--n-examples", help="First N test examples.")] = 100,
+    layers: LayersOpt = None,
+    method: Annotated[BoundMethod, typer.Option(help="Certificate for the lower bound.")] = BoundMethod.CROWN,
+    steps: Annotated[int, typer.Option(help="Attack steps for the upper bound (>= 1).")] = 20,
+    restarts: Annotated[int, typer.Option(help="Attack restarts; each example keeps its worst.")] = 1,
+    batch_size: Annotated[int, typer.Option(help="Examples per attack batch.")] = 256,
+    seed: Annotated[int, typer.Option(help="Attack random-start seed.")] = 0,
+    n_examples: Annotated[int, typer.Option("--n-examples", help="First N test examples.")] = _DEFAULTS.n_examples,
     data: DataOpt = None,
+    accept_data_change: AcceptDataOpt = False,
     device: DeviceOpt = "auto",
     out: JsonOutOpt = None,
     force: ForceOpt = False,
 ) -> None:
-    """Bisect each example's robustness radius along (eps_x, eps_w) = s (k_x, k_w): the smallest s where the
-    attack finds a verified error (upper bound) and the largest s a certificate proves (lower bound).
+    """Bisect each example's robustness radius along (eps_x, eps_w, eps_b) = s (k_x, k_w, k_b): the smallest s
+    where the attack finds a verified error (upper bound) and the largest s a certificate proves (lower bound).
     """
     check_writable(out, force)
-    loaded = load_model_and_data(checkpoint, data, model, weights)
+    settings = validated(
+        RadiusSettings, k_x=k_x, k_w=k_w, k_b=k_b, s_max=s_max, n_examples=n_examples, iterations=iterations
+    )
+    attack = validated(PGD, steps=steps, restarts=restarts, batch_size=batch_size, seed=seed)
     run_device = resolve_device(device)
-    x, y = select_examples(loaded.data, n_examples)
-    x, y = x.to(run_device), y.to(run_device)
-    ray = Ray(k_x, k_w, ThreatModel(weight_ball=weight_ball, weight_mode=weight_mode, domain=loaded.data.domain))
-    s_hi = min(s_max, ray.s_max)
-    net = loaded.model.to(run_device)
-    t0 = time.perf_counter()
-    with progress_bar("radius", total=2) as update:
-        upper = attacked_radius(net, x, y, ray, PGD(steps=steps), s_hi, iterations)
-        update(1, 2, "certified radius")
-        lower = certified_radius(
-            x, y, ray, lambda a, b, t: margin_bounds(net, a.double(), b, t, method).certified, s_hi, iterations
+    base = validated(ThreatModel, weight_ball=weight_ball, weight_mode=weight_mode, layers=layer_names(layers))
+    work = load_workload(checkpoint, data, model, weights, base, n_examples, run_device, accept_data_change)
+    ray = Ray(settings.k_x, settings.k_w, work.threat, k_b=settings.k_b)
+
+    def certify(a, b, t):  # float64 bounds: their rounding is negligible
+        return margin_bounds(work.model, a.double(), b, t, method).certified
+
+    with progress_bar("attacked radius", total=2) as update:
+        report = measure_radii(
+            work.model, work.x, work.y, ray, attack, certify, method.value, settings.s_max, settings.iterations, update
         )
-        update(2, 2)
-    table = Table(title=f"radius along (eps_x, eps_w) = s ({k_x:g}, {k_w:g}), {len(y)} examples")
-    table.add_column("bound")
-    for q in ("min", "25%", "median", "75%", "max", "censored"):
-        table.add_column(q, justify="right")
-    for label, res in (("attacked (upper)", upper), ("certified (lower)", lower)):
-        qs = torch.quantile(res.radius, torch.tensor([0.0, 0.25, 0.5, 0.75, 1.0], dtype=torch.float64))
-        table.add_row(label, *(f"{v:.4g}" for v in qs.tolist()), str(int(res.censored.sum())))
-    console.print(table)
-    gap_ok = bool((lower.radius <= upper.radius + 1e-12).all())
-    console.print(f"certified <= attacked for every example: {gap_ok}; took {time.perf_counter() - t0:.1f} s")
+    console.print(
+        render_table(
+            report,
+            title=f"radius along (eps_x, eps_w, eps_b) = s ({k_x:g}, {k_w:g}, {k_b:g}), "
+            f"{len(work.y)} examples of {work.name}",
+        )
+    )
+    console.print(
+        f"certified <= attacked for every example: {report.consistent}; took {report.seconds:.1f} s", highlight=False
+    )
     if out is not None:
-        write_json(
-            out,
-            {
-                "checkpoint": None if checkpoint is None else str(checkpoint),
-                "model": model,
-                "k_x": k_x,
-                "k_w": k_w,
-                "s_max": s_hi,
-                "method": method,
-                "threat": ray.base.describe(),
-                "attacked": upper.radius.tolist(),
-                "certified": lower.radius.tolist(),
-                "attacked_censored": upper.censored.tolist(),
-                "certified_censored": lower.censored.tolist(),
-            },
-        )
+        write_json(out, {**report.to_json(), **work.source_fields()})
         console.print(f"wrote {out}")
+
+
+def render_table(report: RadiusReport, title: str) -> Table:
+    table = Table(title=title)
+    table.add_column("bound")
+    for q in (*QUANTILES, "censored"):
+        table.add_column(q, justify="right")
+    for label, which in (("attacked (upper)", "attacked"), ("certified (lower)", "certified")):
+        result = report.attacked if which == "attacked" else report.certified
+        qs = report.quantiles(which)
+        table.add_row(label, *(f"{v:.4g}" for v in qs.values()), str(int(result.censored.sum())))
+    return table

@@ -6,24 +6,38 @@ Launched with torchrun it trains data-parallel (DistributedDataParallel); rank 0
 from __future__ import annotations
 
 import time
+from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any
 
 import torch
 import typer
-from pydantic import ValidationError
 
 from .. import distributed as dist
-from ..checkpoint import read_metadata
+from ..checkpoint import check_output_path, read_metadata
+from ..errors import describe
 from ..threat import EpsMode, Scope, WeightBall
 from ..training import RunPaths, TrainConfig, Trainer, TrainEvent, load_config_file, resolve_config
 from ..training.config import LRSchedule, OptimizerName
-from .common import UserError, console, one_line, progress_bar, resolve_device
+from .common import UserError, console, progress_bar, resolve_device
+
+
+def _default(field: str) -> str:
+    """'[default: X]' read from TrainConfig, so that the help never disagrees with what is trained."""
+    value = TrainConfig.model_fields[field].get_default(call_default_factory=True)
+    if isinstance(value, Enum):
+        value = value.value
+    elif isinstance(value, bool):
+        value = "yes" if value else "no"
+    elif isinstance(value, list):
+        value = ",".join(str(v) for v in value)
+    return f"[default: {value}]"
+
 
 _OBJECTIVE_HELP = (
     "Training objective: standard, pgd-at (input AT), trades, awp (weight AT, shared per batch, relative), "
     "joint-at (inputs + weights), bound-reg (CE + lambda_x R_x + lambda_w R_w, Theorem 2), ibp-certified; "
-    "combine with '+', e.g. pgd-at+awp or joint-at+bound-reg. [default: standard]"
+    f"combine with '+', e.g. pgd-at+awp or joint-at+bound-reg. {_default('objective')}"
 )
 
 
@@ -46,8 +60,8 @@ def _resolve(config_file: Path | None, flags: dict[str, Any], resume_from: Path 
     file_values = load_config_file(config_file) if config_file is not None else None
     try:
         return resolve_config(saved, file_values, flags)
-    except ValidationError as err:
-        raise UserError(f"invalid training config: {one_line(err)}") from None
+    except ValueError as err:
+        raise UserError(f"invalid training config: {describe(err)}") from None
 
 
 def _check_outputs(paths: RunPaths, force: bool, resume: bool) -> None:
@@ -60,6 +74,7 @@ def _check_outputs(paths: RunPaths, force: bool, resume: bool) -> None:
     existing = [p for p in paths.files() if p.exists()]
     if existing and not force:
         raise UserError(f"{existing[0]} exists; pass --force to overwrite it (or --resume to continue the run)")
+    check_output_path(paths.checkpoint)  # before the data is loaded and the first epoch trained
 
 
 def train(
@@ -68,37 +83,53 @@ def train(
         Path | None, typer.Option("--config", help="TOML or YAML file of training keys; flags override it.")
     ] = None,
     objective: Annotated[str | None, typer.Option("--objective", help=_OBJECTIVE_HELP)] = None,
-    data: Annotated[str | None, typer.Option("--data", help="Data source, e.g. digits. [default: digits]")] = None,
+    data: Annotated[
+        str | None, typer.Option("--data", help=f"Data source, e.g. digits or npz:FILE. {_default('data')}")
+    ] = None,
     data_seed: Annotated[
-        int | None, typer.Option("--data-seed", help="Seed of the train/test and validation splits. [default: 0]")
+        int | None,
+        typer.Option("--data-seed", help=f"Seed of the train/test and validation splits. {_default('data_seed')}"),
     ] = None,
     val_fraction: Annotated[
         float | None,
-        typer.Option("--val-fraction", help="Training fraction held out for per-epoch metrics. [default: 0.1]"),
+        typer.Option(
+            "--val-fraction",
+            help=f"Training fraction held out for per-epoch metrics (0 <= f < 1). {_default('val_fraction')}",
+        ),
     ] = None,
     architecture: Annotated[
         str | None,
         typer.Option(
             "--architecture",
-            help="mlp (the paper's ReLU MLP), cnn (small CNN) or lenet (LeNet-5 style). [default: mlp]",
+            help=f"mlp (the paper's ReLU MLP), cnn (small CNN) or lenet (LeNet-5 style). {_default('architecture')}",
         ),
     ] = None,
     widths: Annotated[
-        str | None, typer.Option("--widths", help="MLP hidden widths, comma-separated. [default: 256,256]")
+        str | None, typer.Option("--widths", help=f"MLP hidden widths, comma-separated. {_default('widths')}")
     ] = None,
-    epochs: Annotated[int | None, typer.Option("--epochs", help="Training epochs. [default: 20]")] = None,
-    batch_size: Annotated[int | None, typer.Option("--batch-size", help="Examples per step. [default: 64]")] = None,
-    lr: Annotated[float | None, typer.Option("--lr", help="Learning rate. [default: 0.001]")] = None,
+    epochs: Annotated[int | None, typer.Option("--epochs", help=f"Training epochs. {_default('epochs')}")] = None,
+    batch_size: Annotated[
+        int | None, typer.Option("--batch-size", help=f"Examples per step. {_default('batch_size')}")
+    ] = None,
+    lr: Annotated[float | None, typer.Option("--lr", help=f"Learning rate. {_default('lr')}")] = None,
     optimizer: Annotated[
-        OptimizerName | None, typer.Option("--optimizer", help="adam or sgd (momentum 0.9). [default: adam]")
+        OptimizerName | None,
+        typer.Option(
+            "--optimizer",
+            help=f"adam or sgd (momentum {TrainConfig.model_fields['momentum'].default}). {_default('optimizer')}",
+        ),
     ] = None,
     lr_schedule: Annotated[
         LRSchedule | None,
-        typer.Option("--lr-schedule", help="constant, cosine, or step (x0.1 at 50% and 75%). [default: constant]"),
+        typer.Option(
+            "--lr-schedule", help=f"constant, cosine, or step (x0.1 at 50% and 75%). {_default('lr_schedule')}"
+        ),
     ] = None,
-    weight_decay: Annotated[float | None, typer.Option("--weight-decay", help="L2 weight decay. [default: 0]")] = None,
+    weight_decay: Annotated[
+        float | None, typer.Option("--weight-decay", help=f"L2 weight decay. {_default('weight_decay')}")
+    ] = None,
     eps_x: Annotated[
-        float | None, typer.Option("--eps-x", help="Training input radius, l_inf in data units. [default: 0.05]")
+        float | None, typer.Option("--eps-x", help=f"Training input radius, l_inf in data units. {_default('eps_x')}")
     ] = None,
     eps_w: Annotated[
         float | None,
@@ -112,16 +143,17 @@ def train(
         EpsMode | None, typer.Option("--weight-mode", help="absolute or relative. [default: absolute; awp: relative]")
     ] = None,
     weight_ball: Annotated[
-        WeightBall | None, typer.Option("--weight-ball", help="elementwise or operator. [default: elementwise]")
+        WeightBall | None, typer.Option("--weight-ball", help=f"elementwise or operator. {_default('weight_ball')}")
     ] = None,
     scope: Annotated[
         Scope | None,
         typer.Option(
-            "--scope", help="joint-at weights: per-example (Lemma 1) or shared per batch. [default: per-example]"
+            "--scope",
+            help=f"joint-at weights: per-example (Lemma 1) or shared per batch (joint-at only). {_default('scope')}",
         ),
     ] = None,
     attack_steps: Annotated[
-        int | None, typer.Option("--attack-steps", help="Inner maximisation steps. [default: 7]")
+        int | None, typer.Option("--attack-steps", help=f"Inner maximisation steps. {_default('attack_steps')}")
     ] = None,
     warmup_epochs: Annotated[
         int | None,
@@ -131,30 +163,43 @@ def train(
         ),
     ] = None,
     lambda_x: Annotated[
-        float | None, typer.Option("--lambda-x", help="bound-reg weight of R_x (input sensitivity). [default: 0.01]")
+        float | None,
+        typer.Option("--lambda-x", help=f"bound-reg weight of R_x (input sensitivity). {_default('lambda_x')}"),
     ] = None,
     lambda_w: Annotated[
-        float | None, typer.Option("--lambda-w", help="bound-reg weight of R_w (weight sensitivity). [default: 0.01]")
+        float | None,
+        typer.Option("--lambda-w", help=f"bound-reg weight of R_w (weight sensitivity). {_default('lambda_w')}"),
     ] = None,
     log_domain: Annotated[
         bool | None,
-        typer.Option("--log-domain/--no-log-domain", help="bound-reg penalises log R instead of R. [default: no]"),
+        typer.Option(
+            "--log-domain/--no-log-domain", help=f"bound-reg penalises log R instead of R. {_default('log_domain')}"
+        ),
     ] = None,
-    trades_beta: Annotated[float | None, typer.Option("--trades-beta", help="TRADES KL weight. [default: 6]")] = None,
-    seed: Annotated[int | None, typer.Option("--seed", help="Initialisation, shuffling, attacks. [default: 0]")] = None,
+    trades_beta: Annotated[
+        float | None, typer.Option("--trades-beta", help=f"TRADES KL weight. {_default('trades_beta')}")
+    ] = None,
+    seed: Annotated[
+        int | None, typer.Option("--seed", help=f"Initialisation, shuffling, attacks. {_default('seed')}")
+    ] = None,
     eval_steps: Annotated[
         int | None,
-        typer.Option("--eval-steps", help="PGD steps of the per-epoch robust accuracy (0: skip). [default: 10]"),
+        typer.Option(
+            "--eval-steps", help=f"PGD steps of the per-epoch robust accuracy (0: skip). {_default('eval_steps')}"
+        ),
     ] = None,
     tensorboard: Annotated[
-        bool | None, typer.Option("--tensorboard/--no-tensorboard", help="Also log to <out>.tb/ if installed.")
+        bool | None,
+        typer.Option(
+            "--tensorboard/--no-tensorboard", help=f"Also log to <out>.tb/ if installed. {_default('tensorboard')}"
+        ),
     ] = None,
     device: Annotated[
         str | None,
         typer.Option(
             "--device",
             help="auto (CUDA when present), cpu, cuda or cuda:N; under torchrun cuda is the GPU of LOCAL_RANK. "
-            "[default: cpu]",
+            f"{_default('device')}",
         ),
     ] = None,
     threads: Annotated[int, typer.Option("--threads", help="CPU threads for torch (0: torch's default).", min=0)] = 0,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -13,6 +14,9 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from ..attacks import Loss
+from ..bounds import BoundMethod
+from ..errors import InputError, describe
+from ..radius import RadiusSettings
 from ..threat import EpsMode, Scope, WeightBall
 
 __all__ = ["StudyConfig", "default_config_path", "load_study_config"]
@@ -41,9 +45,11 @@ class GridConfig(_Strict):
 
     @field_validator("eps_x", "eps_w")
     @classmethod
-    def _axis(cls, values: list[float]) -> list[float]:
-        if any(v < 0 or v != v for v in values):
-            raise ValueError(f"grid epsilons must be >= 0, got {values}")
+    def _axis(cls, values: list[float], info: Any) -> list[float]:
+        if any(not math.isfinite(v) or v < 0 for v in values):
+            raise ValueError(f"grid.{info.field_name} values must be finite and >= 0, got {values}")
+        if info.field_name == "eps_x" and any(v > 1 for v in values):
+            raise ValueError(f"grid.eps_x values must be <= 1 (the width of the data's [0, 1] domain), got {values}")
         return sorted({0.0, *map(float, values)})
 
 
@@ -55,18 +61,15 @@ class AttackConfig(_Strict):
 
 
 class CertifyConfig(_Strict):
-    methods: list[str] = ["ibp", "crown"]
+    methods: list[BoundMethod] = [BoundMethod.IBP, BoundMethod.CROWN]
 
 
-class RadiusConfig(_Strict):
-    """Ray (eps_x, eps_w) = s (k_x, k_w) for the per-example radii; n_examples first test examples."""
+class RadiusConfig(RadiusSettings):
+    """Ray (eps_x, eps_w, eps_b) = s (k_x, k_w, k_b) for the per-example radii (see radius.RadiusSettings);
+    `enabled = false` skips them."""
 
     enabled: bool = True
-    k_x: float = Field(1.0, ge=0)
-    k_w: float = Field(0.04, ge=0)
-    s_max: float = Field(0.2, gt=0)
-    n_examples: int = Field(100, ge=1)
-    iterations: int = Field(6, ge=1, le=20)
+    iterations: int = Field(6, ge=1, le=30)
 
 
 class Headline(_Strict):
@@ -88,7 +91,7 @@ class StudyConfig(_Strict):
     certify: CertifyConfig = CertifyConfig()
     radius: RadiusConfig = RadiusConfig()
     headline: Headline = Headline()
-    models: list[ModelEntry] = Field(default_factory=lambda: [ModelEntry(name="standard")])
+    models: list[ModelEntry] = Field(default_factory=lambda: [ModelEntry(name="standard")], min_length=1)
 
     @model_validator(mode="after")
     def _consistent(self) -> StudyConfig:
@@ -102,8 +105,9 @@ class StudyConfig(_Strict):
             )
         return self
 
-    def model_key(self, entry: ModelEntry) -> str:
-        """Content hash of everything that determines a trained model (the training cache key)."""
+    def model_key(self, entry: ModelEntry, data_fingerprint: str) -> str:
+        """Content hash of everything that determines a trained model (the training cache key): its settings and
+        the data itself (`Dataset.fingerprint`), so replacing a data file's contents retrains."""
         from .._version import __version__
 
         payload = {
@@ -111,6 +115,7 @@ class StudyConfig(_Strict):
             "architecture": self.architecture,
             "training": self.training,
             "data": self.data,
+            "data_fingerprint": data_fingerprint,
             "seed": self.seed,
             "version": __version__,
         }
@@ -139,5 +144,8 @@ def load_study_config(path: Path | None) -> StudyConfig:
             f"{path} is not valid {'YAML' if path.suffix in ('.yaml', '.yml') else 'TOML'}: {err}"
         ) from None
     if not isinstance(raw, dict):
-        raise ValueError(f"{path} must hold a table of settings")
-    return StudyConfig(**raw)
+        raise InputError(f"{path} must hold a table of settings")
+    try:
+        return StudyConfig(**raw)
+    except ValueError as err:
+        raise InputError(f"{path}: {describe(err)}") from None

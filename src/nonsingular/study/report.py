@@ -160,14 +160,24 @@ def _markdown(results: dict[str, Any], figures: list[str], summary: list[str]) -
         )
     lines += ["", "## Figures", ""]
     lines += [f"![{f}]({f})" for f in figures]
-    lines += ["", "## Timings", ""]
-    for name, model in results["models"].items():
-        lines.append(
-            f"- {name}: trained in {model['train_seconds']:.1f} s{' (cached)' if model.get('cached') else ''}, "
-            f"evaluated in {model['eval_seconds']:.1f} s"
-        )
+    lines += ["", "## Models", ""]
+    lines += [f"- {line}" for line in _model_lines(results)]
     lines += ["", f"Versions: {', '.join(f'{k} {v}' for k, v in results['versions'].items())}.", ""]
     return "\n".join(lines)
+
+
+def _model_lines(results: dict[str, Any]) -> list[str]:
+    """Per model: where it came from (trained now, or reused from the cache and which file) and the timings."""
+    lines = []
+    for name, model in results["models"].items():
+        origin = (
+            f"reused from the cache ({model.get('cache_file') or 'cached model'}; trained in "
+            f"{model['train_seconds']:.1f} s when it was made)"
+            if model.get("cached")
+            else f"trained in this run in {model['train_seconds']:.1f} s"
+        )
+        lines.append(f"{name}: {origin}; evaluated in {model['eval_seconds']:.1f} s")
+    return lines
 
 
 def _html(results: dict[str, Any], folder: Path, figures: list[str], summary: list[str]) -> str:
@@ -203,6 +213,7 @@ certified accuracies are lower bounds.</p>
 <h2>Headline (eps_x = {hx:g}, eps_w = {hw:g})</h2>
 <table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>
 <h2>Figures</h2>{images}
+<h2>Models</h2><ul>{"".join(f"<li>{html.escape(line)}</li>" for line in _model_lines(results))}</ul>
 <p>Versions: {html.escape(", ".join(f"{k} {v}" for k, v in results["versions"].items()))}</p>
 </body></html>
 """

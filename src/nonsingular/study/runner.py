@@ -22,14 +22,17 @@ from .. import distributed as dist
 from .._version import __version__
 from ..attacks import PGD
 from ..certify import certified_mask
-from ..checkpoint import atomic_write, load_checkpoint, save_checkpoint
+from ..checkpoint import atomic_write, check_output_path, load_checkpoint, save_checkpoint
 from ..data import Dataset, load_data
+from ..errors import InputError, describe
 from ..evaluate import attack_cell
+from ..models import build_model
 from ..radius import Ray, attacked_radius, certified_radius
 from ..threat import Scope, ThreatModel
+from ..training.trainer import architecture_spec
 from .config import ModelEntry, StudyConfig
 from .report import write_report
-from .training import train_for_study
+from .training import train_config, train_for_study
 
 __all__ = ["StudyState", "run_study"]
 
@@ -46,7 +49,14 @@ class StudyState:
         self.path = path
         self.values: dict[str, Any] = {}
         if path.exists():
-            saved = json.loads(path.read_text())
+            try:
+                saved = json.loads(path.read_text())
+            except (OSError, ValueError) as err:
+                raise InputError(
+                    f"{path} is unreadable ({describe(err)}); rerun with --fresh to start afresh"
+                ) from None
+            if not isinstance(saved, dict):
+                raise InputError(f"{path} does not hold a study state; rerun with --fresh to start afresh")
             if saved.get("fingerprint") == fingerprint:
                 self.values = saved.get("values", {})
             else:
@@ -72,14 +82,34 @@ def _train_or_load(
     device: torch.device,
 ) -> tuple[nn.Module, dict[str, Any], bool]:
     """The entry's trained model from the cache, or trained now and cached; (model, metadata, was_cached)."""
-    path = cache_dir / f"{entry.name.replace('/', '_')}-{config.model_key(entry)}.safetensors"
+    path = cache_dir / f"{entry.name.replace('/', '_')}-{config.model_key(entry, data.fingerprint)}.safetensors"
     if path.exists():
         ckpt = load_checkpoint(path)
-        return ckpt.model.to(device), ckpt.metadata, True
+        if ckpt.metadata.get("data", {}).get("fingerprint") not in (None, data.fingerprint):
+            raise InputError(f"{path} was trained on other data than its cache key says; delete it to retrain")
+        log.info("model %s: reusing %s", entry.name, path)
+        return ckpt.model.to(device), {**ckpt.metadata, "cache_file": str(path)}, True
     model, metadata = train_for_study(config, entry, data, progress, str(device))
     if dist.rank() == 0:
         save_checkpoint(path, model, metadata)
     return model.eval(), metadata, False
+
+
+def check_study(config: StudyConfig, data: Dataset, out_dir: Path, cache_dir: Path) -> None:
+    """Everything a study depends on, checked before any work: each model's training settings and architecture
+    on this data, and that the output and cache folders take files.
+
+    Raises:
+        InputError: naming the model, setting or folder.
+    """
+    for entry in config.models:
+        cfg = train_config(config, entry)
+        try:
+            build_model(architecture_spec(cfg, data))
+        except ValueError as err:
+            raise InputError(f"model '{entry.name}': architecture: {describe(err)}") from None
+    for folder in (out_dir, cache_dir):
+        check_output_path(folder / "state.json")
 
 
 def _mask_text(mask: Tensor) -> str:
@@ -101,8 +131,8 @@ def run_study(
     """Run (or resume) the study on `device` (default cpu); returns the path of report.html and the results."""
     device = torch.device("cpu") if device is None else device
     started = time.perf_counter()
-    out_dir.mkdir(parents=True, exist_ok=True)
     data = load_data(config.data, seed=config.seed)
+    check_study(config, data, out_dir, cache_dir)
     n = len(data.y_test) if config.n_examples is None else min(config.n_examples, len(data.y_test))
     x, y = data.x_test[:n].to(device), data.y_test[:n].to(device)
     attack = PGD(
@@ -140,6 +170,7 @@ def run_study(
             "clean_accuracy": float(clean_correct.float().mean()),
             "train_seconds": float(train_seconds),
             "cached": cached,
+            "cache_file": metadata.get("cache_file"),
             "eval_seconds": time.perf_counter() - t_eval,
             "training": metadata.get("training", {}),
             "cells": cells,
@@ -169,7 +200,8 @@ class _ModelRun:
 
     def __init__(self, name, model, x, y, config: StudyConfig, data: Dataset, state: StudyState, progress) -> None:
         self.name, self.model, self.x, self.y = name, model, x, y
-        self.grid, self.methods, self.domain = config.grid, config.certify.methods, data.domain
+        self.grid, self.domain = config.grid, data.domain
+        self.methods = [m.value for m in config.certify.methods]
         self.state, self.progress = state, progress
 
     def threat(self, eps_x: float, eps_w: float, scope: Scope = Scope.PER_EXAMPLE) -> ThreatModel:
@@ -245,7 +277,7 @@ def _silent(done: int, total: int) -> None:
 def _radii(model, x, y, config: StudyConfig, data: Dataset, attack: PGD, progress, name: str) -> dict[str, Any]:
     rc, grid = config.radius, config.grid
     base = ThreatModel(weight_ball=grid.weight_ball, weight_mode=grid.weight_mode, domain=data.domain)
-    ray = Ray(rc.k_x, rc.k_w, base)
+    ray = Ray(rc.k_x, rc.k_w, base, k_b=rc.k_b)
     s_hi = min(rc.s_max, ray.s_max)
     xs, ys = x[: rc.n_examples], y[: rc.n_examples]
     if progress is not None:
@@ -253,13 +285,14 @@ def _radii(model, x, y, config: StudyConfig, data: Dataset, attack: PGD, progres
     upper = attacked_radius(model, xs, ys, ray, attack, s_hi, rc.iterations)
     if progress is not None:
         progress(f"{name}: radius", 1, 2)
-    method = config.certify.methods[-1] if config.certify.methods else "ibp"
+    method = config.certify.methods[-1].value if config.certify.methods else "ibp"
     lower = certified_radius(xs, ys, ray, lambda a, b, t: certified_mask(model, a, b, t, method), s_hi, rc.iterations)
     if progress is not None:
         progress(f"{name}: radius", 2, 2)
     return {
         "k_x": rc.k_x,
         "k_w": rc.k_w,
+        "k_b": rc.k_b,
         "s_max": s_hi,
         "certify_method": method,
         "attack": upper.radius.tolist(),

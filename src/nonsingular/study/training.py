@@ -9,6 +9,7 @@ from typing import Any
 from torch import nn
 
 from ..data import Dataset
+from ..errors import InputError, describe
 from ..training import TrainConfig, Trainer, TrainEvent
 from .config import ModelEntry, StudyConfig
 
@@ -39,7 +40,7 @@ def train_config(config: StudyConfig, entry: ModelEntry) -> TrainConfig:
     try:
         return TrainConfig(**fields)
     except ValueError as err:
-        raise ValueError(f"model '{entry.name}': {err}") from None
+        raise InputError(f"model '{entry.name}': {describe(err)}") from None
 
 
 def train_for_study(

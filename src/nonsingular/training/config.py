@@ -63,7 +63,7 @@ class TrainConfig(BaseModel):
         eval_eps_x, eval_eps_w, eval_steps: the per-example joint threat (absolute, element-wise) and PGD steps
             of the per-epoch robust accuracy on the held-out split; eval_steps 0 skips it.
         tensorboard: also log to TensorBoard (`<out>.tb/`) when it is installed.
-        device: "cpu", "cuda", "cuda:N" or "auto".
+        device: "auto" (CUDA when present), "cpu", "cuda" or "cuda:N".
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -105,7 +105,7 @@ class TrainConfig(BaseModel):
     eval_steps: int = Field(10, ge=0)
 
     tensorboard: bool = False
-    device: str = "cpu"
+    device: str = "auto"
 
     @field_validator("eps_x", "eps_w", "trades_beta", "lambda_x", "lambda_w", "eval_eps_x", "eval_eps_w")
     @classmethod
@@ -132,6 +132,11 @@ class TrainConfig(BaseModel):
     def _consistent(self) -> TrainConfig:
         if self.eps_x > 1 or self.eval_eps_x > 1:
             raise ValueError(f"eps_x and eval_eps_x must be <= 1 (the width of [0, 1]), got {self.eps_x}")
+        if self.scope is Scope.SHARED and "joint-at" not in self.objective.split("+"):
+            raise ValueError(
+                f"scope='shared' applies to joint-at only (awp is always shared per batch); {self.objective} "
+                "would ignore it"
+            )
         if self.warmup_epochs is not None and self.warmup_epochs > self.epochs:
             raise ValueError(f"warmup_epochs ({self.warmup_epochs}) exceeds epochs ({self.epochs})")
         return self

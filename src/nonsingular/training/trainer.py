@@ -31,7 +31,7 @@ from torch import Tensor, nn
 from .. import distributed as dist
 from ..attacks import PGD
 from ..checkpoint import CheckpointError, atomic_write, load_checkpoint, save_checkpoint
-from ..data import Dataset, load_data
+from ..data import Dataset, canonical_source, load_data
 from ..models import build_model
 from ..threat import ThreatModel
 from . import parallel
@@ -159,6 +159,9 @@ class Trainer:
         data: Dataset | None = None,
         callback: TrainCallback | None = None,
     ) -> None:
+        # The data path as an absolute one: the checkpoint (and a resumed run) then names the same files from any
+        # working folder.
+        config = config.model_copy(update={"data": canonical_source(config.data)})
         self.config = config
         self.paths = paths
         self.callback = callback
@@ -205,10 +208,20 @@ class Trainer:
         training = meta.get("training")
         if not isinstance(training, dict) or "epochs_done" not in training:
             raise CheckpointError(f"{path} holds no training state (not written by nonsingular train); cannot resume")
-        data = {k: meta.get("data", {}).get(k) for k in ("source", "seed", "n_train", "n_val")}
+        keys = ["source", "seed", "n_train", "n_val"] + (
+            ["fingerprint"] if "fingerprint" in meta.get("data", {}) else []
+        )
+        data = {k: meta.get("data", {}).get(k) for k in keys}
+        data["source"] = canonical_source(str(data["source"])) if data["source"] is not None else None
         wanted = {k: self._data_description()[k] for k in data}
         if data != wanted:
             raise CheckpointError(f"cannot resume {path}: other data ({_describe_difference(data, wanted)})")
+        saved_optimizer = training.get("hyperparameters", {}).get("optimizer", self.config.optimizer.value)
+        if saved_optimizer != self.config.optimizer.value:
+            raise CheckpointError(
+                f"cannot resume {path}: it was trained with optimizer {saved_optimizer}, and "
+                f"{self.config.optimizer.value} cannot continue its state; keep it, or start afresh with --force"
+            )
         if meta.get("architecture") != self.spec:
             diff = _describe_difference(meta.get("architecture", {}), self.spec)
             raise CheckpointError(f"cannot resume {path}: another architecture ({diff})")
@@ -217,7 +230,10 @@ class Trainer:
                 f"cannot resume {path}: it has {training['epochs_done']} epochs, more than epochs={self.config.epochs}"
             )
         self.model.load_state_dict(ckpt.model.state_dict())
-        optimizer_from_tensors(self.optimizer, ckpt.tensors, training.get("optimizer_state", {}))
+        try:
+            optimizer_from_tensors(self.optimizer, ckpt.tensors, training.get("optimizer_state", {}))
+        except (KeyError, ValueError, RuntimeError, TypeError) as err:
+            raise CheckpointError(f"cannot resume {path}: its optimizer state does not fit ({err!r})") from None
         self.metrics = list(meta.get("metrics", []))
         self.epochs_done = int(training["epochs_done"])
         self.seconds = float(training.get("seconds", 0.0))
@@ -235,12 +251,16 @@ class Trainer:
         lead = dist.rank() == 0
         logs = None
         if self.paths is not None and lead:
+            # The checkpoint is the run's state and goes first: a new run replaces the old one's checkpoint before
+            # anything else (an epoch-0 checkpoint), so that the checkpoint, the config and the logs written next
+            # always describe one run, and a run killed in its first epoch can be resumed (from the start).
+            if self.epochs_done == 0:
+                self._save(self.paths.checkpoint)
             text = yaml.safe_dump(self.config.model_dump(mode="json"), sort_keys=False)
             atomic_write(self.paths.config, lambda tmp: Path(tmp).write_text(text))
             logs = MetricsLog(self.paths, tensorboard=self.config.tensorboard)
             logs.resume_from(self.epochs_done)
-            if self.metrics:
-                logs.write(self.metrics)
+            logs.write(self.metrics)
         # Built here, not in __init__, so that `resume` has loaded the weights DDP broadcasts from rank 0.
         train_model = parallel.wrap(self.model, self.device)
         try:
