@@ -214,37 +214,11 @@ def train(
     Writes OUT (weights + metadata + resumable state, atomically after every epoch), OUT's .config.yaml (the
     resolved config) and .metrics.jsonl/.metrics.csv (clean and joint robust accuracy on a held-out split).
     """
+    # Every option named after a TrainConfig field is a config flag (None: not given on the command line).
+    flags = {name: value for name, value in locals().items() if name in TrainConfig.model_fields}
+    flags["widths"] = _widths(widths)
     paths = RunPaths(out)
     _check_outputs(paths, force, resume)
-    flags = {
-        "objective": objective,
-        "data": data,
-        "data_seed": data_seed,
-        "val_fraction": val_fraction,
-        "architecture": architecture,
-        "widths": _widths(widths),
-        "epochs": epochs,
-        "batch_size": batch_size,
-        "lr": lr,
-        "optimizer": optimizer,
-        "lr_schedule": lr_schedule,
-        "weight_decay": weight_decay,
-        "eps_x": eps_x,
-        "eps_w": eps_w,
-        "weight_mode": weight_mode,
-        "weight_ball": weight_ball,
-        "scope": scope,
-        "attack_steps": attack_steps,
-        "warmup_epochs": warmup_epochs,
-        "lambda_x": lambda_x,
-        "lambda_w": lambda_w,
-        "log_domain": log_domain,
-        "trades_beta": trades_beta,
-        "seed": seed,
-        "eval_steps": eval_steps,
-        "tensorboard": tensorboard,
-        "device": device,
-    }
     cfg = _resolve(config, flags, paths.checkpoint if resume else None)
     if threads:
         torch.set_num_threads(threads)

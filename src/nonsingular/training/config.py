@@ -179,7 +179,7 @@ def resolve_config(*layers: dict[str, Any] | None) -> TrainConfig:
 
     Raises:
         ValueError: an unknown key (named in the message).
-        pydantic.ValidationError: an invalid value; `cli.common.one_line` names the field.
+        pydantic.ValidationError: an invalid value; `errors.describe` names the field.
     """
     merged: dict[str, Any] = {}
     known = set(TrainConfig.model_fields)
