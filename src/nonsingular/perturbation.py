@@ -128,16 +128,23 @@ def project_rows_l1(delta: Tensor, radius: Tensor) -> Tensor:
     return torch.where(inside, delta, projected)
 
 
-def settle_in_ball(weight: Tensor, perturbed: Tensor, radius: Tensor, ball: WeightBall) -> Tensor:
-    """Make W' = perturbed lie in the ball around W *as the dtype computes W' - W* (THEORY.md section 8).
+def settle_operator_rounding(weight: Tensor, perturbed: Tensor, radius: Tensor) -> Tensor:
+    """Operator ball: bring rows of W' = perturbed back inside the ball where only rounding put them out.
 
-    Rounding W + D can push |W' - W| past the radius by an ulp; clamp (element-wise) or shrink (operator).
+    THEORY.md section 8: the row sums sum_j |W'_ij - W_ij| that the verifier computes in the dtype can exceed
+    e by the rounding of W + D (up to an ulp of each |W'_ij|) and of the l1 projection (an ulp of e per column),
+    even when the attack's D lies in the ball. Such rows are shrunk towards W. A row further out than that
+    rounding slack is returned as it is: a perturbation that really leaves the ball must reach the verifier.
+
+    Args:
+        weight: W, (rows, ...) with rows = output features / channels.
+        perturbed: W', W.shape or (n, *W.shape).
+        radius: e, 0-dim tensor in W's dtype.
     """
-    if ball is WeightBall.ELEMENTWISE:
-        return torch.minimum(torch.maximum(perturbed, weight - radius), weight + radius)
     rows = weight.shape[0]
     lead = perturbed.dim() - weight.dim()
     tiny = torch.finfo(weight.dtype).eps
+    cols = weight[0].numel()
 
     def row_view(t: Tensor) -> Tensor:
         return t.reshape(*t.shape[:lead], rows, -1)
@@ -145,20 +152,26 @@ def settle_in_ball(weight: Tensor, perturbed: Tensor, radius: Tensor, ball: Weig
     def expand(v: Tensor) -> Tensor:
         return v.reshape(*v.shape, *([1] * (weight.dim() - 1)))
 
+    sums = row_view(perturbed - weight).abs().sum(dim=-1)
+    rounding = 4 * tiny * (row_view(perturbed).abs().sum(dim=-1) + cols * radius)
+    settle = (sums > radius) & (sums <= radius + rounding)
+    if not bool(settle.any()):
+        return perturbed
+    settled = perturbed
     for _ in range(4):
-        diff = perturbed - weight
+        diff = settled - weight
         sums = row_view(diff).abs().sum(dim=-1)
-        over = sums > radius
+        over = settle & (sums > radius)
         if not bool(over.any()):
-            return perturbed
+            return settled
         # Aim below the radius by a bound on the rounding of W + D (an ulp of each |W'| element), so the
         # difference the dtype computes afterwards lands inside even when |W| >> radius.
-        slack = 2 * tiny * row_view(perturbed).abs().sum(dim=-1)
+        slack = 2 * tiny * row_view(settled).abs().sum(dim=-1)
         scale = torch.where(over, (radius - slack).clamp_min(0) / sums, torch.ones_like(sums))
-        perturbed = weight + diff * expand(scale)
+        settled = weight + diff * expand(scale)
     # Still outside after the rounds above (pathological magnitudes): those rows stay unperturbed.
-    over = row_view(perturbed - weight).abs().sum(dim=-1) > radius
-    return torch.where(expand(over), weight.expand_as(perturbed), perturbed)
+    over = settle & (row_view(settled - weight).abs().sum(dim=-1) > radius)
+    return torch.where(expand(over), weight.expand_as(settled), settled)
 
 
 class WeightBlock:
@@ -277,6 +290,8 @@ class WeightBlock:
         Per-example paths give (n, *W.shape); the shared path gives W.shape. Lemma 1 uses the input h' the
         layer saw in the last forward pass: D = diag(t) rho sign(h')^T (operator ball: all of row i's budget on
         argmax |h'_j|), sign(0) = +1. `rows` selects examples (per-example paths) so that only they are built.
+        W' is W + D as the attack holds D, never clamped into the ball (operator rows only lose the excess that
+        rounding alone causes, see `settle_operator_rounding`), so `verify` sees any perturbation that left it.
         """
         W = self.weight
         if self.path is LayerPath.LEMMA1:
@@ -296,11 +311,15 @@ class WeightBlock:
             picked = slice(None) if self.path is LayerPath.SHARED else rows
             delta = self.delta[picked]
             delta_b = self.delta_b[picked] if self.bias_rho is not None else None
-        radius = self.rho if self.rho is not None else self.e
-        out = {f"{self.name}.weight": settle_in_ball(W, W + delta, radius, self.ball)}
+        # No clamping into the ball: the verifier must see what the attack applied. Element-wise boxes need
+        # none (|D| <= rho implies W + D lies in [W - rho, W + rho] as the dtype rounds, rounding being
+        # monotone); operator rows are settled only where rounding alone took them out.
+        perturbed = W + delta
+        if self.e is not None:
+            perturbed = settle_operator_rounding(W, perturbed, self.e)
+        out = {f"{self.name}.weight": perturbed}
         if delta_b is not None:
-            b = self.module.bias.detach()
-            out[f"{self.name}.bias"] = torch.minimum(torch.maximum(b + delta_b, b - self.bias_rho), b + self.bias_rho)
+            out[f"{self.name}.bias"] = self.module.bias.detach() + delta_b
         return out
 
 
