@@ -158,10 +158,11 @@ def verify(model: nn.Module, x: Tensor, y: Tensor, result: AttackResult, chunk_s
                 if shared or not perturbed:
                     logits_parts.append(functional_call(model, ({**params, **perturbed}, buffers), (xs,)))
                 else:
-                    fixed = {k: v for k, v in params.items() if k not in perturbed}
+                    fixed: dict[str, Tensor] = {k: v for k, v in params.items() if k not in perturbed}
 
                     def one(p: dict[str, Tensor], xi: Tensor, fixed: dict[str, Tensor] = fixed) -> Tensor:
-                        return functional_call(model, ({**fixed, **p}, buffers), (xi[None],))[0]
+                        out: Tensor = functional_call(model, ({**fixed, **p}, buffers), (xi[None],))
+                        return out[0]
 
                     logits_parts.append(vmap(one)(perturbed, xs))
     finally:

@@ -64,9 +64,12 @@ __all__ = [
 def trained_threat(objective: Objective) -> dict[str, Any] | None:
     """The threat the objective trains against (the adversary's, else the bound's); None for standard."""
     description = objective.describe()
+    threat: dict[str, Any] | None
     if "base" in description and "threat" in description["base"]:
-        return description["base"]["threat"]
-    return description.get("threat")
+        threat = description["base"]["threat"]
+    else:
+        threat = description.get("threat")
+    return threat
 
 
 def scaled_threat(threat: ThreatModel, scale: float) -> ThreatModel:
