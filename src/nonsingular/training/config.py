@@ -17,7 +17,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from ..threat import EpsMode, Scope, WeightBall
-from .registry import canonical_name, config_default, parse_objective
+from .registry import canonical_name, config_default, objective_names, objective_spec, parse_objective
 
 __all__ = ["LRSchedule", "OptimizerName", "TrainConfig", "load_config_file", "resolve_config"]
 
@@ -132,9 +132,10 @@ class TrainConfig(BaseModel):
     def _consistent(self) -> TrainConfig:
         if self.eps_x > 1 or self.eval_eps_x > 1:
             raise ValueError(f"eps_x and eval_eps_x must be <= 1 (the width of [0, 1]), got {self.eps_x}")
-        if self.scope is Scope.SHARED and "joint-at" not in self.objective.split("+"):
+        if self.scope is Scope.SHARED and not any(p.honours_scope for p in parse_objective(self.objective)):
+            scoped = ", ".join(n for n in objective_names() if objective_spec(n).honours_scope)
             raise ValueError(
-                f"scope='shared' applies to joint-at only (awp is always shared per batch); {self.objective} "
+                f"scope='shared' applies to {scoped} only (awp is always shared per batch); {self.objective} "
                 "would ignore it"
             )
         if self.warmup_epochs is not None and self.warmup_epochs > self.epochs:

@@ -369,6 +369,7 @@ register_objective(
         role=Role.BASE,
         build=lambda threat, attack_steps: Adversarial(threat, attack_steps),
         options=("attack_steps",),
+        honours_scope=True,
         summary="CE at the worst (input, weights), per example via Lemma 1 or shared",
     )
 )

@@ -101,6 +101,8 @@ class ObjectiveSpec:
             callable value is called with the config. Later parts of a name override earlier ones.
         adjust_threat: modifier only: the training threat given (threat, base spec), e.g. awp's shared scope.
         modifies: modifier only: names of the bases it can modify; None: every base.
+        honours_scope: the objective trains under the config's `scope` (per-example or shared); a config
+            asking for the shared scope must name at least one such part (the others would ignore it).
         summary: one line for help texts: the loss and what it perturbs.
     """
 
@@ -111,6 +113,7 @@ class ObjectiveSpec:
     defaults: Mapping[str, Any] = field(default_factory=dict)
     adjust_threat: Callable[[ThreatModel, ObjectiveSpec], ThreatModel] | None = None
     modifies: tuple[str, ...] | None = None
+    honours_scope: bool = False
     summary: str = ""
 
     def __post_init__(self) -> None:
