@@ -166,6 +166,8 @@ def test_a_registered_objective_trains(digits) -> None:
         assert "toy-smooth" in objective_names()
         with pytest.raises(ValueError, match="already registered"):
             register_objective(spec)
+        with pytest.raises(ValueError, match="cannot be called as build"):
+            ObjectiveSpec(name="toy-2", role=Role.BASE, build=lambda threat: LabelSmoothing(0.1), options=("lr",))
         result = Trainer(tiny_config(objective="toy-smooth", epochs=1), data=digits).fit()
         training = result.metadata["training"]
         assert training["objective"] == "toy-smooth"

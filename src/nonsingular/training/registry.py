@@ -14,6 +14,7 @@ Registering an objective (the built-ins are registered in `objectives`):
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
@@ -122,6 +123,13 @@ class ObjectiveSpec:
         object.__setattr__(self, "role", Role(self.role))
         if self.role is Role.BASE and (self.adjust_threat is not None or self.modifies is not None):
             raise ValueError(f"objective {self.name!r}: adjust_threat and modifies belong to modifiers")
+        # A builder that cannot take what build_objective passes would fail only when someone trains with it.
+        positional = ("threat",) if self.role is Role.BASE else ("inner", "threat")
+        try:
+            inspect.signature(self.build).bind(*positional, **dict.fromkeys(self.options))
+        except TypeError as err:
+            call = ", ".join([*positional, *(f"{o}=..." for o in self.options)])
+            raise ValueError(f"objective {self.name!r}: build cannot be called as build({call}): {err}") from None
 
 
 _REGISTRY: dict[str, ObjectiveSpec] = {}
