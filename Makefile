@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: install demo test lint bench clean
+.PHONY: install demo test lint typecheck bench clean
 
 $(BIN)/nonsingular: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -25,8 +25,12 @@ test: install
 	@OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q; status=$$?; \
 	if [ $$status -eq 5 ]; then echo "pytest collected no tests: failing" >&2; exit 1; fi; exit $$status
 
-lint: install
+lint: install typecheck
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .
+
+# mypy --strict on the modules listed under [tool.mypy] in pyproject.toml.
+typecheck: install
+	$(BIN)/mypy
 
 clean:
 	rm -rf $(VENV) runs

@@ -11,7 +11,7 @@ import time
 from typing import Any
 
 from nonsingular.data import load_digits
-from nonsingular.training import ObjectiveName, TrainConfig, Trainer, TrainEvent
+from nonsingular.training import TrainConfig, Trainer, TrainEvent, objective_names
 
 from .timing import bench_device
 
@@ -21,16 +21,16 @@ EPOCHS = 4
 def epoch_times() -> dict[str, Any]:
     data = load_digits()
     out: dict[str, Any] = {}
-    for name in ObjectiveName:
+    for name in objective_names():
         stamps: list[float] = []
 
         def on_event(event: TrainEvent, stamps: list[float] = stamps) -> None:
             if event.kind == "epoch":
                 stamps.append(time.perf_counter())
 
-        config = TrainConfig(objective=name.value, epochs=EPOCHS, eval_steps=0, device=str(bench_device()))
+        config = TrainConfig(objective=name, epochs=EPOCHS, eval_steps=0, device=str(bench_device()))
         start = time.perf_counter()
         Trainer(config, paths=None, data=data, callback=on_event).fit()
         durations = [b - a for a, b in zip([start, *stamps[:-1]], stamps, strict=True)]
-        out[name.value] = statistics.median(durations[1:])
+        out[name] = statistics.median(durations[1:])
     return out

@@ -4,8 +4,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.func import functional_call, vmap
+from torch.func import functional_call
 
+from attack_reference import explicit_joint_pgd
 from nonsingular import FGSM, PGD, ThreatModel, TorchattacksAdapter, verify
 from nonsingular.models import Normalize
 
@@ -48,8 +49,15 @@ def test_attack_contract(small_mlp, batch, name, scope):
 
     check = verify(small_mlp, x, y, result)
     assert check.passed, check.problems
-    clean_correct = small_mlp(x).argmax(1) == y
-    assert (clean_correct & check.correct).float().mean() <= clean_correct.float().mean()
+    # The attack ascends the loss: every example it leaves correct ends (after its best restart) at a loss no
+    # lower than the clean one; a shared perturbation raises the batch's mean loss (single examples may drop).
+    with torch.no_grad():
+        clean_loss = F.cross_entropy(small_mlp(x), y, reduction="none")
+    attacked_loss = F.cross_entropy(check.logits, y, reduction="none")
+    if scope == "per-example":
+        assert bool((attacked_loss >= clean_loss)[check.correct].all()), "an attacked point has a lower loss"
+    else:
+        assert float(attacked_loss.mean()) > float(clean_loss.mean())
     assert check.max_logit_gap < 1e-4
     ours = result.logits.argmax(1)
     disagree = ours != check.logits.argmax(1)
@@ -84,40 +92,10 @@ def test_lemma1_materialised_weights_reproduce_logits(small_mlp, batch):
             assert torch.allclose(logits, result.logits[i], atol=1e-4, rtol=0)
 
 
-def _explicit_joint_pgd(model, x, y, eps_x, eps_w, steps):
-    """PGD over explicit per-example weight tensors, written as a researcher would (reference only)."""
-    params = {k: v.detach() for k, v in model.named_parameters()}
-    names = [k for k in params if k.endswith("weight")]
-    delta = {k: torch.zeros(len(x), *params[k].shape) for k in names}
-    lb, ub = (x - eps_x).clamp(0, 1), (x + eps_x).clamp(0, 1)
-    x_adv = x.clone()
-    fooled = torch.zeros(len(x), dtype=torch.bool)
-
-    def one(p, xi):
-        return functional_call(model, {**params, **p}, (xi[None],))[0]
-
-    for step in range(steps + 1):
-        x_adv.requires_grad_(True)
-        for d in delta.values():
-            d.requires_grad_(True)
-        logits = vmap(one)({k: params[k] + delta[k] for k in names}, x_adv)
-        fooled |= logits.argmax(1) != y
-        if step == steps:
-            break
-        grads = torch.autograd.grad(F.cross_entropy(logits, y, reduction="sum"), [x_adv, *delta.values()])
-        with torch.no_grad():
-            x_adv = torch.min(torch.max(x_adv + 2.5 / steps * eps_x * grads[0].sign(), lb), ub)
-            delta = {
-                k: (delta[k] + 2.5 / steps * eps_w * g.sign()).clamp(-eps_w, eps_w)
-                for k, g in zip(names, grads[1:], strict=True)
-            }
-    return 1 - fooled.float().mean().item()
-
-
 def test_fast_joint_attack_at_least_as_strong_as_explicit_weights(small_mlp, digits):
     x, y = digits.x_test[:64], digits.y_test[:64]
     eps_x, eps_w, steps = 0.03, 0.002, 10
-    reference = _explicit_joint_pgd(small_mlp, x, y, eps_x, eps_w, steps)
+    reference = explicit_joint_pgd(small_mlp, x, y, eps_x, eps_w, steps)
     result = PGD(steps=steps, random_start=False)(small_mlp, x, y, ThreatModel(eps_x=eps_x, eps_w=eps_w))
     ours = verify(small_mlp, x, y, result).accuracy
     assert 0 < reference < 1, "pick epsilons where the reference attack is neither trivial nor hopeless"

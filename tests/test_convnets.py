@@ -15,8 +15,7 @@ from nonsingular import PGD, ThreatModel, verify
 from nonsingular import models as models_module
 from nonsingular.convnets import LeNet, SmallCNN
 from nonsingular.data import Dataset
-from nonsingular.perturbation import settle_in_ball
-from nonsingular.threat import WeightBall
+from nonsingular.perturbation import settle_operator_rounding
 from nonsingular.user_models import load_user_model, load_weights
 
 SHAPES = [(1, 8, 8), (1, 28, 28), (3, 32, 32)]
@@ -256,9 +255,12 @@ def test_operator_ball_settles_inside_with_large_weights():
     g = torch.Generator().manual_seed(0)
     delta = torch.randn(weight.shape, generator=g)
     delta = delta / delta.reshape(rows, -1).abs().sum(1).reshape(rows, 1, 1, 1) * radius  # rows on the sphere
-    settled = settle_in_ball(weight, weight + delta, radius, WeightBall.OPERATOR)
+    settled = settle_operator_rounding(weight, weight + delta, radius)
     row_sums = (settled - weight).reshape(rows, -1).abs().sum(dim=1)
     assert bool((row_sums <= radius).all()), float((row_sums - radius).max())
+    # Only rounding is settled: a row 1% outside the ball reaches the verifier as it is.
+    outside = weight + 1.01 * delta
+    assert torch.equal(settle_operator_rounding(weight, outside, radius), outside)
 
 
 @pytest.mark.parametrize("spec", [{"name": "cnn"}, {"name": "lenet"}, {"name": "lenet", "pool": "max"}])

@@ -4,19 +4,25 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 
-from nonsingular.threat import EpsMode, Scope
+from nonsingular.threat import EpsMode, Scope, ThreatModel
 from nonsingular.training import (
     Adversarial,
     BoundRegularized,
     IBPCertified,
-    ObjectiveName,
+    ObjectiveSpec,
+    Role,
+    Standard,
     StepContext,
     Trades,
     Trainer,
     build_objective,
+    objective_names,
     parse_objective,
+    register_objective,
     training_threat,
+    unregister_objective,
 )
 from train_support import one_thread, tiny_config
 
@@ -59,9 +65,14 @@ def test_objective_reduces_its_own_loss(case: str, digits) -> None:
 
 
 def test_names_parse_compose_and_reject() -> None:
-    assert parse_objective("pgd-at+awp") == (ObjectiveName.PGD_AT, ObjectiveName.AWP)
-    assert parse_objective("bound-reg+standard") == (ObjectiveName.BOUND_REG,)
-    assert parse_objective(ObjectiveName.TRADES) == (ObjectiveName.TRADES,)
+    def names(spec):
+        return [p.name for p in parse_objective(spec)]
+
+    assert names("pgd-at+awp") == ["pgd-at", "awp"]
+    assert names("bound-reg+awp") == ["standard", "awp", "bound-reg"]  # canonical order, implicit base
+    assert names(["trades"]) == ["trades"]
+    assert tiny_config(objective="bound-reg+standard").objective == "bound-reg"
+    assert tiny_config(objective="bound-reg + joint-at").objective == "joint-at+bound-reg"
     for bad, words in [
         ("fgsm", "unknown objective 'fgsm'"),
         ("pgd-at+trades", "use one base"),
@@ -100,3 +111,75 @@ def test_adversarial_point_is_worse_than_clean(digits) -> None:
     # Not under no_grad: PGD differentiates inside (and its loss sum is taken outside its enable_grad block).
     adversarial = float(build_objective(config)(model, x, y, StepContext())["loss"].detach())
     assert adversarial > clean
+
+
+def test_names_compose_into_the_objectives_they_stand_for() -> None:
+    """Each name builds exactly the objects its documentation describes (the pre-registry factory's)."""
+    steps, beta, kappa = 4, 3.0, 0.3
+    config = {"eps_x": 0.04, "eps_w": None, "attack_steps": steps, "trades_beta": beta, "ibp_kappa": kappa}
+    joint = ThreatModel(eps_x=0.04, eps_w=0.002)
+    awp = ThreatModel(eps_x=0.04, eps_w=0.005, weight_mode="relative", scope="shared")
+    per_example = Scope.PER_EXAMPLE
+    expected = {
+        "standard": Standard(),
+        "pgd-at": Adversarial(joint.input_only(), steps),
+        "trades": Trades(joint.input_only(), steps, beta),
+        "awp": Adversarial(awp.weight_only(), steps),
+        "joint-at": Adversarial(joint, steps),
+        "ibp-certified": IBPCertified(joint, kappa),
+        "pgd-at+awp": Adversarial(awp, steps),
+        "trades+awp": Trades(awp, steps, beta),
+        "bound-reg": BoundRegularized(Standard(), joint, 0.01, 0.01, False),
+        "awp+bound-reg": BoundRegularized(
+            Adversarial(awp.weight_only(), steps), awp.weight_only().with_scope(per_example), 0.01, 0.01, False
+        ),
+        "joint-at+bound-reg": BoundRegularized(Adversarial(joint, steps), joint, 0.01, 0.01, False),
+    }
+    for name, objective in expected.items():
+        assert build_objective(tiny_config(objective=name, **config)) == objective, name
+    assert tiny_config(objective="ibp-certified", epochs=5).warmup == 2
+    assert tiny_config(objective="ibp-certified+bound-reg", epochs=5, warmup_epochs=0).warmup == 0
+    assert tiny_config(objective="joint-at", epochs=5).warmup == 0
+
+
+class LabelSmoothing:
+    """A toy objective: cross-entropy against labels smoothed by `smoothing`."""
+
+    def __init__(self, smoothing: float) -> None:
+        self.smoothing = smoothing
+
+    def describe(self) -> dict[str, object]:
+        return {"kind": "label-smoothing", "smoothing": self.smoothing}
+
+    def __call__(self, model, x, y, ctx):
+        logits = model(x)
+        return {"loss": F.cross_entropy(logits, y, label_smoothing=self.smoothing), "logits": logits}
+
+
+def test_a_registered_objective_trains(digits) -> None:
+    """Adding an objective is its class plus one registration; it then composes with the modifiers."""
+    spec = ObjectiveSpec(
+        name="toy-smooth", role=Role.BASE, build=lambda threat: LabelSmoothing(0.1), summary="smoothed CE"
+    )
+    register_objective(spec)
+    try:
+        assert "toy-smooth" in objective_names()
+        with pytest.raises(ValueError, match="already registered"):
+            register_objective(spec)
+        with pytest.raises(ValueError, match="cannot be called as build"):
+            ObjectiveSpec(name="toy-2", role=Role.BASE, build=lambda threat: LabelSmoothing(0.1), options=("lr",))
+        result = Trainer(tiny_config(objective="toy-smooth", epochs=1), data=digits).fit()
+        training = result.metadata["training"]
+        assert training["objective"] == "toy-smooth"
+        assert training["objective_details"] == {"kind": "label-smoothing", "smoothing": 0.1}
+        assert result.metadata["threat"] is None
+        loss = result.metrics[0]["train_loss"]
+        assert loss is not None and 0 < loss < 2.4  # below log(10) = 2.30 plus the smoothing's floor
+        reg = build_objective(tiny_config(objective="toy-smooth+bound-reg"))
+        assert isinstance(reg, BoundRegularized) and isinstance(reg.base, LabelSmoothing)
+        with pytest.raises(ValueError, match="awp cannot be combined with toy-smooth"):
+            tiny_config(objective="toy-smooth+awp")
+    finally:
+        unregister_objective("toy-smooth")
+    with pytest.raises(ValueError, match="unknown objective 'toy-smooth'"):
+        tiny_config(objective="toy-smooth")

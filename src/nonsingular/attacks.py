@@ -16,6 +16,7 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
+from typing import Any
 
 import numpy as np
 import torch
@@ -29,6 +30,8 @@ from .threat import Scope, ThreatModel
 __all__ = ["FGSM", "PGD", "AttackResult", "Loss", "TorchattacksAdapter"]
 
 Progress = Callable[[int, int], None]
+#: Per batch of a run: the kept inputs, the attack's logits, and the chunks holding the weight perturbation.
+_Found = tuple[list[Tensor], list[Tensor], list["_Chunk"]]
 
 
 class Loss(str, Enum):
@@ -200,7 +203,16 @@ class PGD:
         finally:
             model.train(was_training)
 
-    def _run(self, model, x, y, threat, progress, first_index, sync_ranks):
+    def _run(
+        self,
+        model: nn.Module,
+        x: Tensor,
+        y: Tensor,
+        threat: ThreatModel,
+        progress: Progress | None,
+        first_index: int,
+        sync_ranks: bool,
+    ) -> AttackResult:
         paths = layer_paths(model, threat, x[: min(2, len(x))])
         batch = self._batch_size(model, paths)
         spans = [(s, min(s + batch, len(x))) for s in range(0, len(x), batch)]
@@ -240,7 +252,18 @@ class PGD:
         return max(1, min(self.batch_size, int(self.memory_budget_mb * 2**20 // per_example)))
 
     # ------------------------------------------------------------------ the one loop
-    def _optimise(self, model, x, y, spans, threat, paths, seeds, tick, sync_ranks):
+    def _optimise(
+        self,
+        model: nn.Module,
+        x: Tensor,
+        y: Tensor,
+        spans: list[tuple[int, int]],
+        threat: ThreatModel,
+        paths: dict[str, LayerPath],
+        seeds: _Seeds,
+        tick: Callable[[], None],
+        sync_ranks: bool,
+    ) -> _Found:
         """Run restarts x steps over the batches `spans`; a shared threat's weight blocks span them all.
 
         Per-example scope keeps, for each example, the first point of any step of any restart where it was
@@ -313,10 +336,17 @@ class PGD:
                     if not last:
                         with torch.no_grad():
                             _ascend(global_blocks, global_grads, frac)
-        best = best_shared if shared else [k.state for k in kept]
+        best = best_shared if best_shared is not None else [k.state for k in kept]  # set in shared scope only
         return self._finish(spans, threat, model, paths, best)
 
-    def _finish(self, spans, threat, model, paths, best):
+    def _finish(
+        self,
+        spans: list[tuple[int, int]],
+        threat: ThreatModel,
+        model: nn.Module,
+        paths: dict[str, LayerPath],
+        best: list[list[Tensor]],
+    ) -> _Found:
         """Load the kept state into fresh blocks: the kept inputs, logits, variables and (Lemma 1) layer inputs."""
         shared = threat.scope is Scope.SHARED
         global_blocks = build_weight_blocks(model, threat, paths, 0) if shared else []
@@ -339,7 +369,7 @@ class PGD:
 def _block_state(blocks: list[WeightBlock]) -> list[Tensor]:
     """What a per-example block needs kept: its variables, and for Lemma 1 the layer input h' it saw."""
     state: list[Tensor] = [v for blk in blocks for v in blk.variables]
-    return state + [blk.h_seen for blk in blocks if blk.path is LayerPath.LEMMA1]
+    return state + [blk.h_seen for blk in blocks if blk.path is LayerPath.LEMMA1 and blk.h_seen is not None]
 
 
 def _load_state(blocks: list[WeightBlock], state: list[Tensor]) -> None:
@@ -361,7 +391,7 @@ class _Kept:
         self.loss: Tensor | None = None
 
     def update(self, fooled: Tensor, loss: Tensor, state: list[Tensor], final: bool) -> None:
-        if self.fooled is None:
+        if self.fooled is None or self.loss is None:  # the first update (both are set together)
             self.state = [t.detach().clone() for t in state]
             self.fooled, self.loss = fooled.clone(), loss.clone()
             return
@@ -423,9 +453,9 @@ class _Seeds:
         return self._make(restart, 1)
 
 
-def FGSM(**kwargs: object) -> PGD:
+def FGSM(**kwargs: Any) -> PGD:
     """Fast gradient sign method: one full-size step from the clean point (PGD with other defaults)."""
-    defaults: dict[str, object] = {"steps": 1, "rel_stepsize": 1.0, "random_start": False}
+    defaults: dict[str, Any] = {"steps": 1, "rel_stepsize": 1.0, "random_start": False}
     return PGD(**{**defaults, **kwargs})
 
 

@@ -18,6 +18,9 @@ __all__ = ["ARCHITECTURES", "MLP", "Normalize", "build_model", "register_archite
 class Normalize(nn.Module):
     """(x - mean) / std with scalar or per-channel statistics (channel axis 1)."""
 
+    mean: Tensor  # buffers, (1,) or (channels,)
+    std: Tensor
+
     def __init__(self, mean: float | Sequence[float], std: float | Sequence[float]) -> None:
         super().__init__()
         mean_t = torch.as_tensor(mean, dtype=torch.float32).reshape(-1)

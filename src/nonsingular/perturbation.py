@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .threat import EpsMode, Scope, ThreatModel, WeightBall
+from .threat import PERTURBABLE_TYPES, EpsMode, PerturbableLayer, Scope, ThreatModel, WeightBall
 
 __all__ = ["LayerPath", "WeightBlock", "build_weight_blocks", "installed", "layer_paths"]
 
@@ -61,11 +61,11 @@ def layer_paths(model: nn.Module, threat: ThreatModel, x_probe: Tensor) -> dict[
     return paths
 
 
-def _conv_fn(module: nn.Module):
+def _conv_fn(module: nn.Module) -> Callable[..., Tensor]:
     return F.conv1d if isinstance(module, nn.Conv1d) else F.conv2d
 
 
-def _apply_weight(module: nn.Module, h: Tensor, delta: Tensor) -> Tensor:
+def _apply_weight(module: PerturbableLayer, h: Tensor, delta: Tensor) -> Tensor:
     """The layer's linear map with weight `delta` (no bias) applied to h: shared weights."""
     if isinstance(module, nn.Linear):
         return F.linear(h, delta)
@@ -73,7 +73,7 @@ def _apply_weight(module: nn.Module, h: Tensor, delta: Tensor) -> Tensor:
     return _conv_fn(module)(h, delta, None, module.stride, module.padding, module.dilation, module.groups)
 
 
-def _apply_weight_per_example(module: nn.Module, h: Tensor, delta: Tensor) -> Tensor:
+def _apply_weight_per_example(module: PerturbableLayer, h: Tensor, delta: Tensor) -> Tensor:
     """The layer's linear map with a different weight delta[n] for each example h[n]."""
     n = h.shape[0]
     if delta.shape[0] != n:
@@ -128,16 +128,23 @@ def project_rows_l1(delta: Tensor, radius: Tensor) -> Tensor:
     return torch.where(inside, delta, projected)
 
 
-def settle_in_ball(weight: Tensor, perturbed: Tensor, radius: Tensor, ball: WeightBall) -> Tensor:
-    """Make W' = perturbed lie in the ball around W *as the dtype computes W' - W* (THEORY.md section 8).
+def settle_operator_rounding(weight: Tensor, perturbed: Tensor, radius: Tensor) -> Tensor:
+    """Operator ball: bring rows of W' = perturbed back inside the ball where only rounding put them out.
 
-    Rounding W + D can push |W' - W| past the radius by an ulp; clamp (element-wise) or shrink (operator).
+    THEORY.md section 8: the row sums sum_j |W'_ij - W_ij| that the verifier computes in the dtype can exceed
+    e by the rounding of W + D (up to an ulp of each |W'_ij|) and of the l1 projection (an ulp of e per column),
+    even when the attack's D lies in the ball. Such rows are shrunk towards W. A row further out than that
+    rounding slack is returned as it is: a perturbation that really leaves the ball must reach the verifier.
+
+    Args:
+        weight: W, (rows, ...) with rows = output features / channels.
+        perturbed: W', W.shape or (n, *W.shape).
+        radius: e, 0-dim tensor in W's dtype.
     """
-    if ball is WeightBall.ELEMENTWISE:
-        return torch.minimum(torch.maximum(perturbed, weight - radius), weight + radius)
     rows = weight.shape[0]
     lead = perturbed.dim() - weight.dim()
     tiny = torch.finfo(weight.dtype).eps
+    cols = weight[0].numel()
 
     def row_view(t: Tensor) -> Tensor:
         return t.reshape(*t.shape[:lead], rows, -1)
@@ -145,33 +152,40 @@ def settle_in_ball(weight: Tensor, perturbed: Tensor, radius: Tensor, ball: Weig
     def expand(v: Tensor) -> Tensor:
         return v.reshape(*v.shape, *([1] * (weight.dim() - 1)))
 
+    sums = row_view(perturbed - weight).abs().sum(dim=-1)
+    rounding = 4 * tiny * (row_view(perturbed).abs().sum(dim=-1) + cols * radius)
+    settle = (sums > radius) & (sums <= radius + rounding)
+    if not bool(settle.any()):
+        return perturbed
+    settled = perturbed
     for _ in range(4):
-        diff = perturbed - weight
+        diff = settled - weight
         sums = row_view(diff).abs().sum(dim=-1)
-        over = sums > radius
+        over = settle & (sums > radius)
         if not bool(over.any()):
-            return perturbed
+            return settled
         # Aim below the radius by a bound on the rounding of W + D (an ulp of each |W'| element), so the
         # difference the dtype computes afterwards lands inside even when |W| >> radius.
-        slack = 2 * tiny * row_view(perturbed).abs().sum(dim=-1)
+        slack = 2 * tiny * row_view(settled).abs().sum(dim=-1)
         scale = torch.where(over, (radius - slack).clamp_min(0) / sums, torch.ones_like(sums))
-        perturbed = weight + diff * expand(scale)
+        settled = weight + diff * expand(scale)
     # Still outside after the rounds above (pathological magnitudes): those rows stay unperturbed.
-    over = row_view(perturbed - weight).abs().sum(dim=-1) > radius
-    return torch.where(expand(over), weight.expand_as(perturbed), perturbed)
+    over = settle & (row_view(settled - weight).abs().sum(dim=-1) > radius)
+    return torch.where(expand(over), weight.expand_as(settled), settled)
 
 
 class WeightBlock:
     """The perturbation of one layer's weight (and bias) for one batch of n examples (or shared by all)."""
 
-    def __init__(self, name: str, module: nn.Module, path: LayerPath, threat: ThreatModel, n: int) -> None:
+    def __init__(self, name: str, module: PerturbableLayer, path: LayerPath, threat: ThreatModel, n: int) -> None:
         self.name, self.module, self.path = name, module, path
         self.ball = threat.weight_ball
         weight = module.weight.detach()
         self.weight = weight
+        self.bias: Tensor | None = None if module.bias is None else module.bias.detach()
         self._threat = threat
         self.e = threat.operator_radius(name, weight) if self.ball is WeightBall.OPERATOR else None
-        self.bias_rho = threat.bias_radius(module.bias)
+        self.bias_rho = threat.bias_radius(self.bias)
         # Absolute element-wise radius is one number: r = eps * ||h||_1 needs no matmul (Lemma 1).
         elementwise_absolute = self.ball is WeightBall.ELEMENTWISE and threat.weight_mode is EpsMode.ABSOLUTE
         self.uniform_eps = threat.eps_w_for(name) if elementwise_absolute else None
@@ -196,6 +210,13 @@ class WeightBlock:
             return None
         return self._threat.weight_radius(self.name, self.weight)
 
+    def _radius(self) -> Tensor:
+        """rho (element-wise ball) or e (operator ball): the one the threat defines for this block."""
+        radius = self.rho if self.ball is WeightBall.ELEMENTWISE else self.e
+        if radius is None:  # unreachable: __init__ sets the operator radius, `rho` the element-wise one
+            raise RuntimeError(f"weight block {self.name} has no radius for the {self.ball.value} ball")
+        return radius
+
     # ------------------------------------------------------------------ optimisation hooks
     def random_start(self, generator: torch.Generator | Callable[[torch.Size], Tensor] | None) -> None:
         """Start uniformly inside the ball: from `generator`, or from a function giving U[0, 1) noise of a shape
@@ -212,10 +233,10 @@ class WeightBlock:
     def _scale_unit_to_ball(self) -> None:
         """Map variables drawn in [-1, 1] into the threat set."""
         if self.ball is WeightBall.ELEMENTWISE:
-            self.delta.mul_(self.rho)
+            self.delta.mul_(self._radius())
         else:
             cols = self.weight[0].numel()
-            self.delta.mul_(self.e / cols)  # every row's l1 norm <= e
+            self.delta.mul_(self._radius() / cols)  # every row's l1 norm <= e
         if self.bias_rho is not None:
             self.delta_b.mul_(self.bias_rho)
 
@@ -225,16 +246,17 @@ class WeightBlock:
             self.t.add_(torch.sign(grads[0]), alpha=rel_step).clamp_(-1, 1)
             return
         g = grads[0]
+        radius = self._radius()
         if self.ball is WeightBall.ELEMENTWISE:
-            self.delta.add_(rel_step * self.rho * torch.sign(g))
-            self.delta.copy_(torch.minimum(torch.maximum(self.delta, -self.rho), self.rho))
+            self.delta.add_(rel_step * radius * torch.sign(g))
+            self.delta.copy_(torch.minimum(torch.maximum(self.delta, -radius), radius))
         else:
             rows = self.weight.shape[0]
             g2 = g.reshape(*g.shape[: g.dim() - self.weight.dim()], rows, -1)
             idx = g2.abs().argmax(dim=-1, keepdim=True)
-            step = torch.zeros_like(g2).scatter_(-1, idx, torch.sign(g2.gather(-1, idx)) * rel_step * self.e)
+            step = torch.zeros_like(g2).scatter_(-1, idx, torch.sign(g2.gather(-1, idx)) * rel_step * radius)
             d2 = self.delta.reshape(g2.shape) + step
-            self.delta.copy_(project_rows_l1(d2, self.e).reshape(self.delta.shape))
+            self.delta.copy_(project_rows_l1(d2, radius).reshape(self.delta.shape))
         if self.bias_rho is not None:
             self.delta_b.add_(rel_step * self.bias_rho * torch.sign(grads[1]))
             self.delta_b.copy_(torch.minimum(torch.maximum(self.delta_b, -self.bias_rho), self.bias_rho))
@@ -249,9 +271,9 @@ class WeightBlock:
             l1 = h.sum(dim=1, keepdim=True) if self.input_nonnegative else h.abs().sum(dim=1, keepdim=True)
             r = self.uniform_eps * l1
         elif self.ball is WeightBall.ELEMENTWISE:
-            r = h.abs() @ self.rho.t()
+            r = h.abs() @ self._radius().t()
         else:
-            r = self.e * h.abs().amax(dim=1, keepdim=True).expand(-1, self.weight.shape[0])
+            r = self._radius() * h.abs().amax(dim=1, keepdim=True).expand(-1, self.weight.shape[0])
         if self.bias_rho is not None:
             r = r + self.bias_rho
         return r
@@ -277,6 +299,8 @@ class WeightBlock:
         Per-example paths give (n, *W.shape); the shared path gives W.shape. Lemma 1 uses the input h' the
         layer saw in the last forward pass: D = diag(t) rho sign(h')^T (operator ball: all of row i's budget on
         argmax |h'_j|), sign(0) = +1. `rows` selects examples (per-example paths) so that only they are built.
+        W' is W + D as the attack holds D, never clamped into the ball (operator rows only lose the excess that
+        rounding alone causes, see `settle_operator_rounding`), so `verify` sees any perturbation that left it.
         """
         W = self.weight
         if self.path is LayerPath.LEMMA1:
@@ -285,22 +309,26 @@ class WeightBlock:
             h, t = self.h_seen[rows], self.t[rows]
             sign = torch.where(h >= 0, 1.0, -1.0).to(W.dtype)
             if self.ball is WeightBall.ELEMENTWISE:
-                delta = t[:, :, None] * (self.rho[None] * sign[:, None, :])
+                delta = t[:, :, None] * (self._radius()[None] * sign[:, None, :])
             else:
                 j = h.abs().argmax(dim=1)
                 delta = torch.zeros(h.shape[0], *W.shape, dtype=W.dtype, device=W.device)
-                col = (t * self.e) * sign.gather(1, j[:, None])
+                col = (t * self._radius()) * sign.gather(1, j[:, None])
                 delta.scatter_(2, j[:, None, None].expand(-1, W.shape[0], 1), col[:, :, None])
             delta_b = t * self.bias_rho if self.bias_rho is not None else None
         else:
             picked = slice(None) if self.path is LayerPath.SHARED else rows
             delta = self.delta[picked]
             delta_b = self.delta_b[picked] if self.bias_rho is not None else None
-        radius = self.rho if self.rho is not None else self.e
-        out = {f"{self.name}.weight": settle_in_ball(W, W + delta, radius, self.ball)}
-        if delta_b is not None:
-            b = self.module.bias.detach()
-            out[f"{self.name}.bias"] = torch.minimum(torch.maximum(b + delta_b, b - self.bias_rho), b + self.bias_rho)
+        # No clamping into the ball: the verifier must see what the attack applied. Element-wise boxes need
+        # none (|D| <= rho implies W + D lies in [W - rho, W + rho] as the dtype rounds, rounding being
+        # monotone); operator rows are settled only where rounding alone took them out.
+        perturbed = W + delta
+        if self.e is not None:
+            perturbed = settle_operator_rounding(W, perturbed, self.e)
+        out = {f"{self.name}.weight": perturbed}
+        if delta_b is not None and self.bias is not None:  # the threat perturbs only biases that exist
+            out[f"{self.name}.bias"] = self.bias + delta_b
         return out
 
 
@@ -311,7 +339,10 @@ def build_weight_blocks(
     after_relu = _fed_by_relu(model)
     blocks = []
     for name, path in paths.items():
-        block = WeightBlock(name, modules[name], path, threat, n)
+        module = modules[name]
+        if not isinstance(module, PERTURBABLE_TYPES):
+            raise TypeError(f"layer '{name}' is a {type(module).__name__}; only Linear and Conv layers have paths")
+        block = WeightBlock(name, module, path, threat, n)
         block.input_nonnegative = name in after_relu
         blocks.append(block)
     return blocks

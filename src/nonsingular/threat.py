@@ -9,16 +9,19 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from enum import Enum
-from typing import Any
+from typing import Any, TypeAlias
 
 import torch
 from pydantic import BaseModel, ConfigDict, field_validator, model_validator
 from torch import Tensor, nn
 
-__all__ = ["PERTURBABLE_TYPES", "EpsMode", "Scope", "ThreatModel", "WeightBall"]
+__all__ = ["PERTURBABLE_TYPES", "EpsMode", "PerturbableLayer", "Scope", "ThreatModel", "WeightBall"]
 
 #: Module types whose `weight` (and `bias`) the threat can perturb.
-PERTURBABLE_TYPES: tuple[type[nn.Module], ...] = (nn.Linear, nn.Conv1d, nn.Conv2d)
+PERTURBABLE_TYPES = (nn.Linear, nn.Conv1d, nn.Conv2d)
+
+#: A module of one of PERTURBABLE_TYPES.
+PerturbableLayer: TypeAlias = nn.Linear | nn.Conv1d | nn.Conv2d
 
 
 class WeightBall(str, Enum):
@@ -174,7 +177,7 @@ class ThreatModel(BaseModel):
         """Weight radius of layer `name` (its override in `layer_eps`, else eps_w)."""
         return dict(self.layer_eps).get(name, self.eps_w)
 
-    def weight_layers(self, model: nn.Module) -> list[tuple[str, nn.Module]]:
+    def weight_layers(self, model: nn.Module) -> list[tuple[str, PerturbableLayer]]:
         """The (name, module) pairs whose weights the threat perturbs, in module order.
 
         Raises:
@@ -188,10 +191,11 @@ class ThreatModel(BaseModel):
             for name in self.layers:
                 if name not in modules:
                     raise ValueError(f"layers names '{name}', which the model does not have")
-                if not isinstance(modules[name], PERTURBABLE_TYPES):
-                    kind = type(modules[name]).__name__
+                module = modules[name]
+                if not isinstance(module, PERTURBABLE_TYPES):
+                    kind = type(module).__name__
                     raise ValueError(f"layer '{name}' is a {kind}; only Linear, Conv1d and Conv2d can be perturbed")
-                chosen.append((name, modules[name]))
+                chosen.append((name, module))
         names = {n for n, _ in chosen}
         for name, _ in self.layer_eps:
             if name not in names:

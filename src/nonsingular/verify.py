@@ -1,10 +1,12 @@
 """Independent check of an attack's result: is it inside the threat set, and what does the ordinary module say?
 
-Shares nothing with the attack code but the threat model's definition of the set. Element-wise weight boxes
-[W - rho, W + rho] and operator-ball row sums of |W' - W| are computed in the model's dtype, inputs are checked
-against [max(x - eps_x, lo), min(x + eps_x, hi)] in x's dtype (THEORY.md section 8), and predictions
-are recomputed with `torch.func.functional_call` on the explicit perturbed weights (per example via
-`torch.func.vmap`). Nothing of the user's module is modified.
+Shares nothing with the attack code but the threat model, which defines the set: the input box is
+`ThreatModel.input_bounds`, the weight balls `weight_radius` (element-wise), `operator_radius` (operator ball)
+and `bias_radius`. Element-wise boxes [W - rho, W + rho] and operator-ball row sums of |W' - W| are computed in
+the model's dtype and inputs are checked in x's dtype (THEORY.md section 8), with no tolerance beyond that
+dtype's rounding. Predictions are recomputed with `torch.func.functional_call` on the explicit perturbed weights
+(per example via `torch.func.vmap`) and must agree with the attack's logits within `logit_tolerance`. Nothing
+of the user's module is modified.
 """
 
 from __future__ import annotations
@@ -18,7 +20,18 @@ from torch.func import functional_call, vmap
 from .attacks import AttackResult
 from .threat import Scope, ThreatModel, WeightBall
 
-__all__ = ["Verification", "verify"]
+__all__ = ["LOGIT_TOLERANCE_EPS", "TF32_EPS", "Verification", "logit_tolerance", "verify"]
+
+#: Accepted |recomputed - attack's| logit gap, in machine epsilons of the precision the forward passes ran in,
+#: relative to max(1, max |logit|). The two passes differ only in float rounding: the attack adds the Lemma 1
+#: box t * r(h) or D h to W h, the verifier multiplies by W' = W + D, and the batching differs. In float32 on
+#: CPU 1024 eps is 1.2e-4 relative (the gaps seen on the tests' MLPs and CNNs stay below 1.4e-6); in float64
+#: 2.3e-13. A wrong or tampered logit is off by far more.
+LOGIT_TOLERANCE_EPS = 1024
+
+#: Machine epsilon of TF32 (10 explicit mantissa bits), the precision of float32 matmuls and convolutions on
+#: CUDA when torch allows it (`torch.backends.cuda.matmul.allow_tf32`, `torch.backends.cudnn.allow_tf32`).
+TF32_EPS = 2.0**-10
 
 
 @dataclass
@@ -26,12 +39,16 @@ class Verification:
     """Outcome of `verify`.
 
     Attributes:
-        passed: every input and weight lies in the threat set (no tolerance beyond the dtype's own rounding).
-        input_violation: largest amount by which an input leaves its box (0 when inside).
-        weight_violation: per parameter name, largest amount by which W' - W leaves its ball.
+        passed: every input and weight lies in the threat set (no tolerance beyond the dtype's own rounding),
+            every number is finite, and the recomputed logits agree with the attack's within `logit_tolerance`.
+        input_violation: largest amount by which an input leaves its box (0 when inside), in data units.
+        weight_violation: per parameter name, largest amount by which W' - W leaves its ball (element-wise:
+            per entry; operator ball: per row's l1 norm).
         logits: (N, classes) recomputed by the ordinary module with x_adv and W'.
         correct: (N,) recomputed prediction equals the label.
         max_logit_gap: largest |recomputed - attack's| logit difference (float rounding for Lemma 1 paths).
+        logit_tolerance: the largest gap `passed` accepts (see `logit_tolerance`).
+        problems: one line per reason `passed` is False.
     """
 
     passed: bool
@@ -40,6 +57,7 @@ class Verification:
     logits: Tensor
     correct: Tensor
     max_logit_gap: float
+    logit_tolerance: float = 0.0
     problems: list[str] = field(default_factory=list)
 
     @property
@@ -47,30 +65,47 @@ class Verification:
         return float(self.correct.float().mean())
 
 
+def logit_tolerance(logits: Tensor) -> float:
+    """The largest logit gap `verify` accepts: LOGIT_TOLERANCE_EPS x eps x max(1, max |logit|).
+
+    eps is the machine epsilon of the logits' dtype, or TF32_EPS for float32 on CUDA with TF32 allowed.
+
+    Args:
+        logits: (N, classes) the attack's logits; their dtype, device and scale set the tolerance.
+    """
+    eps = torch.finfo(logits.dtype).eps
+    tf32 = torch.backends.cuda.matmul.allow_tf32 or torch.backends.cudnn.allow_tf32
+    if logits.is_cuda and logits.dtype == torch.float32 and tf32:
+        eps = TF32_EPS
+    finite = logits.detach()[torch.isfinite(logits.detach())]
+    scale = float(finite.abs().max()) if finite.numel() else 0.0
+    return LOGIT_TOLERANCE_EPS * eps * max(1.0, scale)
+
+
+def _max_or_zero(t: Tensor) -> float:
+    return float(t.max()) if t.numel() else 0.0
+
+
 def _input_violation(threat: ThreatModel, x: Tensor, x_adv: Tensor) -> float:
-    lo, hi = threat.domain
-    lb = torch.clamp(x - threat.eps_x, min=lo)
-    ub = torch.clamp(x + threat.eps_x, max=hi)
-    excess = torch.maximum(lb - x_adv, x_adv - ub).clamp_min(0)
-    return float(excess.max()) if excess.numel() else 0.0
+    lb, ub = threat.input_bounds(x)
+    return _max_or_zero(torch.maximum(lb - x_adv, x_adv - ub).clamp_min(0))
 
 
 def _weight_violation(threat: ThreatModel, layer: str, kind: str, base: Tensor, perturbed: Tensor) -> float:
     """How far W' (or b') leaves its ball; perturbed has base's shape, or a leading example axis.
 
-    Element-wise balls are the boxes [W - rho, W + rho] as the dtype computes them, like the input box.
+    Element-wise balls are the boxes [W - rho, W + rho] as the dtype computes them, like the input box. A bias
+    the threat does not perturb (eps_b = 0) has the box of radius 0.
     """
-    eps = threat.eps_b if kind == "bias" else threat.eps_w_for(layer)
-    relative = threat.weight_mode.value == "relative"
     if kind == "bias" or threat.weight_ball is WeightBall.ELEMENTWISE:
-        bound = eps * base.abs() if relative else torch.full_like(base, eps)
-        excess = torch.maximum((base - bound) - perturbed, perturbed - (base + bound))
-        return float(excess.clamp_min(0).max())
-    diff = perturbed - base
+        rho = threat.bias_radius(base) if kind == "bias" else threat.weight_radius(layer, base)
+        rho = torch.zeros_like(base) if rho is None else rho
+        return _max_or_zero(torch.maximum((base - rho) - perturbed, perturbed - (base + rho)).clamp_min(0))
+    e = threat.operator_radius(layer, base)
     rows = base.shape[0]
-    bound = eps * base.reshape(rows, -1).abs().sum(dim=1).max() if relative else torch.tensor(eps, dtype=base.dtype)
+    diff = perturbed - base
     row_sums = diff.reshape(*diff.shape[: diff.dim() - base.dim()], rows, -1).abs().sum(dim=-1)
-    return float((row_sums - bound).clamp_min(0).max())
+    return _max_or_zero((row_sums - e).clamp_min(0))
 
 
 def verify(model: nn.Module, x: Tensor, y: Tensor, result: AttackResult, chunk_size: int = 64) -> Verification:
@@ -82,16 +117,24 @@ def verify(model: nn.Module, x: Tensor, y: Tensor, result: AttackResult, chunk_s
         y: (N,) labels.
         result: the attack's output.
         chunk_size: examples per vmap call in per-example scope (bounds memory: chunk x parameters).
+
+    Returns:
+        The verdict; `passed` is False, with a line in `problems` naming the reason, when an input or a weight
+        leaves the threat set, a perturbed parameter is outside the threat's layers, any input, weight or logit
+        is not finite, or the recomputed logits differ from the attack's by more than `logit_tolerance`.
     """
     threat = result.threat
     params = dict(model.named_parameters())
     buffers = dict(model.named_buffers())
     problems: list[str] = []
+    if not bool(torch.isfinite(result.x_adv).all()):
+        problems.append("the adversarial inputs are not all finite")
     input_violation = _input_violation(threat, x, result.x_adv)
     if input_violation > 0:
         problems.append(f"inputs leave the eps_x box by up to {input_violation:.3g}")
     allowed = {f"{name}.{kind}" for name, _ in threat.weight_layers(model) for kind in ("weight", "bias")}
     weight_violation: dict[str, float] = {}
+    not_finite: set[str] = set()
     logits_parts: list[Tensor] = []
 
     was_training = model.training
@@ -105,9 +148,9 @@ def verify(model: nn.Module, x: Tensor, y: Tensor, result: AttackResult, chunk_s
                 if pname not in allowed:
                     problems.append(f"{pname} is perturbed but outside the threat's layers")
                     continue
+                if not bool(torch.isfinite(value).all()):
+                    not_finite.add(pname)
                 layer, _, kind = pname.rpartition(".")
-                if kind == "bias" and threat.eps_b == 0:
-                    problems.append(f"{pname} is perturbed but eps_b = 0")
                 v = _weight_violation(threat, layer, kind, params[pname].detach(), value)
                 weight_violation[pname] = max(weight_violation.get(pname, 0.0), v)
             with torch.no_grad():
@@ -115,20 +158,29 @@ def verify(model: nn.Module, x: Tensor, y: Tensor, result: AttackResult, chunk_s
                 if shared or not perturbed:
                     logits_parts.append(functional_call(model, ({**params, **perturbed}, buffers), (xs,)))
                 else:
-                    fixed = {k: v for k, v in params.items() if k not in perturbed}
+                    fixed: dict[str, Tensor] = {k: v for k, v in params.items() if k not in perturbed}
 
                     def one(p: dict[str, Tensor], xi: Tensor, fixed: dict[str, Tensor] = fixed) -> Tensor:
-                        return functional_call(model, ({**fixed, **p}, buffers), (xi[None],))[0]
+                        out: Tensor = functional_call(model, ({**fixed, **p}, buffers), (xi[None],))
+                        return out[0]
 
                     logits_parts.append(vmap(one)(perturbed, xs))
     finally:
         model.train(was_training)
 
+    problems += [f"{pname} has non-finite perturbed values" for pname in sorted(not_finite)]
     for pname, v in weight_violation.items():
         if v > 0:
             problems.append(f"{pname} leaves its ball by up to {v:.3g}")
     logits = torch.cat(logits_parts)
-    gap = float((logits - result.logits).abs().max())
+    tolerance = logit_tolerance(result.logits)
+    if not bool(torch.isfinite(result.logits).all()):
+        problems.append("the attack's logits are not all finite")
+    if not bool(torch.isfinite(logits).all()):
+        problems.append("the recomputed logits are not all finite")
+    gap = _max_or_zero((logits - result.logits).abs()) if logits.shape == result.logits.shape else float("inf")
+    if not gap <= tolerance:  # also catches a NaN gap
+        problems.append(f"recomputed logits differ from the attack's by {gap:.3g} (tolerance {tolerance:.3g})")
     return Verification(
         passed=not problems,
         input_violation=input_violation,
@@ -136,5 +188,6 @@ def verify(model: nn.Module, x: Tensor, y: Tensor, result: AttackResult, chunk_s
         logits=logits,
         correct=logits.argmax(dim=1) == y,
         max_logit_gap=gap,
+        logit_tolerance=tolerance,
         problems=problems,
     )

@@ -15,6 +15,7 @@ than `ibp_margin_bounds`.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import cast
 
 import torch
 from torch import Tensor, nn
@@ -116,7 +117,7 @@ def _back_linear(
             c = c - (r * offset[:, None, :]).sum(dim=-1)
     else:
         h_max = torch.maximum(lb.abs(), ub.abs()).amax(dim=1)  # (N,)
-        c = c - abs_a.sum(dim=-1) * lt.e * h_max[:, None]
+        c = c - abs_a.sum(dim=-1) * lt.operator_radius() * h_max[:, None]
     return new_a, c
 
 
@@ -166,7 +167,7 @@ class _Network:
             if type(module) is nn.ReLU:
                 a, c = _back_relu(a, c, lb, ub)
             else:
-                a, c = _back_linear(a, c, module, self.threats.get(name), lb, ub)
+                a, c = _back_linear(a, c, cast(nn.Linear, module), self.threats.get(name), lb, ub)
         lb0, ub0 = self.inputs[0]
         return c + _dot(a.clamp(min=0), lb0) + _dot(a.clamp(max=0), ub0)
 
@@ -181,7 +182,7 @@ class _Network:
 
 
 def _chunk_size(body: list[tuple[str, nn.Module]], n: int) -> int:
-    widths = [m.out_features for _, m in body if type(m) is nn.Linear] + [body[0][1].in_features]
+    widths = [m.out_features for _, m in body if type(m) is nn.Linear] + [cast(nn.Linear, body[0][1]).in_features]
     per_example = 2 * max(widths) ** 2 * 8 * 3  # a, |a| and a product, float64
     return max(1, min(n, _CHUNK_BYTES // per_example))
 

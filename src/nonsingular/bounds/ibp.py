@@ -45,6 +45,8 @@ IntervalRule = Callable[[nn.Module, Tensor, Tensor, LayerThreat | None], Box]
 
 def _affine(module: nn.Module, lb: Tensor, ub: Tensor, lt: LayerThreat | None) -> Box:
     """Linear / Conv: W'h + b' over h in [lb, ub], W' in the layer's weight ball, b' in its bias box."""
+    if not isinstance(module, nn.Linear | nn.Conv1d | nn.Conv2d):
+        raise UnsupportedLayerError(f"the affine rule bounds Linear and Conv layers, not {type(module).__name__}")
     w = module.weight.to(lb.dtype)
     if lt is not None and lt.rho is not None and bool((lb >= 0).all()):
         # Non-negative inputs (after a ReLU): sum_j W'_ij h_j is a sum of independent interval products, whose
@@ -60,7 +62,11 @@ def _affine(module: nn.Module, lb: Tensor, ub: Tensor, lt: LayerThreat | None) -
         if lt is not None:
             # Lemma 1 maximised over the box: sum_j rho_ij max(|lb_j|, |ub_j|), or e * max_j of the same.
             a = torch.maximum(lb.abs(), ub.abs())
-            term = apply_weight(module, a, lt.rho) if lt.rho is not None else lt.e * receptive_max(module, a)
+            term = (
+                apply_weight(module, a, lt.rho)
+                if lt.rho is not None
+                else lt.operator_radius() * receptive_max(module, a)
+            )
             lo, hi = lo - term, hi + term
     if module.bias is not None:
         shape = (-1,) if isinstance(module, nn.Linear) else (-1, *([1] * (lo.dim() - 2)))
@@ -164,7 +170,7 @@ def elided_margin_lower(module: nn.Linear, lt: LayerThreat | None, lb: Tensor, u
             term = (
                 F.linear(a, lt.rho)
                 if lt.rho is not None
-                else (lt.e * a.amax(dim=1, keepdim=True)).expand(-1, w.shape[0])
+                else (lt.operator_radius() * a.amax(dim=1, keepdim=True)).expand(-1, w.shape[0])
             )
             lower = lower - term.gather(1, y[:, None]) - term
     if module.bias is not None:
@@ -207,7 +213,7 @@ def ibp_margin_bounds(model: nn.Module, x: Tensor, y: Tensor, threat: ThreatMode
     last_name, last = layers[-1]
     elide = type(last) is nn.Linear
     boxes = propagate_boxes(layers[:-1] if elide else layers, threats, lb, ub)
-    if elide:
+    if elide and isinstance(last, nn.Linear):
         lower = elided_margin_lower(last, threats.get(last_name), *boxes[-1], y)
     else:
         check_logits(last_name, boxes[-1][0])

@@ -91,7 +91,17 @@ class LayerThreat:
         """(out,) bound on the l1 norm of each row of D (rows of a kernel are its output channels)."""
         if self.rho is not None:
             return self.rho.reshape(self.out_features, -1).sum(dim=1)
-        return self.e.expand(self.out_features)  # type: ignore[union-attr]  # e is set when rho is not
+        return self.operator_radius().expand(self.out_features)
+
+    def operator_radius(self) -> Tensor:
+        """e of the operator ball (0-dim).
+
+        Raises:
+            ValueError: the layer's ball is element-wise (it has rho, not e).
+        """
+        if self.e is None:
+            raise ValueError(f"layer {self.name} has an element-wise ball: rho, not an operator radius e")
+        return self.e
 
     def operator_norm(self) -> Tensor:
         """eta: a bound on ||D||_inf (THEORY.md section 4), 0-dim."""
@@ -173,11 +183,18 @@ def receptive_max(module: nn.Module, a: Tensor) -> Tensor:
     """
     if isinstance(module, nn.Linear):
         return a.amax(dim=-1, keepdim=True)
+    if not isinstance(module, nn.Conv1d | nn.Conv2d):
+        raise UnsupportedLayerError(f"receptive_max: {type(module).__name__} is not a Linear or Conv layer")
     m = a.amax(dim=1, keepdim=True)
     out_spatial = apply_weight(module, a, module.weight.detach().to(a.dtype)).shape[2:]
     if isinstance(module.padding, str):
         # String paddings ('same') have no unfold equivalent; the example's global max is still sound.
         return m.amax(dim=tuple(range(2, m.dim())), keepdim=True).expand(-1, -1, *out_spatial)
+    # unfold takes 2-d arguments; a Conv1d is unfolded as a 1 x length image.
+    kernel: tuple[int, ...]
+    stride: tuple[int, ...]
+    padding: tuple[int, ...]
+    dilation: tuple[int, ...]
     if isinstance(module, nn.Conv1d):
         m = m.unsqueeze(2)
         kernel, stride = (1, module.kernel_size[0]), (1, module.stride[0])
@@ -201,6 +218,7 @@ def clean_logits(model: nn.Module, x: Tensor) -> Tensor:
             k: v.to(x.dtype) if v.is_floating_point() else v
             for k, v in (*model.named_parameters(), *model.named_buffers())
         }
-        return torch.func.functional_call(model, state, (x,))
+        logits: Tensor = torch.func.functional_call(model, state, (x,))
+        return logits
     finally:
         model.train(was_training)

@@ -147,7 +147,9 @@ def _unsupported(name: str, module: nn.Module) -> UnsupportedLayerError:
     )
 
 
-def _layer_constants(module: nn.Module, lt: LayerThreat | None, dtype: torch.dtype) -> tuple[Tensor, ...]:
+def _layer_constants(
+    module: nn.Linear | nn.Conv1d | nn.Conv2d, lt: LayerThreat | None, dtype: torch.dtype
+) -> tuple[Tensor, ...]:
     """(||W||, eta, ||b||, beta) of a weight layer, differentiable in its parameters."""
     zero = torch.zeros((), dtype=dtype, device=module.weight.device)
     norm_w = _operator_norm(module.weight.to(dtype))
@@ -165,12 +167,12 @@ def _propagate(
     dtype = next(t for t in (*state, torch.zeros(())) if t is not None).dtype
     for name, module in layers:
         kind = _kind(module)
-        if kind in _WEIGHT_TYPES:
+        if kind in _WEIGHT_TYPES and isinstance(module, _WEIGHT_TYPES):
             norm_w, eta, norm_b, beta = (alg.lift(v) for v in _layer_constants(module, threats.get(name), dtype))
             r_x = alg.mul(norm_w, r_x)
             r_w = alg.add(alg.mul(norm_w, r_w), alg.add(alg.mul(eta, a), beta))  # + this layer's eta A + beta
             a = alg.add(alg.mul(alg.add(norm_w, eta), a), alg.add(norm_b, beta))
-        elif kind is Normalize:
+        elif kind is Normalize and isinstance(module, Normalize):
             # (h - mu) / sigma: distances scale by 1 / min |sigma|, sizes become (A + max |mu|) / min |sigma|.
             inv = alg.lift(1 / module.std.to(dtype).abs().min())
             r_x, r_w = alg.mul(inv, r_x), alg.mul(inv, r_w)
@@ -180,13 +182,21 @@ def _propagate(
     return _State(a, r_x, r_w)
 
 
+class _Values(NamedTuple):
+    """A _State with its known zeros made explicit (N,) tensors."""
+
+    a: Tensor
+    r_x: Tensor
+    r_w: Tensor
+
+
 class _Run(NamedTuple):
     """Theorem 2's quantities as (N,) tensors in the algebra's domain (known zeros made explicit)."""
 
     layers: list[tuple[str, nn.Module]]
     threats: dict[str, LayerThreat]
-    before_last: _State  # after every layer but the last
-    final: _State
+    before_last: _Values  # after every layer but the last
+    final: _Values
 
 
 def _run(model: nn.Module, x: Tensor, threat: ThreatModel, alg: _Algebra) -> _Run:
@@ -206,7 +216,7 @@ def _run(model: nn.Module, x: Tensor, threat: ThreatModel, alg: _Algebra) -> _Ru
     e0 = torch.maximum(center - lb, ub - center).amax(dim=1)
     before = _propagate(layers[start:-1], threats, _State(alg.lift(a0), alg.lift(e0), None), alg)
     final = _propagate(layers[-1:], threats, before, alg)
-    explicit = [_State(*(alg.value(v, e0) for v in state)) for state in (before, final)]
+    explicit = [_Values(*(alg.value(v, e0) for v in state)) for state in (before, final)]
     return _Run(layers, threats, *explicit)
 
 
@@ -248,7 +258,7 @@ def norm_bounds(model: nn.Module, x: Tensor, threat: ThreatModel, y: Tensor | No
     if y is not None:
         margin_change = (2 * logit_change)[:, None].expand(-1, logits.shape[1])
         last_name, last = run.layers[-1]
-        if _kind(last) is nn.Linear:
+        if _kind(last) is nn.Linear and isinstance(last, nn.Linear):
             margin_change = torch.minimum(margin_change, _last_layer_margin_change(last, run, last_name, y))
         margin_change = finish_margins(margin_change, y)
     return NormBounds(
@@ -280,5 +290,7 @@ def norm_margin_bounds(model: nn.Module, x: Tensor, y: Tensor, threat: ThreatMod
     bounds = norm_bounds(model, x, threat, y)
     logits = bounds.clean_logits
     clean_margin = logits.gather(1, y[:, None]) - logits
+    if bounds.margin_change is None:  # unreachable: norm_bounds computes it whenever labels are given
+        raise RuntimeError("norm_bounds returned no margin change for labelled examples")
     lower = finish_margins(clean_margin - bounds.margin_change, y)
     return MarginBounds(lower=lower, y=y, clean_logits=logits, method=BoundMethod.NORM)

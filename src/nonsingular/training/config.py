@@ -17,6 +17,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from ..threat import EpsMode, Scope, WeightBall
+from .registry import canonical_name, config_default, objective_names, objective_spec, parse_objective
 
 __all__ = ["LRSchedule", "OptimizerName", "TrainConfig", "load_config_file", "resolve_config"]
 
@@ -45,7 +46,8 @@ class TrainConfig(BaseModel):
         architecture: "mlp", "cnn" or "lenet" (models.ARCHITECTURES).
         widths: hidden widths of the MLP.
         arch_options: further keyword arguments of the architecture (e.g. {"channels": [16, 32]} for cnn).
-        objective: objective name, or names joined by "+" (e.g. "pgd-at+awp", "joint-at+bound-reg").
+        objective: a registered objective name, or names joined by "+" (e.g. "pgd-at+awp", "joint-at+bound-reg");
+            see `registry.parse_objective`.
         eps_x: training input radius (l_inf, data units).
         eps_w: training weight radius; None takes the objective's default (0.002 absolute; awp: 0.005 relative).
         weight_ball: element-wise or operator weight ball of the training threat.
@@ -124,17 +126,16 @@ class TrainConfig(BaseModel):
     @field_validator("objective")
     @classmethod
     def _objective(cls, value: str) -> str:
-        from .objectives import parse_objective  # objectives import this module's config type
-
-        return "+".join(n.value for n in parse_objective(value))
+        return canonical_name(parse_objective(value))
 
     @model_validator(mode="after")
     def _consistent(self) -> TrainConfig:
         if self.eps_x > 1 or self.eval_eps_x > 1:
             raise ValueError(f"eps_x and eval_eps_x must be <= 1 (the width of [0, 1]), got {self.eps_x}")
-        if self.scope is Scope.SHARED and "joint-at" not in self.objective.split("+"):
+        if self.scope is Scope.SHARED and not any(p.honours_scope for p in parse_objective(self.objective)):
+            scoped = ", ".join(n for n in objective_names() if objective_spec(n).honours_scope)
             raise ValueError(
-                f"scope='shared' applies to joint-at only (awp is always shared per batch); {self.objective} "
+                f"scope='shared' applies to {scoped} only (awp is always shared per batch); {self.objective} "
                 "would ignore it"
             )
         if self.warmup_epochs is not None and self.warmup_epochs > self.epochs:
@@ -146,7 +147,7 @@ class TrainConfig(BaseModel):
         """Epochs of epsilon warm-up, with the objective's default when `warmup_epochs` is None."""
         if self.warmup_epochs is not None:
             return self.warmup_epochs
-        return self.epochs // 2 if "ibp-certified" in self.objective.split("+") else 0
+        return int(config_default(parse_objective(self.objective), "warmup_epochs", self))
 
 
 def load_config_file(path: Path) -> dict[str, Any]:

@@ -6,11 +6,11 @@ The adversarial ones find their perturbation with the library's own machinery (`
 the forward pass through the same hooks the attacks use, so the gradient with respect to W is the gradient at
 W + D with D held fixed (as AWP does), and the user's parameters are never modified.
 
-Names combine with "+" where that makes sense:
+Every objective is registered at the end of this module as a `registry.ObjectiveSpec`; names combine with "+":
 - one base: standard, pgd-at, trades, joint-at or ibp-certified;
-- awp adds a shared, layer-wise relative weight perturbation to standard, pgd-at or trades (pgd-at+awp is
-  Wu et al.'s AT-AWP, trades+awp their TRADES-AWP);
-- bound-reg adds Theorem 2's sensitivity terms to any base (bound-reg alone: cross-entropy + the terms).
+- modifiers wrap it: awp adds a shared, layer-wise relative weight perturbation to standard, pgd-at or trades
+  (pgd-at+awp is Wu et al.'s AT-AWP, trades+awp their TRADES-AWP); bound-reg adds Theorem 2's sensitivity
+  terms to any base (bound-reg alone: cross-entropy + the terms).
 
 Data-parallel training (see `parallel`): `model` may be a DistributedDataParallel wrapper and x this rank's share
 of the batch. Forwards whose gradient trains the weights go through `model`; inner maximisations and bounds run
@@ -24,10 +24,8 @@ rank trains at the same perturbed weights; per-example perturbations need no com
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
-from enum import Enum
-from typing import Any, Protocol
+from dataclasses import dataclass, replace
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -40,114 +38,38 @@ from ..perturbation import WeightBlock, build_weight_blocks, installed, layer_pa
 from ..threat import EpsMode, Scope, ThreatModel
 from . import parallel
 from .config import TrainConfig
+from .registry import (
+    Objective,
+    ObjectiveSpec,
+    Role,
+    StepContext,
+    config_default,
+    parse_objective,
+    register_objective,
+    split_objective,
+)
 
 __all__ = [
     "Adversarial",
     "BoundRegularized",
     "IBPCertified",
-    "Objective",
-    "ObjectiveName",
     "Standard",
-    "StepContext",
     "Trades",
     "build_objective",
-    "parse_objective",
     "trained_threat",
     "training_threat",
 ]
 
 
-class ObjectiveName(str, Enum):
-    """Objective names; the string values are what configs and the CLI accept."""
-
-    STANDARD = "standard"
-    PGD_AT = "pgd-at"
-    TRADES = "trades"
-    AWP = "awp"
-    JOINT_AT = "joint-at"
-    BOUND_REG = "bound-reg"
-    IBP_CERTIFIED = "ibp-certified"
-
-
-_BASES = (
-    ObjectiveName.STANDARD,
-    ObjectiveName.PGD_AT,
-    ObjectiveName.TRADES,
-    ObjectiveName.JOINT_AT,
-    ObjectiveName.IBP_CERTIFIED,
-)
-_AWP_BASES = (ObjectiveName.STANDARD, ObjectiveName.PGD_AT, ObjectiveName.TRADES)
-
-
-def parse_objective(spec: str | ObjectiveName | Sequence[str | ObjectiveName]) -> tuple[ObjectiveName, ...]:
-    """Names of an objective in canonical order (base, awp, bound-reg); "standard" is dropped when combined.
-
-    Raises:
-        ValueError: an unknown name, a repeated name, two bases, or awp on a base it cannot modify.
-    """
-    if isinstance(spec, ObjectiveName):
-        tokens: list[str | ObjectiveName] = [spec]
-    elif isinstance(spec, str):
-        tokens = [t.strip() for t in spec.split("+")]
-    else:
-        tokens = list(spec)
-    names: list[ObjectiveName] = []
-    for token in tokens:
-        try:
-            names.append(ObjectiveName(token))
-        except ValueError:
-            known = ", ".join(n.value for n in ObjectiveName)
-            raise ValueError(f"unknown objective {str(token)!r}; known: {known} (combine with '+')") from None
-    if len(set(names)) != len(names):
-        raise ValueError(f"objective {spec!r} names a part twice")
-    bases = [n for n in names if n in _BASES]
-    if len(bases) > 1:
-        raise ValueError(f"objective {spec!r} combines {bases[0].value} and {bases[1].value}; use one base")
-    base = bases[0] if bases else ObjectiveName.STANDARD
-    if ObjectiveName.AWP in names and base not in _AWP_BASES:
-        raise ValueError(f"awp cannot be combined with {base.value} (it already perturbs weights or bounds them)")
-    extras = [n for n in (ObjectiveName.AWP, ObjectiveName.BOUND_REG) if n in names]
-    if base is ObjectiveName.STANDARD and extras:
-        return tuple(extras)
-    return (base, *extras)
-
-
-@dataclass(frozen=True)
-class StepContext:
-    """What an objective needs to know about the current step.
-
-    Attributes:
-        scale: epsilon warm-up factor in [0, 1]; the training threat's radii are multiplied by it.
-        seed: seed of this step's random starts (derived from the run seed, epoch and step: resumable).
-        first_index: position of x[0] in the global batch when x is this rank's share of it (else 0).
-        n_batch: examples in the global batch over all ranks; None: x is the whole batch.
-    """
-
-    scale: float = 1.0
-    seed: int = 0
-    first_index: int = 0
-    n_batch: int | None = None
-
-
-class Objective(Protocol):
-    def __call__(self, model: nn.Module, x: Tensor, y: Tensor, ctx: StepContext) -> dict[str, Tensor]:
-        """Loss and logits on a batch: x (N, *input_shape) in the data domain, y (N,) labels.
-
-        The loss is a mean over the N examples (the trainer reweighs unequal shares of a distributed batch).
-        """
-        ...
-
-    def describe(self) -> dict[str, Any]:
-        """Plain-JSON description (kind, threat in full, hyper-parameters) for the checkpoint."""
-        ...
-
-
 def trained_threat(objective: Objective) -> dict[str, Any] | None:
     """The threat the objective trains against (the adversary's, else the bound's); None for standard."""
     description = objective.describe()
+    threat: dict[str, Any] | None
     if "base" in description and "threat" in description["base"]:
-        return description["base"]["threat"]
-    return description.get("threat")
+        threat = description["base"]["threat"]
+    else:
+        threat = description.get("threat")
+    return threat
 
 
 def scaled_threat(threat: ThreatModel, scale: float) -> ThreatModel:
@@ -358,52 +280,118 @@ class BoundRegularized:
         return out
 
 
-# ---------------------------------------------------------------------------------------------- factory
-#: Defaults of the weight radius when the config leaves it out: (eps_w, mode).
-AWP_DEFAULT = (0.005, EpsMode.RELATIVE)
-JOINT_DEFAULT = (0.002, EpsMode.ABSOLUTE)
-
-
+# ---------------------------------------------------------------------------------------------- composition
 def training_threat(config: TrainConfig) -> ThreatModel:
     """The threat an objective trains against, with the objective's defaults for eps_w and weight_mode.
 
-    awp: weight perturbation shared per batch (inputs too when combined with pgd-at or trades), relative by
-    default. Every other objective: per-example unless `scope` says shared, absolute by default.
+    The config's radii, ball and scope, the parts' defaults for what the config leaves None, then each
+    modifier's `adjust_threat` (awp: shared per batch, weights only on the standard base). The bases take
+    what they attack from it (pgd-at and trades the input part unless awp adds the weights).
     """
-    names = parse_objective(config.objective)
-    awp = ObjectiveName.AWP in names
-    default_eps, default_mode = AWP_DEFAULT if awp else JOINT_DEFAULT
-    eps_x = config.eps_x
-    if awp and names[0] not in (ObjectiveName.PGD_AT, ObjectiveName.TRADES):
-        eps_x = 0.0  # awp alone is weight-only adversarial training
-    return ThreatModel(
-        eps_x=eps_x,
-        eps_w=default_eps if config.eps_w is None else config.eps_w,
-        weight_ball=config.weight_ball,
-        weight_mode=default_mode if config.weight_mode is None else config.weight_mode,
-        scope=Scope.SHARED if awp else config.scope,
+    parts = parse_objective(config.objective)
+    base, modifiers = split_objective(parts)
+    eps_w = config.eps_w if config.eps_w is not None else config_default(parts, "eps_w", config)
+    mode = config.weight_mode if config.weight_mode is not None else config_default(parts, "weight_mode", config)
+    threat = ThreatModel(
+        eps_x=config.eps_x, eps_w=eps_w, weight_ball=config.weight_ball, weight_mode=mode, scope=config.scope
     )
+    for modifier in modifiers:
+        if modifier.adjust_threat is not None:
+            threat = modifier.adjust_threat(threat, base)
+    return threat
 
 
 def build_objective(config: TrainConfig) -> Objective:
-    """The objective `config.objective` names, configured from `config`."""
-    names = parse_objective(config.objective)
+    """The objective `config.objective` names: its base built, then wrapped by each modifier in order."""
+    parts = parse_objective(config.objective)
+    base, modifiers = split_objective(parts)
     threat = training_threat(config)
-    awp = ObjectiveName.AWP in names
-    base_name = names[0] if names[0] in _BASES else ObjectiveName.STANDARD
-    objective: Objective
-    if base_name is ObjectiveName.STANDARD:
-        objective = Adversarial(threat.weight_only(), config.attack_steps) if awp else Standard()
-    elif base_name is ObjectiveName.PGD_AT:
-        objective = Adversarial(threat if awp else threat.input_only(), config.attack_steps)
-    elif base_name is ObjectiveName.TRADES:
-        objective = Trades(threat if awp else threat.input_only(), config.attack_steps, config.trades_beta)
-    elif base_name is ObjectiveName.JOINT_AT:
-        objective = Adversarial(threat, config.attack_steps)
-    else:
-        objective = IBPCertified(threat.with_scope(Scope.PER_EXAMPLE), config.ibp_kappa)
-    if ObjectiveName.BOUND_REG in names:
-        objective = BoundRegularized(
-            objective, threat.with_scope(Scope.PER_EXAMPLE), config.lambda_x, config.lambda_w, config.log_domain
-        )
+    objective = base.build(threat, **_options(base, config))
+    for modifier in modifiers:
+        objective = modifier.build(objective, threat, **_options(modifier, config))
     return objective
+
+
+def _options(spec: ObjectiveSpec, config: TrainConfig) -> dict[str, Any]:
+    return {name: getattr(config, name) for name in spec.options}
+
+
+# ---------------------------------------------------------------------------------------------- registrations
+# One spec per objective; a new objective is its class (or function) above plus one register_objective call.
+def _awp(inner: Objective, threat: ThreatModel, *, attack_steps: int) -> Objective:
+    """Add the (shared, relative) weight perturbation to the base's adversary; standard becomes weight-only AT."""
+    if isinstance(inner, Standard):
+        return Adversarial(threat.weight_only(), attack_steps)
+    if isinstance(inner, Adversarial | Trades):
+        return replace(inner, threat=threat)
+    raise TypeError(f"awp cannot modify {type(inner).__name__}")
+
+
+def _awp_threat(threat: ThreatModel, base: ObjectiveSpec) -> ThreatModel:
+    """awp alone is weight-only adversarial training; its weight perturbation is shared per batch."""
+    return (threat.weight_only() if base.name == "standard" else threat).with_scope(Scope.SHARED)
+
+
+register_objective(ObjectiveSpec(name="standard", role=Role.BASE, build=lambda threat: Standard(), summary="CE"))
+register_objective(
+    ObjectiveSpec(
+        name="pgd-at",
+        role=Role.BASE,
+        build=lambda threat, attack_steps: Adversarial(threat.input_only(), attack_steps),
+        options=("attack_steps",),
+        summary="CE at the worst input (Madry et al.)",
+    )
+)
+register_objective(
+    ObjectiveSpec(
+        name="trades",
+        role=Role.BASE,
+        build=lambda threat, attack_steps, trades_beta: Trades(threat.input_only(), attack_steps, trades_beta),
+        options=("attack_steps", "trades_beta"),
+        summary="CE + beta KL to the worst input (Zhang et al.)",
+    )
+)
+register_objective(
+    ObjectiveSpec(
+        name="awp",
+        role=Role.MODIFIER,
+        build=_awp,
+        options=("attack_steps",),
+        defaults={"eps_w": 0.005, "weight_mode": EpsMode.RELATIVE},
+        adjust_threat=_awp_threat,
+        modifies=("standard", "pgd-at", "trades"),
+        summary="adds a weight perturbation shared per batch, relative (Wu et al.)",
+    )
+)
+register_objective(
+    ObjectiveSpec(
+        name="joint-at",
+        role=Role.BASE,
+        build=lambda threat, attack_steps: Adversarial(threat, attack_steps),
+        options=("attack_steps",),
+        honours_scope=True,
+        summary="CE at the worst (input, weights), per example via Lemma 1 or shared",
+    )
+)
+register_objective(
+    ObjectiveSpec(
+        name="bound-reg",
+        role=Role.MODIFIER,
+        build=lambda inner, threat, lambda_x, lambda_w, log_domain: BoundRegularized(
+            inner, threat.with_scope(Scope.PER_EXAMPLE), lambda_x, lambda_w, log_domain
+        ),
+        options=("lambda_x", "lambda_w", "log_domain"),
+        summary="adds lambda_x R_x + lambda_w R_w (Theorem 2)",
+    )
+)
+register_objective(
+    ObjectiveSpec(
+        name="ibp-certified",
+        role=Role.BASE,
+        build=lambda threat, ibp_kappa: IBPCertified(threat.with_scope(Scope.PER_EXAMPLE), ibp_kappa),
+        options=("ibp_kappa",),
+        # Interval bounds of an untrained network are too loose to train on: warm up over half the epochs.
+        defaults={"warmup_epochs": lambda config: config.epochs // 2},
+        summary="kappa CE + (1 - kappa) CE at the IBP worst case",
+    )
+)

@@ -37,7 +37,8 @@ from ..threat import ThreatModel
 from . import parallel
 from .config import LRSchedule, OptimizerName, TrainConfig
 from .logs import MetricsLog, RunPaths
-from .objectives import StepContext, build_objective, trained_threat
+from .objectives import build_objective, trained_threat
+from .registry import StepContext
 from .state import derive_seed, optimizer_from_tensors, optimizer_to_tensors
 
 __all__ = ["TrainEvent", "TrainResult", "Trainer", "architecture_spec", "learning_rate", "warmup_scale"]
