@@ -70,6 +70,19 @@ FACTORIES = textwrap.dedent(
     def linear():
         return nn.Sequential(nn.Flatten(), nn.Linear(64, 10))
 
+
+    class Exp(nn.Module):
+        def forward(self, z):
+            return torch.exp(z)
+
+
+    def exp_logits():
+        torch.manual_seed(0)
+        net = nn.Sequential(nn.Flatten(), nn.Linear(64, 10), Exp())
+        with torch.no_grad():
+            net[1].weight.mul_(0.1)
+        return net
+
     VALUE = 3
     """
 )

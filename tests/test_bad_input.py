@@ -101,7 +101,10 @@ THREAT = [
     ("eps-w-negative", "-c {ck} --eps-w -1", "eps_w must be >= 0"),
     ("eps-b-negative", "-c {ck} --eps-b -1", "eps_b must be >= 0"),
     ("eps-x-text", "-c {ck} --eps-x abc", "--eps-x"),
-    ("eps-w-overflow", "-c {ck} --eps-w 1e30 --weight-ball operator --n-examples 4 --steps 1", "NaN or infinite"),
+    ("eps-w-huge", "-c {ck} --eps-w 1e9 --n-examples 4 --steps 1", "keeps no digit of the weight itself"),
+    ("eps-w-operator-huge", "-c {ck} --eps-w 1e30 --weight-ball operator", "keeps no digit of the weight itself"),
+    ("eps-b-huge", "-c {ck} --eps-b 1e12", "keeps no digit of the bias itself"),
+    ("logits-overflow", "--model {ws}/factories.py:exp_logits --eps-w 100 --n-examples 4 --steps 1", "NaN or infinite"),
 ]
 
 EVALUATE = [

@@ -82,10 +82,14 @@ def test_sigkill_mid_epoch_leaves_a_loadable_checkpoint(tmp_path: Path, digits) 
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
+        # The run writes an epoch-0 checkpoint at once; wait for the first finished epoch (its metrics line).
+        metrics = RunPaths(out).jsonl
         deadline = time.monotonic() + 60
-        while not out.exists() and time.monotonic() < deadline and proc.poll() is None:
+        while time.monotonic() < deadline and proc.poll() is None and not (metrics.exists() and metrics.read_text()):
             time.sleep(0.05)
-        assert out.exists(), f"no checkpoint appeared: {proc.stderr.read().decode() if proc.poll() is not None else ''}"
+        assert metrics.exists() and metrics.read_text(), (
+            f"no epoch finished: {proc.stderr.read().decode() if proc.poll() is not None else ''}"
+        )
         time.sleep(0.3)  # an epoch here takes about a second: the kill lands inside one
         os.kill(proc.pid, signal.SIGKILL)
     finally:

@@ -133,6 +133,7 @@ def attack_and_verify(model, x, y, threat: ThreatModel, attack: PGD, tick=None) 
         raise ValueError("no examples to attack")
     if shared and n < dist.world_size():  # every rank checks: all stop together
         raise ValueError(f"{n} examples cannot be split over {dist.world_size()} processes (one per rank needed)")
+    threat.check_resolvable(model)
     start, stop = dist.shard_range(n, attack.batch_size)
     xs, ys = x[start:stop], y[start:stop]
     # (failed, max logit gap, non-finite logits), max over ranks: every rank raises or goes on together.

@@ -204,6 +204,32 @@ class ThreatModel(BaseModel):
             return []
         return [(n, m) for n, m in chosen if self.eps_w_for(n) > 0 or self.eps_b > 0]
 
+    def check_resolvable(self, model: nn.Module) -> None:
+        """Refuse radii so large against the weights they perturb that the model's dtype cannot hold W + D with
+        any digit of W left (a radius above max |W| / machine epsilon): the set the arithmetic would explore is
+        then not the threat set, and no attack or bound there means anything.
+
+        Raises:
+            ValueError: naming the layer, its radius, how many times max |W| (or |b|) that is, and the limit.
+        """
+        for name, module in self.weight_layers(model):
+            pairs: list[tuple[str, Tensor, Tensor | None]] = [("weight", module.weight.detach(), None)]
+            if module.bias is not None and self.eps_b > 0:
+                pairs.append(("bias", module.bias.detach(), self.bias_radius(module.bias)))
+            for kind, value, radius in pairs:
+                if radius is None:
+                    ball = self.operator_radius if self.weight_ball is WeightBall.OPERATOR else self.weight_radius
+                    radius = ball(name, value)
+                scale, largest = float(value.abs().max()), float(radius.max())
+                limit = scale / torch.finfo(value.dtype).eps
+                if scale > 0 and largest > limit:
+                    raise ValueError(
+                        f"the {kind} radius of layer '{name}' is {largest:.3g}, {largest / scale:.2g} times its "
+                        f"largest |{kind}| ({scale:.3g}): in {value.dtype} a perturbed {kind} keeps no digit of the "
+                        f"{kind} itself, so no attack or bound at that radius means anything; use a radius below "
+                        f"{limit:.3g}"
+                    )
+
     def input_bounds(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """Element-wise [lb, ub] of valid perturbed inputs, in x's dtype (THEORY.md section 8)."""
         lo, hi = self.domain

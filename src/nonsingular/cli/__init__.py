@@ -67,7 +67,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     try:
         code = app(args=args, prog_name="nonsingular", standalone_mode=False)
     except TyperException as err:  # click's usage errors: one line instead of the usage block
-        message = err.format_message()
+        message = err.format_message().replace("Value error, ", "")  # typer's enum check goes through pydantic
         if type(err).__name__ == "NoArgsIsHelpError":  # bare `nonsingular`: the message is the help text
             print(message, file=sys.stderr)
             sys.exit(2)

@@ -64,7 +64,7 @@ def load_workload(
     loaded = load_model_and_data(checkpoint, data, model, weights, accept_data_change)
     net = loaded.model.to(device)
     threat = threat.model_copy(update={"domain": loaded.data.domain})
-    threat.weight_layers(net)  # fail early on --layers the model does not have
+    threat.check_resolvable(net)  # fail early on --layers the model does not have, or radii past float range
     x, y = select_examples(loaded.data, n_examples)
     return Workload(net, loaded.data, threat, x.to(device), y.to(device), checkpoint, model)
 

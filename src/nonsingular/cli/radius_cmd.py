@@ -87,6 +87,7 @@ def radius(
     base = validated(ThreatModel, weight_ball=weight_ball, weight_mode=weight_mode, layers=layer_names(layers))
     work = load_workload(checkpoint, data, model, weights, base, n_examples, run_device, accept_data_change)
     ray = Ray(settings.k_x, settings.k_w, work.threat, k_b=settings.k_b)
+    ray.threat(min(settings.s_max, ray.s_max)).check_resolvable(work.model)
 
     def certify(a, b, t):  # float64 bounds: their rounding is negligible
         return margin_bounds(work.model, a.double(), b, t, method).certified
