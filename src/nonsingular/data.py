@@ -126,9 +126,17 @@ def _from_files(scheme: str) -> Callable[[str, int], Dataset]:
     return load
 
 
-#: scheme -> loader(argument, seed). "digits" takes no argument; "mnist:PATH" passes PATH. Local files only.
+def _mnist_sample(_arg: str, seed: int) -> Dataset:
+    from .datasets import load_mnist_sample  # imported on use: datasets builds on this module
+
+    return load_mnist_sample(seed=seed)
+
+
+#: scheme -> loader(argument, seed). "digits" and "mnist-sample" take no argument; "mnist:PATH" passes PATH.
+#: Local files only.
 DATA_SOURCES: dict[str, Callable[[str, int], Dataset]] = {
     "digits": lambda _arg, seed: load_digits(seed=seed),
+    "mnist-sample": _mnist_sample,
     **{scheme: _from_files(scheme) for scheme in ("mnist", "fashion-mnist", "cifar10", "npz")},
 }
 
@@ -141,7 +149,7 @@ def canonical_source(source: str) -> str:
     """`source` with its path made absolute ("npz:rel.npz" -> "npz:/cwd/rel.npz"), so a checkpoint or cache key
     that records it names the same files from any working folder. Sources without a path are returned as given."""
     scheme, sep, arg = source.partition(":")
-    if not sep or not arg or scheme not in DATA_SOURCES or scheme == "digits":
+    if not sep or not arg or scheme not in DATA_SOURCES or scheme in ("digits", "mnist-sample"):
         return source
     return f"{scheme}:{Path(arg).expanduser().resolve()}"
 

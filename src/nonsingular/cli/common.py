@@ -117,7 +117,8 @@ DataOpt = Annotated[
     str | None,
     typer.Option(
         "--data",
-        help="digits, mnist:PATH, fashion-mnist:PATH, cifar10:PATH or npz:FILE (default: the checkpoint's own).",
+        help="digits, mnist-sample, mnist:PATH, fashion-mnist:PATH, cifar10:PATH or npz:FILE "
+        "(default: the checkpoint's own).",
     ),
 ]
 NExamplesOpt = Annotated[int | None, typer.Option("--n-examples", help="Use the first N test examples (default: all).")]
