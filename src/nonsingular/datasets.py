@@ -4,8 +4,7 @@ Nothing here downloads anything. Each loader takes the argument of a source stri
 and a seed (used only where a split has to be drawn), checks what it reads, and returns a `Dataset` in [0, 1].
 Every problem with a file raises a ValueError that names the file and what is wrong with it.
 
-    register_file_sources()          # adds "mnist", "fashion-mnist", "cifar10", "npz" to DATA_SOURCES
-    data = load_data("mnist:/data/mnist")
+    data = load_data("mnist:/data/mnist")   # "mnist", "fashion-mnist", "cifar10", "npz" dispatch here
 """
 
 from __future__ import annotations
@@ -22,7 +21,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from .data import Dataset, make_dataset, register_data_source, stratified_split
+from .data import Dataset, make_dataset, stratified_split
 
 __all__ = [
     "FILE_SOURCES",
@@ -31,7 +30,6 @@ __all__ = [
     "load_mnist",
     "load_npz",
     "read_idx",
-    "register_file_sources",
 ]
 
 # ----------------------------------------------------------------------------------------------- IDX (MNIST)
@@ -474,16 +472,10 @@ def _check_labels(path: Path, y: np.ndarray, num_classes: int, key: str = "label
         raise ValueError(f"{path}: {key} out of range: found {lo}..{hi}, expected 0..{num_classes - 1}")
 
 
-#: scheme -> loader(argument, seed), the entries `register_file_sources` adds to `data.DATA_SOURCES`.
+#: scheme -> loader(argument, seed): the file schemes `data.DATA_SOURCES` dispatches to (imported on use).
 FILE_SOURCES: dict[str, Callable[[str, int], Dataset]] = {
     "mnist": load_mnist,
     "fashion-mnist": load_fashion_mnist,
     "cifar10": load_cifar10,
     "npz": load_npz,
 }
-
-
-def register_file_sources() -> None:
-    """Make `load_data` know "mnist:PATH", "fashion-mnist:PATH", "cifar10:PATH" and "npz:FILE"."""
-    for scheme, loader in FILE_SOURCES.items():
-        register_data_source(scheme, loader)
