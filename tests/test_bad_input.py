@@ -155,6 +155,7 @@ TRAIN = [
     ("widths-text", "--widths abc", "--widths must be comma-separated integers"),
     ("widths-zero", "--widths 0,4", "widths must be positive integers"),
     ("val-fraction", "--val-fraction 1", "val_fraction"),
+    ("data-seed", "--data-seed -1", "data_seed: Input should be greater than or equal to 0"),
     ("scope-ignored", "--objective pgd-at --scope shared", "scope='shared' applies to joint-at only"),
     ("warmup", "--warmup-epochs 5 --epochs 2", "warmup_epochs (5) exceeds epochs (2)"),
     ("data-scheme", "--data nowhere:x", "unknown data source"),

@@ -82,7 +82,7 @@ class StudyConfig(_Strict):
 
     name: str = "study"
     data: str = "digits"
-    seed: int = 0
+    seed: int = Field(0, ge=0, lt=2**32)
     n_examples: int | None = Field(None, ge=1)
     architecture: dict[str, Any] = Field(default_factory=lambda: {"name": "mlp", "widths": [256, 256]})
     training: dict[str, Any] = Field(default_factory=dict)

@@ -71,7 +71,7 @@ class TrainConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     data: str = "digits"
-    data_seed: int = 0
+    data_seed: int = Field(0, ge=0, lt=2**32)
     val_fraction: float = Field(0.1, ge=0.0, lt=1.0)
     n_train: int | None = Field(None, ge=1)
 
