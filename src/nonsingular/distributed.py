@@ -22,7 +22,6 @@ __all__ = [
     "init_from_env",
     "is_distributed",
     "rank",
-    "resolve_device",
     "shard_range",
     "shutdown",
     "world_size",
@@ -115,26 +114,3 @@ def shutdown() -> None:
     if is_distributed():
         dist.barrier()
         dist.destroy_process_group()
-
-
-def resolve_device(name: str) -> torch.device:
-    """A device name ("auto", "cpu", "cuda", "cuda:N") to a torch.device; "auto" is CUDA when present, and a
-    bare "cuda" under torchrun is the GPU of this rank's LOCAL_RANK.
-
-    Raises:
-        ValueError: an unknown device name, or CUDA asked for where there is none.
-    """
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {name!r}") from None
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ValueError("device cuda was asked for but no CUDA device is available")
-        if device.index is None:
-            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")) % torch.cuda.device_count())
-    elif device.type != "cpu":
-        raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {name!r}")
-    return device

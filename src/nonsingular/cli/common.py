@@ -23,7 +23,7 @@ from rich.progress import (
 )
 from rich.text import Text
 
-from .. import distributed as dist
+from .. import devices
 from ..checkpoint import atomic_write, check_output_path
 from ..errors import InputError, describe
 from ..threat import EpsMode, Scope, ThreatModel, WeightBall
@@ -135,9 +135,9 @@ ForceOpt = Annotated[bool, typer.Option("--force/--no-force", help="Overwrite --
 
 
 def resolve_device(name: str) -> torch.device:
-    """--device value to a torch.device (see distributed.resolve_device), with a one-line error."""
+    """--device value to a torch.device (see devices.resolve_device), with a one-line error."""
     try:
-        return dist.resolve_device(name)
+        return devices.resolve_device(name)
     except ValueError as err:
         raise UserError(f"--{err}") from None
 

@@ -32,6 +32,7 @@ from .. import distributed as dist
 from ..attacks import PGD
 from ..checkpoint import CheckpointError, atomic_write, load_checkpoint, save_checkpoint
 from ..data import Dataset, canonical_source, load_data
+from ..devices import resolve_device
 from ..models import build_model
 from ..threat import ThreatModel
 from . import parallel
@@ -166,7 +167,7 @@ class Trainer:
         self.config = config
         self.paths = paths
         self.callback = callback
-        self.device = dist.resolve_device(config.device)
+        self.device = resolve_device(config.device)
         self.data = data if data is not None else load_data(config.data, config.data_seed)
         x_tr, y_tr, x_val, y_val = _split(self.data, config)
         self.x_train, self.y_train = x_tr.to(self.device), y_tr.to(self.device)
