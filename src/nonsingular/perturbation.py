@@ -188,7 +188,7 @@ class WeightBlock:
         self.bias_rho = threat.bias_radius(self.bias)
         # Absolute element-wise radius is one number: r = eps * ||h||_1 needs no matmul (Lemma 1).
         elementwise_absolute = self.ball is WeightBall.ELEMENTWISE and threat.weight_mode is EpsMode.ABSOLUTE
-        self.uniform_eps = threat.eps_w_for(name) if elementwise_absolute else None
+        self.uniform_eps = threat.uniform_radius(name) if elementwise_absolute else None
         self.h_seen: Tensor | None = None
         self.input_nonnegative = False  # set by build_weight_blocks when a ReLU feeds this layer
         out_features = weight.shape[0]

@@ -65,6 +65,9 @@ class ThreatModel(BaseModel):
         weight_ball: element-wise box per weight, or operator (l_inf induced) norm ball per matrix.
         weight_mode: absolute radius, or relative to |W| (element-wise) / ||W||_inf (operator).
         layer_eps: per-layer overrides of eps_w, keyed by module name (as in `model.named_modules()`).
+        channel_eps: per-output-channel radii of a layer (element-wise ball only), keyed by module name: a vector
+            with one radius per row of the weight (output feature / output channel), in the weight mode's units.
+            Overrides eps_w and layer_eps for that layer; quantization grids with one scale per channel use it.
         layers: module names to perturb; None perturbs every Linear/Conv weight matrix.
         eps_b: bias radius (0: biases unperturbed), in the same mode as the weights.
         scope: per-example (one weight perturbation per input) or shared (one for all inputs).
@@ -78,6 +81,7 @@ class ThreatModel(BaseModel):
     weight_ball: WeightBall = WeightBall.ELEMENTWISE
     weight_mode: EpsMode = EpsMode.ABSOLUTE
     layer_eps: tuple[tuple[str, float], ...] = ()
+    channel_eps: tuple[tuple[str, tuple[float, ...]], ...] = ()
     layers: tuple[str, ...] | None = None
     eps_b: float = 0.0
     scope: Scope = Scope.PER_EXAMPLE
@@ -92,6 +96,18 @@ class ThreatModel(BaseModel):
     def _layer_eps_valid(cls, value: Any) -> tuple[tuple[str, float], ...]:
         items = value.items() if isinstance(value, Mapping) else value
         return tuple(sorted((str(k), _check_eps(f"layer_eps[{k}]", v)) for k, v in items))
+
+    @field_validator("channel_eps", mode="before")
+    @classmethod
+    def _channel_eps_valid(cls, value: Any) -> tuple[tuple[str, tuple[float, ...]], ...]:
+        items = value.items() if isinstance(value, Mapping) else value
+        out = []
+        for name, radii in items:
+            values = tuple(_check_eps(f"channel_eps[{name}]", float(r)) for r in radii)
+            if not values:
+                raise ValueError(f"channel_eps[{name}] holds no radius")
+            out.append((str(name), values))
+        return tuple(sorted(out))
 
     @field_validator("layers", mode="before")
     @classmethod
@@ -114,8 +130,13 @@ class ThreatModel(BaseModel):
             raise ValueError(f"domain must be finite with lo < hi, got {self.domain}")
         if self.eps_x > hi - lo:
             raise ValueError(f"eps_x={self.eps_x} exceeds the width of the domain {self.domain}")
+        if self.channel_eps and self.weight_ball is not WeightBall.ELEMENTWISE:
+            raise ValueError("channel_eps (per-channel radii) applies to the elementwise weight ball only")
+        overlap = sorted(set(dict(self.channel_eps)) & set(dict(self.layer_eps)))
+        if overlap:
+            raise ValueError(f"layers {overlap} have both a layer_eps and a channel_eps radius; give one")
         if self.layers is not None:
-            unknown = [k for k, _ in self.layer_eps if k not in self.layers]
+            unknown = [k for k, _ in (*self.layer_eps, *self.channel_eps) if k not in self.layers]
             if unknown:
                 raise ValueError(f"layer_eps names layers outside the selection `layers`: {unknown}")
         return self
@@ -123,7 +144,7 @@ class ThreatModel(BaseModel):
     # ----------------------------------------------------------------- derived threats
     def input_only(self) -> ThreatModel:
         """The same threat with weights and biases left alone."""
-        return self.model_copy(update={"eps_w": 0.0, "layer_eps": (), "eps_b": 0.0})
+        return self.model_copy(update={"eps_w": 0.0, "layer_eps": (), "channel_eps": (), "eps_b": 0.0})
 
     def weight_only(self) -> ThreatModel:
         """The same threat with inputs left alone."""
@@ -138,7 +159,12 @@ class ThreatModel(BaseModel):
 
     @property
     def perturbs_weights(self) -> bool:
-        return self.eps_w > 0 or self.eps_b > 0 or any(v > 0 for _, v in self.layer_eps)
+        return (
+            self.eps_w > 0
+            or self.eps_b > 0
+            or any(v > 0 for _, v in self.layer_eps)
+            or any(max(v) > 0 for _, v in self.channel_eps)
+        )
 
     @property
     def kind(self) -> str:
@@ -153,6 +179,7 @@ class ThreatModel(BaseModel):
         """Plain-JSON description with every field, for reports."""
         data = self.model_dump(mode="json")
         data["layer_eps"] = dict(self.layer_eps)
+        data["channel_eps"] = {k: list(v) for k, v in self.channel_eps}
         data["kind"] = self.kind
         return data
 
@@ -167,6 +194,8 @@ class ThreatModel(BaseModel):
             parts.append(f"eps_b={self.eps_b:g}")
         if self.layer_eps:
             parts.append("layer_eps=" + ",".join(f"{k}:{v:g}" for k, v in self.layer_eps))
+        if self.channel_eps:
+            parts.append("channel_eps=" + ",".join(f"{k}:{min(v):.3g}..{max(v):.3g}" for k, v in self.channel_eps))
         parts.append("layers=" + (",".join(self.layers) if self.layers else "all"))
         parts.append(self.scope.value)
         parts.append(f"domain=[{self.domain[0]:g},{self.domain[1]:g}]")
@@ -174,8 +203,18 @@ class ThreatModel(BaseModel):
 
     # ----------------------------------------------------------------- the threat set
     def eps_w_for(self, name: str) -> float:
-        """Weight radius of layer `name` (its override in `layer_eps`, else eps_w)."""
+        """Weight radius of layer `name`: the largest of its channel_eps, else its layer_eps override, else eps_w."""
+        channels = dict(self.channel_eps).get(name)
+        if channels is not None:
+            return max(channels)
         return dict(self.layer_eps).get(name, self.eps_w)
+
+    def uniform_radius(self, name: str) -> float | None:
+        """The single value of rho for layer `name` when rho is the same for every weight (element-wise,
+        absolute, no per-channel radii), which lets attacks and bounds use a scalar; None otherwise."""
+        if self.weight_ball is not WeightBall.ELEMENTWISE or self.weight_mode is not EpsMode.ABSOLUTE:
+            return None
+        return None if name in dict(self.channel_eps) else self.eps_w_for(name)
 
     def weight_layers(self, model: nn.Module) -> list[tuple[str, PerturbableLayer]]:
         """The (name, module) pairs whose weights the threat perturbs, in module order.
@@ -200,6 +239,12 @@ class ThreatModel(BaseModel):
         for name, _ in self.layer_eps:
             if name not in names:
                 raise ValueError(f"layer_eps names '{name}', which is not a perturbable layer of the model")
+        for name, radii in self.channel_eps:
+            if name not in names:
+                raise ValueError(f"channel_eps names '{name}', which is not a perturbable layer of the model")
+            rows = dict(chosen)[name].weight.shape[0]
+            if len(radii) != rows:
+                raise ValueError(f"channel_eps[{name}] has {len(radii)} radii for {rows} output channels")
         if not self.perturbs_weights:
             return []
         return [(n, m) for n, m in chosen if self.eps_w_for(n) > 0 or self.eps_b > 0]
@@ -243,11 +288,21 @@ class ThreatModel(BaseModel):
         return lb, ub
 
     def weight_radius(self, name: str, weight: Tensor) -> Tensor:
-        """Element-wise ball: rho with |D[i,j]| <= rho[i,j], same shape and dtype as `weight`."""
+        """Element-wise ball: rho with |D[i,j]| <= rho[i,j], same shape and dtype as `weight`.
+
+        With channel_eps for the layer, row i (output channel i) has its own radius.
+        """
+        w = weight.detach()
+        channels = dict(self.channel_eps).get(name)
+        if channels is not None:
+            if len(channels) != w.shape[0]:
+                raise ValueError(f"channel_eps[{name}] has {len(channels)} radii for {w.shape[0]} output channels")
+            eps_rows = torch.tensor(channels, dtype=w.dtype, device=w.device).reshape(-1, *([1] * (w.dim() - 1)))
+            return eps_rows * w.abs() if self.weight_mode is EpsMode.RELATIVE else eps_rows.expand_as(w).clone()
         eps = self.eps_w_for(name)
         if self.weight_mode is EpsMode.RELATIVE:
-            return eps * weight.detach().abs()
-        return torch.full_like(weight.detach(), eps)
+            return eps * w.abs()
+        return torch.full_like(w, eps)
 
     def operator_radius(self, name: str, weight: Tensor) -> Tensor:
         """Operator ball: e with ||D||_inf <= e (rows of a conv kernel are its output channels); 0-dim tensor."""

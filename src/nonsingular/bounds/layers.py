@@ -144,7 +144,7 @@ def layer_threats(model: nn.Module, threat: ThreatModel, dtype: torch.dtype) -> 
             beta = threat.bias_radius(bias)
             if beta is not None and relative:
                 beta = _straight_through(beta, threat.eps_b, bias.abs())
-        uniform = eps if (rho is not None and not relative) else None
+        uniform = threat.uniform_radius(name)
         out[name] = LayerThreat(
             name=name,
             ball=threat.weight_ball,

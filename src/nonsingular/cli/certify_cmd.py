@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from typing import Annotated
 
@@ -14,6 +15,7 @@ from ..attacks import PGD, Loss
 from ..bounds import BoundMethod
 from ..certify import CertifyReport
 from ..certify import certify as run_certify
+from ..quantize import Rounding, quantization_threat
 from ..threat import EpsMode, WeightBall
 from .common import (
     AcceptDataOpt,
@@ -30,12 +32,18 @@ from .common import (
     ModelOpt,
     ModeOpt,
     NExamplesOpt,
+    PerChannelOpt,
+    QuantizeOpt,
+    RoundingOpt,
+    SymmetricOpt,
     UserError,
     WeightsOpt,
     check_writable,
     console,
+    grid_lines,
     make_threat,
     progress_bar,
+    quantization_spec,
     resolve_device,
     validated,
     write_json,
@@ -82,6 +90,10 @@ def certify(
     restarts: Annotated[int, typer.Option(help="PGD restarts; each example keeps its worst.")] = 1,
     batch_size: Annotated[int, typer.Option(help="Examples per bound computation and attack batch.")] = 256,
     seed: Annotated[int, typer.Option(help="Attack random-start seed.")] = 0,
+    quantize: QuantizeOpt = None,
+    per_channel: PerChannelOpt = False,
+    symmetric: SymmetricOpt = True,
+    rounding: RoundingOpt = Rounding.NEAREST,
     device: DeviceOpt = "auto",
     out: JsonOutOpt = None,
     force: ForceOpt = False,
@@ -91,6 +103,7 @@ def certify(
     increase a verified PGD attack found). Bounds are per example and computed in float64.
     """
     check_writable(out, force)
+    spec = quantization_spec(quantize, per_channel, symmetric, rounding, eps_w, weight_ball)
     methods = parse_methods(method)
     if steps < 0 or restarts < 1 or batch_size < 1:
         raise UserError("--steps must be >= 0, --restarts and --batch-size >= 1")
@@ -102,6 +115,11 @@ def certify(
     dist.init_from_env(run_device)
     lead = dist.rank() == 0
     work = load_workload(checkpoint, data, model, weights, threat, n_examples, run_device, accept_data_change)
+    grids = None
+    if spec is not None:  # the box holding every rounding of the weights to the grid, with eps_x
+        quantized, grids = quantization_threat(work.model, spec, work.threat)
+        quantized.check_resolvable(work.model)
+        work = dataclasses.replace(work, threat=quantized)
 
     t0 = time.perf_counter()
     with progress_bar("certifying", enabled=lead) as update:
@@ -122,11 +140,18 @@ def certify(
         console.print(f"{dist.world_size()} processes, each bounding and attacking a contiguous share of the batches")
     console.print(render_table(report, title=f"{work.name} on {work.data.name} ({len(work.y)} test examples)"))
     console.print(f"threat: {work.threat}    attack: {report.attack or 'none'}")
+    if spec is not None and grids is not None:
+        for line in grid_lines(spec, grids):
+            console.print(line)
+        what = "any rounding to" if spec.rounding is Rounding.ANY else "round-to-nearest onto"
+        console.print(f"certified: no {what} this grid, with eps_x={work.threat.eps_x:g} input noise, changes them")
     for problem in report.problems:
         console.print(Text("problem: ", style="red") + Text(problem))
     console.print(f"certified in {elapsed:.2f} s")
     if out is not None:
         payload = {**report.to_json(), **work.source_fields()}
+        if spec is not None and grids is not None:
+            payload["quantization"] = {"grid": spec.describe(), "layers": {n: g.describe() for n, g in grids.items()}}
         write_json(out, payload)
         console.print(f"wrote {out}")
 

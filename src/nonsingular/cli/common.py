@@ -26,6 +26,7 @@ from rich.text import Text
 from .. import devices
 from ..checkpoint import atomic_write, check_output_path
 from ..errors import InputError, describe
+from ..quantize import LayerGrid, QuantizationSpec, Rounding, Scheme
 from ..threat import EpsMode, Scope, ThreatModel, WeightBall
 
 # No markup and no highlighting: user data and paths (which may hold "[...]") are printed literally.
@@ -102,6 +103,58 @@ def make_threat(
         scope=scope,
         domain=domain,
     )
+
+
+QuantizeOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--quantize",
+        help="intN (int8, int4, ...): the weight threat becomes the model's own N-bit integer grid, an element-wise "
+        "box of radius s/2 (--rounding nearest) or s (any) per weight, s the grid step of its tensor or channel; "
+        "replaces --eps-w.",
+    ),
+]
+PerChannelOpt = Annotated[
+    bool, typer.Option("--per-channel/--per-tensor", help="With --quantize: one grid scale per output channel.")
+]
+SymmetricOpt = Annotated[
+    bool,
+    typer.Option(
+        "--symmetric/--asymmetric",
+        help="With --quantize: symmetric grid (zero point 0, s = max|W| / (2^(N-1)-1)) or asymmetric "
+        "(s = (max W - min W) / (2^N - 1), zero point from the range).",
+    ),
+]
+RoundingOpt = Annotated[
+    Rounding,
+    typer.Option("--rounding", help="With --quantize: nearest (radius s/2) or any rounding direction (radius s)."),
+]
+
+
+def quantization_spec(
+    quantize: str | None, per_channel: bool, symmetric: bool, rounding: Rounding, eps_w: float, ball: WeightBall
+) -> QuantizationSpec | None:
+    """The grid of --quantize, refusing weight options it replaces; None without --quantize."""
+    if quantize is None:
+        return None
+    if eps_w != 0:
+        raise UserError("--quantize sets the weight radii from the grid; leave out --eps-w")
+    if ball is not WeightBall.ELEMENTWISE:
+        raise UserError("--quantize is an element-wise box (every rounding of every weight); leave out --weight-ball")
+    scheme = Scheme.SYMMETRIC if symmetric else Scheme.ASYMMETRIC
+    return QuantizationSpec.parse(quantize, per_channel=per_channel, scheme=scheme, rounding=rounding)
+
+
+def grid_lines(spec: QuantizationSpec, grids: dict[str, LayerGrid]) -> list[str]:
+    """What grid was assumed, per layer, so a user can match it to their deployment tool."""
+    lines = [f"grid: {spec.describe()} (codes {spec.qmin}..{spec.qmax}); W_q = (q - zero_point) * scale"]
+    for name, grid in grids.items():
+        d = grid.describe()
+        lines.append(
+            f"  layer {name}: scale {d['scale_min']:.4g}..{d['scale_max']:.4g} over {d['channels']} scale(s), "
+            f"zero point {d['zero_point_range'][0]}..{d['zero_point_range'][1]}"
+        )
+    return lines
 
 
 CheckpointOpt = Annotated[

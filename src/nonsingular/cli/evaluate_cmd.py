@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -12,6 +14,7 @@ from rich.text import Text
 from .. import distributed as dist
 from ..attacks import PGD, Loss
 from ..evaluate import KINDS, SCOPES, RobustnessReport, evaluate_robustness
+from ..quantize import QuantizationReport, Rounding, evaluate_quantization, quantization_threat, save_quantized
 from ..threat import EpsMode, WeightBall
 from .common import (
     AcceptDataOpt,
@@ -28,11 +31,19 @@ from .common import (
     ModelOpt,
     ModeOpt,
     NExamplesOpt,
+    PerChannelOpt,
+    QuantizeOpt,
+    RoundingOpt,
+    SymmetricOpt,
+    UserError,
     WeightsOpt,
     check_writable,
     console,
+    grid_lines,
+    layer_names,
     make_threat,
     progress_bar,
+    quantization_spec,
     resolve_device,
     validated,
     write_json,
@@ -62,6 +73,16 @@ def evaluate(
     loss: Annotated[Loss, typer.Option(help="Attack loss: ce (cross-entropy) or margin.")] = Loss.CE,
     batch_size: Annotated[int, typer.Option(help="Examples per forward pass.")] = 256,
     seed: Annotated[int, typer.Option(help="Random-start seed.")] = 0,
+    quantize: QuantizeOpt = None,
+    per_channel: PerChannelOpt = False,
+    symmetric: SymmetricOpt = True,
+    rounding: RoundingOpt = Rounding.NEAREST,
+    export_worst: Annotated[
+        Path | None,
+        typer.Option(
+            "--export-worst", help="With --quantize: write the shared worst-case rounding (int codes) as safetensors."
+        ),
+    ] = None,
     device: DeviceOpt = "auto",
     out: JsonOutOpt = None,
     force: ForceOpt = False,
@@ -72,6 +93,11 @@ def evaluate(
     recomputed by the ordinary module with the explicit perturbed weights.
     """
     check_writable(out, force)
+    spec = quantization_spec(quantize, per_channel, symmetric, rounding, eps_w, weight_ball)
+    if export_worst is not None:
+        if spec is None:
+            raise UserError("--export-worst goes with --quantize")
+        check_writable(export_worst, force)
     threat = make_threat(eps_x, eps_w, weight_ball, weight_mode, eps_b, layers)
     attack = validated(
         PGD, steps=steps, restarts=restarts, rel_stepsize=step_size, loss=loss, batch_size=batch_size, seed=seed
@@ -80,6 +106,13 @@ def evaluate(
     dist.init_from_env(run_device)
     lead = dist.rank() == 0
     work = load_workload(checkpoint, data, model, weights, threat, n_examples, run_device, accept_data_change)
+    grids = None
+    if spec is not None:
+        if dist.is_distributed():
+            raise UserError("--quantize runs in one process (leave out torchrun)")
+        quantized, grids = quantization_threat(work.model, spec, work.threat)
+        quantized.check_resolvable(work.model)
+        work = dataclasses.replace(work, threat=quantized)
 
     t0 = time.perf_counter()
     with progress_bar("attacking", enabled=lead) as update:
@@ -102,8 +135,20 @@ def evaluate(
         console.print(Text("unverified: ", style="red") + Text(f"{label}: {'; '.join(cell.problems)}"))
     checked = "every robust accuracy verified" if not unverified else f"{len(unverified)} cell(s) failed verification"
     console.print(f"evaluated in {elapsed:.2f} s; {checked} with explicit weights")
+    payload = {**report.to_json(), **work.source_fields()}
+    if spec is not None and grids is not None:
+        for line in grid_lines(spec, grids):
+            console.print(line)
+        with progress_bar("quantized models", enabled=lead):
+            quant = evaluate_quantization(
+                work.model, work.x, work.y, spec, attack, eps_x, work.data.domain, layer_names(layers), seed=seed
+            )
+        console.print(render_quantization(quant))
+        payload["quantization"] = quant.to_json()
+        if export_worst is not None:
+            save_quantized(export_worst, grids, quant.worst_codes, spec)
+            console.print(f"wrote the shared worst-case rounding to {export_worst}")
     if out is not None:
-        payload = {**report.to_json(), **work.source_fields()}
         write_json(out, payload)
         console.print(f"wrote {out}")
 
@@ -127,4 +172,16 @@ def render_table(report: RobustnessReport, title: str) -> Table:
             else:
                 row.append(_fmt(None if cell is None else cell.accuracy))
         table.add_row(f"{kind}-only" if kind != "joint" else "joint", *row)
+    return table
+
+
+def render_quantization(report: QuantizationReport) -> Table:
+    """Accuracy of the model's quantizations, one column per input radius."""
+    radii = sorted({0.0, report.eps_x})
+    table = Table(title=f"quantized to {report.spec.describe()} ({report.seconds:.1f} s)")
+    table.add_column("model")
+    for ex in radii:
+        table.add_column(f"eps_x={ex:g}", justify="right")
+    for label, row in report.rows.items():
+        table.add_row(label, *(_fmt(row.get(ex)) for ex in radii))
     return table
