@@ -2,9 +2,9 @@
 
 import importlib.util
 import json
-import tomllib
 from pathlib import Path
 
+import tomllib
 import yaml
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
