@@ -45,7 +45,7 @@ $(VENV)/.docs-installed: pyproject.toml $(BIN)/nonsingular
 	touch $@
 
 docs: $(VENV)/.docs-installed
-	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
 	@echo "site: $(CURDIR)/site/index.html"
 
 # Peers for the benchmarks. torchattacks is installed without its dependencies: it declares torchvision,
