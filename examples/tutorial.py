@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import shlex
-import sys
 from pathlib import Path
 
 from nonsingular.cli import main as nonsingular_main
@@ -25,9 +24,8 @@ HERE = Path(__file__).resolve().parent
 def nonsingular(*args: str) -> None:
     """Run `nonsingular ARGS` as the shell would; stop the tutorial if the command fails."""
     print(f"\n$ nonsingular {shlex.join(args)}", flush=True)
-    sys.argv = ["nonsingular", *args]
     try:
-        nonsingular_main()
+        nonsingular_main(list(args))
     except SystemExit as done:
         if done.code not in (0, None):
             raise SystemExit(f"`nonsingular {shlex.join(args)}` failed (exit status {done.code})") from None

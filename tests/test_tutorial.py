@@ -17,13 +17,17 @@ def _tutorial():
     return module
 
 
-def test_tutorial_script(tmp_path, capsys, monkeypatch):
+def test_tutorial_script(tmp_path, capsys):
     # The tutorial's own study file with smaller numbers: the file the page uses must stay valid.
     study = tomllib.loads((EXAMPLES / "tutorial_study.toml").read_text())
-    study.update(n_examples=30, training={"epochs": 1}, attack={"steps": 2}, radius={"n_examples": 3, "iterations": 2})
+    study.update(
+        n_examples=30,
+        training={"epochs": 1, "n_train": 200},
+        attack={"steps": 2},
+        radius={"n_examples": 3, "iterations": 2},
+    )
     tiny = tmp_path / "tiny.yaml"
     tiny.write_text(yaml.safe_dump(study))
-    monkeypatch.setattr("sys.argv", ["tutorial.py"])  # the script sets sys.argv for each command
 
     report = _tutorial().run(tmp_path / "out", epochs=1, n_examples=30, steps=2, study=tiny)
 
