@@ -53,56 +53,40 @@ def compare(paths: dict[str, Path]) -> None:
 def run(out: Path, epochs: int, n_examples: int | None, steps: int | None, study: Path) -> Path:
     """Every step of the tutorial, writing into `out`; returns the study's report.html."""
     out.mkdir(parents=True, exist_ok=True)
-    # Smaller runs than the page's: fewer test examples and PGD steps for evaluate and certify.
+    # Given only for smaller runs than the page's: fewer test examples and PGD steps for evaluate and certify.
     sample = [] if n_examples is None else ["--n-examples", str(n_examples)]
     attack = sample + ([] if steps is None else ["--steps", str(steps)])
-    attack_threat = ["--eps-x", "0.05", "--eps-w", "0.002"]  # eps_x: pixels in [0, 1]; eps_w: weight units
-    certify_threat = ["--eps-x", "0.01", "--eps-w", "0.0005"]
-    std, joint = str(out / "standard.safetensors"), str(out / "joint.safetensors")
+
+    def evaluate(model: str) -> Path:  # eps_x: pixels in [0, 1]; eps_w: weight units
+        result = out / f"{model}-eval.json"
+        checkpoint = str(out / f"{model}.safetensors")
+        nonsingular("evaluate", "--checkpoint", checkpoint, "--eps-x", "0.05", "--eps-w", "0.002", *attack,
+                    "--out", str(result), "--force")  # fmt: skip
+        return result
+
+    def certify(model: str) -> None:
+        checkpoint = str(out / f"{model}.safetensors")
+        nonsingular("certify", "--checkpoint", checkpoint, "--eps-x", "0.01", "--eps-w", "0.0005", "--method", "all",
+                    *attack, "--out", str(out / f"{model}-certify.json"), "--force")  # fmt: skip
 
     # Step 1: the install works.
     nonsingular("--version")
     # Step 2: a small model.
-    nonsingular("train", "--out", std, "--epochs", str(epochs), "--force")
+    nonsingular("train", "--out", str(out / "standard.safetensors"), "--epochs", str(epochs), "--force")
     # Step 3: attack it (input-only, weight-only, joint; per-example and shared scope), every result verified.
-    nonsingular(
-        "evaluate", "--checkpoint", std, *attack_threat, *attack, "--out", str(out / "standard-eval.json"), "--force"
-    )
+    standard = evaluate("standard")
     # Step 4: the per-example vs shared reading.
-    cells = joint_cells(out / "standard-eval.json")
+    cells = joint_cells(standard)
     print(f"\njoint threat: {100 * cells['per-example']:.1f}% per-example vs {100 * cells['shared']:.1f}% shared")
     # Step 5: certificates (lower bounds) at a smaller threat.
-    nonsingular(
-        "certify",
-        "--checkpoint",
-        std,
-        *certify_threat,
-        "--method",
-        "all",
-        *attack,
-        "--out",
-        str(out / "standard-certify.json"),
-        "--force",
-    )
+    certify("standard")
     # Step 6: joint adversarial training at the threat it is attacked with, then the same two commands.
-    nonsingular("train", "--out", joint, "--objective", "joint-at", *attack_threat, "--epochs", str(epochs), "--force")
-    nonsingular(
-        "evaluate", "--checkpoint", joint, *attack_threat, *attack, "--out", str(out / "joint-eval.json"), "--force"
-    )
-    nonsingular(
-        "certify",
-        "--checkpoint",
-        joint,
-        *certify_threat,
-        "--method",
-        "all",
-        *attack,
-        "--out",
-        str(out / "joint-certify.json"),
-        "--force",
-    )
+    nonsingular("train", "--out", str(out / "joint.safetensors"), "--objective", "joint-at",
+                "--eps-x", "0.05", "--eps-w", "0.002", "--epochs", str(epochs), "--force")  # fmt: skip
+    joint = evaluate("joint")
+    certify("joint")
     # Step 7: compare.
-    compare({"standard": out / "standard-eval.json", "joint-AT": out / "joint-eval.json"})
+    compare({"standard": standard, "joint-AT": joint})
     # Step 8: the study: several models on a grid, one report to open in a browser.
     nonsingular("study", "--config", str(study), "--out", str(out / "study"), "--cache", str(out / "cache"))
     return out / "study" / "report.html"
