@@ -6,7 +6,8 @@
 Each step prints the command (`$ nonsingular ...`) and then what it prints, as the page shows them. The
 commands run in this process through the console script's entry point, so a step behaves exactly as typed
 in a shell (including its one-line errors), without paying Python's and torch's start-up eight times.
-Run it again at will: outputs in --out are replaced (the commands get --force) and the study resumes.
+Run it again at will: outputs in --out are replaced (the commands get --force; certify also writes its
+JSON with --out, for the test) and the study resumes.
 """
 
 from __future__ import annotations
