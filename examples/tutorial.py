@@ -1,6 +1,6 @@
 """The first-hour tutorial (docs/tutorial.md) as one script: the page's commands in the page's order.
 
-    python examples/tutorial.py                   # the tutorial's settings: about 5 minutes on 2 CPU cores
+    python examples/tutorial.py                   # the tutorial's settings: about 2.5 minutes on 2 CPU cores
     python examples/tutorial.py --out /tmp/t --epochs 1 --n-examples 40 --steps 3 --study tiny.toml  # smoke run
 
 Each step prints the command (`$ nonsingular ...`) and then what it prints, as the page shows them. The
