@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: install demo test lint typecheck bench clean
+.PHONY: install demo test lint typecheck docs bench clean
 
 $(BIN)/nonsingular: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -36,7 +36,17 @@ typecheck: install
 	$(BIN)/mypy
 
 clean:
-	rm -rf $(VENV) runs
+	rm -rf $(VENV) runs site
+
+# The documentation site (mkdocs + material + mkdocstrings) into site/; warnings are errors. The docs extra is
+# installed into the same venv after torch, so pip finds torch satisfied and never resolves it on its own.
+$(VENV)/.docs-installed: pyproject.toml $(BIN)/nonsingular
+	$(BIN)/python -m pip install --quiet -e ".[docs]"
+	touch $@
+
+docs: $(VENV)/.docs-installed
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
+	@echo "site: $(CURDIR)/site/index.html"
 
 # Peers for the benchmarks. torchattacks is installed without its dependencies: it declares torchvision,
 # which would replace the CPU torch with a multi-GB CUDA build, and its attacks do not import it.

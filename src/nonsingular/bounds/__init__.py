@@ -1,7 +1,9 @@
 """Bounds on what the joint threat can do to a network: Theorem 2's error analysis, IBP, and CROWN.
 
+```python
 lower = margin_bounds(model, x, y, threat, method="crown").lower   # (N, K) margin lower bounds
 r_x, r_w, _ = sensitivity_terms(model, x, threat)                  # Theorem 2's regulariser terms
+```
 """
 
 from .api import margin_bounds

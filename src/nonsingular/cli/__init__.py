@@ -22,7 +22,7 @@ app = typer.Typer(
     name="nonsingular",
     help="Attack, certify and train neural networks against joint input + weight perturbations.",
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,  # --install-completion / --show-completion for bash, zsh, fish, PowerShell
     pretty_exceptions_enable=False,
     # Plain help text: rich markup would eat "[default: ...]" and any bracketed path in a help string.
     rich_markup_mode=None,

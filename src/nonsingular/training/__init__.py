@@ -1,7 +1,9 @@
 """Robust training: objectives (THEORY.md section 6), one trainer, and its configuration.
 
+```python
 from nonsingular.training import TrainConfig, Trainer, RunPaths
 result = Trainer(TrainConfig(objective="joint-at", epochs=10), RunPaths("runs/joint.safetensors")).fit()
+```
 """
 
 from .config import LRSchedule, OptimizerName, TrainConfig, load_config_file, resolve_config
