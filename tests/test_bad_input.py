@@ -104,10 +104,17 @@ THREAT = [
     ("eps-w-huge", "-c {ck} --eps-w 1e9 --n-examples 4 --steps 1", "keeps no digit of the weight itself"),
     ("eps-w-operator-huge", "-c {ck} --eps-w 1e30 --weight-ball operator", "keeps no digit of the weight itself"),
     ("eps-b-huge", "-c {ck} --eps-b 1e12", "keeps no digit of the bias itself"),
+    ("quantize-name", "-c {ck} --quantize float8", "--quantize must be intN"),
+    ("quantize-bits", "-c {ck} --quantize int1", "2 to 16 bits"),
+    ("quantize-eps-w", "-c {ck} --quantize int8 --eps-w 0.01", "leave out --eps-w"),
+    ("quantize-ball", "-c {ck} --quantize int8 --weight-ball operator", "element-wise box"),
+    ("quantize-rounding", "-c {ck} --quantize int8 --rounding up", "--rounding"),
     ("logits-overflow", "--model {ws}/factories.py:exp_logits --eps-w 100 --n-examples 4 --steps 1", "NaN or infinite"),
 ]
 
 EVALUATE = [
+    ("export-alone", "-c {ck} --export-worst {ws}/w.safetensors", "--export-worst goes with --quantize"),
+    ("export-exists", "-c {ck} --quantize int8 --export-worst {ws}/existing.json", "exists; pass --force"),
     ("steps-zero", "-c {ck} --steps 0", "steps, restarts and batch_size must be >= 1"),
     ("restarts-zero", "-c {ck} --restarts 0", "steps, restarts and batch_size must be >= 1"),
     ("batch-zero", "-c {ck} --batch-size 0", "steps, restarts and batch_size must be >= 1"),

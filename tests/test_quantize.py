@@ -121,7 +121,7 @@ def test_worst_case_rounding_beats_nearest_and_is_on_the_grid(small_mlp, batch, 
     rows = report.rows
     assert rows["worst-case rounding (shared)"][0.0] < rows["nearest"][0.0]
     assert rows["worst-case rounding (per-example)"][0.0] <= rows["worst-case rounding (shared)"][0.0]
-    assert rows["certified"][0.0] <= rows["worst-case rounding (per-example)"][0.0]
+    assert rows["certified (ibp, nearest rounding)"][0.0] <= rows["nearest"][0.0]
     _, grids = quantization_threat(small_mlp, spec)
     for name, codes in report.worst_codes.items():
         assert bool((codes == codes.round()).all()) and codes.abs().max() <= spec.qmax
@@ -142,7 +142,8 @@ def test_cli_quantize_evaluate_export_and_certify(monkeypatch, capsys, checkpoin
     assert code == 0, err
     assert "grid: int4 symmetric per-channel, nearest rounding (codes -7..7)" in stdout
     report = json.loads(out.read_text())["quantization"]
-    assert report["bits"] == 4 and report["per_channel"] and set(report["accuracy"]) >= {"nearest", "certified"}
+    assert report["bits"] == 4 and report["per_channel"]
+    assert set(report["accuracy"]) >= {"nearest", "certified (crown, nearest rounding)"}
     tensors = load_file(str(worst))
     codes = tensors["2.weight_q"].double()
     w = (codes - tensors["2.zero_point"]) * tensors["2.scale"]

@@ -288,7 +288,8 @@ class QuantizationReport:
         grids: per layer, its scale range, channel count and zero points.
         eps_x: the input radius of the "with input noise" rows (0 rows are always present).
         rows: label -> {eps_x: accuracy}; labels: "float" (no quantization), "nearest", "random rounding" (mean
-            over draws), "worst-case rounding (shared)", "worst-case rounding (per-example)", "certified".
+            over draws), "worst-case rounding (shared)", "worst-case rounding (per-example)" (any rounding, found
+            by the attack in the box of radius s), "certified (METHOD, ROUNDING rounding)" (the spec's box).
         worst_codes: the shared worst-case rounding at eps_x = 0 (one deployable model), for export.
     """
 
@@ -416,12 +417,13 @@ def evaluate_quantization(
                     shared_survived[ex] = survived
                 rows[label][ex] = float(survived.float().mean())
         if certify_method is not None:
-            rows["certified"] = {}
+            certified_label = f"certified ({certify_method}, {spec.rounding.value} rounding)"
+            rows[certified_label] = {}
             cert_threat, _ = quantization_threat(model, spec, base)
             for ex in radii:
                 threat = cert_threat.model_copy(update={"eps_x": ex})
                 mask = certified_mask(model, x, y, threat, certify_method)
-                rows["certified"][ex] = float(mask.float().mean())
+                rows[certified_label][ex] = float(mask.float().mean())
     finally:
         model.train(was_training)
     return QuantizationReport(
