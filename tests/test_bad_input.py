@@ -113,6 +113,11 @@ THREAT = [
 ]
 
 EVALUATE = [
+    ("fault-bits-range", "-c {ck} --random-faults 3 --fault-bits 9", "--fault-bits must be"),
+    ("fault-bits-text", "-c {ck} --random-faults 3 --fault-bits sign", "--fault-bits must be"),
+    ("fault-rate", "-c {ck} --random-faults 3 --fault-rate 2", "--fault-rate must lie in [0, 1]"),
+    ("faults-negative", "-c {ck} --random-faults -1", "--random-faults"),
+    ("faults-operator", "-c {ck} --random-faults 3 --eps-w 0.01 --weight-ball operator", "element-wise boxes"),
     ("export-alone", "-c {ck} --export-worst {ws}/w.safetensors", "--export-worst goes with --quantize"),
     ("export-exists", "-c {ck} --quantize int8 --export-worst {ws}/existing.json", "exists; pass --force"),
     ("steps-zero", "-c {ck} --steps 0", "steps, restarts and batch_size must be >= 1"),

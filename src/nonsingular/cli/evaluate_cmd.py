@@ -14,6 +14,7 @@ from rich.text import Text
 from .. import distributed as dist
 from ..attacks import PGD, Loss
 from ..evaluate import KINDS, SCOPES, RobustnessReport, evaluate_robustness
+from ..faults import FaultSummary, bit_flip_accuracies, summarise, uniform_box_accuracies
 from ..quantize import QuantizationReport, Rounding, evaluate_quantization, quantization_threat, save_quantized
 from ..threat import EpsMode, WeightBall
 from .common import (
@@ -83,6 +84,21 @@ def evaluate(
             "--export-worst", help="With --quantize: write the shared worst-case rounding (int codes) as safetensors."
         ),
     ] = None,
+    random_faults: Annotated[
+        int,
+        typer.Option(
+            "--random-faults",
+            help="N > 0: also draw N random shared faults (uniform in the threat's box; int8 bit flips at "
+            "--fault-rate) and report their mean accuracy with its 95% interval next to the worst case.",
+            min=0,
+        ),
+    ] = 0,
+    fault_rate: Annotated[
+        float, typer.Option("--fault-rate", help="Probability that each chosen bit of each int8 weight flips.")
+    ] = 1e-3,
+    fault_bits: Annotated[
+        str, typer.Option("--fault-bits", help="Bits of the int8 code to flip, comma-separated (7: the sign bit).")
+    ] = "7",
     device: DeviceOpt = "auto",
     out: JsonOutOpt = None,
     force: ForceOpt = False,
@@ -98,7 +114,10 @@ def evaluate(
         if spec is None:
             raise UserError("--export-worst goes with --quantize")
         check_writable(export_worst, force)
+    flip_bits = _fault_bits(fault_bits, fault_rate) if random_faults else ()
     threat = make_threat(eps_x, eps_w, weight_ball, weight_mode, eps_b, layers)
+    if random_faults and threat.weight_ball is not WeightBall.ELEMENTWISE:
+        raise UserError("--random-faults draws from element-wise boxes; leave out --weight-ball operator")
     attack = validated(
         PGD, steps=steps, restarts=restarts, rel_stepsize=step_size, loss=loss, batch_size=batch_size, seed=seed
     )
@@ -148,6 +167,20 @@ def evaluate(
         if export_worst is not None:
             save_quantized(export_worst, grids, quant.worst_codes, spec)
             console.print(f"wrote the shared worst-case rounding to {export_worst}")
+    if random_faults:
+        worst = report.cells["joint"]["shared"] or report.cells["weight"]["shared"] or report.cells["input"]["shared"]
+        faults = {
+            "uniform in the threat box": summarise(
+                uniform_box_accuracies(work.model, work.x, work.y, work.threat, random_faults, seed)
+            ),
+            f"int8 bit flips (bits {','.join(map(str, flip_bits))}, rate {fault_rate:g})": summarise(
+                bit_flip_accuracies(
+                    work.model, work.x, work.y, fault_rate, flip_bits, random_faults, layer_names(layers), seed
+                )
+            ),
+        }
+        console.print(render_faults(faults, None if worst is None else worst.accuracy, random_faults))
+        payload["random_faults"] = {label: f.to_json() for label, f in faults.items()}
     if out is not None:
         write_json(out, payload)
         console.print(f"wrote {out}")
@@ -184,4 +217,29 @@ def render_quantization(report: QuantizationReport) -> Table:
         table.add_column(f"eps_x={ex:g}", justify="right")
     for label, row in report.rows.items():
         table.add_row(label, *(_fmt(row.get(ex)) for ex in radii))
+    return table
+
+
+def _fault_bits(text: str, rate: float) -> tuple[int, ...]:
+    try:
+        bits = tuple(int(b) for b in text.split(",") if b.strip())
+    except ValueError:
+        raise UserError(f"--fault-bits must be comma-separated bit positions 0..7, got {text!r}") from None
+    if not bits or any(not 0 <= b <= 7 for b in bits):
+        raise UserError(f"--fault-bits must be comma-separated bit positions 0..7, got {text!r}")
+    if not 0 <= rate <= 1:
+        raise UserError(f"--fault-rate must lie in [0, 1], got {rate}")
+    return bits
+
+
+def render_faults(faults: dict[str, FaultSummary], worst: float | None, draws: int) -> Table:
+    """Nature next to the adversary: random shared faults and the worst shared perturbation the attack found."""
+    table = Table(title=f"random faults ({draws} draws, one fault shared by all inputs) vs the worst case")
+    for column in ("fault", "mean accuracy", "95% interval of the mean", "2.5%..97.5% of draws"):
+        table.add_column(column, justify="left" if column == "fault" else "right")
+    for label, f in faults.items():
+        table.add_row(
+            label, _fmt(f.mean), f"{_fmt(f.mean_low)}..{_fmt(f.mean_high)}", f"{_fmt(f.q025)}..{_fmt(f.q975)}"
+        )
+    table.add_row("worst case found by the attack (shared)", _fmt(worst), "-", "-")
     return table
