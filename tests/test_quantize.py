@@ -154,3 +154,33 @@ def test_cli_quantize_evaluate_export_and_certify(monkeypatch, capsys, checkpoin
     )  # fmt: skip
     assert code == 0, err
     assert "certified: no any rounding to this grid" in stdout
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_per_channel_bounds_hold_against_attacks_on_random_networks(seed):
+    """Random MLPs, random per-channel radii (absolute and relative), eps_x and eps_b: no margin an attack
+    reaches (verified, explicit weights) lies below any method's lower bound."""
+    torch.manual_seed(seed)
+    widths = [6, int(torch.randint(3, 9, ()).item()), int(torch.randint(3, 9, ()).item()), 4]
+    layers: list[nn.Module] = []
+    for a, b in zip(widths[:-1], widths[1:], strict=False):
+        layers += [nn.Linear(a, b), nn.ReLU()]
+    model = nn.Sequential(*layers[:-1]).double()
+    x = torch.rand(64, 6, dtype=torch.float64)
+    y = model(x).argmax(1)
+    linear = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
+    relative = seed % 2 == 1
+    scale = 0.2 if relative else 0.05
+    channel_eps = {n: (scale * torch.rand(dict(model.named_modules())[n].out_features)).tolist() for n in linear}
+    threat = ThreatModel(
+        eps_x=0.03, channel_eps=channel_eps, eps_b=0.01, weight_mode="relative" if relative else "absolute"
+    )
+    for scope in ("per-example", "shared"):
+        result = PGD(steps=40, restarts=2, loss="margin")(model, x, y, threat.model_copy(update={"scope": scope}))
+        check = verify(model, x, y, result)
+        assert check.passed, check.problems
+        logits = check.logits
+        reached = logits.gather(1, y[:, None]).squeeze(1) - logits.scatter(1, y[:, None], -torch.inf).amax(1)
+        for method in ("ibp", "crown", "norm"):
+            lower = margin_bounds(model, x, y, threat, method).worst
+            assert bool((lower <= reached + 1e-9).all()), f"{method} bound above an attacked margin ({scope})"
