@@ -163,7 +163,7 @@ def test_per_channel_bounds_hold_against_attacks_on_random_networks(seed):
     torch.manual_seed(seed)
     widths = [6, int(torch.randint(3, 9, ()).item()), int(torch.randint(3, 9, ()).item()), 4]
     layers: list[nn.Module] = []
-    for a, b in zip(widths[:-1], widths[1:], strict=False):
+    for a, b in itertools.pairwise(widths):
         layers += [nn.Linear(a, b), nn.ReLU()]
     model = nn.Sequential(*layers[:-1]).double()
     x = torch.rand(64, 6, dtype=torch.float64)
