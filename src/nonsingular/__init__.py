@@ -1,8 +1,9 @@
 """nonsingular: attacks, certificates and robust training against joint input + weight perturbations."""
 
 from ._version import __version__
-from .attacks import FGSM, PGD, AttackResult, Loss, TorchattacksAdapter
+from .attacks import FGSM, PGD, Attack, AttackResult, Loss, TorchattacksAdapter
 from .data import Dataset, load_data, load_digits
+from .losses import AttackLoss, register_loss
 from .models import MLP, Normalize, build_model
 from .perturbation import LayerPath
 from .threat import EpsMode, Scope, ThreatModel, WeightBall
@@ -12,6 +13,8 @@ __all__ = [
     "FGSM",
     "MLP",
     "PGD",
+    "Attack",
+    "AttackLoss",
     "AttackResult",
     "Dataset",
     "EpsMode",
@@ -27,5 +30,6 @@ __all__ = [
     "build_model",
     "load_data",
     "load_digits",
+    "register_loss",
     "verify",
 ]

@@ -1,11 +1,16 @@
 """Projected sign-gradient attacks on inputs, weights, or both, in per-example or shared scope.
 
 One loop (`PGD._optimise`) serves every variant: what is perturbed and how comes from the threat model
-(input box, and one `WeightBlock` per perturbed layer on the path `layer_paths` chose). An attack object is
-configuration only; the model, data and threat are given at call time:
+(input box, and one `WeightBlock` per perturbed layer on the path `layer_paths` chose); what is ascended is the
+attack's loss (`losses.AttackLoss`, by name: ce, margin, kl-clean, dlr, or any registered one); how the step size
+evolves is the attack's `StepSchedule` (PGD: constant; APGD in `apgd.py`: halving at checkpoints, momentum,
+restarts from the best point). An attack object is configuration only; the model, data and threat are given at
+call time:
 
     result = PGD(steps=20)(model, x, y, threat)
     result.x_adv, result.perturbed_weights(0, 10)
+
+Evaluation, certification, radii and the study depend on the `Attack` protocol, not on PGD.
 """
 
 from __future__ import annotations
@@ -16,38 +21,22 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .distributed import all_reduce_sum_
-from .perturbation import LayerPath, WeightBlock, build_weight_blocks, installed, layer_paths
+from .losses import AttackLoss, Loss, per_example, resolve_loss
+from .perturbation import LayerPath, WeightBlock, build_weight_blocks, installed, layer_paths, per_row
 from .threat import Scope, ThreatModel
 
-__all__ = ["FGSM", "PGD", "AttackResult", "Loss", "TorchattacksAdapter"]
+__all__ = ["FGSM", "PGD", "Attack", "AttackResult", "Loss", "StepSchedule", "TorchattacksAdapter"]
 
 Progress = Callable[[int, int], None]
 #: Per batch of a run: the kept inputs, the attack's logits, and the chunks holding the weight perturbation.
 _Found = tuple[list[Tensor], list[Tensor], list["_Chunk"]]
-
-
-class Loss(str, Enum):
-    """What the attack ascends: cross-entropy, or the margin max_{k != y} z_k - z_y (CW)."""
-
-    CE = "ce"
-    MARGIN = "margin"
-
-
-def attack_loss(logits: Tensor, y: Tensor, loss: Loss) -> Tensor:
-    """Per-example loss to ascend; (n,)."""
-    if loss is Loss.CE:
-        return F.cross_entropy(logits, y, reduction="none")
-    z_y = logits.gather(1, y[:, None]).squeeze(1)
-    others = logits.masked_fill(F.one_hot(y, logits.shape[1]).bool(), float("-inf"))
-    return others.amax(dim=1) - z_y
 
 
 @dataclass
@@ -57,6 +46,10 @@ class _Chunk:
     start: int
     stop: int
     blocks: list[WeightBlock]
+    #: for results merged from attacks on subsets (`merge_rows`): the global example index of each kept row,
+    #: and that row's index in the blocks. None: the blocks' rows are examples start..stop in order.
+    rows: Tensor | None = None
+    local: Tensor | None = None
 
 
 @dataclass
@@ -98,6 +91,8 @@ class AttackResult:
         stop = len(self.x_adv) if stop is None else stop
         if self.shared:
             return _merge([b.materialise() for b in self._chunks[0].blocks])
+        if any(chunk.rows is not None for chunk in self._chunks):
+            return self._scattered_weights(start, stop)
         parts: list[dict[str, Tensor]] = []
         for chunk in self._chunks:
             lo, hi = max(start, chunk.start), min(stop, chunk.stop)
@@ -109,12 +104,121 @@ class AttackResult:
             return {}
         return {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
 
+    def _scattered_weights(self, start: int, stop: int) -> dict[str, Tensor]:
+        """perturbed_weights for a merged result: each example's rows come from the chunk that owns it."""
+        out: dict[str, Tensor] = {}
+        for chunk in self._chunks:
+            if not chunk.blocks:
+                continue
+            rows = chunk.rows if chunk.rows is not None else torch.arange(chunk.start, chunk.stop)
+            local = chunk.local if chunk.local is not None else torch.arange(chunk.stop - chunk.start)
+            pick = (rows >= start) & (rows < stop)
+            if not bool(pick.any()):
+                continue
+            for name, value in _merge([b.materialise(local[pick].to(b.weight.device)) for b in chunk.blocks]).items():
+                if name not in out:
+                    out[name] = torch.empty((stop - start, *value.shape[1:]), dtype=value.dtype, device=value.device)
+                out[name][(rows[pick] - start).to(value.device)] = value
+        return out
+
+    def merge_rows(self, other: AttackResult, rows: Tensor, take: Tensor) -> AttackResult:
+        """A per-example result where examples rows[take] come from `other` (an attack on x[rows]).
+
+        Args:
+            other: result of an attack on the examples `rows` (same threat, per-example scope).
+            rows: (m,) global indices of other's examples.
+            take: (m,) bool, which of other's examples replace this result's.
+        """
+        if self.shared or other.shared:
+            raise ValueError("shared-scope results cannot be merged per example: one perturbation serves all")
+        taken = rows[take]
+        x_adv, logits = self.x_adv.clone(), self.logits.clone()
+        x_adv[taken], logits[taken] = other.x_adv[take], other.logits[take]
+        owner = torch.zeros(len(self.x_adv), dtype=torch.bool)
+        owner[taken.cpu()] = True
+        chunks = []
+        for chunk in self._chunks:  # drop the rows now owned by `other`
+            g = chunk.rows if chunk.rows is not None else torch.arange(chunk.start, chunk.stop)
+            loc = chunk.local if chunk.local is not None else torch.arange(chunk.stop - chunk.start)
+            keep = ~owner[g]
+            chunks.append(_Chunk(chunk.start, chunk.stop, chunk.blocks, g[keep], loc[keep]))
+        position = torch.nonzero(take.cpu()).flatten()  # other's local example index of each taken row
+        for chunk in other._chunks:
+            g = chunk.rows if chunk.rows is not None else torch.arange(chunk.start, chunk.stop)
+            loc = chunk.local if chunk.local is not None else torch.arange(chunk.stop - chunk.start)
+            keep = torch.isin(g, position)
+            chunks.append(_Chunk(chunk.start, chunk.stop, chunk.blocks, rows.cpu()[g[keep]], loc[keep]))
+        return AttackResult(x_adv, logits, self.threat, self.attack, {**self.paths, **other.paths}, chunks)
+
 
 def _merge(dicts: Sequence[dict[str, Tensor]]) -> dict[str, Tensor]:
     out: dict[str, Tensor] = {}
     for d in dicts:
         out.update(d)
     return out
+
+
+class Attack(Protocol):
+    """What evaluation, certification, radii and the study need of an attack.
+
+    Called as attack(model, x, y, threat) -> AttackResult; `batch_size` is the number of examples per forward
+    pass (distributed runs split the examples in whole batches). The repr names the attack and its budget.
+    """
+
+    batch_size: int
+
+    def __call__(
+        self,
+        model: nn.Module,
+        x: Tensor,
+        y: Tensor,
+        threat: ThreatModel,
+        progress: Progress | None = None,
+        *,
+        first_index: int = 0,
+        sync_ranks: bool = False,
+    ) -> AttackResult: ...
+
+
+class StepSchedule(Protocol):
+    """How the step size evolves over one restart of the PGD loop (the hook APGD overrides).
+
+    Rows are the independent problems: each example in per-example scope, one in shared scope.
+    """
+
+    #: weight of the momentum term (0: plain projected steps, as in PGD).
+    momentum: float
+    #: keep (and restart from) the highest-loss point of every step, not only the final iterate.
+    tracks_best: bool
+
+    def start(self, rows: int, device: torch.device) -> None:
+        """A new restart on `rows` problems."""
+        ...
+
+    def observe(self, step: int, loss: Tensor) -> tuple[Tensor | float, Tensor | None, Tensor | None]:
+        """After the forward pass of step `step` (0-based) with per-row loss (rows,) at the current point.
+
+        Returns:
+            (step size for the coming step: a number or (rows,) as a fraction of each radius; rows whose loss is
+            the highest of the restart so far (None: not tracked); rows to send back to their best point
+            before the step (None: none)).
+        """
+        ...
+
+
+@dataclass
+class _Constant:
+    """PGD's schedule: the same step every iteration, no momentum, no return to the best point."""
+
+    fraction: float
+    momentum: float = 0.0
+    tracks_best: bool = False
+
+    def start(self, rows: int, device: torch.device) -> None:
+        pass
+
+    def observe(self, step: int, loss: Tensor) -> tuple[Tensor | float, Tensor | None, Tensor | None]:
+        return self.fraction, None, None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -127,9 +231,11 @@ class PGD:
             [-1, 1] or rho / e for weights). Default 2.5 / steps.
         abs_stepsize: input step in data units; overrides rel_stepsize for the input only.
         random_start: start uniformly inside the threat set instead of at the clean point.
+        start_radius: the random start lies in this fraction of the threat set (1: all of it); small values
+            start next to the clean point, as TRADES does where its KL gradient vanishes.
         restarts: independent runs; each example keeps its worst (per-example) or the run with the lowest
             accuracy is kept (shared).
-        loss: "ce" (cross-entropy) or "margin".
+        loss: what to ascend: a registered name ("ce", "margin", "kl-clean", "dlr") or an `AttackLoss`.
         batch_size: examples per forward pass.
         memory_budget_mb: cap on explicit per-example weight tensors (convolutions); lowers the batch size.
         seed: random-start seed.
@@ -139,14 +245,16 @@ class PGD:
     rel_stepsize: float | None = None
     abs_stepsize: float | None = None
     random_start: bool = True
+    start_radius: float = 1.0
     restarts: int = 1
-    loss: Loss = Loss.CE
+    loss: str | Loss | AttackLoss = Loss.CE
     batch_size: int = 256
     memory_budget_mb: float = 1024.0
     seed: int = 0
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "loss", Loss(self.loss))
+        loss = resolve_loss(self.loss)
+        object.__setattr__(self, "loss", Loss(loss.name) if loss.name in Loss._value2member_map_ else loss)
         if self.steps < 1 or self.restarts < 1 or self.batch_size < 1:
             raise ValueError(
                 f"steps, restarts and batch_size must be >= 1 (got {self.steps}, {self.restarts}, {self.batch_size})"
@@ -157,15 +265,26 @@ class PGD:
                 raise ValueError(f"{name} must be a finite number > 0, got {value}")
         if not self.memory_budget_mb > 0:
             raise ValueError(f"memory_budget_mb must be > 0, got {self.memory_budget_mb}")
+        if not 0 < self.start_radius <= 1:
+            raise ValueError(f"start_radius must be in (0, 1], got {self.start_radius}")
 
     def __repr__(self) -> str:
         values = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
-        fields = ", ".join(f"{k}={v.value if isinstance(v, Enum) else v!r}" for k, v in values.items())
+        fields = ", ".join(f"{k}={_show(v)}" for k, v in values.items())
         return f"{type(self).__name__}({fields})"
 
     @property
     def step_fraction(self) -> float:
         return self.rel_stepsize if self.rel_stepsize is not None else 2.5 / self.steps
+
+    @property
+    def objective(self) -> AttackLoss:
+        """The loss as an AttackLoss."""
+        return resolve_loss(self.loss)  # type: ignore[arg-type]
+
+    def schedule(self) -> StepSchedule:
+        """The step-size schedule of one restart (a fresh object per call: it holds per-run state)."""
+        return _Constant(self.step_fraction)
 
     # ------------------------------------------------------------------ entry point
     def __call__(
@@ -247,8 +366,10 @@ class PGD:
         explicit = sum(modules[n].weight.numel() for n, p in paths.items() if p is LayerPath.EXPLICIT)
         if not explicit:
             return self.batch_size
-        # delta, its best copy, its gradient and the materialised W' ~ 4 copies per example.
-        per_example = 4 * explicit * next(model.parameters()).element_size()
+        # delta, its best copy, its gradient and the materialised W' ~ 4 copies per example (a schedule with
+        # momentum and a best point keeps two more).
+        copies = 4 if isinstance(self.schedule(), _Constant) else 6
+        per_example = copies * explicit * next(model.parameters()).element_size()
         return max(1, min(self.batch_size, int(self.memory_budget_mb * 2**20 // per_example)))
 
     # ------------------------------------------------------------------ the one loop
@@ -267,13 +388,16 @@ class PGD:
         """Run restarts x steps over the batches `spans`; a shared threat's weight blocks span them all.
 
         Per-example scope keeps, for each example, the first point of any step of any restart where it was
-        misclassified, else its highest-loss final iterate. Shared scope keeps the step with the fewest correct
-        examples.
+        misclassified, else its highest-loss final iterate (highest-loss iterate of any step when the schedule
+        tracks the best point). Shared scope keeps the step with the fewest correct examples (then the highest
+        total loss). A loss that does not seek errors (kl-clean) counts no example as misclassified.
         """
         shared = threat.scope is Scope.SHARED
-        frac = self.step_fraction
-        x_step = self.abs_stepsize if self.abs_stepsize is not None else frac * threat.eps_x
+        objective = self.objective
+        schedule = self.schedule()
+        x_scale = threat.eps_x
         bounds = [threat.input_bounds(x[s:e]) for s, e in spans]
+        clean = [self._clean_logits(model, x[s:e]) if objective.uses_clean else None for s, e in spans]
         kept = [_Kept() for _ in spans]  # per-example scope
         best_shared: list[list[Tensor]] | None = None
         best_score = (float("inf"), float("inf"))  # shared: (n correct, -total loss), lower is stronger
@@ -283,47 +407,45 @@ class PGD:
             global_blocks = build_weight_blocks(model, threat, paths, 0) if shared else []
             blocks = [[] if shared else build_weight_blocks(model, threat, paths, e - s) for s, e in spans]
             if self.random_start:
-                for (s, e), xb, (lb, ub), bl in zip(spans, xs, bounds, blocks, strict=True):
-                    uniform = seeds.rows(restart, s, e)
-                    xb.copy_(lb + (ub - lb) * uniform(xb.shape).to(xb))
-                    for blk in bl:
-                        blk.random_start(uniform)
-                generator = seeds.shared(restart)
-                for blk in global_blocks:
-                    blk.random_start(generator)
+                self._random_start(spans, xs, bounds, blocks, global_blocks, seeds, restart)
             variables = [[v.requires_grad_() for blk in bl for v in blk.variables] for bl in blocks]
             global_vars = [v.requires_grad_() for blk in global_blocks for v in blk.variables]
+            # The tensors one step moves (what momentum and the best point are kept for): inputs, then weights.
+            inputs = xs if threat.perturbs_input else []
+            moving = [*inputs, *(v for vs in variables for v in vs), *global_vars]
+            schedule.start(1 if shared else spans[0][1] - spans[0][0], x.device)
+            best_point: list[Tensor] | None = None
+            previous: list[Tensor] | None = None
 
             for step in range(self.steps + 1):
                 last = step == self.steps  # the last pass only evaluates the final iterate
                 global_grads = [torch.zeros_like(v) for v in global_vars]
-                n_correct, total_loss, candidate = 0, 0.0, []
+                n_correct, total_loss, candidate, row_loss, pending = 0, 0.0, [], None, []
                 for b, (s, e) in enumerate(spans):
                     xb = xs[b].requires_grad_(threat.perturbs_input and not last)
                     with torch.enable_grad(), installed(blocks[b] + global_blocks):
                         logits = model(xb)
-                        losses = attack_loss(logits, y[s:e], self.loss)
+                        losses = per_example(objective(logits, y[s:e], clean[b]))
                         total = losses.sum()
                     fooled = (logits.argmax(dim=1) != y[s:e]).detach()
+                    if not objective.seeks_errors:
+                        fooled = torch.zeros_like(fooled)
                     if shared:
                         n_correct += int((~fooled).sum())
                         total_loss += float(losses.detach().sum())
                         candidate.append([xs[b].detach().clone(), logits.detach()])
                     else:
                         state = [xs[b], logits, *_block_state(blocks[b])]
-                        kept[b].update(fooled, losses.detach(), state, final=last)
+                        kept[b].update(fooled, losses.detach(), state, final=last or schedule.tracks_best)
+                        row_loss = losses.detach()
                     if last:
                         continue
                     wrt = ([xb] if threat.perturbs_input else []) + variables[b] + global_vars
                     grads = list(torch.autograd.grad(total, wrt)) if wrt else []
                     with torch.no_grad():
-                        if threat.perturbs_input:
-                            lb, ub = bounds[b]
-                            xs[b] = torch.clamp(torch.add(xb, torch.sign(grads.pop(0)), alpha=x_step), lb, ub)
-                            xs[b] = xs[b].detach()
-                        _ascend(blocks[b], grads[: len(variables[b])], frac)
-                        for acc, g in zip(global_grads, grads[len(variables[b]) :], strict=True):
+                        for acc, g in zip(global_grads, grads[len(grads) - len(global_vars) :], strict=True):
                             acc.add_(g)
+                    pending.append(grads[: len(grads) - len(global_vars)])
                     tick()
                 if shared:
                     if sync_ranks:
@@ -333,11 +455,62 @@ class PGD:
                     if best_shared is None or (n_correct, -total_loss) < best_score:
                         best_score = (n_correct, -total_loss)
                         best_shared = [*candidate, [v.detach().clone() for v in global_vars]]
-                    if not last:
-                        with torch.no_grad():
-                            _ascend(global_blocks, global_grads, frac)
+                    row_loss = torch.tensor([total_loss], dtype=torch.float64, device=x.device)
+                if last:
+                    break
+                eta, improved, back = schedule.observe(step, row_loss)
+                with torch.no_grad():
+                    if improved is not None:
+                        best_point = _keep_rows(best_point, moving, improved, shared)
+                    if back is not None and best_point is not None:
+                        _load_rows(moving, best_point, back, shared)
+                    before = [v.detach().clone() for v in moving] if schedule.momentum else []
+                    for b, grads in enumerate(pending):
+                        if threat.perturbs_input:
+                            lb, ub = bounds[b]
+                            xs[b] = _step_input(xs[b], grads.pop(0), eta, x_scale, self.abs_stepsize, lb, ub)
+                        _ascend(blocks[b], grads, eta)
+                    _ascend(global_blocks, global_grads, eta)
+                    moving = [*(xs if threat.perturbs_input else []), *moving[len(inputs) :]]
+                    if schedule.momentum:
+                        if previous is not None:
+                            if back is not None:  # no momentum out of a return to the best point
+                                _load_rows(previous, before, back, shared)
+                            a = 1.0 - schedule.momentum
+                            for v, old, prev in zip(moving, before, previous, strict=True):
+                                v.copy_(old + a * (v - old) + (1 - a) * (old - prev))
+                            for b, bl in enumerate(blocks):
+                                if threat.perturbs_input:
+                                    xs[b].copy_(torch.minimum(torch.maximum(xs[b], bounds[b][0]), bounds[b][1]))
+                                for blk in bl:
+                                    blk.project_()
+                            for blk in global_blocks:
+                                blk.project_()
+                        previous = before
         best = best_shared if best_shared is not None else [k.state for k in kept]  # set in shared scope only
         return self._finish(spans, threat, model, paths, best)
+
+    @staticmethod
+    def _clean_logits(model: nn.Module, x: Tensor) -> Tensor:
+        with torch.no_grad():
+            return model(x)
+
+    def _random_start(self, spans, xs, bounds, blocks, global_blocks, seeds, restart) -> None:
+        """Start uniformly inside `start_radius` x the threat set, keyed by global example index."""
+        r = self.start_radius
+        for (s, e), xb, (lb, ub), bl in zip(spans, xs, bounds, blocks, strict=True):
+            uniform = seeds.rows(restart, s, e)
+            point = lb + (ub - lb) * uniform(xb.shape).to(xb)
+            xb.copy_(point if r == 1 else xb + r * (point - xb))
+            for blk in bl:
+                blk.random_start(uniform)
+        generator = seeds.shared(restart)
+        for blk in global_blocks:
+            blk.random_start(generator)
+        if r != 1:
+            for blk in [b for bl in blocks for b in bl] + global_blocks:
+                for v in blk.variables:
+                    v.mul_(r)
 
     def _finish(
         self,
@@ -406,12 +579,49 @@ class _Kept:
             self.loss[rows] = loss[rows]
 
 
-def _ascend(blocks: list[WeightBlock], grads: Sequence[Tensor], frac: float) -> None:
+def _ascend(blocks: list[WeightBlock], grads: Sequence[Tensor], frac: float | Tensor) -> None:
     """Step every block with its slice of the gradients (blocks own len(block.variables) tensors each)."""
     k = 0
     for blk in blocks:
         blk.ascend(grads[k : k + len(blk.variables)], frac)
         k += len(blk.variables)
+
+
+def _step_input(
+    xb: Tensor, grad: Tensor, eta: float | Tensor, eps_x: float, abs_step: float | None, lb: Tensor, ub: Tensor
+) -> Tensor:
+    """Sign step on the inputs, clipped to their box: eta x eps_x (or abs_step) per element. A new tensor, as
+    the clamp lays it out (copying into x's own layout can change which convolution kernel runs next)."""
+    if isinstance(eta, Tensor):
+        moved = xb + torch.sign(grad) * per_row(eta.to(xb.dtype) * eps_x, xb)
+    else:
+        moved = torch.add(xb, torch.sign(grad), alpha=abs_step if abs_step is not None else eta * eps_x)
+    return torch.clamp(moved, lb, ub).detach()
+
+
+def _keep_rows(best: list[Tensor] | None, moving: list[Tensor], rows: Tensor, shared: bool) -> list[Tensor]:
+    """Copy the rows `rows` (bool, one per example; shared: one for all) of `moving` into `best`."""
+    if best is None:
+        return [v.detach().clone() for v in moving]
+    _load_rows(best, moving, rows, shared)
+    return best
+
+
+def _load_rows(dst: list[Tensor], src: list[Tensor], rows: Tensor, shared: bool) -> None:
+    for d, v in zip(dst, src, strict=True):
+        if shared:
+            if bool(rows.any()):
+                d.copy_(v)
+        else:
+            d[rows] = v.detach()[rows]
+
+
+def _show(value: object) -> str:
+    if isinstance(value, Enum):
+        return str(value.value)
+    if isinstance(value, AttackLoss):
+        return value.name
+    return repr(value)
 
 
 class _Seeds:

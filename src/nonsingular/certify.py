@@ -24,7 +24,7 @@ from torch import Tensor, nn
 
 from . import distributed as dist
 from ._version import __version__
-from .attacks import PGD
+from .attacks import Attack
 from .bounds import BoundMethod, margin_bounds, norm_bounds
 from .errors import NonFiniteError
 from .evaluate import attack_and_verify
@@ -188,7 +188,7 @@ def _tightness(bound: Tensor, found: Tensor) -> Tightness:
 
 
 def _attack(
-    model: nn.Module, x: Tensor, y: Tensor, threat: ThreatModel, attack: PGD, progress: Progress | None
+    model: nn.Module, x: Tensor, y: Tensor, threat: ThreatModel, attack: Attack, progress: Progress | None
 ) -> tuple[Tensor, Tensor, list[str]]:
     """(correct after the attack, verified loss increase, problems): the attack's result re-run by the verifier,
     split over torch.distributed ranks as in evaluation."""
@@ -211,7 +211,7 @@ def certify(
     y: Tensor,
     threat: ThreatModel,
     methods: Sequence[BoundMethod | str] = tuple(BoundMethod),
-    attack: PGD | None = None,
+    attack: Attack | None = None,
     batch_size: int = 512,
     progress: Progress | None = None,
 ) -> CertifyReport:

@@ -18,7 +18,7 @@ from torch import Tensor, nn
 
 from . import distributed as dist
 from ._version import __version__
-from .attacks import PGD
+from .attacks import Attack
 from .errors import NonFiniteError
 from .threat import Scope, ThreatModel
 from .verify import verify
@@ -123,7 +123,7 @@ class VerifiedAttack:
     paths: dict[str, str]
 
 
-def attack_and_verify(model, x, y, threat: ThreatModel, attack: PGD, tick=None) -> VerifiedAttack:
+def attack_and_verify(model, x, y, threat: ThreatModel, attack: Attack, tick=None) -> VerifiedAttack:
     """Attack x, re-check the result with the verifier; under torch.distributed each rank takes a contiguous
     share (random starts keyed by global example index; a shared perturbation's gradient summed over ranks)
     and every rank gets the gathered per-example results."""
@@ -195,7 +195,7 @@ def evaluate_robustness(
     x: Tensor,
     y: Tensor,
     threat: ThreatModel,
-    attack: PGD,
+    attack: Attack,
     progress: EvalProgress | None = None,
 ) -> RobustnessReport:
     """Attack and verify every (kind, scope) cell of `threat`.

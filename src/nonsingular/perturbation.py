@@ -25,7 +25,7 @@ from torch import Tensor, nn
 
 from .threat import PERTURBABLE_TYPES, EpsMode, PerturbableLayer, Scope, ThreatModel, WeightBall
 
-__all__ = ["LayerPath", "WeightBlock", "build_weight_blocks", "installed", "layer_paths"]
+__all__ = ["LayerPath", "WeightBlock", "build_weight_blocks", "installed", "layer_paths", "per_row"]
 
 
 class LayerPath(str, Enum):
@@ -240,26 +240,48 @@ class WeightBlock:
         if self.bias_rho is not None:
             self.delta_b.mul_(self.bias_rho)
 
-    def ascend(self, grads: Sequence[Tensor], rel_step: float) -> None:
-        """One steepest-ascent step (l_inf: sign; operator rows: l1) of size rel_step x radius, then project."""
+    def directions(self, grads: Sequence[Tensor]) -> list[Tensor]:
+        """Steepest-ascent step of each variable at relative step 1 (l_inf: sign x radius; operator rows: the
+        whole row budget e on the largest gradient entry); the attack scales them by its step size."""
         if self.path is LayerPath.LEMMA1:
-            self.t.add_(torch.sign(grads[0]), alpha=rel_step).clamp_(-1, 1)
-            return
+            return [torch.sign(grads[0])]  # t ranges over [-1, 1]: radius 1
         g = grads[0]
         radius = self._radius()
         if self.ball is WeightBall.ELEMENTWISE:
-            self.delta.add_(rel_step * radius * torch.sign(g))
-            self.delta.copy_(torch.minimum(torch.maximum(self.delta, -radius), radius))
+            out = [radius * torch.sign(g)]
         else:
             rows = self.weight.shape[0]
             g2 = g.reshape(*g.shape[: g.dim() - self.weight.dim()], rows, -1)
             idx = g2.abs().argmax(dim=-1, keepdim=True)
-            step = torch.zeros_like(g2).scatter_(-1, idx, torch.sign(g2.gather(-1, idx)) * rel_step * radius)
-            d2 = self.delta.reshape(g2.shape) + step
+            step = torch.zeros_like(g2).scatter_(-1, idx, torch.sign(g2.gather(-1, idx)) * radius)
+            out = [step.reshape(self.delta.shape)]
+        if self.bias_rho is not None:
+            out.append(self.bias_rho * torch.sign(grads[1]))
+        return out
+
+    def project_(self) -> None:
+        """Put every variable back into the threat set (box clamp; operator rows: l1-ball projection)."""
+        if self.path is LayerPath.LEMMA1:
+            self.t.clamp_(-1, 1)
+            return
+        radius = self._radius()
+        if self.ball is WeightBall.ELEMENTWISE:
+            self.delta.copy_(torch.minimum(torch.maximum(self.delta, -radius), radius))
+        else:
+            rows = self.weight.shape[0]
+            d2 = self.delta.reshape(*self.delta.shape[: self.delta.dim() - self.weight.dim()], rows, -1)
             self.delta.copy_(project_rows_l1(d2, radius).reshape(self.delta.shape))
         if self.bias_rho is not None:
-            self.delta_b.add_(rel_step * self.bias_rho * torch.sign(grads[1]))
             self.delta_b.copy_(torch.minimum(torch.maximum(self.delta_b, -self.bias_rho), self.bias_rho))
+
+    def ascend(self, grads: Sequence[Tensor], rel_step: float | Tensor) -> None:
+        """One steepest-ascent step of size rel_step x radius, then project.
+
+        rel_step: a number, or (n,) per-example step sizes (per-example paths only).
+        """
+        for v, d in zip(self.variables, self.directions(grads), strict=True):
+            v.add_(d * per_row(rel_step, v))
+        self.project_()
 
     # ------------------------------------------------------------------ the forward pass
     def radius(self, h: Tensor) -> Tensor:
@@ -293,14 +315,15 @@ class WeightBlock:
         return out + term
 
     # ------------------------------------------------------------------ materialisation
-    def materialise(self, rows: slice = slice(None)) -> dict[str, Tensor]:
+    def materialise(self, rows: slice | Tensor = slice(None)) -> dict[str, Tensor]:
         """Explicit perturbed parameters {'<name>.weight': W', '<name>.bias': b'}.
 
         Per-example paths give (n, *W.shape); the shared path gives W.shape. Lemma 1 uses the input h' the
         layer saw in the last forward pass: D = diag(t) rho sign(h')^T (operator ball: all of row i's budget on
-        argmax |h'_j|), sign(0) = +1. `rows` selects examples (per-example paths) so that only they are built.
-        W' is W + D as the attack holds D, never clamped into the ball (operator rows only lose the excess that
-        rounding alone causes, see `settle_operator_rounding`), so `verify` sees any perturbation that left it.
+        argmax |h'_j|), sign(0) = +1. `rows` (a slice or an index tensor) selects examples (per-example paths) so
+        that only they are built. W' is W + D as the attack holds D, never clamped into the ball (operator rows
+        only lose the excess that rounding alone causes, see `settle_operator_rounding`), so `verify` sees any
+        perturbation that left it.
         """
         W = self.weight
         if self.path is LayerPath.LEMMA1:
@@ -330,6 +353,13 @@ class WeightBlock:
         if delta_b is not None and self.bias is not None:  # the threat perturbs only biases that exist
             out[f"{self.name}.bias"] = self.bias + delta_b
         return out
+
+
+def per_row(step: float | Tensor, v: Tensor) -> float | Tensor:
+    """A step size broadcast over v: a number as is, an (n,) tensor of per-example steps as (n, 1, ..., 1)."""
+    if isinstance(step, Tensor):
+        return step.reshape(-1, *([1] * (v.dim() - 1)))
+    return step
 
 
 def build_weight_blocks(

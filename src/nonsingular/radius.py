@@ -16,7 +16,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import Tensor, nn
 
-from .attacks import PGD
+from .attacks import Attack
 from .errors import require_finite
 from .threat import ThreatModel
 from .verify import verify
@@ -129,7 +129,7 @@ def bisect(n: int, holds: Predicate, s_hi: float, iterations: int, want_first_tr
 
 
 def attacked_radius(
-    model: nn.Module, x: Tensor, y: Tensor, ray: Ray, attack: PGD, s_hi: float, iterations: int = 8
+    model: nn.Module, x: Tensor, y: Tensor, ray: Ray, attack: Attack, s_hi: float, iterations: int = 8
 ) -> RadiusResult:
     """Smallest s (to s_hi / 2**iterations) at which `attack` finds a verified error; s_hi if none was found.
 

@@ -20,7 +20,7 @@ from torch import Tensor, nn
 
 from .. import distributed as dist
 from .._version import __version__
-from ..attacks import PGD
+from ..attacks import PGD, Attack
 from ..certify import certified_mask
 from ..checkpoint import atomic_write, check_output_path, load_checkpoint, save_checkpoint
 from ..data import Dataset, load_data
@@ -219,7 +219,7 @@ class _ModelRun:
         if self.progress is not None:
             self.progress(f"{self.name}: {label}", done, total)
 
-    def attack_cells(self, points, attack: PGD, clean_correct: Tensor) -> list[dict[str, Any]]:
+    def attack_cells(self, points, attack: Attack, clean_correct: Tensor) -> list[dict[str, Any]]:
         cells = []
         scopes = sorted(self.grid.scopes, key=lambda s: s is Scope.SHARED)  # per-example first: shared may copy it
         for i, (ex, ew) in enumerate(points):
@@ -274,7 +274,7 @@ def _silent(done: int, total: int) -> None:
     """No per-batch progress inside a grid cell (the study reports progress per cell)."""
 
 
-def _radii(model, x, y, config: StudyConfig, data: Dataset, attack: PGD, progress, name: str) -> dict[str, Any]:
+def _radii(model, x, y, config: StudyConfig, data: Dataset, attack: Attack, progress, name: str) -> dict[str, Any]:
     rc, grid = config.radius, config.grid
     base = ThreatModel(weight_ball=grid.weight_ball, weight_mode=grid.weight_mode, domain=data.domain)
     ray = Ray(rc.k_x, rc.k_w, base, k_b=rc.k_b)

@@ -1,8 +1,8 @@
 """Training objectives (THEORY.md section 6): small callables the one trainer calls once per batch.
 
 Each objective maps (model, x, y, step context) to {"loss": scalar, "logits": (N, K), ...more scalars to log}.
-The adversarial ones find their perturbation with the library's own machinery (`attacks.PGD`, or the
-`perturbation` blocks for TRADES' KL ascent) and then train at the perturbed point: weight perturbations enter
+The adversarial ones find their perturbation with the library's own attack loop (`attacks.PGD`, with the
+kl-clean loss for TRADES) and then train at the perturbed point: weight perturbations enter
 the forward pass through the same hooks the attacks use, so the gradient with respect to W is the gradient at
 W + D with D held fixed (as AWP does), and the user's parameters are never modified.
 
@@ -34,7 +34,8 @@ from torch import Tensor, nn
 from .. import distributed as dist
 from ..attacks import PGD
 from ..bounds import ibp_margin_bounds, loss_bound_from_margins, sensitivity_terms
-from ..perturbation import WeightBlock, build_weight_blocks, installed, layer_paths
+from ..losses import Loss
+from ..perturbation import WeightBlock, installed
 from ..threat import EpsMode, Scope, ThreatModel
 from . import parallel
 from .config import TrainConfig
@@ -140,13 +141,18 @@ class Adversarial:
 class Trades:
     """TRADES (Zhang et al. 2019): CE(f(x), y) + beta KL(f(x) || f'(x')), (x', W') maximising the KL term.
 
-    The attacks ascend cross-entropy or margin only, so the KL ascent is its own short sign-gradient loop over
-    the same perturbation blocks (inputs, and weights when the threat has them).
+    The maximisation is the one PGD loop with the kl-clean loss (inputs, and weights when the threat has them),
+    started next to the clean point (the KL gradient vanishes at it; TRADES starts at 0.001 N(0, 1)) and keeping
+    each example's highest-KL point. Its clean prediction is the eval-mode one the attack sees; the training
+    term below uses this step's own (train-mode) clean logits, as TRADES does.
     """
 
     threat: ThreatModel
     steps: int = 7
     beta: float = 6.0
+
+    #: the random start lies in this fraction of the threat set
+    START_RADIUS = 0.01
 
     def describe(self) -> dict[str, Any]:
         return {"kind": "trades", "threat": self.threat.describe(), "attack_steps": self.steps, "beta": self.beta}
@@ -157,58 +163,16 @@ class Trades:
         threat = scaled_threat(self.threat, ctx.scale)
         if threat.kind == "none" or self.beta == 0:
             return {"loss": ce, "logits": logits, "kl": torch.zeros(())}
+        attack = PGD(
+            steps=self.steps, loss=Loss.KL_CLEAN, start_radius=self.START_RADIUS, batch_size=len(x), seed=ctx.seed
+        )
+        sync = threat.scope is Scope.SHARED and dist.is_distributed()
+        result = attack(parallel.inner(model), x, y, threat, first_index=ctx.first_index, sync_ranks=sync)
+        with installed(_frozen(result.weight_blocks())):
+            adv_logits = model(result.x_adv.detach())
         target = F.softmax(logits.detach(), dim=1)
-        x_adv, blocks = self._maximise_kl(parallel.inner(model), x, target, threat, ctx)
-        with installed(blocks):
-            adv_logits = model(x_adv)
         kl = F.kl_div(F.log_softmax(adv_logits, dim=1), target, reduction="batchmean")
         return {"loss": ce + self.beta * kl, "logits": logits, "kl": kl.detach()}
-
-    def _maximise_kl(
-        self, model: nn.Module, x: Tensor, target: Tensor, threat: ThreatModel, ctx: StepContext
-    ) -> tuple[Tensor, list[WeightBlock]]:
-        generator = torch.Generator().manual_seed(ctx.seed)
-        sync = threat.scope is Scope.SHARED and dist.is_distributed()
-        frac = 2.5 / self.steps
-        lb, ub = threat.input_bounds(x)
-        was_training = model.training
-        model.eval()
-        try:
-            paths = layer_paths(model, threat, x[: min(2, len(x))])
-            blocks = build_weight_blocks(model, threat, paths, len(x))
-            # The KL gradient vanishes at the clean point: start close to it (TRADES uses 0.001 N(0, 1)). Every
-            # rank draws the whole batch's noise and keeps its rows: the same start as one process, and the
-            # generator is left where a shared weight start draws the same numbers on every rank.
-            n_batch = ctx.n_batch if ctx.n_batch is not None else len(x)
-            noise = torch.randn((n_batch, *x.shape[1:]), generator=generator)
-            noise = 0.001 * noise[ctx.first_index : ctx.first_index + len(x)].to(x)
-            x_adv = torch.minimum(torch.maximum(x + noise, lb), ub).detach()
-            for blk in blocks:
-                blk.random_start(generator)
-                for v in blk.variables:
-                    v.mul_(0.001).requires_grad_()
-            variables = [v for blk in blocks for v in blk.variables]
-            for _ in range(self.steps):
-                x_adv.requires_grad_(threat.perturbs_input)
-                with torch.enable_grad(), installed(blocks):
-                    log_p = F.log_softmax(model(x_adv), dim=1)
-                    kl = F.kl_div(log_p, target, reduction="sum")
-                wrt = ([x_adv] if threat.perturbs_input else []) + variables
-                grads = list(torch.autograd.grad(kl, wrt))
-                if sync:  # the summed KL's gradient over the global batch
-                    dist.all_reduce_sum_(grads[len(wrt) - len(variables) :])
-                with torch.no_grad():
-                    if threat.perturbs_input:
-                        step = frac * threat.eps_x * torch.sign(grads.pop(0))
-                        x_adv = torch.minimum(torch.maximum(x_adv + step, lb), ub)
-                    k = 0
-                    for blk in blocks:
-                        blk.ascend(grads[k : k + len(blk.variables)], frac)
-                        k += len(blk.variables)
-                x_adv = x_adv.detach()
-        finally:
-            model.train(was_training)
-        return x_adv, _frozen(blocks)
 
 
 @dataclass(frozen=True)
