@@ -1,6 +1,7 @@
 """nonsingular: attacks, certificates and robust training against joint input + weight perturbations."""
 
 from ._version import __version__
+from .apgd import APGD, AutoEnsemble
 from .attacks import FGSM, PGD, Attack, AttackResult, Loss, TorchattacksAdapter
 from .data import Dataset, load_data, load_digits
 from .losses import AttackLoss, register_loss
@@ -10,12 +11,14 @@ from .threat import EpsMode, Scope, ThreatModel, WeightBall
 from .verify import Verification, verify
 
 __all__ = [
+    "APGD",
     "FGSM",
     "MLP",
     "PGD",
     "Attack",
     "AttackLoss",
     "AttackResult",
+    "AutoEnsemble",
     "Dataset",
     "EpsMode",
     "LayerPath",

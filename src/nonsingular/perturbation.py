@@ -358,7 +358,7 @@ class WeightBlock:
 def per_row(step: float | Tensor, v: Tensor) -> float | Tensor:
     """A step size broadcast over v: a number as is, an (n,) tensor of per-example steps as (n, 1, ..., 1)."""
     if isinstance(step, Tensor):
-        return step.reshape(-1, *([1] * (v.dim() - 1)))
+        return step.to(v.dtype).reshape(-1, *([1] * (v.dim() - 1)))
     return step
 
 
