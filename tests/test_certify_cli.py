@@ -42,7 +42,7 @@ def test_certify_round_trip(monkeypatch, capsys, checkpoint, tmp_path):
     args = ["certify", "-c", str(checkpoint), "--eps-x", "0.01", "--eps-w", "0.0005", "--steps", "5"]
     code, stdout, err = run_cli(monkeypatch, capsys, *args, "--n-examples", "40", "--out", str(out))
     assert code == 0, err
-    assert "crown" in stdout and "PGD" in stdout
+    assert "crown" in stdout and "AutoEnsemble(steps=5" in stdout
     report = json.loads(out.read_text())
     assert report["n_examples"] == 40 and set(report["methods"]) == {"norm", "ibp", "crown"}
     assert report["threat"]["eps_x"] == 0.01 and report["problems"] == []

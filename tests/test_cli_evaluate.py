@@ -32,6 +32,17 @@ def test_evaluate_round_trip(monkeypatch, capsys, checkpoint, tmp_path):
     assert joint["accuracy"] <= reference + 1 / 60
     assert report["cells"]["joint"]["per-example"]["paths"] == {"2": "lemma1", "4": "lemma1", "6": "lemma1"}
     assert report["cells"]["joint"]["per-example"]["accuracy"] <= report["cells"]["joint"]["shared"]["accuracy"]
+    # the default attack is the ensemble, its budget recorded; sanity flags are a list (printed when present)
+    assert report["attack"].startswith("AutoEnsemble(steps=5, restarts=1, targets=3")
+    assert report["attack_budget"] == {"steps": 5, "restarts": 1, "targets": 3, "max_gradient_steps_per_example": 20}
+    assert isinstance(report["flags"], list) and "sanity" in stdout
+    fast = tmp_path / "fast.json"
+    code, _, err = run_cli(monkeypatch, capsys, *args, "--attack", "pgd", "--n-examples", "60", "--out", str(fast))
+    assert code == 0, err
+    pgd = json.loads(fast.read_text())
+    assert pgd["attack"].startswith("PGD(steps=5") and pgd["attack_budget"]["steps"] == 5
+    for kind in ("input", "weight", "joint"):  # the ensemble finds at least the errors PGD finds
+        assert report["cells"][kind]["per-example"]["accuracy"] <= pgd["cells"][kind]["per-example"]["accuracy"]
     # an existing output is never overwritten without --force
     before = out.read_text()
     code, _, err = run_cli(monkeypatch, capsys, *args, "--out", str(out))
@@ -46,6 +57,7 @@ def test_evaluate_round_trip(monkeypatch, capsys, checkpoint, tmp_path):
         ("negative", ["--eps-x", "-0.1"], "eps_x"),
         ("wrong-size", ["--data", "npz-28x28"], "takes inputs of shape (1, 8, 8)"),
         ("bad-layer", ["--layers", "nope"], "nope"),
+        ("auto-with-margin", ["--loss", "margin"], "pgd attack only"),
     ],
 )
 def test_bad_input_one_line_error(monkeypatch, capsys, checkpoint, tmp_path, case, extra, needle):

@@ -94,6 +94,9 @@ def test_study_report_cache_and_resume(monkeypatch, capsys, study_run, fresh_stu
     for name in ("report.html", "report.md", "heatmaps.png", "robust_accuracy.csv", "headline.csv"):
         assert (out / name).stat().st_size > 0
     assert len(list(cache.glob("*.safetensors"))) == 2
+    assert results["attack"].startswith("AutoEnsemble(steps=3") and results["attack_budget"]["targets"] == 3
+    assert all(isinstance(m["flags"], list) for m in results["models"].values())
+    assert "## Sanity flags" in (out / "report.md").read_text()
 
     # Interrupted after some cells: drop part of the state and the report; the rerun reuses models and cells.
     state = json.loads((out / "state.json").read_text())
@@ -145,3 +148,31 @@ def test_report_renders_in_headless_chromium(fresh_study, tmp_path):
     assert broken == [], f"figures that did not load: {broken}"
     assert seen.headline_rows == list(results["models"])
     assert seen.screenshot.startswith(b"\x89PNG") and len(seen.screenshot) > 10_000
+
+
+def test_study_nested_grid_flag(small_mlp, digits, tmp_path):
+    """A grid where robust accuracy rises from eps_x 0.02 to 0.05 (and shared undercuts per-example) is flagged,
+    naming the cells; the flag reaches the report."""
+    from nonsingular.study.config import StudyConfig
+    from nonsingular.study.report import all_flags
+    from nonsingular.study.runner import StudyState, _ModelRun
+
+    config = StudyConfig.model_validate(
+        {
+            "grid": {"eps_x": [0.02, 0.05], "eps_w": [0.0], "scopes": ["per-example", "shared"]},
+            "headline": {"eps_x": 0.05, "eps_w": 0.0},
+        }
+    )
+    x, y = digits.x_test[:30], digits.y_test[:30]
+    run = _ModelRun("m", small_mlp, x, y, config, digits, StudyState(tmp_path / "state.json", "f"), None)
+    cells = [
+        {"eps_x": 0.02, "eps_w": 0.0, "scope": "per-example", "accuracy": 0.5},
+        {"eps_x": 0.05, "eps_w": 0.0, "scope": "per-example", "accuracy": 0.6},
+        {"eps_x": 0.02, "eps_w": 0.0, "scope": "shared", "accuracy": 0.4},
+        {"eps_x": 0.05, "eps_w": 0.0, "scope": "shared", "accuracy": 0.3},
+    ]
+    flags = run.sanity_flags(cells, 0.9, config.headline, PGD())
+    assert [f["check"] for f in flags] == ["nested"]
+    assert flags[0]["cells"] == ["m: per-example eps_x=0.02 eps_w=0", "m: per-example eps_x=0.05 eps_w=0"]
+    assert "per-example eps_x=0.05 eps_w=0 60.0% > m: per-example eps_x=0.02 eps_w=0 50.0%" in flags[0]["message"]
+    assert all_flags({"models": {"m": {"flags": flags}}}) == flags

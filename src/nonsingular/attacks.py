@@ -167,6 +167,10 @@ class Attack(Protocol):
 
     batch_size: int
 
+    def budget(self) -> dict[str, int]:
+        """The attack's budget as numbers (steps, restarts, ...), recorded next to its repr in results."""
+        ...
+
     def __call__(
         self,
         model: nn.Module,
@@ -281,6 +285,14 @@ class PGD:
     def objective(self) -> AttackLoss:
         """The loss as an AttackLoss."""
         return resolve_loss(self.loss)  # type: ignore[arg-type]
+
+    def budget(self) -> dict[str, int]:
+        """Steps and restarts, and the most gradient steps one example can take (for reports)."""
+        return {
+            "steps": self.steps,
+            "restarts": self.restarts,
+            "max_gradient_steps_per_example": self.steps * self.restarts,
+        }
 
     def schedule(self) -> StepSchedule:
         """The step-size schedule of one restart (a fresh object per call: it holds per-run state)."""

@@ -20,10 +20,20 @@ from . import distributed as dist
 from ._version import __version__
 from .attacks import Attack
 from .errors import NonFiniteError
+from .sanity import RandomNoise, SanityFlag, gradient_flag, nested_flag, noise_flag, train_eval_flag
 from .threat import Scope, ThreatModel
 from .verify import verify
 
-__all__ = ["KINDS", "SCOPES", "Cell", "RobustnessReport", "VerifiedAttack", "attack_and_verify", "evaluate_robustness"]
+__all__ = [
+    "KINDS",
+    "SCOPES",
+    "Cell",
+    "RobustnessReport",
+    "VerifiedAttack",
+    "attack_and_verify",
+    "evaluate_robustness",
+    "sanity_flags",
+]
 
 KINDS = ("input", "weight", "joint")
 SCOPES = (Scope.PER_EXAMPLE.value, Scope.SHARED.value)
@@ -70,6 +80,8 @@ class RobustnessReport:
     cells: dict[str, dict[str, Cell | None]]
     seconds: float
     versions: dict[str, str] = field(default_factory=dict)
+    attack_budget: dict[str, int] = field(default_factory=dict)
+    flags: list[SanityFlag] = field(default_factory=list)
 
     def labelled_cells(self) -> list[tuple[str, Cell]]:
         """("joint per-example", cell), ... for every evaluated cell, in table order."""
@@ -172,6 +184,45 @@ def attack_and_verify(model, x, y, threat: ThreatModel, attack: Attack, tick=Non
     )
 
 
+#: (inner, outer) cells whose threat sets are nested: outer contains inner, so its accuracy may not be higher.
+NESTED_CELLS = (
+    ("input per-example", "joint per-example"),
+    ("weight per-example", "joint per-example"),
+    ("weight shared", "joint shared"),
+    ("input shared", "joint shared"),
+    ("weight shared", "weight per-example"),
+    ("joint shared", "joint per-example"),
+)
+
+
+def sanity_flags(
+    model: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    cells: dict[str, dict[str, Cell | None]],
+    robust: dict[str, Tensor],
+    threats: dict[str, ThreatModel],
+    attack: Attack,
+    noise_samples: int = 4,
+) -> list[SanityFlag]:
+    """The sanity checks of `sanity` over evaluated cells (labels "<kind> <scope>").
+
+    Args:
+        robust: label -> (N,) bool correct after the verified attack, for the cells the noise check re-attacks.
+        threats: label -> threat of those cells.
+        noise_samples: random points per example for the noise check (0 skips it).
+    """
+    accuracy = {f"{k} {s}": (c.accuracy if c is not None else None) for k, row in cells.items() for s, c in row.items()}
+    found = [nested_flag(accuracy, NESTED_CELLS), gradient_flag(model, x, y), train_eval_flag(model, x, y)]
+    if noise_samples > 0:
+        noise = RandomNoise(restarts=noise_samples, batch_size=attack.batch_size, seed=7919)
+        for label, mask in robust.items():
+            checked = attack_and_verify(model, x, y, threats[label], noise)
+            if checked.passed:
+                found.append(noise_flag(label, mask, checked.correct))
+    return [f for f in found if f is not None]
+
+
 def attack_cell(model, x, y, threat, attack, clean_correct, tick) -> tuple[Cell, Tensor]:
     """Attack, verify and score one cell: (the cell, (N,) bool examples correct clean and after the verified
     attack), the same on every rank under torch.distributed."""
@@ -197,6 +248,7 @@ def evaluate_robustness(
     threat: ThreatModel,
     attack: Attack,
     progress: EvalProgress | None = None,
+    noise_samples: int = 4,
 ) -> RobustnessReport:
     """Attack and verify every (kind, scope) cell of `threat`.
 
@@ -207,6 +259,7 @@ def evaluate_robustness(
         threat: the joint threat; its scope is ignored (both are evaluated).
         attack: the attack configuration used for every cell.
         progress: progress(label, done, total) during each attack.
+        noise_samples: random points per example of the noise sanity check on the per-example cells (0: skip).
 
     Under torch.distributed (torchrun) each rank attacks a contiguous run of whole batches and the results
     are gathered on every rank; with the same seed they equal a single-process run's.
@@ -220,6 +273,8 @@ def evaluate_robustness(
     finally:
         model.train(was_training)
     cells: dict[str, dict[str, Cell | None]] = {}
+    robust: dict[str, Tensor] = {}
+    cell_threats: dict[str, ThreatModel] = {}
     for kind, base in threats_for(threat).items():
         cells[kind] = {}
         for scope in SCOPES:
@@ -238,8 +293,11 @@ def evaluate_robustness(
                     progress(label, done, total)
 
             t0 = time.perf_counter()
-            cells[kind][scope] = attack_cell(model, x, y, cell_threat, attack, clean_correct, tick)[0]
+            cells[kind][scope], mask = attack_cell(model, x, y, cell_threat, attack, clean_correct, tick)
             cells[kind][scope].seconds = time.perf_counter() - t0
+            if scope == Scope.PER_EXAMPLE.value and cells[kind][scope].verified:
+                robust[f"{kind} {scope}"], cell_threats[f"{kind} {scope}"] = mask, cell_threat
+    flags = sanity_flags(model, x, y, cells, robust, cell_threats, attack, noise_samples)
     return RobustnessReport(
         clean_accuracy=float(clean_correct.float().mean()),
         n_examples=len(y),
@@ -248,4 +306,6 @@ def evaluate_robustness(
         cells=cells,
         seconds=time.perf_counter() - start,
         versions=_versions(),
+        attack_budget=attack.budget(),
+        flags=flags,
     )

@@ -223,7 +223,7 @@ def measure_radii(
     x: Tensor,
     y: Tensor,
     ray: Ray,
-    attack: PGD,
+    attack: Attack,
     certify: Callable[[Tensor, Tensor, ThreatModel], Tensor],
     method: str,
     s_max: float,

@@ -1,4 +1,4 @@
-"""`nonsingular certify`: certified accuracy per bound method, margin bounds and tightness against PGD."""
+"""`nonsingular certify`: certified accuracy per bound method, margin bounds and tightness against an attack."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from rich.table import Table
 from rich.text import Text
 
 from .. import distributed as dist
-from ..attacks import PGD, Loss
+from ..apgd import AttackKind
 from ..bounds import BoundMethod
 from ..certify import CertifyReport
 from ..certify import certify as run_certify
@@ -19,6 +19,7 @@ from ..quantize import Rounding, quantization_threat
 from ..threat import EpsMode, WeightBall
 from .common import (
     AcceptDataOpt,
+    AttackOpt,
     BallOpt,
     CheckpointOpt,
     DataOpt,
@@ -38,6 +39,7 @@ from .common import (
     SymmetricOpt,
     UserError,
     WeightsOpt,
+    build_attack,
     check_writable,
     console,
     grid_lines,
@@ -45,7 +47,6 @@ from .common import (
     progress_bar,
     quantization_spec,
     resolve_device,
-    validated,
     write_json,
 )
 from .loading import load_workload
@@ -86,8 +87,12 @@ def certify(
     data: DataOpt = None,
     accept_data_change: AcceptDataOpt = False,
     n_examples: NExamplesOpt = None,
-    steps: Annotated[int, typer.Option(help="PGD steps for the attacked accuracy and tightness (0: no attack).")] = 50,
-    restarts: Annotated[int, typer.Option(help="PGD restarts; each example keeps its worst.")] = 1,
+    attack: AttackOpt = AttackKind.AUTO,
+    steps: Annotated[
+        int | None,
+        typer.Option(help="Attack steps for the attacked accuracy and tightness (0: no attack) [default: 50]."),
+    ] = None,
+    restarts: Annotated[int, typer.Option(help="Attack restarts; each example keeps its worst.")] = 1,
     batch_size: Annotated[int, typer.Option(help="Examples per bound computation and attack batch.")] = 256,
     seed: Annotated[int, typer.Option(help="Attack random-start seed.")] = 0,
     quantize: QuantizeOpt = None,
@@ -100,17 +105,18 @@ def certify(
 ) -> None:
     """Certify a checkpoint: per bound method the certified accuracy (a lower bound on robust accuracy), the
     distribution of margin lower bounds, and the tightness ratio (bound on the loss increase / the largest loss
-    increase a verified PGD attack found). Bounds are per example and computed in float64.
+    increase a verified attack found). Bounds are per example and computed in float64.
     """
     check_writable(out, force)
     spec = quantization_spec(quantize, per_channel, symmetric, rounding, eps_w, weight_ball)
     methods = parse_methods(method)
+    steps = 50 if steps is None else steps
     if steps < 0 or restarts < 1 or batch_size < 1:
         raise UserError("--steps must be >= 0, --restarts and --batch-size >= 1")
     threat = make_threat(eps_x, eps_w, weight_ball, weight_mode, eps_b, layers)
-    attack = None
+    chosen = None
     if steps > 0:
-        attack = validated(PGD, steps=steps, restarts=restarts, loss=Loss.CE, batch_size=batch_size, seed=seed)
+        chosen = build_attack(attack, steps=steps, restarts=restarts, batch_size=batch_size, seed=seed)
     run_device = resolve_device(device)
     dist.init_from_env(run_device)
     lead = dist.rank() == 0
@@ -129,7 +135,7 @@ def certify(
             work.y,
             work.threat,
             methods,
-            attack,
+            chosen,
             batch_size,
             progress=lambda label, d, t: update(d, t, label),
         )
@@ -173,7 +179,7 @@ def render_table(report: CertifyReport, title: str) -> Table:
         table.add_column(name, justify="right")
     table.add_row("clean", _pct(report.clean_accuracy), *["-"] * 6)
     if report.attacked_accuracy is not None:
-        table.add_row("PGD (upper)", _pct(report.attacked_accuracy), *["-"] * 6)
+        table.add_row("attack (upper)", _pct(report.attacked_accuracy), *["-"] * 6)
     for name, res in report.methods.items():
         q, tight = res.margin_quantiles, res.tightness
         table.add_row(

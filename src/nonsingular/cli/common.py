@@ -24,6 +24,8 @@ from rich.progress import (
 from rich.text import Text
 
 from .. import devices
+from ..apgd import AttackKind, AutoEnsemble, make_attack
+from ..attacks import PGD
 from ..checkpoint import atomic_write, check_output_path
 from ..errors import InputError, describe
 from ..quantize import LayerGrid, QuantizationSpec, Rounding, Scheme
@@ -155,6 +157,24 @@ def grid_lines(spec: QuantizationSpec, grids: dict[str, LayerGrid]) -> list[str]
             f"zero point {d['zero_point_range'][0]}..{d['zero_point_range'][1]}"
         )
     return lines
+
+
+AttackOpt = Annotated[
+    AttackKind,
+    typer.Option(
+        "--attack",
+        help="auto: APGD-CE then APGD-T on the examples still standing (the strong default); pgd: fixed-step PGD "
+        "(fast).",
+    ),
+]
+
+
+def build_attack(kind: AttackKind, **options: Any) -> PGD | AutoEnsemble:
+    """apgd.make_attack with a one-line error for options the chosen attack does not take."""
+    try:
+        return make_attack(kind, **options)
+    except ValueError as err:
+        raise UserError(f"--attack {kind.value}: {err}") from None
 
 
 CheckpointOpt = Annotated[

@@ -12,13 +12,15 @@ from rich.table import Table
 from rich.text import Text
 
 from .. import distributed as dist
-from ..attacks import PGD, Loss
+from ..apgd import AttackKind
+from ..attacks import Loss
 from ..evaluate import KINDS, SCOPES, RobustnessReport, evaluate_robustness
 from ..faults import FaultSummary, bit_flip_accuracies, summarise, uniform_box_accuracies
 from ..quantize import QuantizationReport, Rounding, evaluate_quantization, quantization_threat, save_quantized
 from ..threat import EpsMode, WeightBall
 from .common import (
     AcceptDataOpt,
+    AttackOpt,
     BallOpt,
     CheckpointOpt,
     DataOpt,
@@ -38,6 +40,7 @@ from .common import (
     SymmetricOpt,
     UserError,
     WeightsOpt,
+    build_attack,
     check_writable,
     console,
     grid_lines,
@@ -46,7 +49,6 @@ from .common import (
     progress_bar,
     quantization_spec,
     resolve_device,
-    validated,
     write_json,
 )
 from .loading import load_workload
@@ -65,13 +67,18 @@ def evaluate(
     data: DataOpt = None,
     accept_data_change: AcceptDataOpt = False,
     n_examples: NExamplesOpt = None,
-    steps: Annotated[int, typer.Option(help="Attack gradient steps per restart.")] = 20,
+    attack: AttackOpt = AttackKind.AUTO,
+    steps: Annotated[
+        int | None, typer.Option(help="Gradient steps per restart (per APGD run for auto) [default: auto 50, pgd 20].")
+    ] = None,
     restarts: Annotated[int, typer.Option(help="Attack restarts; each example keeps its worst.")] = 1,
     step_size: Annotated[
         float | None,
-        typer.Option("--step-size", help="Step per iteration as a fraction of each radius [default 2.5/steps]."),
+        typer.Option("--step-size", help="pgd: step per iteration as a fraction of each radius [default 2.5/steps]."),
     ] = None,
-    loss: Annotated[Loss, typer.Option(help="Attack loss: ce (cross-entropy) or margin.")] = Loss.CE,
+    loss: Annotated[
+        Loss, typer.Option(help="pgd: attack loss, ce (cross-entropy), margin, dlr or kl-clean.")
+    ] = Loss.CE,
     batch_size: Annotated[int, typer.Option(help="Examples per forward pass.")] = 256,
     seed: Annotated[int, typer.Option(help="Random-start seed.")] = 0,
     quantize: QuantizeOpt = None,
@@ -118,8 +125,8 @@ def evaluate(
     threat = make_threat(eps_x, eps_w, weight_ball, weight_mode, eps_b, layers)
     if random_faults and threat.weight_ball is not WeightBall.ELEMENTWISE:
         raise UserError("--random-faults draws from element-wise boxes; leave out --weight-ball operator")
-    attack = validated(
-        PGD, steps=steps, restarts=restarts, rel_stepsize=step_size, loss=loss, batch_size=batch_size, seed=seed
+    chosen = build_attack(
+        attack, steps=steps, restarts=restarts, rel_stepsize=step_size, loss=loss, batch_size=batch_size, seed=seed
     )
     run_device = resolve_device(device)
     dist.init_from_env(run_device)
@@ -136,7 +143,7 @@ def evaluate(
     t0 = time.perf_counter()
     with progress_bar("attacking", enabled=lead) as update:
         report = evaluate_robustness(
-            work.model, work.x, work.y, work.threat, attack, progress=lambda label, d, t: update(d, t, label)
+            work.model, work.x, work.y, work.threat, chosen, progress=lambda label, d, t: update(d, t, label)
         )
     elapsed = time.perf_counter() - t0
     if not lead:
@@ -154,13 +161,17 @@ def evaluate(
         console.print(Text("unverified: ", style="red") + Text(f"{label}: {'; '.join(cell.problems)}"))
     checked = "every robust accuracy verified" if not unverified else f"{len(unverified)} cell(s) failed verification"
     console.print(f"evaluated in {elapsed:.2f} s; {checked} with explicit weights")
+    for flag in report.flags:
+        console.print(Text(f"sanity flag ({flag.check}): ", style="yellow") + Text(flag.message))
+    if not report.flags:
+        console.print("sanity checks (nested cells, random noise, gradients, train/eval mode): no flags")
     payload = {**report.to_json(), **work.source_fields()}
     if spec is not None and grids is not None:
         for line in grid_lines(spec, grids):
             console.print(line)
         with progress_bar("quantized models", enabled=lead):
             quant = evaluate_quantization(
-                work.model, work.x, work.y, spec, attack, eps_x, work.data.domain, layer_names(layers), seed=seed
+                work.model, work.x, work.y, spec, chosen, eps_x, work.data.domain, layer_names(layers), seed=seed
             )
         console.print(render_quantization(quant))
         payload["quantization"] = quant.to_json()

@@ -7,12 +7,13 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from ..attacks import PGD
+from ..apgd import AttackKind
 from ..bounds import BoundMethod, margin_bounds
 from ..radius import QUANTILES, RadiusReport, RadiusSettings, Ray, measure_radii
 from ..threat import EpsMode, ThreatModel, WeightBall
 from .common import (
     AcceptDataOpt,
+    AttackOpt,
     BallOpt,
     CheckpointOpt,
     DataOpt,
@@ -23,6 +24,7 @@ from .common import (
     ModelOpt,
     ModeOpt,
     WeightsOpt,
+    build_attack,
     check_writable,
     console,
     layer_names,
@@ -64,7 +66,10 @@ def radius(
     weight_mode: ModeOpt = EpsMode.ABSOLUTE,
     layers: LayersOpt = None,
     method: Annotated[BoundMethod, typer.Option(help="Certificate for the lower bound.")] = BoundMethod.CROWN,
-    steps: Annotated[int, typer.Option(help="Attack steps for the upper bound (>= 1).")] = 20,
+    attack: AttackOpt = AttackKind.AUTO,
+    steps: Annotated[
+        int | None, typer.Option(help="Attack steps for the upper bound (>= 1) [default: auto 50, pgd 20].")
+    ] = None,
     restarts: Annotated[int, typer.Option(help="Attack restarts; each example keeps its worst.")] = 1,
     batch_size: Annotated[int, typer.Option(help="Examples per attack batch.")] = 256,
     seed: Annotated[int, typer.Option(help="Attack random-start seed.")] = 0,
@@ -82,7 +87,7 @@ def radius(
     settings = validated(
         RadiusSettings, k_x=k_x, k_w=k_w, k_b=k_b, s_max=s_max, n_examples=n_examples, iterations=iterations
     )
-    attack = validated(PGD, steps=steps, restarts=restarts, batch_size=batch_size, seed=seed)
+    chosen = build_attack(attack, steps=steps, restarts=restarts, batch_size=batch_size, seed=seed)
     run_device = resolve_device(device)
     base = validated(ThreatModel, weight_ball=weight_ball, weight_mode=weight_mode, layers=layer_names(layers))
     work = load_workload(checkpoint, data, model, weights, base, n_examples, run_device, accept_data_change)
@@ -94,7 +99,7 @@ def radius(
 
     with progress_bar("attacked radius", total=2) as update:
         report = measure_radii(
-            work.model, work.x, work.y, ray, attack, certify, method.value, settings.s_max, settings.iterations, update
+            work.model, work.x, work.y, ray, chosen, certify, method.value, settings.s_max, settings.iterations, update
         )
     console.print(
         render_table(

@@ -13,7 +13,8 @@ import tomllib
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from ..attacks import Loss
+from ..apgd import AttackKind, AutoEnsemble, make_attack
+from ..attacks import PGD, Loss
 from ..bounds import BoundMethod
 from ..errors import InputError, describe
 from ..radius import RadiusSettings
@@ -54,10 +55,31 @@ class GridConfig(_Strict):
 
 
 class AttackConfig(_Strict):
-    steps: int = Field(20, ge=1)
+    """The attack of every grid cell and of the radii: auto (APGD-CE + APGD-T ensemble) or pgd."""
+
+    kind: AttackKind = AttackKind.AUTO
+    steps: int | None = Field(None, ge=1)
     restarts: int = Field(1, ge=1)
     loss: Loss = Loss.CE
+    targets: int = Field(3, ge=0)
     batch_size: int = Field(512, ge=1)
+
+    @model_validator(mode="after")
+    def _fits_kind(self) -> AttackConfig:
+        self.build()  # make_attack's one-line error for an option the kind does not take
+        return self
+
+    def build(self, seed: int = 0) -> PGD | AutoEnsemble:
+        """The configured attack."""
+        return make_attack(
+            self.kind,
+            steps=self.steps,
+            restarts=self.restarts,
+            loss=self.loss,
+            targets=self.targets,
+            batch_size=self.batch_size,
+            seed=seed,
+        )
 
 
 class CertifyConfig(_Strict):

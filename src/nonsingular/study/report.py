@@ -158,6 +158,8 @@ def _markdown(results: dict[str, Any], figures: list[str], summary: list[str]) -
         lines.append(
             f"| {row['model']} | {row['objective']} | " + " | ".join(_pct(row[c]) for c in HEADLINE_COLUMNS) + " |"
         )
+    lines += ["", "## Sanity flags", ""]
+    lines += [f"- {f['check']}: {f['message']}" for f in all_flags(results)] or ["- none raised"]
     lines += ["", "## Figures", ""]
     lines += [f"![{f}]({f})" for f in figures]
     lines += ["", "## Models", ""]
@@ -180,6 +182,11 @@ def _model_lines(results: dict[str, Any]) -> list[str]:
     return lines
 
 
+def all_flags(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every model's sanity flags, in model order (see nonsingular.sanity)."""
+    return [f for model in results["models"].values() for f in model.get("flags", [])]
+
+
 def _html(results: dict[str, Any], folder: Path, figures: list[str], summary: list[str]) -> str:
     hx, hw = results["headline"]["eps_x"], results["headline"]["eps_w"]
     head = "".join(f"<th>{html.escape(c)}</th>" for c in ("model", "objective", *HEADLINE_COLUMNS))
@@ -196,6 +203,8 @@ def _html(results: dict[str, Any], folder: Path, figures: list[str], summary: li
         for f in figures
     )
     grid = results["grid"]
+    flags = "".join(f"<li>{html.escape(f['check'])}: {html.escape(f['message'])}</li>" for f in all_flags(results))
+    flags = flags or "<li>none raised</li>"
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>nonsingular study: {html.escape(results["name"])}</title>
 <style>
@@ -212,6 +221,7 @@ certified accuracies are lower bounds.</p>
 <h2>Summary</h2><ul>{"".join(f"<li>{html.escape(s)}</li>" for s in summary)}</ul>
 <h2>Headline (eps_x = {hx:g}, eps_w = {hw:g})</h2>
 <table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>
+<h2>Sanity flags</h2><ul>{flags}</ul>
 <h2>Figures</h2>{images}
 <h2>Models</h2><ul>{"".join(f"<li>{html.escape(line)}</li>" for line in _model_lines(results))}</ul>
 <p>Versions: {html.escape(", ".join(f"{k} {v}" for k, v in results["versions"].items()))}</p>

@@ -20,14 +20,15 @@ from torch import Tensor, nn
 
 from .. import distributed as dist
 from .._version import __version__
-from ..attacks import PGD, Attack
+from ..attacks import Attack
 from ..certify import certified_mask
 from ..checkpoint import atomic_write, check_output_path, load_checkpoint, save_checkpoint
 from ..data import Dataset, load_data
 from ..errors import InputError, describe
-from ..evaluate import attack_cell
+from ..evaluate import attack_and_verify, attack_cell
 from ..models import build_model
 from ..radius import Ray, attacked_radius, certified_radius
+from ..sanity import RandomNoise, gradient_flag, nested_flag, noise_flag, train_eval_flag
 from ..threat import Scope, ThreatModel
 from ..training.trainer import architecture_spec
 from .config import ModelEntry, StudyConfig
@@ -135,13 +136,7 @@ def run_study(
     check_study(config, data, out_dir, cache_dir)
     n = len(data.y_test) if config.n_examples is None else min(config.n_examples, len(data.y_test))
     x, y = data.x_test[:n].to(device), data.y_test[:n].to(device)
-    attack = PGD(
-        steps=config.attack.steps,
-        restarts=config.attack.restarts,
-        loss=config.attack.loss,
-        batch_size=config.attack.batch_size,
-        seed=config.seed,
-    )
+    attack = config.attack.build(config.seed)
     fingerprint = json.dumps(config.model_dump(mode="json"), sort_keys=True) + __version__
     state = StudyState(out_dir / "state.json", fingerprint)
     grid = config.grid
@@ -158,6 +153,7 @@ def run_study(
         run = _ModelRun(entry.name, model, x, y, config, data, state, progress)
         cells = run.attack_cells(points, attack, clean_correct)
         certified = run.certify_cells(points, clean_correct)
+        flags = run.sanity_flags(cells, float(clean_correct.float().mean()), config.headline, attack)
         radius = None
         if config.radius.enabled:
             key = f"radius/{entry.name}"
@@ -176,6 +172,7 @@ def run_study(
             "cells": cells,
             "certified": certified,
             "radius": radius,
+            "flags": flags,
         }
 
     results = {
@@ -185,6 +182,7 @@ def run_study(
         "data": data.describe(),
         "n_examples": n,
         "attack": repr(attack),
+        "attack_budget": attack.budget(),
         "grid": grid.model_dump(mode="json"),
         "headline": config.headline.model_dump(mode="json"),
         "models": models,
@@ -240,6 +238,47 @@ class _ModelRun:
                 cells.append({k: v for k, v in self.state.get(key).items() if k != "robust"})
             self._tick("attacks", i + 1, len(points))
         return cells
+
+    def sanity_flags(self, cells, clean: float, headline, attack: Attack) -> list[dict[str, Any]]:
+        """Sanity flags of this model (recorded in the state, so a resumed study does not redo the noise check).
+
+        nested: along each grid axis, and from shared to per-example scope, the larger threat set may not show
+        a higher robust accuracy (the clean accuracy stands at (0, 0)). noise: random points at the headline
+        point's per-example joint cell. gradients and train-eval: the model at the clean points.
+        """
+        key = f"flags/{self.name}"
+        if self.state.get(key) is not None:
+            return self.state.get(key)["flags"]
+
+        def label(ex: float, ew: float, scope: str) -> str:
+            return f"{self.name}: {scope} eps_x={ex:g} eps_w={ew:g}"
+
+        accuracy = {label(c["eps_x"], c["eps_w"], c["scope"]): c["accuracy"] for c in cells}
+        pairs = []
+        for scope in {c["scope"] for c in cells}:
+            accuracy[label(0.0, 0.0, scope)] = clean
+            for i, ex in enumerate(self.grid.eps_x):
+                for j, ew in enumerate(self.grid.eps_w):
+                    if i + 1 < len(self.grid.eps_x):
+                        pairs.append((label(ex, ew, scope), label(self.grid.eps_x[i + 1], ew, scope)))
+                    if j + 1 < len(self.grid.eps_w):
+                        pairs.append((label(ex, ew, scope), label(ex, self.grid.eps_w[j + 1], scope)))
+                    if scope == Scope.SHARED.value:
+                        pairs.append((label(ex, ew, scope), label(ex, ew, Scope.PER_EXAMPLE.value)))
+        found = [nested_flag(accuracy, pairs), gradient_flag(self.model, self.x, self.y, self.name)]
+        found.append(train_eval_flag(self.model, self.x, self.y, self.name))
+        hx, hw = headline.eps_x, headline.eps_w
+        cell = self.state.get(f"cell/{self.name}/{hx}/{hw}/{Scope.PER_EXAMPLE.value}") or {}
+        if "robust" in cell:
+            noise = RandomNoise(batch_size=attack.batch_size, seed=7919)
+            checked = attack_and_verify(self.model, self.x, self.y, self.threat(hx, hw), noise)
+            if checked.passed:
+                found.append(
+                    noise_flag(label(hx, hw, Scope.PER_EXAMPLE.value), _mask_from_text(cell["robust"]), checked.correct)
+                )
+        flags = [f.to_json() for f in found if f is not None]
+        self.state.put(key, {"flags": flags})
+        return flags
 
     def certify_cells(self, points, clean_correct: Tensor) -> list[dict[str, Any]]:
         certified = []
