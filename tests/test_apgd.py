@@ -70,6 +70,8 @@ def test_merged_rows_carry_their_own_weights(path):
     expected = verify(model, x[rows], y[rows], second).logits[take]
     assert torch.allclose(check.logits[rows[take]], expected, atol=1e-5)
     assert torch.allclose(check.logits[others], verify(model, x, y, first).logits[others], atol=1e-5)
+    part = verify(model, x[rows], y[rows], merged.subset(rows))  # what the ensemble verifies: a few rows
+    assert part.passed and torch.allclose(part.logits, check.logits[rows], atol=1e-5)
 
 
 def test_checkpoints_follow_the_apgd_sequence():
@@ -115,5 +117,7 @@ def test_bad_arguments():
 def test_ensemble_budget_and_repr():
     ens = AutoEnsemble(steps=30, restarts=2, targets=4)
     assert "steps=30" in repr(ens) and "targets=4" in repr(ens) and "restarts=2" in repr(ens)
-    assert ens.budget(classes=3) == {"steps": 30, "restarts": 2, "targets": 2, "max_gradient_steps_per_example": 120}
+    budget = {"steps": 30, "restarts": 2, "targets": 2, "shared_targets": 1, "max_gradient_steps_per_example": 120}
+    assert ens.budget(classes=3) == budget
     assert [p.objective.name for p in ens.parts(classes=10)] == ["ce", "dlr-t1", "dlr-t2", "dlr-t3", "dlr-t4"]
+    assert [p.objective.name for p in ens.parts(classes=10, shared=True)] == ["ce", "dlr-t1"]

@@ -34,7 +34,8 @@ def test_evaluate_round_trip(monkeypatch, capsys, checkpoint, tmp_path):
     assert report["cells"]["joint"]["per-example"]["accuracy"] <= report["cells"]["joint"]["shared"]["accuracy"]
     # the default attack is the ensemble, its budget recorded; sanity flags are a list (printed when present)
     assert report["attack"].startswith("AutoEnsemble(steps=5, restarts=1, targets=3")
-    assert report["attack_budget"] == {"steps": 5, "restarts": 1, "targets": 3, "max_gradient_steps_per_example": 20}
+    budget = {"steps": 5, "restarts": 1, "targets": 3, "shared_targets": 1, "max_gradient_steps_per_example": 20}
+    assert report["attack_budget"] == budget
     assert isinstance(report["flags"], list) and "sanity" in stdout
     fast = tmp_path / "fast.json"
     code, _, err = run_cli(monkeypatch, capsys, *args, "--attack", "pgd", "--n-examples", "60", "--out", str(fast))

@@ -150,6 +150,23 @@ class AttackResult:
             chunks.append(_Chunk(chunk.start, chunk.stop, chunk.blocks, rows.cpu()[g[keep]], loc[keep]))
         return AttackResult(x_adv, logits, self.threat, self.attack, {**self.paths, **other.paths}, chunks)
 
+    def subset(self, rows: Tensor) -> AttackResult:
+        """The per-example result on examples `rows` only ((m,) increasing indices), renumbered 0..m-1: what
+        the verifier needs to check just those examples."""
+        if self.shared:
+            raise ValueError("a shared-scope result is one perturbation for all examples: it has no subsets")
+        rows = rows.cpu()
+        position = torch.full((len(self.x_adv),), -1, dtype=torch.long)
+        position[rows] = torch.arange(len(rows))
+        chunks = []
+        for chunk in self._chunks:
+            g = chunk.rows if chunk.rows is not None else torch.arange(chunk.start, chunk.stop)
+            loc = chunk.local if chunk.local is not None else torch.arange(chunk.stop - chunk.start)
+            keep = position[g] >= 0
+            chunks.append(_Chunk(chunk.start, chunk.stop, chunk.blocks, position[g[keep]], loc[keep]))
+        idx = rows.to(self.x_adv.device)
+        return AttackResult(self.x_adv[idx], self.logits[idx], self.threat, self.attack, self.paths, chunks)
+
 
 def _merge(dicts: Sequence[dict[str, Tensor]]) -> dict[str, Tensor]:
     out: dict[str, Tensor] = {}
