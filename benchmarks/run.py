@@ -266,7 +266,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.render is not None:
         markdown = args.markdown or Path("BENCHMARKS.md")
-        markdown.write_text(render(json.loads(args.render.read_text())))
+        markdown.write_text(render(json.loads(args.render.read_text())) + _kept_sections(markdown))
         print(f"wrote {markdown} from {args.render}")
         return
     sections = set(args.sections.split(","))
@@ -302,8 +302,25 @@ def main() -> None:
     if "training" in sections:
         results["training"] = run_training(args.threads)
     json_path.write_text(json.dumps(results, indent=2) + "\n")
-    markdown.write_text(render(results))
+    markdown.write_text(render(results) + _kept_sections(markdown))
     print(markdown.read_text())
+
+
+#: sections written by other scripts (benchmarks/strength.py), kept when the rendered ones are rewritten
+KEPT_SECTIONS = ("## Strength vs time",)
+
+
+def _kept_sections(markdown: Path) -> str:
+    """The KEPT_SECTIONS of the existing file (each runs to the next '## ' heading), to append after a render."""
+    if not markdown.exists():
+        return ""
+    text, kept = markdown.read_text(), []
+    for heading in KEPT_SECTIONS:
+        start = text.find("\n" + heading)
+        if start >= 0:
+            end = text.find("\n## ", start + 1)
+            kept.append(text[start : end if end >= 0 else len(text)].rstrip() + "\n")
+    return "".join(kept)
 
 
 if __name__ == "__main__":
