@@ -121,3 +121,16 @@ def test_ensemble_budget_and_repr():
     assert ens.budget(classes=3) == budget
     assert [p.objective.name for p in ens.parts(classes=10)] == ["ce", "dlr-t1", "dlr-t2", "dlr-t3", "dlr-t4"]
     assert [p.objective.name for p in ens.parts(classes=10, shared=True)] == ["ce", "dlr-t1"]
+
+
+def test_subset_random_starts_follow_global_indices(small_mlp, batch):
+    """An attack on a scattered subset draws, per example, the start a run on all examples draws for it."""
+    x, y = batch
+    rows = torch.tensor([0, 3, 4, 17, 40, 41])
+    start_only = PGD(steps=1, rel_stepsize=1e-9)  # a step of ~0: x_adv is the random start
+    threat = ThreatModel(eps_x=0.1)
+    whole = start_only(small_mlp, x, y, threat).x_adv
+    part = start_only(small_mlp, x[rows], y[rows], threat, example_ids=rows).x_adv
+    assert torch.allclose(part, whole[rows], atol=1e-6)
+    with pytest.raises(ValueError, match="example_ids"):
+        start_only(small_mlp, x[rows], y[rows], threat, example_ids=rows[:2])

@@ -243,9 +243,9 @@ class AutoEnsemble:
             if len(rows) == 0:
                 break
             idx = rows.to(x.device)
-            # Random starts are keyed by position in this subset (not by global index as in the first part).
+            # Random starts keyed by global example index: a sharded run draws what one process draws.
             tick = self._ticker(progress, len(parts), i)
-            found = attack(model, x[idx], y[idx], threat, tick, first_index=first_index)
+            found = attack(model, x[idx], y[idx], threat, tick, example_ids=first_index + rows)
             broken = _verified_errors(model, x[idx], y[idx], found)
             if bool(broken.any()):
                 result = result.merge_rows(found, rows, broken)

@@ -326,6 +326,7 @@ class PGD:
         *,
         first_index: int = 0,
         sync_ranks: bool = False,
+        example_ids: Tensor | None = None,
     ) -> AttackResult:
         """Attack `model` on (x, y) under `threat`.
 
@@ -339,7 +340,11 @@ class PGD:
                 (seed, restart, global index of each batch), so sharded and single runs draw the same numbers.
             sync_ranks: shared scope under torch.distributed: sum the weight gradient and the score over all
                 ranks each step, so every rank holds the same perturbation for the whole (sharded) set.
+            example_ids: (N,) global index of each example when x is a subset that is not contiguous (the
+                ensemble's later parts); replaces first_index for the random starts.
         """
+        if example_ids is not None and len(example_ids) != len(x):
+            raise ValueError(f"example_ids has {len(example_ids)} entries for {len(x)} examples")
         if x.shape[0] != y.shape[0]:
             raise ValueError(f"x has {x.shape[0]} examples but y has {y.shape[0]}")
         if x.shape[0] == 0:
@@ -347,7 +352,7 @@ class PGD:
         was_training = model.training
         model.eval()
         try:
-            return self._run(model, x, y, threat, progress, first_index, sync_ranks)
+            return self._run(model, x, y, threat, progress, first_index, sync_ranks, example_ids)
         finally:
             model.train(was_training)
 
@@ -360,11 +365,12 @@ class PGD:
         progress: Progress | None,
         first_index: int,
         sync_ranks: bool,
+        example_ids: Tensor | None = None,
     ) -> AttackResult:
         paths = layer_paths(model, threat, x[: min(2, len(x))])
         batch = self._batch_size(model, paths)
         spans = [(s, min(s + batch, len(x))) for s in range(0, len(x), batch)]
-        seeds = _Seeds(self.seed, first_index)
+        seeds = _Seeds(self.seed, first_index, None if example_ids is None else example_ids.cpu())
         total = len(spans) * self.restarts * self.steps
         done = [0]
 
@@ -662,8 +668,8 @@ class _Seeds:
 
     CHUNK = 64
 
-    def __init__(self, seed: int, first_index: int) -> None:
-        self.seed, self.first_index = seed, first_index
+    def __init__(self, seed: int, first_index: int, ids: Tensor | None = None) -> None:
+        self.seed, self.first_index, self.ids = seed, first_index, ids
 
     def _make(self, *key: int) -> torch.Generator:
         state = np.random.SeedSequence([self.seed, *key]).generate_state(1)[0]
@@ -679,6 +685,14 @@ class _Seeds:
             stream = next(streams)
             if stop == start:
                 return torch.empty(shape)
+            if self.ids is not None:  # scattered global indices: the same numbers as their contiguous runs
+                ids = self.ids[start:stop]
+                out = torch.empty((len(ids), *shape[1:]))
+                for c in torch.unique(ids // self.CHUNK).tolist():
+                    block = torch.rand((self.CHUNK, *shape[1:]), generator=self._make(restart, 0, stream, c))
+                    pick = ids // self.CHUNK == c
+                    out[pick] = block[ids[pick] % self.CHUNK]
+                return out
             lo, hi = first // self.CHUNK, -(-last // self.CHUNK)
             chunks = [
                 torch.rand((self.CHUNK, *shape[1:]), generator=self._make(restart, 0, stream, c)) for c in range(lo, hi)
