@@ -17,6 +17,7 @@ import dataclasses
 import math
 from dataclasses import dataclass
 from enum import Enum
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -193,7 +194,11 @@ class AutoEnsemble:
 
     def parts(self, classes: int, shared: bool = False) -> list[APGD]:
         """The attacks in the order they run (shared scope: APGD-T for SHARED_TARGETS targets at most)."""
-        common = {"steps": self.steps, "batch_size": self.batch_size, "memory_budget_mb": self.memory_budget_mb}
+        common: dict[str, Any] = {
+            "steps": self.steps,
+            "batch_size": self.batch_size,
+            "memory_budget_mb": self.memory_budget_mb,
+        }
         out = [APGD(loss=Loss.CE, restarts=self.restarts, seed=self.seed, **common)]
         targets = min(self.targets, classes - 1, self.SHARED_TARGETS if shared else self.targets)
         for k in range(1, targets + 1):
@@ -235,8 +240,19 @@ class AutoEnsemble:
             return None
         return lambda done, total: progress(index * total + done, parts * total)
 
-    def _per_example(self, model, x, y, threat, parts, progress, first_index) -> AttackResult:
-        result = parts[0](model, x, y, threat, self._ticker(progress, len(parts), 0), first_index=first_index)
+    def _per_example(
+        self,
+        model: nn.Module,
+        x: Tensor,
+        y: Tensor,
+        threat: ThreatModel,
+        parts: list[APGD],
+        progress: Progress | None,
+        first_index: int,
+    ) -> AttackResult:
+        result: AttackResult = parts[0](
+            model, x, y, threat, self._ticker(progress, len(parts), 0), first_index=first_index
+        )
         standing = ~_verified_errors(model, x, y, result)
         for i, attack in enumerate(parts[1:], start=1):
             rows = torch.nonzero(standing).flatten()
@@ -252,8 +268,19 @@ class AutoEnsemble:
                 standing[rows[broken]] = False
         return result
 
-    def _shared(self, model, x, y, threat, parts, progress, first_index, sync_ranks) -> AttackResult:
-        best, best_correct = None, math.inf
+    def _shared(
+        self,
+        model: nn.Module,
+        x: Tensor,
+        y: Tensor,
+        threat: ThreatModel,
+        parts: list[APGD],
+        progress: Progress | None,
+        first_index: int,
+        sync_ranks: bool,
+    ) -> AttackResult:
+        best: AttackResult | None = None
+        best_correct = math.inf
         for i, attack in enumerate(parts):
             tick = self._ticker(progress, len(parts), i)
             result = attack(model, x, y, threat, tick, first_index=first_index, sync_ranks=sync_ranks)

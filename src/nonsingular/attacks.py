@@ -72,10 +72,15 @@ class StepSchedule(Protocol):
     Rows are the independent problems: each example in per-example scope, one in shared scope.
     """
 
-    #: weight of the momentum term (0: plain projected steps, as in PGD).
-    momentum: float
-    #: keep (and restart from) the highest-loss point of every step, not only the final iterate.
-    tracks_best: bool
+    @property
+    def momentum(self) -> float:
+        """Weight of the previous step in each update (0: plain projected steps, as in PGD)."""
+        ...
+
+    @property
+    def tracks_best(self) -> bool:
+        """Keep (and return to) the highest-loss point of every step, not only the final iterate."""
+        ...
 
     def start(self, rows: int, device: torch.device) -> None:
         """A new restart on `rows` problems."""
@@ -166,7 +171,7 @@ class PGD:
     @property
     def objective(self) -> AttackLoss:
         """The loss as an AttackLoss."""
-        return resolve_loss(self.loss)  # type: ignore[arg-type]
+        return resolve_loss(self.loss)
 
     def budget(self) -> dict[str, int]:
         """Steps and restarts, and the most gradient steps one example can take (for reports)."""
@@ -356,7 +361,7 @@ class PGD:
                         best_score = (n_correct, -total_loss)
                         best_shared = [*candidate, [v.detach().clone() for v in global_vars]]
                     row_loss = torch.tensor([total_loss], dtype=torch.float64, device=x.device)
-                if last:
+                if last or row_loss is None:  # row_loss: set by every pass in either scope
                     break
                 eta, improved, back = schedule.observe(step, row_loss)
                 with torch.no_grad():
@@ -393,9 +398,19 @@ class PGD:
     @staticmethod
     def _clean_logits(model: nn.Module, x: Tensor) -> Tensor:
         with torch.no_grad():
-            return model(x)
+            logits: Tensor = model(x)
+        return logits
 
-    def _random_start(self, spans, xs, bounds, blocks, global_blocks, seeds, restart) -> None:
+    def _random_start(
+        self,
+        spans: list[tuple[int, int]],
+        xs: list[Tensor],
+        bounds: list[tuple[Tensor, Tensor]],
+        blocks: list[list[WeightBlock]],
+        global_blocks: list[WeightBlock],
+        seeds: _Seeds,
+        restart: int,
+    ) -> None:
         """Start uniformly inside `start_radius` x the threat set, keyed by global example index."""
         r = self.start_radius
         for (s, e), xb, (lb, ub), bl in zip(spans, xs, bounds, blocks, strict=True):
