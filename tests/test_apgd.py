@@ -110,8 +110,10 @@ def test_bad_arguments():
         APGD(abs_stepsize=0.01)
     with pytest.raises(ValueError, match="alpha and rho"):
         APGD(alpha=0.0)
-    with pytest.raises(ValueError, match="targets >= 0"):
+    with pytest.raises(ValueError, match="targets must be >= 0"):
         AutoEnsemble(targets=-1)
+    with pytest.raises(ValueError, match="steps, restarts and batch_size must be >= 1"):
+        AutoEnsemble(batch_size=0)
 
 
 def test_ensemble_budget_and_repr():

@@ -123,9 +123,9 @@ EVALUATE = [
     ("steps-zero", "-c {ck} --steps 0", "steps, restarts and batch_size must be >= 1"),
     ("restarts-zero", "-c {ck} --restarts 0", "steps, restarts and batch_size must be >= 1"),
     ("batch-zero", "-c {ck} --batch-size 0", "steps, restarts and batch_size must be >= 1"),
-    ("step-size-zero", "-c {ck} --step-size 0", "rel_stepsize must be a finite number > 0"),
-    ("step-size-inf", "-c {ck} --step-size inf", "rel_stepsize must be a finite number > 0"),
-    ("step-size-nan", "-c {ck} --step-size nan", "rel_stepsize must be a finite number > 0"),
+    ("step-size-zero", "-c {ck} --attack pgd --step-size 0", "rel_stepsize must be a finite number > 0"),
+    ("step-size-inf", "-c {ck} --attack pgd --step-size inf", "rel_stepsize must be a finite number > 0"),
+    ("step-size-nan", "-c {ck} --attack pgd --step-size nan", "rel_stepsize must be a finite number > 0"),
     ("loss", "-c {ck} --loss hinge", "--loss"),
 ]
 

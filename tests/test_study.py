@@ -7,7 +7,7 @@ import torch
 
 from browser import find_chromium, inspect_page
 from conftest import run_cli
-from nonsingular import PGD, ThreatModel, verify
+from nonsingular import PGD, AutoEnsemble, ThreatModel, verify
 from nonsingular.checkpoint import load_checkpoint
 from nonsingular.data import load_digits
 from nonsingular.study import load_study_config, run_study
@@ -42,7 +42,8 @@ options = { eps_x = 0.05, attack_steps = 2 }
 
 def _recomputed_joint_accuracy(cache, model: dict, results: dict) -> float:
     """The joint per-example cell recomputed outside the study: the cached model, the study's first n test
-    examples, the tiny config's attack (3 steps, seed 0), verified; robust = clean and verified correct."""
+    examples, the tiny config's attack (the ensemble, 3 steps, seed 0), verified; robust = clean and verified
+    correct."""
     (path,) = [
         p
         for p in cache.glob("*.safetensors")
@@ -52,8 +53,9 @@ def _recomputed_joint_accuracy(cache, model: dict, results: dict) -> float:
     data = load_digits()
     n = results["n_examples"]
     x, y = data.x_test[:n], data.y_test[:n]
-    result = PGD(steps=3, seed=0, batch_size=512)(net, x, y, ThreatModel(eps_x=0.05, eps_w=0.002))
-    assert repr(PGD(steps=3, seed=0, batch_size=512)) == results["attack"]
+    attack = AutoEnsemble(steps=3, seed=0, batch_size=512)  # the study's default attack kind: auto
+    result = attack(net, x, y, ThreatModel(eps_x=0.05, eps_w=0.002))
+    assert repr(attack) == results["attack"]
     check = verify(net, x, y, result)
     assert check.passed
     with torch.no_grad():

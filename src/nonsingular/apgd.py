@@ -171,10 +171,14 @@ class AutoEnsemble:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if self.steps < 1 or self.restarts < 1 or self.targets < 0:
+        if self.steps < 1 or self.restarts < 1 or self.batch_size < 1:
             raise ValueError(
-                f"steps and restarts must be >= 1 and targets >= 0 (got {self.steps}, {self.restarts}, {self.targets})"
+                f"steps, restarts and batch_size must be >= 1 (got {self.steps}, {self.restarts}, {self.batch_size})"
             )
+        if self.targets < 0:
+            raise ValueError(f"targets must be >= 0, got {self.targets}")
+        if not self.memory_budget_mb > 0:
+            raise ValueError(f"memory_budget_mb must be > 0, got {self.memory_budget_mb}")
 
     def __repr__(self) -> str:
         fields = ", ".join(f"{f.name}={getattr(self, f.name)!r}" for f in dataclasses.fields(self))
