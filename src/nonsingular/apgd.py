@@ -290,7 +290,9 @@ class AutoEnsemble:
             result = attack(model, x, y, threat, tick, first_index=first_index, sync_ranks=sync_ranks)
             check = verify(model, x, y, result)
             # Every rank must keep the same part: count failures and correct examples over all ranks.
-            status = torch.tensor([float(not check.passed), float(check.correct.sum())], dtype=torch.float64)
+            status = torch.tensor(
+                [float(not check.passed), float(check.correct.sum())], dtype=torch.float64, device=y.device
+            )
             if sync_ranks:
                 dist.all_reduce_sum_([status])
             if status[0] > 0 and best is not None:

@@ -354,7 +354,7 @@ class PGD:
                     tick()
                 if shared:
                     if sync_ranks:
-                        totals = torch.tensor([float(n_correct), total_loss], dtype=torch.float64)
+                        totals = torch.tensor([float(n_correct), total_loss], dtype=torch.float64, device=x.device)
                         all_reduce_sum_([totals, *global_grads])
                         n_correct, total_loss = int(totals[0]), float(totals[1])
                     if best_shared is None or (n_correct, -total_loss) < best_score:
