@@ -31,6 +31,12 @@ THREATS = {
     "joint 0.02/0.001 per-example": {"eps_x": 0.02, "eps_w": 0.001},
     "joint 0.05/0.002 shared": {"eps_x": 0.05, "eps_w": 0.002, "scope": "shared"},
 }
+#: --synthetic: the MLP 784-512-512-10 of benchmarks/attacks.py on 256 uniform inputs it labels itself.
+SYNTHETIC_THREATS = {
+    "input eps_x 0.02": {"eps_x": 0.02},
+    "joint 0.01/0.0005 per-example": {"eps_x": 0.01, "eps_w": 0.0005},
+    "joint 0.01/0.0005 shared": {"eps_x": 0.01, "eps_w": 0.0005, "scope": "shared"},
+}
 
 Method = Callable[[torch.nn.Module, torch.Tensor, torch.Tensor, ThreatModel], torch.Tensor]
 
@@ -101,7 +107,8 @@ def methods(steps: int, targets: int) -> dict[str, Method | None]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("checkpoints", nargs="+", type=Path)
+    parser.add_argument("checkpoints", nargs="*", type=Path)
+    parser.add_argument("--synthetic", action="store_true", help="also the random MLP 784-512-512-10 (no data)")
     parser.add_argument("--steps", type=int, default=50)
     parser.add_argument("--targets", type=int, default=3)
     parser.add_argument("--n-examples", type=int, default=None)
@@ -109,30 +116,37 @@ def main() -> None:
     torch.manual_seed(0)
     print("| model | threat | method | robust acc. | missed | seconds |")
     print("|---|---|---|---:|---:|---:|")
+    workloads = []
     for path in args.checkpoints:
         ckpt = load_checkpoint(path)
-        model = ckpt.model
         data = load_data(ckpt.metadata.get("data", {}).get("source", "digits"), seed=0)
         x, y = data.x_test[: args.n_examples], data.y_test[: args.n_examples]
+        workloads.append((path.stem, ckpt.model, x, y, data.domain, THREATS))
+    if args.synthetic:
+        from .attacks import build
+
+        model, x, y = build("mnist-mlp")
+        workloads.append(("random MLP 784-512-512-10", model, x, y, (0.0, 1.0), SYNTHETIC_THREATS))
+    for name, model, x, y, domain, threats in workloads:
         with torch.no_grad():
             clean = model(x).argmax(1) == y
-        for label, kwargs in THREATS.items():
-            threat = ThreatModel(**kwargs, domain=data.domain)
+        for label, kwargs in threats.items():
+            threat = ThreatModel(**kwargs, domain=domain)
             PGD(steps=2)(model, x, y, threat)  # warm-up: first-call allocations are not any method's cost
             rows = []
-            for name, method in methods(args.steps, args.targets).items():
-                if method is None or (threat.perturbs_weights and name.startswith("torchattacks")):
+            for method_name, method in methods(args.steps, args.targets).items():
+                if method is None or (threat.perturbs_weights and method_name.startswith("torchattacks")):
                     continue
-                if threat.scope.value == "shared" and name.startswith(("APGD-T", "PGD 100")):
+                if threat.scope.value == "shared" and method_name.startswith(("APGD-T", "PGD 100")):
                     continue  # per-example combinations do not give one shared perturbation
                 t0 = time.perf_counter()
                 robust = clean & method(model, x, y, threat)
-                rows.append((name, robust, time.perf_counter() - t0))
+                rows.append((method_name, robust, time.perf_counter() - t0))
             strongest = torch.stack([r for _, r, _ in rows]).all(dim=0)
-            for name, robust, seconds in rows:
+            for method_name, robust, seconds in rows:
                 missed = int((robust & ~strongest).sum())
                 acc = 100 * float(robust.float().mean())
-                print(f"| {path.stem} | {label} | {name} | {acc:.1f}% | {missed} | {seconds:.2f} |", flush=True)
+                print(f"| {name} | {label} | {method_name} | {acc:.1f}% | {missed} | {seconds:.2f} |", flush=True)
 
 
 if __name__ == "__main__":
