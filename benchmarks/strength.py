@@ -23,7 +23,7 @@ import torch
 
 from nonsingular import APGD, PGD, AutoEnsemble, ThreatModel, verify
 from nonsingular.checkpoint import load_checkpoint
-from nonsingular.data import load_data
+from nonsingular.datasets import load_data
 from nonsingular.losses import targeted_dlr
 
 THREATS = {

@@ -10,7 +10,7 @@ import statistics
 import time
 from typing import Any
 
-from nonsingular.data import load_digits
+from nonsingular.datasets import load_digits
 from nonsingular.training import TrainConfig, Trainer, TrainEvent, objective_names
 
 from .timing import bench_device

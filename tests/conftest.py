@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from nonsingular.data import Dataset, load_digits
+from nonsingular.datasets import Dataset, load_digits
 from nonsingular.models import MLP
 
 

@@ -7,7 +7,7 @@ import pytest
 from attack_reference import explicit_joint_pgd
 from conftest import run_cli
 from nonsingular.checkpoint import load_checkpoint
-from nonsingular.data import load_digits
+from nonsingular.datasets import load_digits
 
 
 def test_evaluate_round_trip(monkeypatch, capsys, checkpoint, tmp_path):
@@ -71,7 +71,7 @@ def test_bad_input_one_line_error(monkeypatch, capsys, checkpoint, tmp_path, cas
     if case == "wrong-size":
         import torch
 
-        from nonsingular.data import DATA_SOURCES, Dataset
+        from nonsingular.datasets import DATA_SOURCES, Dataset
 
         fake = Dataset(
             "npz-28x28",

@@ -14,7 +14,7 @@ from torch import nn
 from nonsingular import PGD, ThreatModel, verify
 from nonsingular import models as models_module
 from nonsingular.convnets import LeNet, SmallCNN
-from nonsingular.data import Dataset
+from nonsingular.datasets import Dataset
 from nonsingular.perturbation import settle_operator_rounding
 from nonsingular.user_models import load_user_model, load_weights
 

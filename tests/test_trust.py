@@ -14,7 +14,7 @@ import pytest
 from conftest import run_cli
 from fileformats import write_npz
 from nonsingular.checkpoint import load_checkpoint, read_metadata
-from nonsingular.data import load_data
+from nonsingular.datasets import load_data
 from nonsingular.files import atomic_write
 from nonsingular.study.config import StudyConfig
 from nonsingular.study.runner import run_study

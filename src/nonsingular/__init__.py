@@ -3,7 +3,7 @@
 from ._version import __version__
 from .apgd import APGD, AutoEnsemble
 from .attacks import FGSM, PGD, Attack, AttackResult, Loss, TorchattacksAdapter
-from .data import Dataset, load_data, load_digits
+from .datasets import Dataset, load_data, load_digits
 from .losses import AttackLoss, register_loss
 from .models import MLP, Normalize, build_model
 from .perturbation import LayerPath

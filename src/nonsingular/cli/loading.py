@@ -10,7 +10,7 @@ import torch
 from torch import Tensor, nn
 
 from ..checkpoint import load_checkpoint
-from ..data import Dataset, canonical_source, load_data
+from ..datasets import Dataset, canonical_source, load_data
 from ..errors import NonFiniteError, blame
 from ..threat import ThreatModel
 from .common import UserError

@@ -23,7 +23,7 @@ from .._version import __version__
 from ..attacks import Attack
 from ..certify import certified_mask
 from ..checkpoint import atomic_write, check_output_path, load_checkpoint, save_checkpoint
-from ..data import Dataset, load_data
+from ..datasets import Dataset, load_data
 from ..errors import InputError, describe
 from ..evaluate import attack_and_verify, attack_cell
 from ..models import build_model

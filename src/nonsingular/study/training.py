@@ -8,7 +8,7 @@ from typing import Any
 
 from torch import nn
 
-from ..data import Dataset
+from ..datasets import Dataset
 from ..errors import InputError, describe
 from ..training import TrainConfig, Trainer, TrainEvent
 from .config import ModelEntry, StudyConfig

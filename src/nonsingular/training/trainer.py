@@ -31,7 +31,7 @@ from torch import Tensor, nn
 from .. import distributed as dist
 from ..attacks import PGD
 from ..checkpoint import CheckpointError, atomic_write, load_checkpoint, save_checkpoint
-from ..data import Dataset, canonical_source, load_data
+from ..datasets import Dataset, canonical_source, load_data
 from ..devices import resolve_device
 from ..models import build_model
 from ..threat import ThreatModel
