@@ -189,6 +189,11 @@ class WeightBlock:
         # Absolute element-wise radius is one number: r = eps * ||h||_1 needs no matmul (Lemma 1).
         elementwise_absolute = self.ball is WeightBall.ELEMENTWISE and threat.weight_mode is EpsMode.ABSOLUTE
         self.uniform_eps = threat.uniform_radius(name) if elementwise_absolute else None
+        # Absolute per-channel radii (quantization grids) are one number per row: r = ||h||_1 * eps_row.
+        channels = dict(threat.channel_eps).get(name) if elementwise_absolute else None
+        self.row_eps = (
+            None if channels is None else torch.tensor(channels, dtype=weight.dtype, device=weight.device)[None, :]
+        )
         self.h_seen: Tensor | None = None
         self.input_nonnegative = False  # set by build_weight_blocks when a ReLU feeds this layer
         out_features = weight.shape[0]
@@ -292,6 +297,9 @@ class WeightBlock:
             # A ReLU's output needs no abs (and its backward no sgn product): ~6% of a joint attack on MLPs.
             l1 = h.sum(dim=1, keepdim=True) if self.input_nonnegative else h.abs().sum(dim=1, keepdim=True)
             r = self.uniform_eps * l1
+        elif self.row_eps is not None:
+            l1 = h.sum(dim=1, keepdim=True) if self.input_nonnegative else h.abs().sum(dim=1, keepdim=True)
+            r = l1 * self.row_eps
         elif self.ball is WeightBall.ELEMENTWISE:
             r = h.abs() @ self._radius().t()
         else:
