@@ -1,20 +1,27 @@
 """Bounds on what the joint threat can do to a network: Theorem 2's error analysis, IBP, and CROWN.
 
 ```python
-lower = margin_bounds(model, x, y, threat, method="crown").lower   # (N, K) margin lower bounds
+lower = margin_bounds(model, x, y, threat, method="crown").lower   # (N, K) margin lower bounds, any traced model
 r_x, r_w, _ = sensitivity_terms(model, x, threat)                  # Theorem 2's regulariser terms
 ```
 """
 
-from .api import margin_bounds
-from .crown import crown_margin_bounds
+from .api import DEFAULT_ALPHA_STEPS, margin_bounds
+from .crown import alpha_crown_margin_bounds, crown_margin_bounds
+from .engine import DEFAULT_MEMORY_MB
 from .ibp import IBP_RULES, IntervalRule, ibp_margin_bounds, register_ibp_rule
 from .layers import UnsupportedLayerError
+from .registry import RULES, Rule, register_rule
 from .margins import BoundMethod, MarginBounds, loss_bound_from_margins
 from .norm import NormBounds, SensitivityTerms, norm_bounds, norm_margin_bounds, sensitivity_terms
 
 __all__ = [
+    "DEFAULT_ALPHA_STEPS",
+    "DEFAULT_MEMORY_MB",
     "IBP_RULES",
+    "RULES",
+    "Rule",
+    "alpha_crown_margin_bounds",
     "BoundMethod",
     "IntervalRule",
     "MarginBounds",
@@ -28,5 +35,6 @@ __all__ = [
     "norm_bounds",
     "norm_margin_bounds",
     "register_ibp_rule",
+    "register_rule",
     "sensitivity_terms",
 ]
