@@ -84,6 +84,7 @@ class GraphBounds:
         self.graph, self.threats, self.memory_mb = graph, threats, memory_mb
         self.order = {n.name: i for i, n in enumerate(graph.nodes)}
         self.boxes: dict[str, Box] = {graph.input: (lb, ub)}
+        self.frontier = _frontier(graph)
         relaxed = {i for n in graph.nodes if n.rule is not None and n.rule.needs_bounds for i in n.inputs}
         exact = {graph.input}
         for node in graph.nodes:
@@ -109,7 +110,7 @@ class GraphBounds:
         c: Tensor = torch.zeros((), dtype=spec.dtype, device=spec.device)
         for node in reversed(self.graph.nodes[: self.order[start] + 1]):
             a = coef.pop(node.name, None)
-            if a is None or node.name == self.graph.input:
+            if a is None or node.name == self.frontier:
                 if a is not None:
                     coef[node.name] = a
                 continue
@@ -119,9 +120,9 @@ class GraphBounds:
             for name, part in zip(node.inputs, parts, strict=True):
                 if part is not None:
                     coef[name] = coef[name] + part if name in coef else part
-        lb, ub = self.boxes[self.graph.input]
+        lb, ub = self.boxes[self.frontier]
         lower = c.expand(lb.shape[0], spec.shape[1]) if c.dim() < 2 else c.expand(lb.shape[0], -1)
-        a = coef.get(self.graph.input)
+        a = coef.get(self.frontier)
         if a is not None:
             lower = lower + _dot(a.clamp(min=0), lb) + _dot(a.clamp(max=0), ub)
         return lower
@@ -161,6 +162,18 @@ class GraphBounds:
         return lb.gather(1, y[:, None]) - ub
 
 
+def _frontier(graph: Graph) -> str:
+    """The end of the input's chain of element-wise ops (Normalize, Flatten, ...): their box is the exact image
+    of the input box, and nothing else reads the chain, so backward passes minimise over that box directly."""
+    name = graph.input
+    while len(graph.users[name]) == 1:
+        user = graph.by_name[graph.users[name][0]]
+        if not (user.rule is not None and user.rule.elementwise and user.name != graph.output):
+            break
+        name = user.name
+    return name
+
+
 def _check_logits(graph: Graph) -> None:
     out = graph.by_name[graph.output]
     if len(out.shape) != 1:
@@ -172,7 +185,7 @@ def _check_logits(graph: Graph) -> None:
 def _example_chunks(graph: Graph, n: int, itemsize: int, memory_mb: float) -> int:
     """Examples per chunk: a whole tightening pass ((2 x node size) rows) within the budget when possible."""
     widest = max(math.prod(node.shape) for node in graph.nodes)
-    per_example = 4 * 2 * widest * widest * itemsize
+    per_example = 3 * 2 * widest * widest * itemsize
     return max(1, min(n, int(memory_mb * 2**20) // per_example))
 
 

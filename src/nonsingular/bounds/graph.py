@@ -20,7 +20,7 @@ import torch
 import torch.fx as fx
 from torch import Tensor, nn
 
-from .layers import UnsupportedLayerError
+from .layers import UnsupportedLayerError, sequential_layers
 from . import ops_affine, ops_nonlinear, ops_structure  # noqa: F401  (they fill the registry)
 from .registry import Input, Rule, find_rule, has_module_rule
 
@@ -89,6 +89,18 @@ class _Tracer(fx.Tracer):
 
 
 def _fx_graph(model: nn.Module) -> tuple[fx.Graph, nn.Module]:
+    try:
+        layers = sequential_layers(model)
+    except UnsupportedLayerError:
+        layers = None
+    if layers is not None and all(has_module_rule(m) for _, m in layers):
+        # A plain (nested) Sequential of layers with rules is a chain: no need to trace Python code.
+        graph = fx.Graph()
+        value = graph.placeholder("x")
+        for name, _ in layers:
+            value = graph.call_module(name, (value,))
+        graph.output(value)
+        return graph, model
     try:
         return _Tracer().trace(model), model
     except Exception as err:  # fx raises many types (TraceError, TypeError, RuntimeError...) for the same cause

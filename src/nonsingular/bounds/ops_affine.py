@@ -219,6 +219,7 @@ class ChannelAffineRule(Rule):
     """x -> scale * x + shift per channel: Normalize and BatchNorm in eval mode (running statistics)."""
 
     exact_box = True
+    elementwise = True
 
     def scale_shift(self, module: nn.Module, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
         """(scale, shift), each (C,) or 0-dim, in `dtype`."""

@@ -40,6 +40,7 @@ class ReLURule(Rule):
     """max(x, 0)."""
 
     exact_box = True
+    elementwise = True
     needs_bounds = True
 
     def ibp(self, node: Node, boxes: list[Box], lt: LayerThreat | None) -> Box:

@@ -26,6 +26,7 @@ class IdentityRule(Rule):
     """Identity, and dropout, which bounds treat as in eval mode."""
 
     exact_box = True
+    elementwise = True
 
     def ibp(self, node: Node, boxes: list[Box], lt: LayerThreat | None) -> Box:
         return boxes[0]
@@ -38,6 +39,7 @@ class ReshapeRule(Rule):
     """flatten / view / reshape: a permutation-free relabelling of each example's entries."""
 
     exact_box = True
+    elementwise = True
 
     def ibp(self, node: Node, boxes: list[Box], lt: LayerThreat | None) -> Box:
         lb, ub = boxes[0]

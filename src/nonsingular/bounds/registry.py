@@ -68,10 +68,12 @@ class Rule:
         exact_box: the interval rule maps an exact box to an exact box (element-wise monotone maps, reshapes), so
             CROWN never needs to tighten the output of such an op when its inputs are exact.
         needs_bounds: the backward rule relaxes a non-linearity over its input's box (CROWN tightens that box).
+        elementwise: one input, mapped entry by entry (or relabelled): the image of a box is a box.
     """
 
     exact_box: bool = False
     needs_bounds: bool = False
+    elementwise: bool = False
 
     def ibp(self, node: Node, boxes: list[Box], lt: LayerThreat | None) -> Box:
         """A box containing every output for inputs in `boxes` (one (lb, ub) per tensor input, each (N, *shape))."""
