@@ -28,7 +28,7 @@ def optimise_margins(bounds: GraphBounds, spec: Tensor, steps: int) -> Tensor:
     """
     if steps < 0:
         raise ValueError(f"alpha-CROWN steps must be >= 0, got {steps}")
-    ctx = Backward(optimise=True)
+    ctx = Backward(optimise=True, memory_mb=bounds.memory_mb)
     with torch.enable_grad():
         lower = bounds.backward(bounds.graph.output, spec.detach(), ctx)
         best = lower.detach()

@@ -40,10 +40,12 @@ class Backward:
         alphas: ReLU node name -> (N, S, *shape) lower slopes in [0, 1], created on first use from CROWN's choice
             when `optimise` is set; empty and unused otherwise.
         optimise: whether ReLU rules take their lower slope from `alphas`.
+        memory_mb: budget a rule may spend on an optional tighter term.
     """
 
     optimise: bool = False
     alphas: dict[str, Tensor] = field(default_factory=dict)
+    memory_mb: float = DEFAULT_MEMORY_MB
 
     def alpha(self, name: str, default: Tensor, unstable: Tensor) -> Tensor | None:
         """The optimised lower slopes of ReLU `name` (default (N, 1, *shape) is CROWN's), or None for CROWN's."""
@@ -105,7 +107,7 @@ class GraphBounds:
 
         spec: (B, S, *shape of start), B = 1 (the same rows for every example) or N.
         """
-        ctx = ctx or Backward()
+        ctx = ctx or Backward(memory_mb=self.memory_mb)
         coef: dict[str, Tensor] = {start: spec}
         c: Tensor = torch.zeros((), dtype=spec.dtype, device=spec.device)
         for node in reversed(self.graph.nodes[: self.order[start] + 1]):

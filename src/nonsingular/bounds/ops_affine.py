@@ -168,6 +168,43 @@ def _conv_transpose(module: nn.Module, a: Tensor, weight: Tensor, in_shape: tupl
     return conv_t(a, weight, None, module.stride, module.padding, tuple(extra), module.groups, module.dilation)
 
 
+def _patches(module: nn.Module, h: Tensor) -> Tensor:
+    """(N, C * kernel entries, positions) the input entries each output position reads (im2col)."""
+    if isinstance(module, nn.Conv1d):
+        return F.unfold(
+            h.unsqueeze(2), (1, module.kernel_size[0]), dilation=(1, module.dilation[0]),
+            padding=(0, module.padding[0]), stride=(1, module.stride[0]),
+        )
+    return F.unfold(h, module.kernel_size, dilation=module.dilation, padding=module.padding, stride=module.stride)
+
+
+def _fixed_input_term(
+    module: nn.Module, a: Tensor, lb: Tensor, ub: Tensor, lt: LayerThreat, memory_mb: float
+) -> Tensor | None:
+    """(N, S) the exact worst kernel term when the layer input h is fixed (lb == ub, e.g. the first layer under a
+    weight-only threat), or None when it does not apply or its tensor would exceed the memory budget.
+
+    With G[o, c, k] = sum_p a[o, p] h[c, p + k] (the kernel gradient of a . conv(h)), min over the element-wise ball
+    of sum G D is -sum rho |G|, and over the operator ball (each output channel's kernel in an l1 ball of radius e)
+    -e sum_o max |G[o]| (docs/conv-weight-bounds.md).
+    """
+    if module.groups != 1 or isinstance(module.padding, str) or not bool((lb == ub).all()):
+        return None
+    b, s, n, c_out = a.shape[0], a.shape[1], lb.shape[0], a.shape[2]
+    cols = _patches(module, lb)  # (N, Q, L)
+    if n * s * c_out * cols.shape[1] * a.element_size() * 2 > memory_mb * 2**20:
+        return None
+    a_l = a.reshape(b, s, c_out, -1)
+    g = (
+        torch.einsum("sol,nql->nsoq", a_l[0], cols)
+        if b == 1
+        else torch.einsum("nsol,nql->nsoq", a_l, cols)
+    ).abs()
+    if lt.rho is not None:
+        return (g * lt.rho.reshape(c_out, -1)).sum(dim=(-2, -1))
+    return lt.e * g.amax(dim=-1).sum(dim=-1)
+
+
 class ConvRule(Rule):
     """nn.Conv1d / nn.Conv2d with zero padding, any stride, dilation and groups."""
 
@@ -198,6 +235,9 @@ class ConvRule(Rule):
         abs_a = a.abs()
         if lt.beta is not None:
             c = c - abs_a.flatten(3).sum(dim=-1) @ lt.beta
+        exact = _fixed_input_term(module, a, lb, ub, lt, ctx.memory_mb)  # type: ignore[arg-type]
+        if exact is not None:
+            return [new_a], c - exact
         if lt.rho is not None:
             # Per-position Lemma 1 (a relaxation of the shared kernel, docs/conv-weight-bounds.md).
             r = _conv_transpose(module, abs_a.reshape(b * s, *a.shape[2:]), lt.rho, in_shape)  # type: ignore[arg-type]

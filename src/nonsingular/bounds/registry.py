@@ -156,12 +156,10 @@ def find_rule(op: Any, name: str, kind: str) -> Rule:
         return rule
     if isinstance(op, nn.Module):
         kind = type(op).__name__
-        hint = (
-            f"(it overrides the forward of a supported base class) " if has_module_rule(op) else ""
-        )
+        hint = " (it overrides the forward of a supported base class)" if has_module_rule(op) else ""
     else:
         hint = ""
     raise UnsupportedLayerError(
-        f"no bound rule for op '{name}' ({kind}) {hint}; add a Rule for it in {_WHERE} and register it with "
+        f"no bound rule for op '{name}' ({kind}){hint}; add a Rule for it in {_WHERE} and register it with "
         f"nonsingular.bounds.register_rule (or an interval-only rule with register_ibp_rule)"
     )
