@@ -32,8 +32,14 @@ class RandomGraph(nn.Module):
         groups = rng.choice([1, 2]) if in_ch % 2 == 0 else 1
         self.normalize = Normalize(rng.choice([0.0, 0.4]), rng.choice([0.5, 1.0]))
         self.stem = nn.Conv2d(
-            in_ch, c, rng.choice([1, 2, 3]), stride=rng.choice([1, 2]), padding=rng.choice([0, 1]),
-            dilation=rng.choice([1, 1, 2]), groups=groups, bias=rng.random() < 0.7,
+            in_ch,
+            c,
+            rng.choice([1, 2, 3]),
+            stride=rng.choice([1, 2]),
+            padding=rng.choice([0, 1]),
+            dilation=rng.choice([1, 1, 2]),
+            groups=groups,
+            bias=rng.random() < 0.7,
         )
         self.stem_bn = nn.BatchNorm2d(c) if rng.random() < 0.5 else nn.Identity()
         self.middle = rng.choice(["residual", "cat", "plain"])

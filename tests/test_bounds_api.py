@@ -104,7 +104,7 @@ def test_models_the_engine_cannot_follow_are_refused_in_one_line():
         with pytest.raises(UnsupportedLayerError, match=r"op 'getitem' .*ops_structure\.py") as err:
             margin_bounds(Residual().double(), x, y, THREAT, method)
         assert "\n" not in str(err.value)
-        with pytest.raises(UnsupportedLayerError, match="cannot trace Branching with torch.fx") as err:
+        with pytest.raises(UnsupportedLayerError, match=r"cannot trace Branching with torch\.fx") as err:
             margin_bounds(Branching().double(), x, y, THREAT, method)
         assert "\n" not in str(err.value)
 

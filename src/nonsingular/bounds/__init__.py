@@ -11,23 +11,23 @@ from .crown import alpha_crown_margin_bounds, crown_margin_bounds
 from .engine import DEFAULT_MEMORY_MB
 from .ibp import IBP_RULES, IntervalRule, ibp_margin_bounds, register_ibp_rule
 from .layers import UnsupportedLayerError
-from .registry import RULES, Rule, register_rule
 from .margins import BoundMethod, MarginBounds, loss_bound_from_margins
 from .norm import NormBounds, SensitivityTerms, norm_bounds, norm_margin_bounds, sensitivity_terms
+from .registry import RULES, Rule, register_rule
 
 __all__ = [
     "DEFAULT_ALPHA_STEPS",
     "DEFAULT_MEMORY_MB",
     "IBP_RULES",
     "RULES",
-    "Rule",
-    "alpha_crown_margin_bounds",
     "BoundMethod",
     "IntervalRule",
     "MarginBounds",
     "NormBounds",
+    "Rule",
     "SensitivityTerms",
     "UnsupportedLayerError",
+    "alpha_crown_margin_bounds",
     "crown_margin_bounds",
     "ibp_margin_bounds",
     "loss_bound_from_margins",

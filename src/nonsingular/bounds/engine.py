@@ -180,7 +180,7 @@ def _check_logits(graph: Graph) -> None:
     out = graph.by_name[graph.output]
     if len(out.shape) != 1:
         raise UnsupportedLayerError(
-            f"bounds need (N, classes) logits; the model's output '{out.name}' has shape (N, {', '.join(map(str, out.shape))})"
+            f"bounds need (N, classes) logits; the model's output '{out.name}' has shape (N, *{out.shape})"
         )
 
 
@@ -220,7 +220,7 @@ def graph_margin_bounds(
     if method is BoundMethod.IBP:
         lower = GraphBounds(graph, threats, lb, ub).ibp_margins(y)
     else:
-        from .alpha import optimise_margins  # noqa: PLC0415  (alpha.py builds on this module)
+        from .alpha import optimise_margins
 
         step = _example_chunks(graph, len(y), x.element_size(), memory_mb)
         parts = []

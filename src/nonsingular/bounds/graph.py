@@ -20,8 +20,8 @@ import torch
 import torch.fx as fx
 from torch import Tensor, nn
 
-from .layers import UnsupportedLayerError, sequential_layers
 from . import ops_affine, ops_nonlinear, ops_structure  # noqa: F401  (they fill the registry)
+from .layers import UnsupportedLayerError, sequential_layers
 from .registry import Input, Rule, find_rule, has_module_rule
 
 __all__ = ["Graph", "Node", "trace"]
@@ -133,11 +133,11 @@ def trace(model: nn.Module, x: Tensor) -> tuple[Graph, Tensor]:
     modules = dict(root.named_modules())
     placeholders = [n for n in fx_graph.nodes if n.op == "placeholder"]
     if len(placeholders) != 1:
-        raise UnsupportedLayerError(f"bounds need a model with one input tensor; {type(model).__name__} takes "
-                                    f"{len(placeholders)}")
+        raise UnsupportedLayerError(
+            f"bounds need a model with one input tensor; {type(model).__name__} takes {len(placeholders)}"
+        )
     state = {
-        k: v.to(x.dtype) if v.is_floating_point() else v
-        for k, v in (*root.named_parameters(), *root.named_buffers())
+        k: v.to(x.dtype) if v.is_floating_point() else v for k, v in (*root.named_parameters(), *root.named_buffers())
     }
     env: dict[fx.Node, Any] = {}
     tensor_nodes: set[fx.Node] = set()  # nodes whose value depends on the input tensor's values
@@ -166,9 +166,7 @@ def trace(model: nn.Module, x: Tensor) -> tuple[Graph, Tensor]:
             if n.op == "call_module":
                 fn: Any = _cast_module(modules[n.target], x.dtype)
             elif n.op == "call_method":
-                fn = getattr(type(args[0]), n.target) if not isinstance(args[0], Tensor) else getattr(
-                    Tensor, n.target
-                )
+                fn = getattr(type(args[0]), n.target) if not isinstance(args[0], Tensor) else getattr(Tensor, n.target)
             else:
                 fn = n.target
             value = fn(*args, **kwargs)
@@ -204,8 +202,7 @@ def _shape_query(n: fx.Node) -> bool:
 def _cast_module(module: nn.Module, dtype: torch.dtype) -> Any:
     """The module as a function with its floating parameters and buffers in `dtype` (the module is not touched)."""
     state = {
-        k: v.to(dtype) if v.is_floating_point() else v
-        for k, v in (*module.named_parameters(), *module.named_buffers())
+        k: v.to(dtype) if v.is_floating_point() else v for k, v in (*module.named_parameters(), *module.named_buffers())
     }
     return lambda *args, **kwargs: torch.func.functional_call(module, state, args, kwargs)
 
@@ -231,9 +228,7 @@ def _describe(n: fx.Node) -> str:
     return str(n.target)
 
 
-def _make_node(
-    n: fx.Node, modules: dict[str, nn.Module], env: dict, tensor_nodes: set, value: Tensor
-) -> Node:
+def _make_node(n: fx.Node, modules: dict[str, nn.Module], env: dict, tensor_nodes: set, value: Tensor) -> Node:
     inputs: list[str] = []
 
     def replace(a: Any) -> Any:

@@ -160,8 +160,8 @@ def _conv_transpose(module: nn.Module, a: Tensor, weight: Tensor, in_shape: tupl
     out_spatial = a.shape[2:]
     k = weight.shape[2:]
     extra = [
-        in_shape[1 + i] - ((out_spatial[i] - 1) * module.stride[i] - 2 * module.padding[i]
-                           + module.dilation[i] * (k[i] - 1) + 1)
+        in_shape[1 + i]
+        - ((out_spatial[i] - 1) * module.stride[i] - 2 * module.padding[i] + module.dilation[i] * (k[i] - 1) + 1)
         for i in range(len(k))
     ]
     conv_t = F.conv_transpose1d if isinstance(module, nn.Conv1d) else F.conv_transpose2d
@@ -172,8 +172,11 @@ def _patches(module: nn.Module, h: Tensor) -> Tensor:
     """(N, C * kernel entries, positions) the input entries each output position reads (im2col)."""
     if isinstance(module, nn.Conv1d):
         return F.unfold(
-            h.unsqueeze(2), (1, module.kernel_size[0]), dilation=(1, module.dilation[0]),
-            padding=(0, module.padding[0]), stride=(1, module.stride[0]),
+            h.unsqueeze(2),
+            (1, module.kernel_size[0]),
+            dilation=(1, module.dilation[0]),
+            padding=(0, module.padding[0]),
+            stride=(1, module.stride[0]),
         )
     return F.unfold(h, module.kernel_size, dilation=module.dilation, padding=module.padding, stride=module.stride)
 
@@ -195,11 +198,7 @@ def _fixed_input_term(
     if n * s * c_out * cols.shape[1] * a.element_size() * 2 > memory_mb * 2**20:
         return None
     a_l = a.reshape(b, s, c_out, -1)
-    g = (
-        torch.einsum("sol,nql->nsoq", a_l[0], cols)
-        if b == 1
-        else torch.einsum("nsol,nql->nsoq", a_l, cols)
-    ).abs()
+    g = (torch.einsum("sol,nql->nsoq", a_l[0], cols) if b == 1 else torch.einsum("nsol,nql->nsoq", a_l, cols)).abs()
     if lt.rho is not None:
         return (g * lt.rho.reshape(c_out, -1)).sum(dim=(-2, -1))
     return lt.e * g.amax(dim=-1).sum(dim=-1)

@@ -108,8 +108,9 @@ class MaxPoolRule(Rule):
         nb = max(b, n)
         onehot = torch.zeros((nb, s, ch, k, length), dtype=a.dtype, device=a.device)
         onehot.scatter_(3, best[:, None].expand(nb, s, ch, 1, length), coef.expand(nb, s, ch, length)[:, :, :, None])
-        folded = F.fold(onehot.reshape(nb * s * ch, k, length), size, kernel, dilation=dilation, padding=padding,
-                        stride=stride)
+        folded = F.fold(
+            onehot.reshape(nb * s * ch, k, length), size, kernel, dilation=dilation, padding=padding, stride=stride
+        )
         return [folded.reshape(nb, s, *lb.shape[1:])], c
 
 

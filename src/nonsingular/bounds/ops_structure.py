@@ -114,7 +114,7 @@ class ScaleRule(Rule):
         if self.kind == "div":
             if not isinstance(first, Input):
                 raise UnsupportedLayerError(f"bounds do not support division by a tensor (op '{node.name}')")
-            return first.index, 1.0 / second if not isinstance(second, Tensor) else 1.0 / second
+            return first.index, 1.0 / second
         return (first.index, second) if isinstance(first, Input) else (second.index, first)
 
     def ibp(self, node: Node, boxes: list[Box], lt: LayerThreat | None) -> Box:
