@@ -31,13 +31,21 @@ class RandomGraph(nn.Module):
         c = rng.choice([2, 4])
         groups = rng.choice([1, 2]) if in_ch % 2 == 0 else 1
         self.normalize = Normalize(rng.choice([0.0, 0.4]), rng.choice([0.5, 1.0]))
+        kernel, stride, padding, dilation = (
+            rng.choice([1, 2, 3]),
+            rng.choice([1, 2]),
+            rng.choice([0, 1]),
+            rng.choice([1, 1, 2]),
+        )
+        if (size + 2 * padding - dilation * (kernel - 1) - 1) // stride + 1 < 3:
+            stride, padding, dilation = 1, 1, 1  # keep at least 3 x 3 positions for the layers after the stem
         self.stem = nn.Conv2d(
             in_ch,
             c,
-            rng.choice([1, 2, 3]),
-            stride=rng.choice([1, 2]),
-            padding=rng.choice([0, 1]),
-            dilation=rng.choice([1, 1, 2]),
+            kernel,
+            stride=stride,
+            padding=padding,
+            dilation=dilation,
             groups=groups,
             bias=rng.random() < 0.7,
         )
