@@ -6,7 +6,7 @@ r_x, r_w, _ = sensitivity_terms(model, x, threat)                  # Theorem 2's
 ```
 """
 
-from .api import DEFAULT_ALPHA_STEPS, margin_bounds
+from .api import DEFAULT_ALPHA_STEPS, margin_bounds, supported_methods
 from .crown import alpha_crown_margin_bounds, crown_margin_bounds
 from .engine import DEFAULT_MEMORY_MB
 from .ibp import IBP_RULES, IntervalRule, ibp_margin_bounds, register_ibp_rule
@@ -37,4 +37,5 @@ __all__ = [
     "register_ibp_rule",
     "register_rule",
     "sensitivity_terms",
+    "supported_methods",
 ]

@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import math
 
+import torch
 from torch import Tensor, nn
 
 from ..threat import ThreatModel
 from .engine import DEFAULT_MEMORY_MB, graph_margin_bounds
+from .graph import trace
+from .layers import UnsupportedLayerError
 from .margins import BoundMethod, MarginBounds
 from .norm import norm_margin_bounds
+from .registry import Rule
 
-__all__ = ["DEFAULT_ALPHA_STEPS", "margin_bounds"]
+__all__ = ["DEFAULT_ALPHA_STEPS", "margin_bounds", "supported_methods"]
 
 #: alpha-CROWN's default number of projected gradient steps on the ReLU slopes.
 DEFAULT_ALPHA_STEPS = 20
@@ -62,3 +66,28 @@ def margin_bounds(
     if method is BoundMethod.NORM:
         return norm_margin_bounds(model, x, y, threat)
     return graph_margin_bounds(model, x, y, threat, method, memory_mb=memory_mb, alpha_steps=alpha_steps)
+
+
+def supported_methods(model: nn.Module, x: Tensor, threat: ThreatModel) -> list[BoundMethod]:
+    """The bound methods that can bound `model`, in BoundMethod order (checked on the first example of x).
+
+    norm: a feed-forward Sequential chain; ibp: a traceable graph whose ops all have rules; crown and alpha-crown:
+    additionally a backward rule for every op.
+    """
+    first, label = x[:1], torch.zeros(1, dtype=torch.long, device=x.device)
+    out = []
+    try:
+        with torch.no_grad():
+            norm_margin_bounds(model, first, label, threat)
+        out.append(BoundMethod.NORM)
+    except UnsupportedLayerError:
+        pass
+    try:
+        with torch.no_grad():
+            graph, _ = trace(model, first)
+    except UnsupportedLayerError:
+        return out
+    out.append(BoundMethod.IBP)
+    if all(type(n.rule).backward is not Rule.backward for n in graph.nodes if n.rule is not None):
+        out += [BoundMethod.CROWN, BoundMethod.ALPHA_CROWN]
+    return out

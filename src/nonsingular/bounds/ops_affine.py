@@ -239,8 +239,17 @@ class ConvRule(Rule):
             return [new_a], c - exact
         if lt.rho is not None:
             # Per-position Lemma 1 (a relaxation of the shared kernel, docs/conv-weight-bounds.md).
-            r = _conv_transpose(module, abs_a.reshape(b * s, *a.shape[2:]), lt.rho, in_shape)  # type: ignore[arg-type]
-            new_a, c = _abs_input_term(new_a, c, r.reshape(b, s, *in_shape), lb, ub)
+            if lt.uniform is not None and module.groups == 1:  # type: ignore[union-attr]
+                # rho is one number: R[c, q] does not depend on c, so sum |a| over output channels first and
+                # spread it with a one-channel kernel of ones (C_out x C_in times cheaper).
+                ones = lt.rho.new_ones((1, 1, *lt.rho.shape[2:]))
+                summed = abs_a.sum(dim=2).reshape(b * s, 1, *a.shape[3:])
+                r = lt.uniform * _conv_transpose(module, summed, ones, (1, *in_shape[1:]))  # type: ignore[arg-type]
+                r = r.reshape(b, s, 1, *in_shape[1:]).expand(b, s, *in_shape)
+            else:
+                r = _conv_transpose(module, abs_a.reshape(b * s, *a.shape[2:]), lt.rho, in_shape)  # type: ignore[arg-type]
+                r = r.reshape(b, s, *in_shape)
+            new_a, c = _abs_input_term(new_a, c, r, lb, ub)
         else:
             h_max = receptive_max(module, torch.maximum(lb.abs(), ub.abs()))  # (N, 1, *out)
             c = c - lt.e * (abs_a * h_max[:, None]).flatten(2).sum(dim=-1)
