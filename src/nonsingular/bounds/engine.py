@@ -137,35 +137,21 @@ class GraphBounds:
             yield s, min(rows, s + step)
 
     def tighten(self, node: Node, box: Box) -> Box:
-        """Intersect node's interval box with CROWN's bounds on its entries.
-
-        When every op reading the node relaxes only entries whose box straddles 0 (ReLU), only those entries
-        (unstable in some example) are bounded: elsewhere the relaxation is exact whatever the box (the
-        element-wise weight term after a ReLU is linear in h and needs no box either).
-        """
+        """Intersect node's interval box with CROWN's bounds on each of its entries."""
         lo, hi = box
         n = math.prod(node.shape)
-        users = [self.graph.by_name[u].rule for u in self.graph.users[node.name]]
-        # The operator ball's weight term reads every entry's box (the largest |h|): then bound them all.
-        sparse = all(lt.rho is not None for lt in self.threats.values())
-        if sparse and all(r is not None and r.exact_where_one_sign for r in users):
-            entries = ((lo < 0) & (hi > 0)).reshape(lo.shape[0], n).any(dim=0).nonzero().flatten()
-        else:
-            entries = torch.arange(n, device=lo.device)
-        m = len(entries)
-        if m == 0:
-            return box
-        lower, upper = lo.reshape(lo.shape[0], n).clone(), hi.reshape(hi.shape[0], n).clone()
-        for s, e in self._row_chunks(2 * m, lo.shape[0], lo.element_size()):
-            # Rows s..e of [I; -I] restricted to the entries: lower bounds, then (negated) upper bounds.
-            rows = torch.arange(s, e, device=lo.device)
+        lower, upper = lo.new_empty((lo.shape[0], n)), hi.new_empty((hi.shape[0], n))
+        for s, e in self._row_chunks(2 * n, lo.shape[0], lo.element_size()):
+            # Rows s..e of [I; -I]: lower bounds of entries, then (negated) upper bounds.
             spec = lo.new_zeros((e - s, n))
-            spec[rows - s, entries[rows % m]] = torch.where(rows < m, 1.0, -1.0).to(lo.dtype)
+            rows = torch.arange(s, e, device=lo.device)
+            spec[rows - s, rows % n] = torch.where(rows < n, 1.0, -1.0).to(lo.dtype)
             bound = self.backward(node.name, spec.reshape(1, e - s, *node.shape))
-            low, up = rows < m, rows >= m
-            lower[:, entries[rows[low]]] = torch.maximum(lower[:, entries[rows[low]]], bound[:, low])
-            upper[:, entries[rows[up] - m]] = torch.minimum(upper[:, entries[rows[up] - m]], -bound[:, up])
-        lo, hi = lower.reshape(lo.shape), upper.reshape(hi.shape)
+            lower_rows, upper_rows = rows < n, rows >= n
+            lower[:, rows[lower_rows]] = bound[:, lower_rows]
+            upper[:, rows[upper_rows] - n] = -bound[:, upper_rows]
+        lo = torch.maximum(lo, lower.reshape(lo.shape))
+        hi = torch.minimum(hi, upper.reshape(hi.shape))
         # Both are sound; if rounding crosses them, keep an interval that contains both end points.
         return torch.minimum(lo, hi), torch.maximum(lo, hi)
 

@@ -42,7 +42,6 @@ class ReLURule(Rule):
     exact_box = True
     elementwise = True
     needs_bounds = True
-    exact_where_one_sign = True
 
     def ibp(self, node: Node, boxes: list[Box], lt: LayerThreat | None) -> Box:
         lb, ub = boxes[0]

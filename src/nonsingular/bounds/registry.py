@@ -69,14 +69,11 @@ class Rule:
             CROWN never needs to tighten the output of such an op when its inputs are exact.
         needs_bounds: the backward rule relaxes a non-linearity over its input's box (CROWN tightens that box).
         elementwise: one input, mapped entry by entry (or relabelled): the image of a box is a box.
-        exact_where_one_sign: the relaxation is exact wherever the input's box lies on one side of 0 (ReLU), so
-            CROWN only tightens the input entries whose box straddles 0.
     """
 
     exact_box: bool = False
     needs_bounds: bool = False
     elementwise: bool = False
-    exact_where_one_sign: bool = False
 
     def ibp(self, node: Node, boxes: list[Box], lt: LayerThreat | None) -> Box:
         """A box containing every output for inputs in `boxes` (one (lb, ub) per tensor input, each (N, *shape))."""
