@@ -24,7 +24,7 @@ from .graph import Graph, Node, trace
 from .layers import LayerThreat, UnsupportedLayerError, layer_threats
 from .margins import BoundMethod, MarginBounds, margin_spec
 from .ops_affine import elided_margin_lower
-from .registry import Box
+from .registry import Box, dot
 
 __all__ = ["DEFAULT_MEMORY_MB", "Backward", "GraphBounds", "graph_margin_bounds"]
 
@@ -54,13 +54,6 @@ class Backward:
         if name not in self.alphas:
             self.alphas[name] = default.detach().clone().requires_grad_(True)
         return self.alphas[name].clamp(0, 1)
-
-
-def _dot(a: Tensor, v: Tensor) -> Tensor:
-    """(N, S) sum over one example's entries of a (B, S, *shape) times v (N, *shape), B in {1, N}."""
-    if a.shape[0] == 1:
-        return v.flatten(1) @ a[0].flatten(1).T
-    return (a.flatten(2) @ v.flatten(1).unsqueeze(-1)).squeeze(-1)
 
 
 class GraphBounds:
@@ -126,7 +119,7 @@ class GraphBounds:
         lower = c.expand(lb.shape[0], spec.shape[1]) if c.dim() < 2 else c.expand(lb.shape[0], -1)
         a = coef.get(self.frontier)
         if a is not None:
-            lower = lower + _dot(a.clamp(min=0), lb) + _dot(a.clamp(max=0), ub)
+            lower = lower + dot(a.clamp(min=0), lb) + dot(a.clamp(max=0), ub)
         return lower
 
     def _row_chunks(self, rows: int, n: int, itemsize: int) -> Iterator[tuple[int, int]]:

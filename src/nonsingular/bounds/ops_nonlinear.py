@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .layers import LayerThreat, UnsupportedLayerError
-from .registry import Box, Rule, call, register_rule
+from .registry import Box, Rule, call, dot, register_rule
 
 if TYPE_CHECKING:
     from .engine import Backward
@@ -54,10 +54,10 @@ class ReLURule(Rule):
         alpha = ctx.alpha(node.name, lower_slope.expand(-1, a.shape[1], *node.shape), unstable)
         if alpha is not None:
             lower_slope = torch.where(unstable[:, None], alpha, lower_slope)
-        a_pos, a_neg = a.clamp(min=0), a.clamp(max=0)
-        new_a = a_pos * lower_slope + a_neg * upper_slope[:, None]
-        c = (a_neg * upper_offset[:, None]).flatten(2).sum(dim=-1)
-        return [new_a], c
+        # a_pos * lower + a_neg * upper, with one temporary of a's size fewer.
+        a_neg = a.clamp(max=0)
+        new_a = torch.addcmul(a * lower_slope, a_neg, upper_slope[:, None] - lower_slope)
+        return [new_a], dot(a_neg, upper_offset)
 
 
 class MaxPoolRule(Rule):

@@ -30,6 +30,7 @@ __all__ = [
     "IntervalRule",
     "Rule",
     "call",
+    "dot",
     "find_rule",
     "register_ibp_rule",
     "register_rule",
@@ -50,6 +51,13 @@ class Input:
     """Placeholder for the i-th tensor input inside a node's args."""
 
     index: int
+
+
+def dot(a: Tensor, v: Tensor) -> Tensor:
+    """(N, S) sum over one example's entries of a (B, S, *shape) times v (N, *shape), B in {1, N}."""
+    if a.shape[0] == 1:
+        return v.flatten(1) @ a[0].flatten(1).T
+    return (a.flatten(2) @ v.flatten(1).unsqueeze(-1)).squeeze(-1)
 
 
 def call(node: Node, tensors: list[Tensor]) -> Tensor:
