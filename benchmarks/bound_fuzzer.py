@@ -25,6 +25,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--examples", type=int, default=10_000, help="examples to check in all (default 10000)")
     parser.add_argument("--per-case", type=int, default=8, help="examples per random graph (default 8)")
     parser.add_argument("--steps", type=int, default=20, help="PGD steps per attack (default 20)")
+    parser.add_argument("--alpha-steps", type=int, default=10, help="alpha-CROWN steps (default 10)")
     parser.add_argument("--first-seed", type=int, default=1000, help="seed of the first graph (default 1000)")
     parser.add_argument("--out", type=Path, default=None, help="write the totals as JSON here")
     args = parser.parse_args(argv)
@@ -35,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     start = time.perf_counter()
     seed = args.first_seed
     while totals["examples"] < args.examples:
-        result = run_case(seed, n=args.per_case, steps=args.steps)
+        result = run_case(seed, n=args.per_case, steps=args.steps, alpha_steps=args.alpha_steps)
         totals["examples"] += result.examples
         totals["cases"] += 1
         totals["looser"] += result.looser
@@ -59,6 +60,7 @@ def main(argv: list[str] | None = None) -> int:
         "seconds": round(time.perf_counter() - start, 1),
         "per_case": args.per_case,
         "pgd_steps": args.steps,
+        "alpha_steps": args.alpha_steps,
     }
     print(json.dumps(report, indent=1))
     if args.out is not None:

@@ -132,7 +132,7 @@ def _closest(found: Tensor, lower: Tensor, y: Tensor) -> float:
     return float((found - lower).masked_fill(own, float("inf")).amin())
 
 
-def run_case(seed: int, n: int = 6, steps: int = 20) -> CaseResult:
+def run_case(seed: int, n: int = 6, steps: int = 20, alpha_steps: int = 10) -> CaseResult:
     """Build graph `seed`, draw a threat and inputs, and compare every method with the attacks."""
     rng = random.Random(seed)
     torch.manual_seed(seed)
@@ -153,7 +153,7 @@ def run_case(seed: int, n: int = 6, steps: int = 20) -> CaseResult:
     violations, certified, lowers = {}, {}, {}
     for method in METHODS:
         with torch.no_grad():
-            bounds = margin_bounds(model, x, y, threat, method, alpha_steps=10)
+            bounds = margin_bounds(model, x, y, threat, method, alpha_steps=alpha_steps)
         lower = bounds.lower
         assert torch.isfinite(lower).all(), f"{method}: non-finite bound"
         lowers[method] = lower

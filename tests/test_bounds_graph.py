@@ -21,7 +21,7 @@ from nonsingular.models import build_model
 
 @pytest.mark.parametrize("seed", range(6))
 def test_random_graphs_are_never_beaten_by_attacks(seed):
-    result = run_case(seed, n=4, steps=10)
+    result = run_case(seed, n=4, steps=10, alpha_steps=3)
     assert result.violations == {"ibp": 0, "crown": 0, "alpha-crown": 0}, result
     assert result.looser == 0, result
     assert result.closest >= -1e-9
@@ -109,7 +109,7 @@ def test_methods_are_ordered_and_sound_on_the_model_builders(spec):
     with torch.no_grad():
         y = model(x).argmax(dim=1)
     threat = ThreatModel(eps_x=0.02, eps_w=0.005, eps_b=0.01)
-    lowers = {m: margin_bounds(model, x, y, threat, m, alpha_steps=5).lower for m in ("ibp", "crown", "alpha-crown")}
+    lowers = {m: margin_bounds(model, x, y, threat, m, alpha_steps=3).lower for m in ("ibp", "crown", "alpha-crown")}
     found = margins(vertex_logits(model, x, threat, n_vertices=16), y)
     tol = tolerance(found)
     for method, lower in lowers.items():

@@ -69,7 +69,7 @@ def _check_sound(model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: Thr
     lowers = {}
     for method in methods:
         with torch.no_grad():
-            bounds = margin_bounds(model, x, y, threat, method)
+            bounds = margin_bounds(model, x, y, threat, method, alpha_steps=3)
         lowers[method] = bounds.lower
         tol = tolerance(bounds.lower, found_margins)
         gap = (bounds.lower[None] - found_margins).max()

@@ -37,23 +37,27 @@ class Backward:
     """State of one backward pass that rules may read: alpha-CROWN's lower ReLU slopes.
 
     Attributes:
-        alphas: ReLU node name -> (N, S, *shape) lower slopes in [0, 1], created on first use from CROWN's choice
-            when `optimise` is set; empty and unused otherwise.
+        alphas: (scope, ReLU node name) -> (N, S, *shape) lower slopes in [0, 1], created on first use from
+            CROWN's choice when `optimise` is set; empty and unused otherwise. Each backward pass (the final
+            margins, and every chunk of every tightened node) has its own slopes.
         optimise: whether ReLU rules take their lower slope from `alphas`.
         memory_mb: budget a rule may spend on an optional tighter term.
+        scope: which backward pass is running (set by GraphBounds).
     """
 
     optimise: bool = False
-    alphas: dict[str, Tensor] = field(default_factory=dict)
+    alphas: dict[tuple, Tensor] = field(default_factory=dict)
     memory_mb: float = DEFAULT_MEMORY_MB
+    scope: tuple = ()
 
     def alpha(self, name: str, default: Tensor, unstable: Tensor) -> Tensor | None:
         """The optimised lower slopes of ReLU `name` (default (N, 1, *shape) is CROWN's), or None for CROWN's."""
         if not self.optimise:
             return None
-        if name not in self.alphas:
-            self.alphas[name] = default.detach().clone().requires_grad_(True)
-        return self.alphas[name].clamp(0, 1)
+        key = (*self.scope, name)
+        if key not in self.alphas:
+            self.alphas[key] = default.detach().clone().requires_grad_(True)
+        return self.alphas[key]
 
 
 class GraphBounds:
@@ -75,8 +79,10 @@ class GraphBounds:
         ub: Tensor,
         crown: bool = False,
         memory_mb: float = DEFAULT_MEMORY_MB,
+        ctx: Backward | None = None,
     ) -> None:
         self.graph, self.threats, self.memory_mb = graph, threats, memory_mb
+        self.ctx = ctx or Backward(memory_mb=memory_mb)
         self.order = {n.name: i for i, n in enumerate(graph.nodes)}
         self.boxes: dict[str, Box] = {graph.input: (lb, ub)}
         self.frontier = _frontier(graph)
@@ -95,12 +101,14 @@ class GraphBounds:
     def threat(self, node: Node) -> LayerThreat | None:
         return self.threats.get(node.name) if node.module is not None else None
 
-    def backward(self, start: str, spec: Tensor, ctx: Backward | None = None) -> Tensor:
+    def backward(self, start: str, spec: Tensor, ctx: Backward | None = None, scope: int = 0) -> Tensor:
         """(N, S) lower bounds on spec . value(start) over the threat set.
 
         spec: (B, S, *shape of start), B = 1 (the same rows for every example) or N.
+        ctx: the pass's state (default: this object's, which alpha-CROWN sets); scope tells passes apart.
         """
-        ctx = ctx or Backward(memory_mb=self.memory_mb)
+        ctx = ctx or self.ctx
+        ctx.scope = (start, int(spec.shape[1]), scope)
         coef: dict[str, Tensor] = {start: spec}
         c: Tensor = torch.zeros((), dtype=spec.dtype, device=spec.device)
         for node in reversed(self.graph.nodes[: self.order[start] + 1]):
@@ -139,7 +147,7 @@ class GraphBounds:
             spec = lo.new_zeros((e - s, n))
             rows = torch.arange(s, e, device=lo.device)
             spec[rows - s, rows % n] = torch.where(rows < n, 1.0, -1.0).to(lo.dtype)
-            bound = self.backward(node.name, spec.reshape(1, e - s, *node.shape))
+            bound = self.backward(node.name, spec.reshape(1, e - s, *node.shape), scope=s)
             lower_rows, upper_rows = rows < n, rows >= n
             lower[:, rows[lower_rows]] = bound[:, lower_rows]
             upper[:, rows[upper_rows] - n] = -bound[:, upper_rows]
