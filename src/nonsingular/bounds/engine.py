@@ -89,8 +89,8 @@ class GraphBounds:
         relaxed = {i for n in graph.nodes if n.rule is not None and n.rule.needs_bounds for i in n.inputs}
         exact = {graph.input}
         for node in graph.nodes:
-            if node.name == graph.input:
-                continue
+            if node.name == graph.input or (node.name == graph.output and self._elided()):
+                continue  # an elided last layer is bounded in the margin (ibp_margins), never as a box
             box = node.rule.ibp(node, [self.boxes[i] for i in node.inputs], self.threat(node))  # type: ignore[union-attr]
             if node.rule.exact_box and all(i in exact for i in node.inputs):  # type: ignore[union-attr]
                 exact.add(node.name)
@@ -156,10 +156,15 @@ class GraphBounds:
         # Both are sound; if rounding crosses them, keep an interval that contains both end points.
         return torch.minimum(lo, hi), torch.maximum(lo, hi)
 
+    def _elided(self) -> bool:
+        """Whether the output is a Linear on (N, features), folded into the margins rather than boxed."""
+        out = self.graph.by_name[self.graph.output]
+        return type(out.module) is nn.Linear and len(self.graph.by_name[out.inputs[0]].shape) == 1
+
     def ibp_margins(self, y: Tensor) -> Tensor:
         """(N, K) margin lower bounds from the boxes, the last Linear folded into the margin when there is one."""
         out = self.graph.by_name[self.graph.output]
-        if type(out.module) is nn.Linear and self.boxes[out.inputs[0]][0].dim() == 2:
+        if self._elided():
             return elided_margin_lower(out.module, self.threat(out), *self.boxes[out.inputs[0]], y)
         lb, ub = self.boxes[out.name]
         return lb.gather(1, y[:, None]) - ub
