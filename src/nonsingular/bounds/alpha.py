@@ -52,4 +52,6 @@ def optimise_margins(bounds: GraphBounds, spec: Tensor, steps: int) -> Tensor:
             with torch.no_grad():
                 for p in slopes:
                     p.clamp_(0, 1)
-    return best  # type: ignore[return-value]
+    if best is None:  # the loop runs at least once
+        raise RuntimeError("alpha-CROWN ran no step")
+    return best

@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import Any, cast
 
 import torch
 from torch import Tensor, nn
@@ -24,7 +25,7 @@ from .graph import Graph, Node, trace
 from .layers import LayerThreat, UnsupportedLayerError, layer_threats
 from .margins import BoundMethod, MarginBounds, margin_spec
 from .ops_affine import elided_margin_lower
-from .registry import Box, dot
+from .registry import Box, Rule, dot
 
 __all__ = ["DEFAULT_MEMORY_MB", "Backward", "GraphBounds", "graph_margin_bounds"]
 
@@ -46,9 +47,9 @@ class Backward:
     """
 
     optimise: bool = False
-    alphas: dict[tuple, Tensor] = field(default_factory=dict)
+    alphas: dict[tuple[Any, ...], Tensor] = field(default_factory=dict)
     memory_mb: float = DEFAULT_MEMORY_MB
-    scope: tuple = ()
+    scope: tuple[Any, ...] = ()
 
     def alpha(self, name: str, default: Tensor, unstable: Tensor) -> Tensor | None:
         """The optimised lower slopes of ReLU `name` (default (N, 1, *shape) is CROWN's), or None for CROWN's."""
@@ -91,8 +92,9 @@ class GraphBounds:
         for node in graph.nodes:
             if node.name == graph.input or (node.name == graph.output and self._elided()):
                 continue  # an elided last layer is bounded in the margin (ibp_margins), never as a box
-            box = node.rule.ibp(node, [self.boxes[i] for i in node.inputs], self.threat(node))  # type: ignore[union-attr]
-            if node.rule.exact_box and all(i in exact for i in node.inputs):  # type: ignore[union-attr]
+            rule = _rule(node)
+            box = rule.ibp(node, [self.boxes[i] for i in node.inputs], self.threat(node))
+            if rule.exact_box and all(i in exact for i in node.inputs):
                 exact.add(node.name)
             elif crown and node.name in relaxed:
                 box = self.tighten(node, box)
@@ -118,7 +120,7 @@ class GraphBounds:
                     coef[node.name] = a
                 continue
             boxes = [self.boxes[i] for i in node.inputs]
-            parts, offset = node.rule.backward(node, a, boxes, self.threat(node), ctx)  # type: ignore[union-attr]
+            parts, offset = _rule(node).backward(node, a, boxes, self.threat(node), ctx)
             c = c + offset
             for name, part in zip(node.inputs, parts, strict=True):
                 if part is not None:
@@ -165,9 +167,15 @@ class GraphBounds:
         """(N, K) margin lower bounds from the boxes, the last Linear folded into the margin when there is one."""
         out = self.graph.by_name[self.graph.output]
         if self._elided():
-            return elided_margin_lower(out.module, self.threat(out), *self.boxes[out.inputs[0]], y)
+            return elided_margin_lower(cast(nn.Linear, out.module), self.threat(out), *self.boxes[out.inputs[0]], y)
         lb, ub = self.boxes[out.name]
         return lb.gather(1, y[:, None]) - ub
+
+
+def _rule(node: Node) -> Rule:
+    if node.rule is None:  # only the input placeholder has none, and no pass evaluates it
+        raise RuntimeError(f"node '{node.name}' has no rule")
+    return node.rule
 
 
 def _frontier(graph: Graph) -> str:

@@ -228,7 +228,9 @@ def _describe(n: fx.Node) -> str:
     return str(n.target)
 
 
-def _make_node(n: fx.Node, modules: dict[str, nn.Module], env: dict, tensor_nodes: set, value: Tensor) -> Node:
+def _make_node(
+    n: fx.Node, modules: dict[str, nn.Module], env: dict[fx.Node, Any], tensor_nodes: set[fx.Node], value: Tensor
+) -> Node:
     inputs: list[str] = []
 
     def replace(a: Any) -> Any:
@@ -241,9 +243,9 @@ def _make_node(n: fx.Node, modules: dict[str, nn.Module], env: dict, tensor_node
 
     args = _map(n.args, replace)
     kwargs = _map(n.kwargs, replace)
-    module = modules[n.target] if n.op == "call_module" else None
+    module = modules[str(n.target)] if n.op == "call_module" else None
     key: Any = module if module is not None else (n.target if n.op == "call_function" else f"Tensor.{n.target}")
-    fn = module if module is not None else (n.target if n.op == "call_function" else getattr(Tensor, n.target))
+    fn = module if module is not None else (n.target if n.op == "call_function" else getattr(Tensor, str(n.target)))
     rule = find_rule(key, _name(n), _describe(n))
     kind = type(module).__name__ if module is not None else _describe(n)
     return Node(_name(n), kind, rule, tuple(inputs), module, args, kwargs, tuple(value.shape[1:]), fn)

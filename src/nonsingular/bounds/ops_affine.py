@@ -17,7 +17,7 @@ threat never perturbs their parameters (only Linear/Conv weights are in ThreatMo
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
@@ -34,7 +34,7 @@ if TYPE_CHECKING:
 __all__ = ["affine_box", "elided_margin_lower"]
 
 
-def affine_box(module: nn.Module, lb: Tensor, ub: Tensor, lt: LayerThreat | None) -> Box:
+def affine_box(module: Any, lb: Tensor, ub: Tensor, lt: LayerThreat | None) -> Box:
     """Linear / Conv: W'h + b' over h in [lb, ub], W' in the layer's weight ball, b' in its bias box."""
     w = module.weight.to(lb.dtype)
     if lt is not None and lt.rho is not None and bool((lb >= 0).all()):
@@ -51,7 +51,11 @@ def affine_box(module: nn.Module, lb: Tensor, ub: Tensor, lt: LayerThreat | None
         if lt is not None:
             # Lemma 1 maximised over the box: sum_j rho_ij max(|lb_j|, |ub_j|), or e * max_j of the same.
             a = torch.maximum(lb.abs(), ub.abs())
-            term = apply_weight(module, a, lt.rho) if lt.rho is not None else lt.e * receptive_max(module, a)
+            term = (
+                apply_weight(module, a, lt.rho)
+                if lt.rho is not None
+                else lt.operator_radius() * receptive_max(module, a)
+            )
             lo, hi = lo - term, hi + term
     if module.bias is not None:
         shape = (-1,) if isinstance(module, nn.Linear) else (-1, *([1] * (lo.dim() - 2)))
@@ -82,7 +86,7 @@ def elided_margin_lower(module: nn.Linear, lt: LayerThreat | None, lb: Tensor, u
             term = (
                 F.linear(a, lt.rho)
                 if lt.rho is not None
-                else (lt.e * a.amax(dim=1, keepdim=True)).expand(-1, w.shape[0])
+                else (lt.operator_radius() * a.amax(dim=1, keepdim=True)).expand(-1, w.shape[0])
             )
             lower = lower - term.gather(1, y[:, None]) - term
     if module.bias is not None:
@@ -102,7 +106,9 @@ def _abs_chord(lb: Tensor, ub: Tensor) -> tuple[Tensor, Tensor]:
     return slope, offset
 
 
-def _abs_input_term(new_a: Tensor, c: Tensor, r: Tensor, lb: Tensor, ub: Tensor) -> tuple[Tensor, Tensor]:
+def _abs_input_term(
+    new_a: Tensor, c: Tensor | float, r: Tensor, lb: Tensor, ub: Tensor
+) -> tuple[Tensor, Tensor | float]:
     """Subtract r . |h| (r >= 0, (B, S, *in)) from the bound, |h| linear in h over [lb, ub]."""
     if bool((lb >= 0).all()):
         return new_a - r, c
@@ -114,23 +120,23 @@ class LinearRule(Rule):
     """nn.Linear on (N, in) inputs (Lemma 1 is exact for a fixed backward coefficient)."""
 
     def ibp(self, node: Node, boxes: list[Box], lt: LayerThreat | None) -> Box:
-        return affine_box(node.module, *boxes[0], lt)  # type: ignore[arg-type]
+        return affine_box(node.module, *boxes[0], lt)
 
     def backward(
         self, node: Node, a: Tensor, boxes: list[Box], lt: LayerThreat | None, ctx: Backward
     ) -> tuple[list[Tensor | None], Tensor | float]:
-        module = node.module
+        module: Any = node.module
         lb, ub = boxes[0]
         if lb.dim() != 2:
             raise UnsupportedLayerError(
                 f"CROWN bounds Linear layers on (N, features) inputs; '{node.name}' reads shape "
                 f"{tuple(lb.shape[1:])} (flatten first)"
             )
-        w = module.weight.to(lb.dtype)  # type: ignore[union-attr]
+        w = module.weight.to(lb.dtype)
         new_a = a @ w
         c: Tensor | float = 0.0
-        if module.bias is not None:  # type: ignore[union-attr]
-            c = a @ module.bias.to(lb.dtype)  # type: ignore[union-attr]
+        if module.bias is not None:
+            c = a @ module.bias.to(lb.dtype)
         if lt is None:
             return [new_a], c
         abs_a = a.abs()
@@ -146,17 +152,18 @@ class LinearRule(Rule):
                 c = c - (r * offset[:, None, :]).sum(dim=-1)
         else:
             h_max = torch.maximum(lb.abs(), ub.abs()).amax(dim=1)  # (N,)
-            c = c - abs_a.sum(dim=-1) * lt.e * h_max[:, None]
+            c = c - abs_a.sum(dim=-1) * lt.operator_radius() * h_max[:, None]
         return [new_a], c
 
 
-def _conv_transpose(module: nn.Module, a: Tensor, weight: Tensor, in_shape: tuple[int, ...]) -> Tensor:
+def _conv_transpose(module: Any, a: Tensor, weight: Tensor, in_shape: tuple[int, ...]) -> Tensor:
     """The adjoint of the convolution with `weight` (no bias): (M, C_out, *out) -> (M, C_in, *in)."""
     if isinstance(module.padding, str):
         # 'same' may pad asymmetrically, which conv_transpose cannot express: use the map's own adjoint.
         zero = a.new_zeros((a.shape[0], *in_shape))
-        _, pull = torch.func.vjp(lambda h: apply_weight(module, h, weight), zero)
-        return pull(a)[0]
+        pull = torch.func.vjp(lambda h: apply_weight(module, h, weight), zero)[1]
+        adjoint: Tensor = pull(a)[0]
+        return adjoint
     out_spatial = a.shape[2:]
     k = weight.shape[2:]
     extra = [
@@ -168,21 +175,21 @@ def _conv_transpose(module: nn.Module, a: Tensor, weight: Tensor, in_shape: tupl
     return conv_t(a, weight, None, module.stride, module.padding, tuple(extra), module.groups, module.dilation)
 
 
-def _patches(module: nn.Module, h: Tensor) -> Tensor:
+def _patches(module: Any, h: Tensor) -> Tensor:
     """(N, C * kernel entries, positions) the input entries each output position reads (im2col)."""
     if isinstance(module, nn.Conv1d):
         return F.unfold(
             h.unsqueeze(2),
             (1, module.kernel_size[0]),
             dilation=(1, module.dilation[0]),
-            padding=(0, module.padding[0]),
+            padding=(0, int(module.padding[0])),
             stride=(1, module.stride[0]),
         )
     return F.unfold(h, module.kernel_size, dilation=module.dilation, padding=module.padding, stride=module.stride)
 
 
 def _fixed_input_term(
-    module: nn.Module, a: Tensor, lb: Tensor, ub: Tensor, lt: LayerThreat, memory_mb: float
+    module: Any, a: Tensor, lb: Tensor, ub: Tensor, lt: LayerThreat, memory_mb: float
 ) -> Tensor | None:
     """(N, S) the exact worst kernel term when the layer input h is fixed (lb == ub, e.g. the first layer under a
     weight-only threat), or None when it does not apply or its tensor would exceed the memory budget.
@@ -201,58 +208,58 @@ def _fixed_input_term(
     g = (torch.einsum("sol,nql->nsoq", a_l[0], cols) if b == 1 else torch.einsum("nsol,nql->nsoq", a_l, cols)).abs()
     if lt.rho is not None:
         return (g * lt.rho.reshape(c_out, -1)).sum(dim=(-2, -1))
-    return lt.e * g.amax(dim=-1).sum(dim=-1)
+    return lt.operator_radius() * g.amax(dim=-1).sum(dim=-1)
 
 
 class ConvRule(Rule):
     """nn.Conv1d / nn.Conv2d with zero padding, any stride, dilation and groups."""
 
     def ibp(self, node: Node, boxes: list[Box], lt: LayerThreat | None) -> Box:
-        return affine_box(node.module, *boxes[0], lt)  # type: ignore[arg-type]
+        return affine_box(node.module, *boxes[0], lt)
 
     def backward(
         self, node: Node, a: Tensor, boxes: list[Box], lt: LayerThreat | None, ctx: Backward
     ) -> tuple[list[Tensor | None], Tensor | float]:
-        module = node.module
+        module: Any = node.module
         lb, ub = boxes[0]
-        if module.padding_mode != "zeros":  # type: ignore[union-attr]
+        if module.padding_mode != "zeros":
             raise UnsupportedLayerError(
                 f"bounds support convolutions with padding_mode='zeros' only; '{node.name}' uses "
-                f"{module.padding_mode!r}"  # type: ignore[union-attr]
+                f"{module.padding_mode!r}"
             )
         b, s = a.shape[:2]
         in_shape = tuple(lb.shape[1:])
-        w = module.weight.to(lb.dtype)  # type: ignore[union-attr]
+        w = module.weight.to(lb.dtype)
         flat = a.reshape(b * s, *a.shape[2:])
-        new_a = _conv_transpose(module, flat, w, in_shape).reshape(b, s, *in_shape)  # type: ignore[arg-type]
+        new_a = _conv_transpose(module, flat, w, in_shape).reshape(b, s, *in_shape)
         per_channel = a.flatten(3).sum(dim=-1)  # (B, S, C_out): a summed over positions
         c: Tensor | float = 0.0
-        if module.bias is not None:  # type: ignore[union-attr]
-            c = per_channel @ module.bias.to(lb.dtype)  # type: ignore[union-attr]
+        if module.bias is not None:
+            c = per_channel @ module.bias.to(lb.dtype)
         if lt is None:
             return [new_a], c
         abs_a = a.abs()
         if lt.beta is not None:
             c = c - abs_a.flatten(3).sum(dim=-1) @ lt.beta
-        exact = _fixed_input_term(module, a, lb, ub, lt, ctx.memory_mb)  # type: ignore[arg-type]
+        exact = _fixed_input_term(module, a, lb, ub, lt, ctx.memory_mb)
         if exact is not None:
             return [new_a], c - exact
         if lt.rho is not None:
             # Per-position Lemma 1 (a relaxation of the shared kernel, docs/conv-weight-bounds.md).
-            if lt.uniform is not None and module.groups == 1:  # type: ignore[union-attr]
+            if lt.uniform is not None and module.groups == 1:
                 # rho is one number: R[c, q] does not depend on c, so sum |a| over output channels first and
                 # spread it with a one-channel kernel of ones (C_out x C_in times cheaper).
                 ones = lt.rho.new_ones((1, 1, *lt.rho.shape[2:]))
                 summed = abs_a.sum(dim=2).reshape(b * s, 1, *a.shape[3:])
-                r = lt.uniform * _conv_transpose(module, summed, ones, (1, *in_shape[1:]))  # type: ignore[arg-type]
+                r = lt.uniform * _conv_transpose(module, summed, ones, (1, *in_shape[1:]))
                 r = r.reshape(b, s, 1, *in_shape[1:]).expand(b, s, *in_shape)
             else:
-                r = _conv_transpose(module, abs_a.reshape(b * s, *a.shape[2:]), lt.rho, in_shape)  # type: ignore[arg-type]
+                r = _conv_transpose(module, abs_a.reshape(b * s, *a.shape[2:]), lt.rho, in_shape)
                 r = r.reshape(b, s, *in_shape)
             new_a, c = _abs_input_term(new_a, c, r, lb, ub)
         else:
             h_max = receptive_max(module, torch.maximum(lb.abs(), ub.abs()))  # (N, 1, *out)
-            c = c - lt.e * (abs_a * h_max[:, None]).flatten(2).sum(dim=-1)
+            c = c - lt.operator_radius() * (abs_a * h_max[:, None]).flatten(2).sum(dim=-1)
         return [new_a], c
 
 
@@ -269,23 +276,23 @@ class ChannelAffineRule(Rule):
     exact_box = True
     elementwise = True
 
-    def scale_shift(self, module: nn.Module, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+    def scale_shift(self, module: Any, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
         """(scale, shift), each (C,) or 0-dim, in `dtype`."""
         if isinstance(module, Normalize):
             std, mean = module.std.to(dtype), module.mean.to(dtype)
             return 1 / std, -mean / std
-        if module.running_mean is None:  # type: ignore[union-attr]
+        if module.running_mean is None:
             raise UnsupportedLayerError(
                 f"bounds need BatchNorm with running statistics (track_running_stats=True); "
                 f"{type(module).__name__} has none"
             )
-        var = module.running_var.to(dtype)  # type: ignore[union-attr]
-        scale = 1 / torch.sqrt(var + module.eps)  # type: ignore[operator]
-        if module.weight is not None:  # type: ignore[union-attr]
-            scale = scale * module.weight.to(dtype)  # type: ignore[union-attr]
-        shift = -module.running_mean.to(dtype) * scale  # type: ignore[union-attr]
-        if module.bias is not None:  # type: ignore[union-attr]
-            shift = shift + module.bias.to(dtype)  # type: ignore[union-attr]
+        var = module.running_var.to(dtype)
+        scale = 1 / torch.sqrt(var + module.eps)
+        if module.weight is not None:
+            scale = scale * module.weight.to(dtype)
+        shift = -module.running_mean.to(dtype) * scale
+        if module.bias is not None:
+            shift = shift + module.bias.to(dtype)
         return scale, shift
 
     def ibp(self, node: Node, boxes: list[Box], lt: LayerThreat | None) -> Box:
@@ -293,7 +300,7 @@ class ChannelAffineRule(Rule):
         if isinstance(node.module, Normalize):
             lo, hi = node.module(lb), node.module(ub)  # the module's own arithmetic: exact end points
         else:
-            scale, shift = self.scale_shift(node.module, lb.dtype)  # type: ignore[arg-type]
+            scale, shift = self.scale_shift(node.module, lb.dtype)
             scale, shift = _channel_shape(scale, lb.dim()), _channel_shape(shift, lb.dim())
             lo, hi = lb * scale + shift, ub * scale + shift
         return torch.minimum(lo, hi), torch.maximum(lo, hi)
@@ -301,7 +308,7 @@ class ChannelAffineRule(Rule):
     def backward(
         self, node: Node, a: Tensor, boxes: list[Box], lt: LayerThreat | None, ctx: Backward
     ) -> tuple[list[Tensor | None], Tensor | float]:
-        scale, shift = self.scale_shift(node.module, a.dtype)  # type: ignore[arg-type]
+        scale, shift = self.scale_shift(node.module, a.dtype)
         scale, shift = _channel_shape(scale, a.dim() - 1), _channel_shape(shift, a.dim() - 1)
         c = (a * shift).flatten(2).sum(dim=-1)
         return [a * scale], c

@@ -69,7 +69,7 @@ class MaxPoolRule(Rule):
         lb, ub = boxes[0]
         return call(node, [lb]), call(node, [ub])  # monotone in every input: exact
 
-    def _windows(self, node: Node, t: Tensor, fill: float) -> tuple[Tensor, tuple]:
+    def _windows(self, node: Node, t: Tensor, fill: float) -> tuple[Tensor, tuple[Any, ...]]:
         """(N, C, k, L) the window entries of t (N, C, *spatial), padding as `fill`; and F.fold's arguments."""
         m = node.module
         if m is None or getattr(m, "ceil_mode", False) or getattr(m, "return_indices", False):

@@ -90,7 +90,8 @@ class AddRule(Rule):
         for k, v in enumerate(_operands(node)):
             coef = a if k == 0 or self.sign > 0 else -a
             if isinstance(v, Input):
-                out[v.index] = coef if out[v.index] is None else out[v.index] + coef
+                prev = out[v.index]
+                out[v.index] = coef if prev is None else prev + coef
             else:
                 c = c + _const_sum(coef, v)
         return out, c
@@ -143,7 +144,7 @@ class CatRule(Rule):
         for v in node.args[0]:
             if not isinstance(v, Input):
                 raise UnsupportedLayerError(f"bounds need every tensor of cat '{node.name}' to depend on the input")
-        return dim
+        return int(dim)
 
     def ibp(self, node: Node, boxes: list[Box], lt: LayerThreat | None) -> Box:
         dim = self.dim(node)
@@ -155,7 +156,8 @@ class CatRule(Rule):
         sizes = [boxes[v.index][0].shape[dim] for v in node.args[0]]
         out: list[Tensor | None] = [None] * len(node.inputs)
         for v, part in zip(node.args[0], torch.split(a, sizes, dim=dim + 1), strict=True):
-            out[v.index] = part if out[v.index] is None else out[v.index] + part
+            prev = out[v.index]
+            out[v.index] = part if prev is None else prev + part
         return out, 0.0
 
 
@@ -170,11 +172,12 @@ class PoolRule(Rule):
         in_shape = tuple(boxes[0][0].shape[1:])
         b, s = a.shape[:2]
         zero = a.new_zeros((b * s, *in_shape))
-        _, pull = torch.func.vjp(lambda h: call(node, [h]), zero)
+        pull = torch.func.vjp(lambda h: call(node, [h]), zero)[1]
         return [pull(a.reshape(b * s, *node.shape))[0].reshape(b, s, *in_shape)], 0.0
 
 
 _IDENTITY, _RESHAPE, _POOL = IdentityRule(), ReshapeRule(), PoolRule()
+_op: Any
 for _op in (nn.Identity, nn.Dropout, F.dropout, "Tensor.contiguous", "Tensor.clone"):
     register_rule(_op, _IDENTITY)
 for _op in (nn.Flatten, torch.flatten, "Tensor.flatten", "Tensor.view", "Tensor.reshape", torch.reshape):

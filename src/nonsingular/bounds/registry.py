@@ -63,10 +63,12 @@ def dot(a: Tensor, v: Tensor) -> Tensor:
 def call(node: Node, tensors: list[Tensor]) -> Tensor:
     """Run the node's op on `tensors` in place of its tensor inputs (static arguments as traced)."""
 
-    def sub(v: object) -> object:
+    def sub(v: Any) -> Any:
         return tensors[v.index] if isinstance(v, Input) else v
 
-    return node.fn(*fx.node.map_aggregate(node.args, sub), **fx.node.map_aggregate(node.kwargs, sub))
+    mapper: Any = fx.node.map_aggregate
+    out: Tensor = node.fn(*mapper(node.args, sub), **mapper(node.kwargs, sub))
+    return out
 
 
 class Rule:
@@ -116,7 +118,8 @@ class _IntervalOnly(Rule):
         self.fn = fn
 
     def ibp(self, node: Node, boxes: list[Box], lt: LayerThreat | None) -> Box:
-        return self.fn(node.module, *boxes[0], lt)  # type: ignore[arg-type]
+        module: Any = node.module
+        return self.fn(module, *boxes[0], lt)
 
 
 #: op -> rule: module types, functions and "Tensor.<method>" names.
@@ -142,7 +145,7 @@ def _kind(node: Node) -> str:
 def _module_rule(module: nn.Module) -> Rule | None:
     for cls in type(module).__mro__:
         if cls in IBP_RULES or cls in RULES:
-            if type(module).forward is not cls.forward:
+            if type(module).forward is not getattr(cls, "forward", None):
                 return None
             return _IntervalOnly(IBP_RULES[cls]) if cls in IBP_RULES else RULES[cls]
     return None
