@@ -66,7 +66,7 @@ def test_certify_round_trip(monkeypatch, capsys, checkpoint, tmp_path):
         (["--layers", "nope"], "nope"),
         (["--eps-w", "-1"], "eps_w"),
         (["--alpha-steps", "-1"], "--alpha-steps"),
-        (["--memory-mb", "0"], "--memory-mb"),
+        (["--bound-memory-mb", "0"], "--bound-memory-mb"),
     ],
 )
 def test_certify_bad_input_one_line_error(monkeypatch, capsys, checkpoint, extra, needle):

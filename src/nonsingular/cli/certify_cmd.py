@@ -108,7 +108,8 @@ def certify(
         int, typer.Option(help="alpha-crown: projected gradient steps on the ReLU slopes per batch.")
     ] = DEFAULT_ALPHA_STEPS,
     memory_mb: Annotated[
-        float, typer.Option(help="crown / alpha-crown: MiB budget for one chunk's coefficient tensors.")
+        float,
+        typer.Option("--bound-memory-mb", help="crown / alpha-crown: MiB budget for one chunk's coefficient tensors."),
     ] = DEFAULT_MEMORY_MB,
     device: DeviceOpt = "auto",
     out: JsonOutOpt = None,
@@ -126,7 +127,7 @@ def certify(
         raise UserError("--steps must be >= 0, --restarts and --batch-size >= 1")
     if alpha_steps < 0 or not memory_mb > 0 or memory_mb == float("inf"):
         raise UserError(
-            f"--alpha-steps must be >= 0 and --memory-mb a positive number (got {alpha_steps}, {memory_mb})"
+            f"--alpha-steps must be >= 0 and --bound-memory-mb a positive number (got {alpha_steps}, {memory_mb})"
         )
     threat = make_threat(eps_x, eps_w, weight_ball, weight_mode, eps_b, layers)
     chosen = None
