@@ -29,7 +29,7 @@ from torch import Tensor, nn
 from nonsingular import ThreatModel
 from nonsingular.bounds import margin_bounds
 from nonsingular.checkpoint import load_checkpoint
-from nonsingular.data import load_data
+from nonsingular.datasets import load_data
 from nonsingular.models import Normalize
 
 
