@@ -5,7 +5,6 @@ blocker: some point of the threat set does worse than a bound says it can.
 
 from __future__ import annotations
 
-import pytest
 import torch
 import torch.nn.functional as F
 from hypothesis import HealthCheck, given, settings
@@ -14,7 +13,7 @@ from torch import nn
 
 from bounds_support import attacked_logits, margins, tolerance, vertex_logits
 from nonsingular import MLP, ThreatModel
-from nonsingular.bounds import UnsupportedLayerError, margin_bounds, norm_bounds
+from nonsingular.bounds import margin_bounds, norm_bounds
 from nonsingular.models import Normalize
 
 SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -70,7 +69,7 @@ def _check_sound(model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: Thr
     lowers = {}
     for method in methods:
         with torch.no_grad():
-            bounds = margin_bounds(model, x, y, threat, method)
+            bounds = margin_bounds(model, x, y, threat, method, alpha_steps=3)
         lowers[method] = bounds.lower
         tol = tolerance(bounds.lower, found_margins)
         gap = (bounds.lower[None] - found_margins).max()
@@ -82,6 +81,8 @@ def _check_sound(model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: Thr
         assert loss_gap <= tolerance(found_loss), f"{method}: loss increase above its bound by {float(loss_gap):.3g}"
     if "crown" in lowers:
         assert (lowers["crown"] >= lowers["ibp"] - tolerance(lowers["ibp"])).all(), "CROWN looser than IBP"
+    if "alpha-crown" in lowers:
+        assert (lowers["alpha-crown"] >= lowers["crown"] - tolerance(lowers["crown"])).all(), "alpha looser than CROWN"
     with torch.no_grad():
         norm = norm_bounds(model, x, threat, y)
     logit_change = (torch.stack(found) - clean).abs().amax(dim=(0, 2))
@@ -107,7 +108,7 @@ def test_mlp_bounds_are_sound(data: st.DataObject) -> None:
     names = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
     threat = data.draw(threats(names))
     x = _inputs(seed, 6, shape, threat.domain)
-    _check_sound(model, x, _labels(model, x, classes), threat, ["norm", "ibp", "crown"])
+    _check_sound(model, x, _labels(model, x, classes), threat, ["norm", "ibp", "crown", "alpha-crown"])
 
 
 def _convnet(data: st.DataObject, seed: int) -> tuple[nn.Sequential, tuple[int, ...]]:
@@ -139,12 +140,10 @@ def _convnet(data: st.DataObject, seed: int) -> tuple[nn.Sequential, tuple[int, 
 
 @settings(SETTINGS, max_examples=25)
 @given(data=st.data())
-def test_convnet_interval_and_norm_bounds_are_sound(data: st.DataObject) -> None:
+def test_convnet_bounds_are_sound(data: st.DataObject) -> None:
     seed = data.draw(st.integers(0, 2**16))
     model, shape = _convnet(data, seed)
     names = [n for n, m in model.named_modules() if isinstance(m, nn.Conv1d | nn.Conv2d | nn.Linear)]
     threat = data.draw(threats(names))
     x = _inputs(seed, 4, shape, threat.domain)
-    _check_sound(model, x, _labels(model, x, 3), threat, ["norm", "ibp"])
-    with pytest.raises(UnsupportedLayerError, match="ibp"):
-        margin_bounds(model, x, _labels(model, x, 3), threat, "crown")
+    _check_sound(model, x, _labels(model, x, 3), threat, ["norm", "ibp", "crown", "alpha-crown"])

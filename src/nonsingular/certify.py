@@ -25,7 +25,7 @@ from torch import Tensor, nn
 from . import distributed as dist
 from ._version import __version__
 from .attacks import Attack
-from .bounds import BoundMethod, margin_bounds, norm_bounds
+from .bounds import DEFAULT_ALPHA_STEPS, DEFAULT_MEMORY_MB, BoundMethod, margin_bounds, norm_bounds
 from .errors import NonFiniteError
 from .evaluate import attack_and_verify
 from .threat import ThreatModel
@@ -124,16 +124,24 @@ class CertifyReport:
 
 
 def example_bounds(
-    model: nn.Module, x: Tensor, y: Tensor, threat: ThreatModel, method: BoundMethod | str
+    model: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    threat: ThreatModel,
+    method: BoundMethod | str,
+    *,
+    alpha_steps: int = DEFAULT_ALPHA_STEPS,
+    memory_mb: float = DEFAULT_MEMORY_MB,
 ) -> tuple[Tensor, Tensor]:
     """(worst margin lower bound, upper bound on the loss increase), both (N,) float64, one chunk of examples.
 
     For the norm method the loss bound is the smaller of Theorem 2's 2 E_L and the bound its margins imply.
+    alpha_steps and memory_mb are passed to `margin_bounds` (alpha-CROWN's steps, CROWN's chunk budget in MiB).
     """
     method = BoundMethod(method)
     x64 = x.to(torch.float64)
     with torch.no_grad():
-        bounds = margin_bounds(model, x64, y, threat, method)
+        bounds = margin_bounds(model, x64, y, threat, method, alpha_steps=alpha_steps, memory_mb=memory_mb)
         loss = bounds.loss_increase_bound()
         if method is BoundMethod.NORM:
             loss = torch.minimum(loss, norm_bounds(model, x64, threat).loss_change)
@@ -214,6 +222,9 @@ def certify(
     attack: Attack | None = None,
     batch_size: int = 512,
     progress: Progress | None = None,
+    *,
+    alpha_steps: int = DEFAULT_ALPHA_STEPS,
+    memory_mb: float = DEFAULT_MEMORY_MB,
 ) -> CertifyReport:
     """Certified accuracy per method, margin lower bounds, and tightness against `attack`.
 
@@ -227,6 +238,8 @@ def certify(
             None runs no attack and reports no tightness.
         batch_size: examples per bound computation.
         progress: called as progress(label, done, total).
+        alpha_steps: alpha-CROWN's gradient steps on the ReLU slopes.
+        memory_mb: CROWN's budget for one chunk's coefficient tensors, MiB.
     """
     methods = [BoundMethod(m) for m in methods]
     if x.shape[0] != y.shape[0] or x.shape[0] == 0:
@@ -242,7 +255,10 @@ def certify(
             survived, increase, problems = _attack(model, x, y, threat, attack, progress)
         results = {}
         for method in methods:
-            results[method.value] = _run_method(model, x, y, threat, method, batch_size, progress, survived, increase)
+            options = {"alpha_steps": alpha_steps, "memory_mb": memory_mb}
+            results[method.value] = _run_method(
+                model, x, y, threat, method, batch_size, progress, survived, increase, options
+            )
             if results[method.value].broken:
                 msg = (
                     f"{results[method.value].broken} example(s) certified by {method.value} were broken by the "
@@ -274,6 +290,7 @@ def _run_method(
     progress: Progress | None,
     survived: Tensor | None,
     increase: Tensor | None,
+    options: dict[str, Any],
 ) -> MethodResult:
     t0 = time.perf_counter()
     # Under torch.distributed each rank bounds a contiguous run of whole batches; every rank gets all rows.
@@ -283,7 +300,7 @@ def _run_method(
     spans = list(range(start, stop, batch_size))
     for i, s in enumerate(spans):
         e = min(s + batch_size, stop)
-        w, lb = example_bounds(model, x[s:e], y[s:e], threat, method)
+        w, lb = example_bounds(model, x[s:e], y[s:e], threat, method, **options)
         worst.append(w)
         loss.append(lb)
         if progress is not None:

@@ -72,15 +72,20 @@ class MLP(nn.Sequential):
 
 def _convnet(name: str) -> Callable[..., nn.Module]:
     def build(**kwargs: Any) -> nn.Module:
-        from . import convnets  # imported on use: convnets builds on Normalize from this module
+        from . import convnets, resnet  # imported on use: both build on Normalize from this module
 
-        return {"cnn": convnets.SmallCNN, "lenet": convnets.LeNet}[name](**kwargs)
+        return {"cnn": convnets.SmallCNN, "lenet": convnets.LeNet, "resnet": resnet.ResNet}[name](**kwargs)
 
     return build
 
 
 #: name -> factory(**spec_without_name) -> nn.Module. Extended by `register_architecture`.
-ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {"mlp": MLP, "cnn": _convnet("cnn"), "lenet": _convnet("lenet")}
+ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {
+    "mlp": MLP,
+    "cnn": _convnet("cnn"),
+    "lenet": _convnet("lenet"),
+    "resnet": _convnet("resnet"),
+}
 
 
 def register_architecture(name: str, factory: Callable[..., nn.Module]) -> None:

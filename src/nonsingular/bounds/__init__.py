@@ -1,26 +1,33 @@
 """Bounds on what the joint threat can do to a network: Theorem 2's error analysis, IBP, and CROWN.
 
 ```python
-lower = margin_bounds(model, x, y, threat, method="crown").lower   # (N, K) margin lower bounds
+lower = margin_bounds(model, x, y, threat, method="crown").lower   # (N, K) margin lower bounds, any traced model
 r_x, r_w, _ = sensitivity_terms(model, x, threat)                  # Theorem 2's regulariser terms
 ```
 """
 
-from .api import margin_bounds
-from .crown import crown_margin_bounds
+from .api import DEFAULT_ALPHA_STEPS, margin_bounds, supported_methods
+from .crown import alpha_crown_margin_bounds, crown_margin_bounds
+from .engine import DEFAULT_MEMORY_MB
 from .ibp import IBP_RULES, IntervalRule, ibp_margin_bounds, register_ibp_rule
 from .layers import UnsupportedLayerError
 from .margins import BoundMethod, MarginBounds, loss_bound_from_margins
 from .norm import NormBounds, SensitivityTerms, norm_bounds, norm_margin_bounds, sensitivity_terms
+from .registry import RULES, Rule, register_rule
 
 __all__ = [
+    "DEFAULT_ALPHA_STEPS",
+    "DEFAULT_MEMORY_MB",
     "IBP_RULES",
+    "RULES",
     "BoundMethod",
     "IntervalRule",
     "MarginBounds",
     "NormBounds",
+    "Rule",
     "SensitivityTerms",
     "UnsupportedLayerError",
+    "alpha_crown_margin_bounds",
     "crown_margin_bounds",
     "ibp_margin_bounds",
     "loss_bound_from_margins",
@@ -28,5 +35,7 @@ __all__ = [
     "norm_bounds",
     "norm_margin_bounds",
     "register_ibp_rule",
+    "register_rule",
     "sensitivity_terms",
+    "supported_methods",
 ]

@@ -2,42 +2,54 @@
 
 from __future__ import annotations
 
+import math
+
+import torch
 from torch import Tensor, nn
 
 from ..threat import ThreatModel
-from .crown import crown_margin_bounds
-from .ibp import ibp_margin_bounds
+from .engine import DEFAULT_MEMORY_MB, graph_margin_bounds
+from .graph import trace
+from .layers import UnsupportedLayerError
 from .margins import BoundMethod, MarginBounds
 from .norm import norm_margin_bounds
+from .registry import Rule
 
-__all__ = ["margin_bounds"]
+__all__ = ["DEFAULT_ALPHA_STEPS", "margin_bounds", "supported_methods"]
 
-_METHODS = {
-    BoundMethod.NORM: norm_margin_bounds,
-    BoundMethod.IBP: ibp_margin_bounds,
-    BoundMethod.CROWN: crown_margin_bounds,
-}
+#: alpha-CROWN's default number of projected gradient steps on the ReLU slopes.
+DEFAULT_ALPHA_STEPS = 20
 
 
 def margin_bounds(
-    model: nn.Module, x: Tensor, y: Tensor, threat: ThreatModel, method: BoundMethod | str = BoundMethod.CROWN
+    model: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    threat: ThreatModel,
+    method: BoundMethod | str = BoundMethod.CROWN,
+    *,
+    memory_mb: float = DEFAULT_MEMORY_MB,
+    alpha_steps: int = DEFAULT_ALPHA_STEPS,
 ) -> MarginBounds:
     """Lower bounds on every margin z'_y - z'_k over the per-example joint threat set.
 
     Computed in x's dtype (pass float64 inputs for certificates whose rounding is negligible; the weights are
-    cast, the model is never modified) and differentiable in the model's parameters.
+    cast, the model is never modified) and differentiable in the model's parameters (except alpha-crown).
 
     Args:
-        model: nn.Sequential classifier. norm: feed-forward ReLU networks (Linear/Conv, pooling);
-            ibp: any layer with a rule in IBP_RULES; crown: MLPs (Normalize, Flatten, Linear, ReLU).
+        model: norm: a feed-forward nn.Sequential ReLU chain (Linear/Conv, pooling); ibp, crown, alpha-crown: any
+            model torch.fx can trace whose ops have rules (Linear, Conv1d/2d, ReLU, BatchNorm, residual add, cat,
+            reshapes, pooling, Normalize; see docs/bound-engine.md).
         x: (N, *input_shape) in threat.domain.
         y: (N,) labels.
         threat: the threat set; bounds are per-example, hence also valid for the shared scope.
-        method: "norm" (Theorem 2), "ibp" or "crown".
+        method: "norm" (Theorem 2), "ibp", "crown" or "alpha-crown".
+        memory_mb: CROWN's budget for one chunk's coefficient tensors, MiB (default 256).
+        alpha_steps: alpha-CROWN's gradient steps on the ReLU slopes (default 20).
 
     Raises:
-        ValueError: an unknown method, mismatched shapes, or a layer the method cannot bound
-            (UnsupportedLayerError, which names the layer and what to implement).
+        ValueError: an unknown method, mismatched shapes, bad options, or an op the method cannot bound
+            (UnsupportedLayerError, which names the op and where to add its rule).
     """
     try:
         method = BoundMethod(method)
@@ -47,4 +59,35 @@ def margin_bounds(
         raise ValueError(f"x has {x.shape[0]} examples but y has {y.shape[0]}")
     if not x.is_floating_point():
         raise ValueError(f"x must be a floating-point tensor, got {x.dtype}")
-    return _METHODS[method](model, x, y, threat)
+    if not (memory_mb > 0 and math.isfinite(memory_mb)):
+        raise ValueError(f"memory_mb must be a positive number of MiB, got {memory_mb}")
+    if alpha_steps < 0:
+        raise ValueError(f"alpha_steps must be >= 0, got {alpha_steps}")
+    if method is BoundMethod.NORM:
+        return norm_margin_bounds(model, x, y, threat)
+    return graph_margin_bounds(model, x, y, threat, method, memory_mb=memory_mb, alpha_steps=alpha_steps)
+
+
+def supported_methods(model: nn.Module, x: Tensor, threat: ThreatModel) -> list[BoundMethod]:
+    """The bound methods that can bound `model`, in BoundMethod order (checked on the first example of x).
+
+    norm: a feed-forward Sequential chain; ibp: a traceable graph whose ops all have rules; crown and alpha-crown:
+    additionally a backward rule for every op.
+    """
+    first, label = x[:1], torch.zeros(1, dtype=torch.long, device=x.device)
+    out = []
+    try:
+        with torch.no_grad():
+            norm_margin_bounds(model, first, label, threat)
+        out.append(BoundMethod.NORM)
+    except UnsupportedLayerError:
+        pass
+    try:
+        with torch.no_grad():
+            graph, _ = trace(model, first)
+    except UnsupportedLayerError:
+        return out
+    out.append(BoundMethod.IBP)
+    if all(type(n.rule).backward is not Rule.backward for n in graph.nodes if n.rule is not None):
+        out += [BoundMethod.CROWN, BoundMethod.ALPHA_CROWN]
+    return out

@@ -1,7 +1,8 @@
-"""What every bound needs from a model: its layers in execution order, and the threat at each weight layer.
+"""What every bound needs from a model: the threat at each weight layer, and (for the norm bound, which reasons
+about a chain layer by layer) its layers in execution order.
 
-Bounds reason about a network layer by layer, so they accept `nn.Sequential` models (nested Sequentials are
-flattened) whose containers keep `nn.Sequential.forward`; anything else has no known graph and is refused.
+The norm bound accepts `nn.Sequential` models (nested Sequentials are flattened) whose containers keep
+`nn.Sequential.forward`; IBP and CROWN trace any graph (graph.py).
 The per-layer radii come from `ThreatModel` (`weight_radius`, `operator_radius`, `bias_radius`), the one
 definition of the threat set.
 """
@@ -46,8 +47,9 @@ def sequential_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
     def walk(module: nn.Module, prefix: str) -> None:
         if type(module).forward is not nn.Sequential.forward:
             raise UnsupportedLayerError(
-                f"bounds need an nn.Sequential model (nested Sequentials allowed) without a custom forward; "
-                f"'{prefix or 'model'}' is a {type(module).__name__}"
+                f"the norm bound (Theorem 2) needs an nn.Sequential chain (nested Sequentials allowed) without a "
+                f"custom forward; '{prefix or 'model'}' is a {type(module).__name__} (ibp, crown and alpha-crown "
+                f"bound any traceable graph)"
             )
         for name, child in module.named_children():
             full = f"{prefix}.{name}" if prefix else name
@@ -58,7 +60,8 @@ def sequential_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
 
     if not isinstance(model, nn.Sequential):
         raise UnsupportedLayerError(
-            f"bounds need an nn.Sequential model (nested Sequentials allowed); got a {type(model).__name__}"
+            f"the norm bound (Theorem 2) needs an nn.Sequential chain (nested Sequentials allowed); got a "
+            f"{type(model).__name__} (ibp, crown and alpha-crown bound any traceable graph)"
         )
     walk(model, "")
     return out

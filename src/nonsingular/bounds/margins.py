@@ -13,11 +13,13 @@ __all__ = ["BoundMethod", "MarginBounds", "loss_bound_from_margins", "margin_spe
 
 
 class BoundMethod(str, Enum):
-    """How margins are bounded: Theorem 2's norm bound, interval propagation, or CROWN-style linear relaxation."""
+    """How margins are bounded: Theorem 2's norm bound, interval propagation, CROWN-style linear relaxation, or
+    CROWN with optimised lower ReLU slopes (alpha-CROWN)."""
 
     NORM = "norm"
     IBP = "ibp"
     CROWN = "crown"
+    ALPHA_CROWN = "alpha-crown"
 
 
 @dataclass

@@ -12,7 +12,7 @@ from rich.text import Text
 
 from .. import distributed as dist
 from ..apgd import AttackKind
-from ..bounds import BoundMethod
+from ..bounds import DEFAULT_ALPHA_STEPS, DEFAULT_MEMORY_MB, BoundMethod, supported_methods
 from ..certify import CertifyReport
 from ..certify import certify as run_certify
 from ..quantize import Rounding, quantization_threat
@@ -82,7 +82,12 @@ def certify(
     layers: LayersOpt = None,
     method: Annotated[
         list[str],
-        typer.Option("--method", "-m", help="norm, ibp, crown or all; repeat the option or separate by commas."),
+        typer.Option(
+            "--method",
+            "-m",
+            help="norm, ibp, crown, alpha-crown or all (every method the model supports); repeat the option or "
+            "separate by commas.",
+        ),
     ] = ["all"],  # noqa: B006 - typer reads the default, nothing mutates it
     data: DataOpt = None,
     accept_data_change: AcceptDataOpt = False,
@@ -99,6 +104,13 @@ def certify(
     per_channel: PerChannelOpt = False,
     symmetric: SymmetricOpt = True,
     rounding: RoundingOpt = Rounding.NEAREST,
+    alpha_steps: Annotated[
+        int, typer.Option(help="alpha-crown: projected gradient steps on the ReLU slopes per batch.")
+    ] = DEFAULT_ALPHA_STEPS,
+    memory_mb: Annotated[
+        float,
+        typer.Option("--bound-memory-mb", help="crown / alpha-crown: MiB budget for one chunk's coefficient tensors."),
+    ] = DEFAULT_MEMORY_MB,
     device: DeviceOpt = "auto",
     out: JsonOutOpt = None,
     force: ForceOpt = False,
@@ -113,6 +125,10 @@ def certify(
     steps = 50 if steps is None else steps
     if steps < 0 or restarts < 1 or batch_size < 1:
         raise UserError("--steps must be >= 0, --restarts and --batch-size >= 1")
+    if alpha_steps < 0 or not memory_mb > 0 or memory_mb == float("inf"):
+        raise UserError(
+            f"--alpha-steps must be >= 0 and --bound-memory-mb a positive number (got {alpha_steps}, {memory_mb})"
+        )
     threat = make_threat(eps_x, eps_w, weight_ball, weight_mode, eps_b, layers)
     chosen = None
     if steps > 0:
@@ -126,6 +142,12 @@ def certify(
         quantized, grids = quantization_threat(work.model, spec, work.threat)
         quantized.check_resolvable(work.model)
         work = dataclasses.replace(work, threat=quantized)
+    if any(part.strip().lower() == "all" for value in method for part in value.split(",")):
+        supported = supported_methods(work.model, work.x, work.threat)
+        skipped = [m.value for m in methods if m not in supported]
+        methods = [m for m in methods if m in supported]
+        if skipped and lead:
+            console.print(f"methods for this model: {', '.join(m.value for m in methods)} (not {', '.join(skipped)})")
 
     t0 = time.perf_counter()
     with progress_bar("certifying", enabled=lead) as update:
@@ -138,6 +160,8 @@ def certify(
             chosen,
             batch_size,
             progress=lambda label, d, t: update(d, t, label),
+            alpha_steps=alpha_steps,
+            memory_mb=memory_mb,
         )
     elapsed = time.perf_counter() - t0
     if not lead:

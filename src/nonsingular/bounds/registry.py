@@ -1,0 +1,176 @@
+"""The one table of bound rules: op -> Rule object carrying its interval rule and its CROWN backward rule.
+
+An op is a module type (looked up along the class hierarchy; a subclass that overrides `forward` needs its own
+rule), a function (operator.add, torch.cat, F.relu, ...) or a tensor method ("Tensor.view"). Rules live in
+ops_affine.py (weight layers and element-wise affine maps), ops_structure.py (shape ops, sums, concatenation,
+average pooling) and ops_nonlinear.py (ReLU, max-pooling); add a rule next to its kind and `register_rule` it.
+`register_ibp_rule` (the older, IBP-only interface) is kept: such ops get IBP but not CROWN.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import torch.fx as fx
+from torch import Tensor, nn
+
+from .layers import LayerThreat, UnsupportedLayerError
+
+if TYPE_CHECKING:
+    from .engine import Backward
+    from .graph import Node
+
+__all__ = [
+    "IBP_RULES",
+    "RULES",
+    "Box",
+    "Input",
+    "IntervalRule",
+    "Rule",
+    "call",
+    "dot",
+    "find_rule",
+    "register_ibp_rule",
+    "register_rule",
+]
+
+Box = tuple[Tensor, Tensor]
+#: rule(module, lb, ub, layer_threat) -> (lb, ub); layer_threat is None for layers the threat leaves alone.
+IntervalRule = Callable[[nn.Module, Tensor, Tensor, LayerThreat | None], Box]
+
+_WHERE = (
+    "src/nonsingular/bounds/ops_structure.py (shape ops, sums, pooling), ops_affine.py (weight layers) or "
+    "ops_nonlinear.py (activations)"
+)
+
+
+@dataclass(frozen=True)
+class Input:
+    """Placeholder for the i-th tensor input inside a node's args."""
+
+    index: int
+
+
+def dot(a: Tensor, v: Tensor) -> Tensor:
+    """(N, S) sum over one example's entries of a (B, S, *shape) times v (N, *shape), B in {1, N}."""
+    if a.shape[0] == 1:
+        return v.flatten(1) @ a[0].flatten(1).T
+    return (a.flatten(2) @ v.flatten(1).unsqueeze(-1)).squeeze(-1)
+
+
+def call(node: Node, tensors: list[Tensor]) -> Tensor:
+    """Run the node's op on `tensors` in place of its tensor inputs (static arguments as traced)."""
+
+    def sub(v: Any) -> Any:
+        return tensors[v.index] if isinstance(v, Input) else v
+
+    mapper: Any = fx.node.map_aggregate
+    out: Tensor = node.fn(*mapper(node.args, sub), **mapper(node.kwargs, sub))
+    return out
+
+
+class Rule:
+    """How to bound one op. Subclasses override `ibp` and, for CROWN, `backward`.
+
+    Attributes:
+        exact_box: the interval rule maps an exact box to an exact box (element-wise monotone maps, reshapes), so
+            CROWN never needs to tighten the output of such an op when its inputs are exact.
+        needs_bounds: the backward rule relaxes a non-linearity over its input's box (CROWN tightens that box).
+        elementwise: one input, mapped entry by entry (or relabelled): the image of a box is a box.
+    """
+
+    exact_box: bool = False
+    needs_bounds: bool = False
+    elementwise: bool = False
+
+    def ibp(self, node: Node, boxes: list[Box], lt: LayerThreat | None) -> Box:
+        """A box containing every output for inputs in `boxes` (one (lb, ub) per tensor input, each (N, *shape))."""
+        raise NotImplementedError
+
+    def backward(
+        self, node: Node, a: Tensor, boxes: list[Box], lt: LayerThreat | None, ctx: Backward
+    ) -> tuple[list[Tensor | None], Tensor | float]:
+        """Carry a linear lower bound a . out + c back to the inputs.
+
+        Args:
+            a: (B, S, *node.shape) coefficients, B = 1 (shared by every example) or N.
+            boxes: boxes of the node's inputs (N, *input_shape).
+            lt: the threat at this layer (weight layers only).
+            ctx: the backward pass (alpha slopes, the spec row count).
+
+        Returns:
+            One coefficient tensor (B', S, *input_shape) per tensor input (None when the op ignores it) and an
+            offset broadcastable to (N, S), such that a . out >= sum_i a_i . in_i + offset for every output the
+            threat allows given inputs in their boxes.
+        """
+        raise UnsupportedLayerError(
+            f"CROWN has no backward rule for op '{node.name}' ({_kind(node)}); add one to a Rule in {_WHERE}, "
+            f"or use method='ibp'"
+        )
+
+
+class _IntervalOnly(Rule):
+    """A rule registered through `register_ibp_rule`: IBP only."""
+
+    def __init__(self, fn: IntervalRule) -> None:
+        self.fn = fn
+
+    def ibp(self, node: Node, boxes: list[Box], lt: LayerThreat | None) -> Box:
+        module: Any = node.module
+        return self.fn(module, *boxes[0], lt)
+
+
+#: op -> rule: module types, functions and "Tensor.<method>" names.
+RULES: dict[Any, Rule] = {}
+#: Module type -> IBP-only interval rule, registered by `register_ibp_rule` (kept for existing users).
+IBP_RULES: dict[type[nn.Module], IntervalRule] = {}
+
+
+def register_rule(op: Any, rule: Rule) -> None:
+    """Bound `op` (a module type, a function, or "Tensor.<method>") with `rule` in IBP and CROWN."""
+    RULES[op] = rule
+
+
+def register_ibp_rule(layer_type: type[nn.Module], rule: IntervalRule) -> None:
+    """Make IBP bound `layer_type` with `rule(module, lb, ub, layer_threat)` (no CROWN rule: CROWN refuses it)."""
+    IBP_RULES[layer_type] = rule
+
+
+def _kind(node: Node) -> str:
+    return node.kind
+
+
+def _module_rule(module: nn.Module) -> Rule | None:
+    for cls in type(module).__mro__:
+        if cls in IBP_RULES or cls in RULES:
+            if type(module).forward is not getattr(cls, "forward", None):
+                return None
+            return _IntervalOnly(IBP_RULES[cls]) if cls in IBP_RULES else RULES[cls]
+    return None
+
+
+def has_module_rule(module: nn.Module) -> bool:
+    """Whether tracing should keep `module` as one node (it or a base class it does not override has a rule)."""
+    return any(cls in RULES or cls in IBP_RULES for cls in type(module).__mro__[:-1])
+
+
+def find_rule(op: Any, name: str, kind: str) -> Rule:
+    """The rule for `op` (a module instance, a function or "Tensor.<method>").
+
+    Raises:
+        UnsupportedLayerError: no rule; the message names the op and the file to add one to.
+    """
+    rule = _module_rule(op) if isinstance(op, nn.Module) else RULES.get(op)
+    if rule is not None:
+        return rule
+    if isinstance(op, nn.Module):
+        kind = type(op).__name__
+        hint = " (it overrides the forward of a supported base class)" if has_module_rule(op) else ""
+    else:
+        hint = ""
+    raise UnsupportedLayerError(
+        f"no bound rule for op '{name}' ({kind}){hint}; add a Rule for it in {_WHERE} and register it with "
+        f"nonsingular.bounds.register_rule (or an interval-only rule with register_ibp_rule)"
+    )
