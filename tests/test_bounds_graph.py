@@ -15,8 +15,8 @@ from torch import nn
 from bounds_support import margins, tolerance, vertex_logits
 from graph_fuzz_support import run_case
 from nonsingular import ThreatModel
+from nonsingular.architectures import build_model
 from nonsingular.bounds import UnsupportedLayerError, margin_bounds
-from nonsingular.models import build_model
 
 
 @pytest.mark.parametrize("seed", range(6))

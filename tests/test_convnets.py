@@ -12,7 +12,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from nonsingular import PGD, ThreatModel, verify
-from nonsingular import models as models_module
+from nonsingular import architectures as models_module
 from nonsingular.convnets import LeNet, SmallCNN
 from nonsingular.datasets import Dataset
 from nonsingular.perturbation import settle_operator_rounding

@@ -2,10 +2,11 @@
 
 from ._version import __version__
 from .apgd import APGD, AutoEnsemble
+from .architectures import build_model
 from .attacks import FGSM, PGD, Attack, AttackResult, Loss, TorchattacksAdapter
 from .datasets import Dataset, load_data, load_digits
 from .losses import AttackLoss, register_loss
-from .models import MLP, Normalize, build_model
+from .models import MLP, Normalize
 from .perturbation import LayerPath
 from .threat import EpsMode, Scope, ThreatModel, WeightBall
 from .verify import Verification, verify

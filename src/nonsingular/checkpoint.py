@@ -18,9 +18,9 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from ._version import __version__
+from .architectures import build_model
 from .errors import describe
 from .files import atomic_write, check_output_path
-from .models import build_model
 
 __all__ = [
     "Checkpoint",

@@ -1,18 +1,17 @@
-"""Model architectures, described by a JSON-able spec so checkpoints rebuild them without running code.
+"""The input normalisation layer and the paper's MLP.
 
 Inputs are in the data's scale ([0, 1] by default); normalisation is the model's first layer, so every
-epsilon stays in the data's scale.
+epsilon stays in the data's scale. Architectures by name (for checkpoints): `architectures.py`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from typing import Any
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor, nn
 
-__all__ = ["ARCHITECTURES", "MLP", "Normalize", "build_model", "register_architecture"]
+__all__ = ["MLP", "Normalize"]
 
 
 class Normalize(nn.Module):
@@ -68,42 +67,3 @@ class MLP(nn.Sequential):
             n_in = int(width)
         layers.append(nn.Linear(n_in, num_classes))
         super().__init__(*layers)
-
-
-def _convnet(name: str) -> Callable[..., nn.Module]:
-    def build(**kwargs: Any) -> nn.Module:
-        from . import convnets, resnet  # imported on use: both build on Normalize from this module
-
-        return {"cnn": convnets.SmallCNN, "lenet": convnets.LeNet, "resnet": resnet.ResNet}[name](**kwargs)
-
-    return build
-
-
-#: name -> factory(**spec_without_name) -> nn.Module. Extended by `register_architecture`.
-ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {
-    "mlp": MLP,
-    "cnn": _convnet("cnn"),
-    "lenet": _convnet("lenet"),
-    "resnet": _convnet("resnet"),
-}
-
-
-def register_architecture(name: str, factory: Callable[..., nn.Module]) -> None:
-    """Make `build_model({"name": name, ...})` call `factory(**rest)`."""
-    ARCHITECTURES[name] = factory
-
-
-def build_model(spec: dict[str, Any]) -> nn.Module:
-    """Build a model from its spec, e.g. {"name": "mlp", "input_shape": [1, 8, 8], "widths": [256, 256], ...}.
-
-    Raises:
-        ValueError: unknown architecture or arguments it does not take.
-    """
-    spec = dict(spec)
-    name = spec.pop("name", None)
-    if name not in ARCHITECTURES:
-        raise ValueError(f"unknown architecture {name!r}; known: {sorted(ARCHITECTURES)}")
-    try:
-        return ARCHITECTURES[name](**spec)
-    except TypeError as err:
-        raise ValueError(f"architecture {name!r} cannot be built from {spec}: {err}") from None

@@ -12,7 +12,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .engine import Backward, GraphBounds
+from .engine import GraphBounds
+from .registry import Backward
 
 __all__ = ["optimise_margins"]
 

@@ -8,12 +8,12 @@ import torch
 from torch import Tensor, nn
 
 from ..threat import ThreatModel
-from .engine import DEFAULT_MEMORY_MB, graph_margin_bounds
 from .graph import trace
 from .layers import UnsupportedLayerError
+from .margin_driver import graph_margin_bounds
 from .margins import BoundMethod, MarginBounds
 from .norm import norm_margin_bounds
-from .registry import Rule
+from .registry import DEFAULT_MEMORY_MB, Rule
 
 __all__ = ["DEFAULT_ALPHA_STEPS", "margin_bounds", "supported_methods"]
 

@@ -12,8 +12,9 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 from ..threat import ThreatModel
-from .engine import DEFAULT_MEMORY_MB, graph_margin_bounds
+from .margin_driver import graph_margin_bounds
 from .margins import BoundMethod, MarginBounds
+from .registry import DEFAULT_MEMORY_MB
 
 __all__ = ["alpha_crown_margin_bounds", "crown_margin_bounds"]
 

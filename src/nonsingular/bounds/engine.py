@@ -14,51 +14,17 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
-from dataclasses import dataclass, field
-from typing import Any, cast
+from typing import cast
 
 import torch
 from torch import Tensor, nn
 
-from ..threat import ThreatModel
-from .graph import Graph, Node, trace
-from .layers import LayerThreat, UnsupportedLayerError, layer_threats
-from .margins import BoundMethod, MarginBounds, margin_spec
+from .graph import Graph
+from .layers import LayerThreat
 from .ops_affine import elided_margin_lower
-from .registry import Box, Rule, dot
+from .registry import DEFAULT_MEMORY_MB, Backward, Box, Node, Rule, dot
 
-__all__ = ["DEFAULT_MEMORY_MB", "Backward", "GraphBounds", "graph_margin_bounds"]
-
-#: Default budget for the coefficient tensors of one CROWN chunk, in MiB.
-DEFAULT_MEMORY_MB = 256.0
-
-
-@dataclass
-class Backward:
-    """State of one backward pass that rules may read: alpha-CROWN's lower ReLU slopes.
-
-    Attributes:
-        alphas: (scope, ReLU node name) -> (N, S, *shape) lower slopes in [0, 1], created on first use from
-            CROWN's choice when `optimise` is set; empty and unused otherwise. Each backward pass (the final
-            margins, and every chunk of every tightened node) has its own slopes.
-        optimise: whether ReLU rules take their lower slope from `alphas`.
-        memory_mb: budget a rule may spend on an optional tighter term.
-        scope: which backward pass is running (set by GraphBounds).
-    """
-
-    optimise: bool = False
-    alphas: dict[tuple[Any, ...], Tensor] = field(default_factory=dict)
-    memory_mb: float = DEFAULT_MEMORY_MB
-    scope: tuple[Any, ...] = ()
-
-    def alpha(self, name: str, default: Tensor, unstable: Tensor) -> Tensor | None:
-        """The optimised lower slopes of ReLU `name` (default (N, 1, *shape) is CROWN's), or None for CROWN's."""
-        if not self.optimise:
-            return None
-        key = (*self.scope, name)
-        if key not in self.alphas:
-            self.alphas[key] = default.detach().clone().requires_grad_(True)
-        return self.alphas[key]
+__all__ = ["GraphBounds"]
 
 
 class GraphBounds:
@@ -188,64 +154,3 @@ def _frontier(graph: Graph) -> str:
             break
         name = user.name
     return name
-
-
-def _check_logits(graph: Graph) -> None:
-    out = graph.by_name[graph.output]
-    if len(out.shape) != 1:
-        raise UnsupportedLayerError(
-            f"bounds need (N, classes) logits; the model's output '{out.name}' has shape (N, *{out.shape})"
-        )
-
-
-def _example_chunks(graph: Graph, n: int, itemsize: int, memory_mb: float) -> int:
-    """Examples per chunk: a whole tightening pass ((2 x node size) rows) within the budget when possible."""
-    widest = max(math.prod(node.shape) for node in graph.nodes)
-    per_example = 3 * 2 * widest * widest * itemsize
-    return max(1, min(n, int(memory_mb * 2**20) // per_example))
-
-
-def graph_margin_bounds(
-    model: nn.Module,
-    x: Tensor,
-    y: Tensor,
-    threat: ThreatModel,
-    method: BoundMethod,
-    memory_mb: float = DEFAULT_MEMORY_MB,
-    alpha_steps: int = 20,
-) -> MarginBounds:
-    """Margin lower bounds by IBP, CROWN or alpha-CROWN over the traced model (see the module docstring).
-
-    Args:
-        model: any model torch.fx can trace whose ops have rules (registry.py).
-        x: (N, *input_shape) in threat.domain; bounds are computed in x's dtype.
-        y: (N,) labels.
-        threat: per-example joint threat.
-        method: BoundMethod.IBP, CROWN or ALPHA_CROWN.
-        memory_mb: CROWN's budget for one chunk's coefficient tensors, MiB.
-        alpha_steps: alpha-CROWN's projected gradient steps per chunk.
-    """
-    if memory_mb <= 0 or not math.isfinite(memory_mb):
-        raise ValueError(f"memory_mb must be a positive number of MiB, got {memory_mb}")
-    graph, logits = trace(model, x)
-    _check_logits(graph)
-    threats = layer_threats(model, threat, x.dtype)
-    lb, ub = threat.input_bounds(x)
-    if method is BoundMethod.IBP:
-        lower = GraphBounds(graph, threats, lb, ub).ibp_margins(y)
-    else:
-        from .alpha import optimise_margins
-
-        step = _example_chunks(graph, len(y), x.element_size(), memory_mb)
-        parts = []
-        for s in range(0, len(y), step):
-            bounds = GraphBounds(graph, threats, lb[s : s + step], ub[s : s + step], crown=True, memory_mb=memory_mb)
-            ys = y[s : s + step]
-            spec = margin_spec(ys, logits.shape[1], x.dtype)
-            lower = torch.maximum(bounds.backward(graph.output, spec), bounds.ibp_margins(ys))
-            if method is BoundMethod.ALPHA_CROWN:
-                lower = torch.maximum(lower, optimise_margins(bounds, spec, alpha_steps))
-            parts.append(lower)
-        lower = torch.cat(parts)
-    lower = lower.masked_fill(torch.nn.functional.one_hot(y, lower.shape[1]).bool(), 0.0)
-    return MarginBounds(lower=lower, y=y, clean_logits=logits, method=method)

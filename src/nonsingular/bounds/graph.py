@@ -22,35 +22,9 @@ from torch import Tensor, nn
 
 from . import ops_affine, ops_nonlinear, ops_structure  # noqa: F401  (they fill the registry)
 from .layers import UnsupportedLayerError, sequential_layers
-from .registry import Input, Rule, find_rule, has_module_rule
+from .registry import Input, Node, find_rule, has_module_rule
 
-__all__ = ["Graph", "Node", "trace"]
-
-
-@dataclass(frozen=True)
-class Node:
-    """One op of the traced model.
-
-    Attributes:
-        name: fx node name (for call_module nodes: the module's qualified name, as in `named_modules()`).
-        kind: what the op is, for messages (module class name, function name or "Tensor.<method>").
-        rule: the op's bound rule; None for the input placeholder.
-        inputs: names of the nodes whose tensors this op reads, in argument order.
-        module: the module for call_module nodes, else None.
-        args, kwargs: the call's arguments with tensor inputs replaced by `Input(i)` and static values resolved.
-        shape: output shape without the batch dimension.
-        fn: what computes the op: the module, the function, or the unbound Tensor method.
-    """
-
-    name: str
-    kind: str
-    rule: Rule | None
-    inputs: tuple[str, ...]
-    module: nn.Module | None
-    args: tuple[Any, ...]
-    kwargs: dict[str, Any]
-    shape: tuple[int, ...]
-    fn: Any = None
+__all__ = ["Graph", "trace"]
 
 
 @dataclass

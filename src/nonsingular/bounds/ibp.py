@@ -14,8 +14,8 @@ from torch import Tensor, nn
 
 from ..models import Normalize
 from ..threat import ThreatModel
-from .engine import graph_margin_bounds
 from .layers import LayerThreat, UnsupportedLayerError
+from .margin_driver import graph_margin_bounds
 from .margins import BoundMethod, MarginBounds
 from .registry import IBP_RULES, Box, IntervalRule, register_ibp_rule
 

@@ -17,7 +17,7 @@ threat never perturbs their parameters (only Linear/Conv weights are in ThreatMo
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -25,11 +25,7 @@ from torch import Tensor, nn
 
 from ..models import Normalize
 from .layers import LayerThreat, UnsupportedLayerError, apply_weight, receptive_max
-from .registry import Box, Rule, register_rule
-
-if TYPE_CHECKING:
-    from .engine import Backward
-    from .graph import Node
+from .registry import Backward, Box, Node, Rule, register_rule
 
 __all__ = ["affine_box", "elided_margin_lower"]
 

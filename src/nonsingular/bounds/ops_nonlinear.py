@@ -5,18 +5,14 @@ window's largest upper bound is an upper bound unless one input provably dominat
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .layers import LayerThreat, UnsupportedLayerError
-from .registry import Box, Rule, call, dot, register_rule
-
-if TYPE_CHECKING:
-    from .engine import Backward
-    from .graph import Node
+from .registry import Backward, Box, Node, Rule, call, dot, register_rule
 
 __all__ = ["relu_relaxation"]
 

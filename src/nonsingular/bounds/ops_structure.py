@@ -6,18 +6,14 @@ CROWN carries coefficients back through its adjoint).
 from __future__ import annotations
 
 import operator
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .layers import LayerThreat, UnsupportedLayerError
-from .registry import Box, Input, Rule, call, register_rule
-
-if TYPE_CHECKING:
-    from .engine import Backward
-    from .graph import Node
+from .registry import Backward, Box, Input, Node, Rule, call, register_rule
 
 __all__: list[str] = []
 

@@ -10,24 +10,23 @@ average pooling) and ops_nonlinear.py (ReLU, max-pooling); add a rule next to it
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch.fx as fx
 from torch import Tensor, nn
 
 from .layers import LayerThreat, UnsupportedLayerError
 
-if TYPE_CHECKING:
-    from .engine import Backward
-    from .graph import Node
-
 __all__ = [
+    "DEFAULT_MEMORY_MB",
     "IBP_RULES",
     "RULES",
+    "Backward",
     "Box",
     "Input",
     "IntervalRule",
+    "Node",
     "Rule",
     "call",
     "dot",
@@ -51,6 +50,64 @@ class Input:
     """Placeholder for the i-th tensor input inside a node's args."""
 
     index: int
+
+
+#: Default budget for the coefficient tensors of one CROWN chunk, in MiB.
+DEFAULT_MEMORY_MB = 256.0
+
+
+@dataclass
+class Backward:
+    """State of one backward pass that rules may read: alpha-CROWN's lower ReLU slopes.
+
+    Attributes:
+        alphas: (scope, ReLU node name) -> (N, S, *shape) lower slopes in [0, 1], created on first use from
+            CROWN's choice when `optimise` is set; empty and unused otherwise. Each backward pass (the final
+            margins, and every chunk of every tightened node) has its own slopes.
+        optimise: whether ReLU rules take their lower slope from `alphas`.
+        memory_mb: budget a rule may spend on an optional tighter term.
+        scope: which backward pass is running (set by GraphBounds).
+    """
+
+    optimise: bool = False
+    alphas: dict[tuple[Any, ...], Tensor] = field(default_factory=dict)
+    memory_mb: float = DEFAULT_MEMORY_MB
+    scope: tuple[Any, ...] = ()
+
+    def alpha(self, name: str, default: Tensor, unstable: Tensor) -> Tensor | None:
+        """The optimised lower slopes of ReLU `name` (default (N, 1, *shape) is CROWN's), or None for CROWN's."""
+        if not self.optimise:
+            return None
+        key = (*self.scope, name)
+        if key not in self.alphas:
+            self.alphas[key] = default.detach().clone().requires_grad_(True)
+        return self.alphas[key]
+
+
+@dataclass(frozen=True)
+class Node:
+    """One op of the traced model.
+
+    Attributes:
+        name: fx node name (for call_module nodes: the module's qualified name, as in `named_modules()`).
+        kind: what the op is, for messages (module class name, function name or "Tensor.<method>").
+        rule: the op's bound rule; None for the input placeholder.
+        inputs: names of the nodes whose tensors this op reads, in argument order.
+        module: the module for call_module nodes, else None.
+        args, kwargs: the call's arguments with tensor inputs replaced by `Input(i)` and static values resolved.
+        shape: output shape without the batch dimension.
+        fn: what computes the op: the module, the function, or the unbound Tensor method.
+    """
+
+    name: str
+    kind: str
+    rule: Rule | None
+    inputs: tuple[str, ...]
+    module: nn.Module | None
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any]
+    shape: tuple[int, ...]
+    fn: Any = None
 
 
 def dot(a: Tensor, v: Tensor) -> Tensor:

@@ -20,13 +20,13 @@ from torch import Tensor, nn
 
 from .. import distributed as dist
 from .._version import __version__
+from ..architectures import build_model
 from ..attacks import Attack
 from ..certify import certified_mask
 from ..checkpoint import atomic_write, check_output_path, load_checkpoint, save_checkpoint
 from ..datasets import Dataset, load_data
 from ..errors import InputError, describe
 from ..evaluate import attack_and_verify, attack_cell
-from ..models import build_model
 from ..radius import Ray, attacked_radius, certified_radius
 from ..sanity import RandomNoise, gradient_flag, nested_flag, noise_flag, train_eval_flag
 from ..threat import Scope, ThreatModel
