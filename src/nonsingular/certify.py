@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 import torch
@@ -30,7 +30,15 @@ from .errors import NonFiniteError
 from .evaluate import attack_and_verify
 from .threat import ThreatModel
 
-__all__ = ["CertifyReport", "MethodResult", "Tightness", "certified_mask", "certify", "example_bounds"]
+__all__ = [
+    "Certificate",
+    "CertifyReport",
+    "MethodResult",
+    "Tightness",
+    "certified_mask",
+    "certify",
+    "example_bounds",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -84,6 +92,57 @@ class MethodResult:
 
 
 @dataclass
+class Certificate:
+    """Certified accuracy of one bound method at one threat: the summary of a MethodResult that studies keep.
+
+    Attributes:
+        threat: the threat (ThreatModel.describe()).
+        method: "norm", "ibp" or "crown".
+        certified_accuracy: certified examples / n_examples, in [0, 1].
+        n_certified: examples whose every margin lower bound is > 0.
+        n_examples: examples the accuracy is a fraction of.
+        bounded_examples: examples actually bounded (the others, which a verified attack broke, count as
+            uncertified: a sound bound cannot certify them).
+        seconds: time the bound took.
+    """
+
+    threat: dict[str, Any]
+    method: str
+    certified_accuracy: float
+    n_certified: int
+    n_examples: int
+    bounded_examples: int
+    seconds: float
+
+    @classmethod
+    def of(cls, result: MethodResult, threat: ThreatModel, n_examples: int) -> Certificate:
+        """The certificate of `result`, computed on a subset of `n_examples` examples (all of them if equal)."""
+        return cls(
+            threat=threat.describe(),
+            method=result.method,
+            certified_accuracy=result.n_certified / n_examples,
+            n_certified=result.n_certified,
+            n_examples=n_examples,
+            bounded_examples=len(result.worst_margin),
+            seconds=result.seconds,
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        return {**asdict(self), "threat": dict(self.threat)}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Certificate:
+        """The certificate `to_json` wrote.
+
+        Raises:
+            ValueError: a key is missing or unknown.
+        """
+        if set(data) != {f.name for f in fields(cls)}:
+            raise ValueError(f"not a certificate: keys {sorted(data)}")
+        return cls(**data)
+
+
+@dataclass
 class CertifyReport:
     """Certificates of one model under one threat, with the attack they are measured against.
 
@@ -117,6 +176,9 @@ class CertifyReport:
             "attacked_accuracy": self.attacked_accuracy,
             "attack_loss_increase": self.attack_loss_increase,
             "methods": {name: asdict(result) for name, result in self.methods.items()},
+            "certificates": [
+                Certificate.of(result, self.threat, self.n_examples).to_json() for result in self.methods.values()
+            ],
             "problems": list(self.problems),
             "bound_dtype": "float64",
             "versions": {"nonsingular": __version__, "torch": torch.__version__},

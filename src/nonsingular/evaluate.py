@@ -10,7 +10,7 @@ from __future__ import annotations
 import platform
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
 import torch
@@ -31,6 +31,7 @@ __all__ = [
     "RobustnessReport",
     "VerifiedAttack",
     "attack_and_verify",
+    "evaluate_cell",
     "evaluate_robustness",
     "sanity_flags",
 ]
@@ -56,6 +57,7 @@ class Cell:
         threat: the full threat of this cell.
         paths: layer -> path ("lemma1", "explicit", "shared").
         same_as: set when the cell is identical by definition to another (input-only in shared scope).
+        robust: (N,) bool, the examples correct clean and after the verified attack (None when not kept).
     """
 
     accuracy: float | None
@@ -67,6 +69,33 @@ class Cell:
     paths: dict[str, str]
     problems: list[str] = field(default_factory=list)
     same_as: str | None = None
+    robust: Tensor | None = field(default=None, repr=False, compare=False)
+
+    def to_json(self, examples: bool = True) -> dict[str, Any]:
+        """Plain JSON; with `examples` the robust examples as {"n": N, "indices": [...]} (when known)."""
+        data = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "robust"}
+        data["threat"], data["paths"], data["problems"] = dict(self.threat), dict(self.paths), list(self.problems)
+        if examples and self.robust is not None:
+            data["robust_examples"] = {"n": len(self.robust), "indices": self.robust.nonzero().flatten().tolist()}
+        return data
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Cell:
+        """The cell `to_json` wrote (robust examples restored as a CPU bool mask when present).
+
+        Raises:
+            ValueError: a key is missing or unknown.
+        """
+        data = dict(data)
+        examples = data.pop("robust_examples", None)
+        names = {f.name for f in fields(cls)} - {"robust"}
+        if set(data) - names or {"accuracy", "verified", "threat"} - set(data):
+            raise ValueError(f"not an evaluated cell: keys {sorted(data)}")
+        robust = None
+        if examples is not None:
+            robust = torch.zeros(int(examples["n"]), dtype=torch.bool)
+            robust[torch.tensor(examples["indices"], dtype=torch.long)] = True
+        return cls(**data, robust=robust)
 
 
 @dataclass
@@ -97,7 +126,11 @@ class RobustnessReport:
         return None if cell is None else cell.accuracy
 
     def to_json(self) -> dict[str, Any]:
-        data = asdict(self)
+        data = asdict(replace(self, cells={}))
+        data["cells"] = {
+            kind: {scope: None if cell is None else cell.to_json(examples=False) for scope, cell in row.items()}
+            for kind, row in self.cells.items()
+        }
         data["schema"] = "nonsingular.evaluation/1"
         return data
 
@@ -241,6 +274,41 @@ def attack_cell(model, x, y, threat, attack, clean_correct, tick) -> tuple[Cell,
     return cell, robust
 
 
+def evaluate_cell(
+    model: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    threat: ThreatModel,
+    attack: Attack,
+    clean_correct: Tensor,
+    tick: Callable[[int, int], None] | None = None,
+    per_example: Cell | None = None,
+) -> Cell:
+    """Attack, verify and score one cell of `threat` (its scope included); the one way every caller (evaluate,
+    the study) evaluates a cell.
+
+    Args:
+        model: classifier in eval mode.
+        x: (N, *input_shape) clean inputs in threat.domain.
+        y: (N,) labels.
+        threat: the cell's threat, scope included.
+        attack: the attack.
+        clean_correct: (N,) bool, the model is right on the clean input.
+        tick: tick(done, total) during the attack.
+        per_example: the same threat's per-example cell. A shared-scope threat that moves no weight is the same
+            set as the per-example one, so that cell is returned (marked same_as="per-example") unattacked.
+
+    Returns:
+        The cell, with `robust` (N,) set and `seconds` the attack's wall time.
+    """
+    if threat.scope is Scope.SHARED and not threat.perturbs_weights and per_example is not None:
+        return replace(per_example, same_as=Scope.PER_EXAMPLE.value)
+    t0 = time.perf_counter()
+    cell, robust = attack_cell(model, x, y, threat, attack, clean_correct, tick)
+    cell.seconds, cell.robust = time.perf_counter() - t0, robust
+    return cell
+
+
 def evaluate_robustness(
     model: nn.Module,
     x: Tensor,
@@ -281,10 +349,6 @@ def evaluate_robustness(
             if base is None:
                 cells[kind][scope] = None
                 continue
-            if kind == "input" and scope == Scope.SHARED.value:
-                # No weights move, so the scope changes nothing: the same attack, reported once.
-                cells[kind][scope] = Cell(**{**asdict(cells[kind][Scope.PER_EXAMPLE.value]), "same_as": "per-example"})
-                continue
             cell_threat = base.with_scope(scope)
             label = f"{kind}-only {scope}" if kind != "joint" else f"joint {scope}"
 
@@ -292,11 +356,11 @@ def evaluate_robustness(
                 if progress is not None:
                     progress(label, done, total)
 
-            t0 = time.perf_counter()
-            cells[kind][scope], mask = attack_cell(model, x, y, cell_threat, attack, clean_correct, tick)
-            cells[kind][scope].seconds = time.perf_counter() - t0
-            if scope == Scope.PER_EXAMPLE.value and cells[kind][scope].verified:
-                robust[f"{kind} {scope}"], cell_threats[f"{kind} {scope}"] = mask, cell_threat
+            per_example = cells[kind].get(Scope.PER_EXAMPLE.value)
+            cell = evaluate_cell(model, x, y, cell_threat, attack, clean_correct, tick, per_example)
+            cells[kind][scope] = cell
+            if scope == Scope.PER_EXAMPLE.value and cell.verified and cell.robust is not None:
+                robust[f"{kind} {scope}"], cell_threats[f"{kind} {scope}"] = cell.robust, cell_threat
     flags = sanity_flags(model, x, y, cells, robust, cell_threats, attack, noise_samples)
     return RobustnessReport(
         clean_accuracy=float(clean_correct.float().mean()),

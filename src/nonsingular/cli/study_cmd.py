@@ -10,7 +10,7 @@ import typer
 from rich.table import Table
 
 from .. import distributed as dist
-from ..study.config import default_config_path, load_study_config
+from ..study.config import default_config_path, load_study_config, shipped_studies
 from ..study.report import HEADLINE_COLUMNS, headline_rows, summarise
 from ..study.runner import run_study
 from .common import DeviceOpt, UserError, console, progress_bar, resolve_device

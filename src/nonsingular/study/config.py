@@ -20,7 +20,7 @@ from ..errors import InputError, describe
 from ..radius import RadiusSettings
 from ..threat import EpsMode, Scope, WeightBall
 
-__all__ = ["StudyConfig", "default_config_path", "load_study_config"]
+__all__ = ["StudyConfig", "default_config_path", "load_study_config", "resolve_study", "shipped_studies"]
 
 
 class _Strict(BaseModel):
@@ -105,6 +105,7 @@ class StudyConfig(_Strict):
     name: str = "study"
     data: str = "digits"
     seed: int = Field(0, ge=0, lt=2**32)
+    seeds: list[int] | None = Field(None, min_length=1)
     n_examples: int | None = Field(None, ge=1)
     architecture: dict[str, Any] = Field(default_factory=lambda: {"name": "mlp", "widths": [256, 256]})
     training: dict[str, Any] = Field(default_factory=dict)
@@ -117,6 +118,8 @@ class StudyConfig(_Strict):
 
     @model_validator(mode="after")
     def _consistent(self) -> StudyConfig:
+        if self.seeds is not None and len(set(self.seeds)) != len(self.seeds):
+            raise ValueError(f"seeds: must be unique, got {self.seeds}")
         names = [m.name for m in self.models]
         if len(set(names)) != len(names):
             raise ValueError(f"models: names must be unique, got {names}")
@@ -127,12 +130,18 @@ class StudyConfig(_Strict):
             )
         return self
 
-    def model_key(self, entry: ModelEntry, data_fingerprint: str) -> str:
-        """Content hash of everything that determines a trained model (the training cache key): its settings and
-        the data itself (`Dataset.fingerprint`), so replacing a data file's contents retrains."""
+    @property
+    def run_seeds(self) -> list[int]:
+        """The seeds every model is trained and evaluated with: `seeds`, or [seed] when it is not given."""
+        return list(self.seeds) if self.seeds is not None else [self.seed]
+
+    def model_key(self, entry: ModelEntry, data_fingerprint: str, seed: int | None = None) -> str:
+        """Content hash of everything that determines a trained model (the training cache key): its settings,
+        the training seed (default `seed`) and the data itself (`Dataset.fingerprint`), so replacing a data
+        file's contents retrains."""
         from .._version import __version__
 
-        payload = {
+        payload: dict[str, Any] = {
             "entry": entry.model_dump(mode="json"),
             "architecture": self.architecture,
             "training": self.training,
@@ -141,6 +150,8 @@ class StudyConfig(_Strict):
             "seed": self.seed,
             "version": __version__,
         }
+        if seed is not None and seed != self.seed:  # the split seed stays `seed`; keys of seed-only studies hold
+            payload["train_seed"] = seed
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -148,13 +159,37 @@ def default_config_path() -> Path:
     return Path(str(resources.files("nonsingular") / "configs" / "study.toml"))
 
 
-def load_study_config(path: Path | None) -> StudyConfig:
-    """Read and validate a study file (.toml, .yaml/.yml); None gives the shipped default study.
+def shipped_studies() -> dict[str, Path]:
+    """The studies shipped with the package by name (the file name without .toml): study, mnist-mlp, ..."""
+    folder = default_config_path().parent
+    return {p.stem: p for p in sorted(folder.glob("*.toml"))}
+
+
+def resolve_study(name_or_path: Path | str | None) -> Path:
+    """A study file: a path that exists, else a shipped study's name (`mnist-mlp`), else None -> the default.
+
+    Raises:
+        InputError: neither an existing file nor a shipped name (the message lists the names).
+    """
+    if name_or_path is None:
+        return default_config_path()
+    path = Path(name_or_path)
+    if path.exists() or path.suffix in (".toml", ".yaml", ".yml"):
+        return path
+    shipped = shipped_studies()
+    if str(name_or_path) in shipped:
+        return shipped[str(name_or_path)]
+    raise InputError(f"--config {name_or_path}: no such file and no shipped study of that name ({', '.join(shipped)})")
+
+
+def load_study_config(path: Path | str | None) -> StudyConfig:
+    """Read and validate a study file (.toml, .yaml/.yml) or a shipped study by name; None gives the shipped
+    default study.
 
     Raises:
         ValueError: unreadable file, unknown key, or invalid value (the message names it).
     """
-    path = default_config_path() if path is None else path
+    path = resolve_study(path)
     try:
         text = path.read_text()
     except OSError as err:

@@ -1,4 +1,9 @@
-"""Figures of a study, from its results dict alone (matplotlib, Agg backend, PNG)."""
+"""Figures of a study, from its results dict alone (matplotlib, Agg backend, PNG).
+
+Every value is the mean over the study's seeds; error bars are one standard deviation (none with one seed).
+Radii axes are categorical (one tick per grid value), so small radii, where the claims are decided, are as
+readable as large ones.
+"""
 
 from __future__ import annotations
 
@@ -11,16 +16,15 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 
+from .report import Stat, cell_stat, certified_stat, runs
+
 __all__ = ["write_figures"]
 
 
-def _accuracy_grid(model: dict[str, Any], grid: dict[str, Any], scope: str) -> np.ndarray:
-    acc = np.full((len(grid["eps_x"]), len(grid["eps_w"])), np.nan)
-    acc[grid["eps_x"].index(0.0), grid["eps_w"].index(0.0)] = model["clean_accuracy"]  # no perturbation: clean
-    for cell in model["cells"]:
-        if cell["scope"] == scope and cell["accuracy"] is not None:
-            acc[grid["eps_x"].index(cell["eps_x"]), grid["eps_w"].index(cell["eps_w"])] = cell["accuracy"]
-    return acc
+def _stat(model: dict[str, Any], ex: float, ew: float, scope: str) -> Stat:
+    if ex == 0 and ew == 0:  # no perturbation: the clean accuracy
+        return Stat.of([r["clean_accuracy"] for r in runs(model)])
+    return cell_stat(model, ex, ew, scope)
 
 
 def heatmaps(results: dict[str, Any], path: Path) -> None:
@@ -32,13 +36,15 @@ def heatmaps(results: dict[str, Any], path: Path) -> None:
     for col, (name, model) in enumerate(models.items()):
         for row, scope in enumerate(scopes):
             ax = axes[row][col]
-            acc = _accuracy_grid(model, grid, scope)
+            stats = [[_stat(model, ex, ew, scope) for ew in grid["eps_w"]] for ex in grid["eps_x"]]
+            acc = np.array([[np.nan if s.mean is None else s.mean for s in line] for line in stats])
             im = ax.imshow(100 * acc, vmin=0, vmax=100, cmap="viridis", origin="lower", aspect="auto")
-            for i in range(acc.shape[0]):
-                for j in range(acc.shape[1]):
-                    if not np.isnan(acc[i, j]):
-                        shade = "white" if acc[i, j] < 0.55 else "black"
-                        ax.text(j, i, f"{100 * acc[i, j]:.0f}", ha="center", va="center", color=shade, fontsize=8)
+            for i, line in enumerate(stats):
+                for j, st in enumerate(line):
+                    if st.mean is not None:
+                        shade = "white" if st.mean < 0.55 else "black"
+                        text = f"{100 * st.mean:.0f}" + ("" if st.sd is None else f"\n±{100 * st.sd:.0f}")
+                        ax.text(j, i, text, ha="center", va="center", color=shade, fontsize=7)
             ax.set_xticks(range(len(grid["eps_w"])), [f"{v:g}" for v in grid["eps_w"]], fontsize=7, rotation=45)
             ax.set_yticks(range(len(grid["eps_x"])), [f"{v:g}" for v in grid["eps_x"]], fontsize=7)
             ax.set_title(f"{name}\n{scope}", fontsize=9)
@@ -46,87 +52,85 @@ def heatmaps(results: dict[str, Any], path: Path) -> None:
                 ax.set_ylabel("eps_x")
             if row == len(scopes) - 1:
                 ax.set_xlabel("eps_w")
-    fig.colorbar(im, ax=axes, shrink=0.8, label="robust accuracy (%)")
+    fig.colorbar(im, ax=axes, shrink=0.8, label="robust accuracy (%, mean over seeds)")
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
 
 def curves(results: dict[str, Any], path: Path, axis: str) -> None:
-    """Accuracy vs eps_w at eps_x = 0 (axis='eps_w') or vs eps_x at eps_w = 0 (axis='eps_x'), per-example scope."""
+    """Accuracy vs eps_w at eps_x = 0 (axis='eps_w') or vs eps_x at eps_w = 0 (axis='eps_x'), one panel per
+    scope, categorical radius axis, mean ± sd over seeds."""
     grid, models = results["grid"], results["models"]
-    other = "eps_x" if axis == "eps_w" else "eps_w"
-    fig, ax = plt.subplots(figsize=(5.5, 3.8), constrained_layout=True)
-    for name, model in models.items():
-        points = sorted(
-            [(0.0, model["clean_accuracy"])]
-            + [
-                (c[axis], c["accuracy"])
-                for c in model["cells"]
-                if c["scope"] == "per-example" and c[other] == 0 and c[axis] > 0 and c["accuracy"] is not None
-            ]
+    values = grid[axis]
+    scopes = grid["scopes"] if axis == "eps_w" else grid["scopes"][:1]  # input-only: the scope changes nothing
+    fig, axes = plt.subplots(1, len(scopes), figsize=(5.5 * len(scopes), 3.8), squeeze=False, constrained_layout=True)
+    width = 0.35 / max(1, len(models))
+    for ax, scope in zip(axes[0], scopes, strict=True):
+        for k, (name, model) in enumerate(models.items()):
+            stats = [_stat(model, *((0.0, v) if axis == "eps_w" else (v, 0.0)), scope) for v in values]
+            xs = [i + (k - (len(models) - 1) / 2) * width for i, st in enumerate(stats) if st.mean is not None]
+            ys = [100 * st.mean for st in stats if st.mean is not None]
+            err = [100 * (st.sd or 0.0) for st in stats if st.mean is not None]
+            ax.errorbar(xs, ys, yerr=err, marker="o", capsize=3, label=name)
+        ax.set_xticks(range(len(values)), [f"{v:g}" for v in values], fontsize=8)
+        kind = "weight-only" if axis == "eps_w" else "input-only"
+        ax.set_xlabel(
+            f"{axis} ({grid['weight_mode']} {grid['weight_ball']}; categorical)" if axis == "eps_w" else "eps_x (l_inf)"
         )
-        if points:
-            xs, ys = zip(*points, strict=True)
-            ax.plot(xs, [100 * v for v in ys], marker="o", label=name)
-    kind = "weight-only" if axis == "eps_w" else "input-only"
-    ax.set_xlabel(f"{axis} ({grid['weight_mode']} {grid['weight_ball']})" if axis == "eps_w" else "eps_x (l_inf)")
-    ax.set_ylabel("robust accuracy (%)")
-    ax.set_title(f"{kind} attack, per-example scope")
-    ax.set_ylim(0, 100)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+        ax.set_ylabel("robust accuracy (%)")
+        ax.set_title(f"{kind} attack, {scope} scope" if axis == "eps_w" else f"{kind} attack", fontsize=10)
+        ax.set_ylim(0, 100)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
 
 def certified_vs_attacked(results: dict[str, Any], path: Path) -> None:
+    """Per model: attacked (solid, upper bound) and certified (dashed, lower bound) accuracy vs eps_w, one line
+    per eps_x, per-example scope."""
     grid, models = results["grid"], results["models"]
-    fig, axes = plt.subplots(1, len(models), figsize=(3.4 * len(models), 3.4), squeeze=False, constrained_layout=True)
+    fig, axes = plt.subplots(1, len(models), figsize=(3.6 * len(models), 3.6), squeeze=False, constrained_layout=True)
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    idx = np.arange(len(grid["eps_w"]))
     for ax, (name, model) in zip(axes[0], models.items(), strict=True):
-        labels, attacked, certified = [], [], []
-        for ex in grid["eps_x"]:
-            for ew in grid["eps_w"]:
-                if ex == 0 and ew == 0:
-                    continue
-                cell = next(
-                    (
-                        c
-                        for c in model["cells"]
-                        if c["eps_x"] == ex and c["eps_w"] == ew and c["scope"] == "per-example"
-                    ),
-                    None,
-                )
-                certs = [c["certified_accuracy"] for c in model["certified"] if c["eps_x"] == ex and c["eps_w"] == ew]
-                if cell is None or cell["accuracy"] is None:
-                    continue
-                labels.append(f"{ex:g}/{ew:g}")
-                attacked.append(100 * cell["accuracy"])
-                certified.append(100 * max(certs) if certs else np.nan)
-        idx = np.arange(len(labels))
-        ax.fill_between(idx, certified, attacked, color="tab:orange", alpha=0.25, label="unknown")
-        ax.plot(idx, attacked, marker="o", label="attacked (upper bound)")
-        ax.plot(idx, certified, marker="s", label="certified (lower bound)")
-        ax.set_xticks(idx, labels, rotation=90, fontsize=6)
+        for k, ex in enumerate(grid["eps_x"]):
+            attacked = [_stat(model, ex, ew, "per-example").mean for ew in grid["eps_w"]]
+            certified = [certified_stat(model, ex, ew)[0].mean if ex > 0 or ew > 0 else None for ew in grid["eps_w"]]
+            colour = colours[k % len(colours)]
+            ax.plot(
+                idx,
+                [np.nan if v is None else 100 * v for v in attacked],
+                marker="o",
+                color=colour,
+                label=f"eps_x={ex:g}",
+            )
+            ax.plot(idx, [np.nan if v is None else 100 * v for v in certified], marker="s", ls="--", color=colour)
+        ax.set_xticks(idx, [f"{v:g}" for v in grid["eps_w"]], rotation=45, fontsize=7)
         ax.set_ylim(0, 100)
         ax.set_title(name, fontsize=9)
-        ax.set_xlabel("eps_x / eps_w", fontsize=8)
+        ax.set_xlabel("eps_w (categorical)", fontsize=8)
         ax.grid(alpha=0.3)
-    axes[0][0].set_ylabel("accuracy (%)")
+    axes[0][0].set_ylabel("accuracy (%): attacked solid, certified dashed")
     axes[0][0].legend(fontsize=7)
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
 
 def radius_distributions(results: dict[str, Any], path: Path) -> bool:
-    models = {n: m for n, m in results["models"].items() if m.get("radius")}
+    """Empirical distributions of the attacked and certified radii (all seeds pooled); False when none."""
+    models = {n: m for n, m in results["models"].items() if any(r.get("radius") for r in runs(m))}
     if not models:
         return False
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), constrained_layout=True)
+    some = None
     for name, model in models.items():
         for ax, key in zip(axes, ("attack", "certified"), strict=True):
-            values = np.sort(np.asarray(model["radius"][key], dtype=float))
+            pooled = [v for r in runs(model) if r.get("radius") for v in r["radius"][key]]
+            values = np.sort(np.asarray(pooled, dtype=float))
             ax.step(values, np.arange(1, len(values) + 1) / len(values), where="post", label=name)
-    some = next(iter(models.values()))["radius"]
+        some = next(r["radius"] for r in runs(model) if r.get("radius"))
+    assert some is not None
     ray = f"(eps_x, eps_w) = s ({some['k_x']:g}, {some['k_w']:g})"
     axes[0].set_title(f"attacked radius (upper bound) along {ray}", fontsize=9)
     axes[1].set_title(f"certified radius (lower bound) along {ray}", fontsize=9)

@@ -14,46 +14,83 @@ from pathlib import Path
 from typing import Any
 
 from ..checkpoint import atomic_write
+from .verdicts import FLOOR, Z, claim_comparisons, mean_sd, seed_values
 
-__all__ = ["headline_rows", "summarise", "write_report"]
+__all__ = ["HEADLINE_COLUMNS", "Stat", "headline_rows", "headline_stats", "summarise", "verdict_rows", "write_report"]
 
 HEADLINE_COLUMNS = ("clean", "input-only", "weight-only", "joint per-example", "joint shared", "certified")
 
 
-def _cell(model: dict[str, Any], eps_x: float, eps_w: float, scope: str = "per-example") -> float | None:
-    for c in model["cells"]:
-        if c["eps_x"] == eps_x and c["eps_w"] == eps_w and c["scope"] == scope:
-            return c["accuracy"]
-    return None
+def runs(model: dict[str, Any]) -> list[dict[str, Any]]:
+    """The model's per-seed runs (results of schema 1 had one run, its fields on the model itself)."""
+    return model.get("runs") or [{"seed": None, **model}]
 
 
-def _certified(model: dict[str, Any], eps_x: float, eps_w: float) -> tuple[float | None, str | None]:
-    best: tuple[float | None, str | None] = (None, None)
+def cell_stat(model: dict[str, Any], eps_x: float, eps_w: float, scope: str = "per-example") -> Stat:
+    """Mean and spread over seeds of the verified accuracy at one cell (None where a seed failed verification)."""
+    values = list(seed_values(model, eps_x, eps_w, scope).values())
+    return Stat.of(values)
+
+
+def certified_stat(model: dict[str, Any], eps_x: float, eps_w: float) -> tuple[Stat, str | None]:
+    """The best method's certified accuracy at (eps_x, eps_w), mean over seeds."""
+    by_method: dict[str, list[float]] = {}
     for c in model.get("certified", []):
-        if c["eps_x"] == eps_x and c["eps_w"] == eps_w and (best[0] is None or c["certified_accuracy"] > best[0]):
-            best = (c["certified_accuracy"], c["method"])
-    return best
+        if c["eps_x"] == eps_x and c["eps_w"] == eps_w:
+            by_method.setdefault(c["method"], []).append(c["certified_accuracy"])
+    if not by_method:
+        return Stat.of([]), None
+    method = max(by_method, key=lambda m: mean_sd(by_method[m])[0])
+    return Stat.of(by_method[method]), method
 
 
-def headline_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
-    """One row per model at the headline threat: clean, input-only, weight-only, joint (both scopes), certified."""
+class Stat:
+    """Mean and standard deviation over seeds of one quantity (mean None when no seed has a value)."""
+
+    def __init__(self, mean: float | None, sd: float | None, n: int) -> None:
+        self.mean, self.sd, self.n = mean, sd, n
+
+    @classmethod
+    def of(cls, values: list[float | None]) -> Stat:
+        if not values or any(v is None for v in values):
+            return cls(None, None, len(values))
+        mean, sd = mean_sd([float(v) for v in values])  # type: ignore[arg-type]
+        return cls(mean, sd, len(values))
+
+    def text(self) -> str:
+        if self.mean is None:
+            return "-"
+        return f"{100 * self.mean:.1f}%" + ("" if self.sd is None else f" ± {100 * self.sd:.1f}")
+
+
+def headline_stats(results: dict[str, Any]) -> list[tuple[str, str, dict[str, Stat]]]:
+    """(model, objective, column -> Stat) per model at the headline threat."""
     hx, hw = results["headline"]["eps_x"], results["headline"]["eps_w"]
     rows = []
     for name, model in results["models"].items():
-        cert, method = _certified(model, hx, hw)
-        rows.append(
-            {
-                "model": name,
-                "objective": model["objective"],
-                "clean": model["clean_accuracy"],
-                "input-only": _cell(model, hx, 0.0),
-                "weight-only": _cell(model, 0.0, hw),
-                "joint per-example": _cell(model, hx, hw),
-                "joint shared": _cell(model, hx, hw, "shared"),
-                "certified": cert,
-                "certified_method": method,
-            }
-        )
+        stats = {
+            "clean": Stat.of([r["clean_accuracy"] for r in runs(model)]),
+            "input-only": cell_stat(model, hx, 0.0),
+            "weight-only": cell_stat(model, 0.0, hw),
+            "joint per-example": cell_stat(model, hx, hw),
+            "joint shared": cell_stat(model, hx, hw, "shared"),
+            "certified": certified_stat(model, hx, hw)[0],
+        }
+        rows.append((name, model["objective"], stats))
+    return rows
+
+
+def headline_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """One row per model at the headline threat: mean over seeds (and `<column> sd`) of clean, input-only,
+    weight-only, joint (both scopes) and certified accuracy."""
+    hx, hw = results["headline"]["eps_x"], results["headline"]["eps_w"]
+    rows = []
+    for name, objective, stats in headline_stats(results):
+        row: dict[str, Any] = {"model": name, "objective": objective, "seeds": stats["clean"].n}
+        for column in HEADLINE_COLUMNS:
+            row[column], row[f"{column} sd"] = stats[column].mean, stats[column].sd
+        row["certified_method"] = certified_stat(results["models"][name], hx, hw)[1]
+        rows.append(row)
     return rows
 
 
@@ -61,91 +98,119 @@ def _pct(v: float | None) -> str:
     return "-" if v is None else f"{100 * v:.1f}%"
 
 
-def _mean_weight_only(model: dict[str, Any], grid: dict[str, Any]) -> float | None:
-    values = [_cell(model, 0.0, ew) for ew in grid["eps_w"] if ew > 0]
-    values = [v for v in values if v is not None]
-    return sum(values) / len(values) if values else None
+def _points(v: float | None, spec: str) -> str:
+    """A fraction as percentage points in format `spec`, "-" for None."""
+    return "-" if v is None else format(100 * v, spec)
 
 
 def summarise(results: dict[str, Any]) -> list[str]:
-    """Sentences stating, from the numbers, whether the paper's two claims hold in this study."""
-    models, grid = results["models"], results["grid"]
-    by_objective = {m["objective"]: (n, m) for n, m in models.items()}
-    lines = []
-    std, adv = by_objective.get("standard"), by_objective.get("pgd-at")
-    if std and adv:
-        s, a = _mean_weight_only(std[1], grid), _mean_weight_only(adv[1], grid)
-        drop_s = std[1]["clean_accuracy"] - s if s is not None else None
-        drop_a = adv[1]["clean_accuracy"] - a if a is not None else None
-        if s is not None and a is not None:
-            holds = a <= s or drop_a >= drop_s
-            lines.append(
-                f"Claim 1 ({'holds' if holds else 'does not hold'} here): under weight-only attacks (per-example, "
-                f"mean over eps_w > 0 at eps_x = 0) the input-adversarially-trained model '{adv[0]}' keeps "
-                f"{_pct(a)} accuracy (drop {_pct(drop_a)} from clean) against {_pct(s)} (drop {_pct(drop_s)}) for "
-                f"the standard model '{std[0]}': input-AT is {'as or more' if holds else 'less'} fragile to weight "
-                "perturbations."
-            )
-    rows = headline_rows(results)
-    reg = next((r for r in rows if r["objective"] == "bound-reg"), None)
-    if reg and reg["joint per-example"] is not None:
-        others = [r for r in rows if r is not reg and r["joint per-example"] is not None]
-        best_other = max(others, key=lambda r: r["joint per-example"]) if others else None
-        hx, hw = results["headline"]["eps_x"], results["headline"]["eps_w"]
-        if best_other is not None:
-            beats = reg["joint per-example"] > best_other["joint per-example"]
-            std_row = next((r for r in rows if r["objective"] == "standard"), None)
-            cost = f"{_pct(std_row['clean'] - reg['clean'])}" if std_row else "n/a"
-            lines.append(
-                f"Claim 2 ({'holds' if beats else 'does not hold'} here): at eps_x = {hx:g}, eps_w = {hw:g} "
-                f"(per-example joint attack) the bound-regularized model '{reg['model']}' has "
-                f"{_pct(reg['joint per-example'])} robust accuracy against {_pct(best_other['joint per-example'])} "
-                f"for the best other model '{best_other['model']}', at a cost of {cost} clean accuracy relative to "
-                "standard training."
-            )
-    if not lines:
-        lines.append("The study's models do not include the objectives the paper's claims compare.")
-    return lines
+    """Sentences stating, from the numbers and by the rule of study.verdicts, whether the paper's two claims hold
+    in this study, each with the per-seed differences behind it."""
+    comparisons = claim_comparisons(results)
+    if not comparisons:
+        return ["The study's models do not include the objectives the paper's claims compare."]
+    return [c.sentence() for c in comparisons]
+
+
+def verdict_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """One row per judged comparison: claim, subject, reference, scope, verdict and its numbers (fractions)."""
+    return [
+        {
+            "claim": c.claim,
+            "subject": c.subject,
+            "reference": c.reference,
+            "scope": c.scope,
+            "verdict": c.verdict,
+            "mean_difference": c.mean,
+            "standard_error": c.se,
+            "seeds": len(c.per_seed),
+            "cells": len(c.cells),
+            "excluded": c.excluded,
+        }
+        for c in claim_comparisons(results)
+    ]
 
 
 # ---------------------------------------------------------------------- tables
 def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
     buffer = io.StringIO()
-    if rows:
-        writer = csv.DictWriter(buffer, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    writer = csv.DictWriter(buffer, fieldnames=list(rows[0]))
+    writer.writeheader()
+    writer.writerows(rows)
     atomic_write(path, lambda tmp: Path(tmp).write_text(buffer.getvalue()))
 
 
 def _tables(results: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
-    robust, certified, radius = [], [], []
+    robust, summary, certified, radius = [], [], [], []
+    grid = results["grid"]
     for name, model in results["models"].items():
         for c in model["cells"]:
-            robust.append({"model": name, **{k: c[k] for k in ("eps_x", "eps_w", "scope", "accuracy", "verified")}})
+            robust.append(
+                {"model": name, "seed": c.get("seed")}
+                | {k: c[k] for k in ("eps_x", "eps_w", "scope", "accuracy", "verified")}
+            )
+        for scope in grid["scopes"]:
+            for ex in grid["eps_x"]:
+                for ew in grid["eps_w"]:
+                    if ex > 0 or ew > 0:
+                        st = cell_stat(model, ex, ew, scope)
+                        row = {"model": name, "eps_x": ex, "eps_w": ew, "scope": scope}
+                        summary.append(row | {"mean": st.mean, "sd": st.sd, "seeds": st.n})
         for c in model.get("certified", []):
-            certified.append({"model": name, **c})
-        r = model.get("radius")
-        if r:
-            for i, (a, c) in enumerate(zip(r["attack"], r["certified"], strict=True)):
-                radius.append({"model": name, "example": i, "attacked_radius": a, "certified_radius": c})
-    return {"headline": headline_rows(results), "robust_accuracy": robust, "certified": certified, "radius": radius}
+            certified.append({"model": name, "seed": c.get("seed")} | {k: v for k, v in c.items() if k != "seed"})
+        for run in runs(model):
+            r = run.get("radius")
+            if r:
+                for i, (a, c) in enumerate(zip(r["attack"], r["certified"], strict=True)):
+                    radius.append(
+                        {"model": name, "seed": run["seed"], "example": i, "attacked_radius": a, "certified_radius": c}
+                    )
+    tables = {
+        "headline": headline_rows(results),
+        "verdicts": verdict_rows(results),
+        "robust_accuracy": robust,
+        "robust_summary": summary,
+        "certified": certified,
+        "radius": radius,
+    }
+    return {name: rows for name, rows in tables.items() if rows}  # an empty table writes no file
 
 
 # ---------------------------------------------------------------------- documents
+def rule_text() -> str:
+    """The decision rule of the claims, in one paragraph (see study.verdicts)."""
+    return (
+        "Decision rule: per pair of models and scope, the per-seed difference is the mean over the cells "
+        "(claim 1: weight-only, eps_x = 0; claim 2: joint, both > 0) of subject minus reference accuracy, leaving "
+        f"out cells where both models are below {100 * FLOOR:.0f}%. A difference is decided when it has the same "
+        f"sign in every seed and its mean exceeds {Z:g} standard errors; one seed is never decided. Claim 1 holds "
+        "when input-AT's accuracy is lower (more fragile); claim 2 holds when bound-reg's is higher."
+    )
+
+
+def _intro(results: dict[str, Any]) -> str:
+    grid = results["grid"]
+    seeds = results.get("seeds", [results.get("config", {}).get("seed", 0)])
+    return (
+        f"Data: {results['data']['name']} ({results['data']['n_test']} test examples, {results['n_examples']} "
+        f"evaluated). Seeds: {seeds} (every model trained and evaluated once per seed; tables show mean ± standard "
+        f"deviation over seeds). Threat grid: eps_x in {grid['eps_x']}, eps_w in {grid['eps_w']} "
+        f"({grid['weight_mode']} {grid['weight_ball']}), scopes {', '.join(grid['scopes'])}. Attack: "
+        f"`{results['attack']}`. Robust accuracies are attack results checked by the verifier (upper bounds on the "
+        "truth); certified accuracies are lower bounds."
+    )
+
+
 def _markdown(results: dict[str, Any], figures: list[str], summary: list[str]) -> str:
     hx, hw = results["headline"]["eps_x"], results["headline"]["eps_w"]
-    grid = results["grid"]
     lines = [
         f"# Study: {results['name']}",
         "",
-        f"Data: {results['data']['name']} ({results['data']['n_test']} test examples, {results['n_examples']} "
-        f"evaluated). Threat grid: eps_x in {grid['eps_x']}, eps_w in {grid['eps_w']} ({grid['weight_mode']} "
-        f"{grid['weight_ball']}), scopes {', '.join(grid['scopes'])}. Attack: `{results['attack']}`. "
-        "Robust accuracies are attack results checked by the verifier (upper bounds on the truth); certified "
-        "accuracies are lower bounds.",
+        _intro(results),
         "",
         "## Summary",
+        "",
+        rule_text(),
         "",
         *[f"- {s}" for s in summary],
         "",
@@ -154,12 +219,8 @@ def _markdown(results: dict[str, Any], figures: list[str], summary: list[str]) -
         "| model | objective | " + " | ".join(HEADLINE_COLUMNS) + " |",
         "| --- | --- | " + " | ".join("---:" for _ in HEADLINE_COLUMNS) + " |",
     ]
-    for row in headline_rows(results):
-        lines.append(
-            f"| {row['model']} | {row['objective']} | " + " | ".join(_pct(row[c]) for c in HEADLINE_COLUMNS) + " |"
-        )
-    lines += ["", "## Sanity flags", ""]
-    lines += [f"- {f['check']}: {f['message']}" for f in all_flags(results)] or ["- none raised"]
+    for name, objective, stats in headline_stats(results):
+        lines.append(f"| {name} | {objective} | " + " | ".join(stats[c].text() for c in HEADLINE_COLUMNS) + " |")
     lines += ["", "## Figures", ""]
     lines += [f"![{f}]({f})" for f in figures]
     lines += ["", "## Models", ""]
@@ -169,22 +230,21 @@ def _markdown(results: dict[str, Any], figures: list[str], summary: list[str]) -
 
 
 def _model_lines(results: dict[str, Any]) -> list[str]:
-    """Per model: where it came from (trained now, or reused from the cache and which file) and the timings."""
+    """Per model and seed: where it came from (trained now, or reused from the cache and which file), timings."""
     lines = []
     for name, model in results["models"].items():
-        origin = (
-            f"reused from the cache ({model.get('cache_file') or 'cached model'}; trained in "
-            f"{model['train_seconds']:.1f} s when it was made)"
-            if model.get("cached")
-            else f"trained in this run in {model['train_seconds']:.1f} s"
-        )
-        lines.append(f"{name}: {origin}; evaluated in {model['eval_seconds']:.1f} s")
+        for run in runs(model):
+            origin = (
+                f"reused from the cache ({run.get('cache_file') or 'cached model'}; trained in "
+                f"{run['train_seconds']:.1f} s when it was made)"
+                if run.get("cached")
+                else f"trained in this run in {run['train_seconds']:.1f} s"
+            )
+            seed = "" if run.get("seed") is None else f" seed {run['seed']}"
+            lines.append(
+                f"{name}{seed}: clean {_pct(run['clean_accuracy'])}; {origin}; evaluated in {run['eval_seconds']:.1f} s"
+            )
     return lines
-
-
-def all_flags(results: dict[str, Any]) -> list[dict[str, Any]]:
-    """Every model's sanity flags, in model order (see nonsingular.sanity)."""
-    return [f for model in results["models"].values() for f in model.get("flags", [])]
 
 
 def _html(results: dict[str, Any], folder: Path, figures: list[str], summary: list[str]) -> str:
@@ -192,19 +252,28 @@ def _html(results: dict[str, Any], folder: Path, figures: list[str], summary: li
     head = "".join(f"<th>{html.escape(c)}</th>" for c in ("model", "objective", *HEADLINE_COLUMNS))
     body = "".join(
         "<tr>"
-        + f"<td>{html.escape(r['model'])}</td><td>{html.escape(r['objective'])}</td>"
-        + "".join(f"<td class='num'>{_pct(r[c])}</td>" for c in HEADLINE_COLUMNS)
+        + f"<td>{html.escape(name)}</td><td>{html.escape(objective)}</td>"
+        + "".join(f"<td class='num'>{html.escape(stats[c].text())}</td>" for c in HEADLINE_COLUMNS)
         + "</tr>"
-        for r in headline_rows(results)
+        for name, objective, stats in headline_stats(results)
+    )
+    verdicts = verdict_rows(results)
+    vhead = "".join(f"<th>{html.escape(k)}</th>" for k in ("claim", "subject", "reference", "scope", "verdict"))
+    vhead += "<th>mean difference</th><th>standard error</th><th>seeds</th><th>cells (excluded)</th>"
+    vbody = "".join(
+        "<tr>"
+        + "".join(f"<td>{html.escape(str(v[k]))}</td>" for k in ("claim", "subject", "reference", "scope", "verdict"))
+        + f"<td class='num'>{_points(v['mean_difference'], '+.2f')}</td>"
+        + f"<td class='num'>{_points(v['standard_error'], '.2f')}</td>"
+        + f"<td class='num'>{v['seeds']}</td><td class='num'>{v['cells']} ({v['excluded']})</td>"
+        + "</tr>"
+        for v in verdicts
     )
     images = "".join(
         f"<figure><img alt='{html.escape(f)}' src='data:image/png;base64,"
         f"{base64.b64encode((folder / f).read_bytes()).decode()}'><figcaption>{html.escape(f)}</figcaption></figure>"
         for f in figures
     )
-    grid = results["grid"]
-    flags = "".join(f"<li>{html.escape(f['check'])}: {html.escape(f['message'])}</li>" for f in all_flags(results))
-    flags = flags or "<li>none raised</li>"
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>nonsingular study: {html.escape(results["name"])}</title>
 <style>
@@ -214,14 +283,12 @@ th {{ background: #f0f0f0; }} td.num {{ text-align: right; font-variant-numeric:
 figure {{ margin: 1.5em 0; }} img {{ max-width: 100%; border: 1px solid #eee; }} li {{ margin: .4em 0; }}
 </style></head><body>
 <h1>Study: {html.escape(results["name"])}</h1>
-<p>Data: {html.escape(results["data"]["name"])}, {results["n_examples"]} test examples evaluated. Threat grid:
-eps_x in {grid["eps_x"]}, eps_w in {grid["eps_w"]} ({grid["weight_mode"]} {grid["weight_ball"]}).
-Attack: <code>{html.escape(results["attack"])}</code>. Robust accuracies are verified attack results (upper bounds);
-certified accuracies are lower bounds.</p>
-<h2>Summary</h2><ul>{"".join(f"<li>{html.escape(s)}</li>" for s in summary)}</ul>
-<h2>Headline (eps_x = {hx:g}, eps_w = {hw:g})</h2>
+<p>{html.escape(_intro(results))}</p>
+<h2>Summary</h2><p>{html.escape(rule_text())}</p>
+<table><thead><tr>{vhead}</tr></thead><tbody>{vbody}</tbody></table>
+<ul>{"".join(f"<li>{html.escape(s)}</li>" for s in summary)}</ul>
+<h2>Headline (eps_x = {hx:g}, eps_w = {hw:g}; mean ± sd over seeds)</h2>
 <table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>
-<h2>Sanity flags</h2><ul>{flags}</ul>
 <h2>Figures</h2>{images}
 <h2>Models</h2><ul>{"".join(f"<li>{html.escape(line)}</li>" for line in _model_lines(results))}</ul>
 <p>Versions: {html.escape(", ".join(f"{k} {v}" for k, v in results["versions"].items()))}</p>
@@ -233,7 +300,7 @@ def write_report(results: dict[str, Any], folder: Path) -> Path:
     """Write results.json, CSVs, PNGs, report.md and report.html into `folder`; returns report.html's path."""
     folder.mkdir(parents=True, exist_ok=True)
     summary = summarise(results)
-    results = {**results, "summary": summary}
+    results = {**results, "summary": summary, "verdicts": verdict_rows(results)}
     text = json.dumps(results, indent=2, allow_nan=False) + "\n"
     atomic_write(folder / "results.json", lambda tmp: Path(tmp).write_text(text))
     for name, rows in _tables(results).items():

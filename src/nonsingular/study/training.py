@@ -16,8 +16,9 @@ from .config import ModelEntry, StudyConfig
 __all__ = ["train_config", "train_for_study"]
 
 
-def train_config(config: StudyConfig, entry: ModelEntry) -> TrainConfig:
-    """The TrainConfig of `entry`: study data and seed, the architecture, [training], then the entry's options.
+def train_config(config: StudyConfig, entry: ModelEntry, seed: int | None = None) -> TrainConfig:
+    """The TrainConfig of `entry`: study data and split seed, the training seed (default the study's `seed`), the
+    architecture, [training], then the entry's options.
 
     The per-epoch robust evaluation is off (eval_steps = 0): the study evaluates every model itself.
     """
@@ -26,7 +27,7 @@ def train_config(config: StudyConfig, entry: ModelEntry) -> TrainConfig:
     fields: dict[str, Any] = {
         "data": config.data,
         "data_seed": config.seed,
-        "seed": config.seed,
+        "seed": config.seed if seed is None else seed,
         "architecture": name,
         "eval_steps": 0,
     }
@@ -49,15 +50,17 @@ def train_for_study(
     data: Dataset,
     progress: Callable[[str, int, int], None] | None,
     device: str = "cpu",
+    seed: int | None = None,
 ) -> tuple[nn.Module, dict[str, Any]]:
     """Train `entry` in memory on `device`; returns the model (eval mode) and its checkpoint metadata (with
     seconds). The device is not part of the model's cache key: it changes where, not what, is trained."""
-    cfg = train_config(config, entry).model_copy(update={"device": device})
+    cfg = train_config(config, entry, seed).model_copy(update={"device": device})
 
     def report(event: TrainEvent) -> None:
         if progress is not None:
             done = (event.epoch - 1) * event.steps + event.step
-            progress(f"{entry.name}: training", done, event.epochs * event.steps)
+            label = entry.name if seed is None else f"{entry.name} seed {seed}"
+            progress(f"{label}: training", done, event.epochs * event.steps)
 
     t0 = time.perf_counter()
     result = Trainer(cfg, paths=None, data=data, callback=report).fit()

@@ -1,0 +1,150 @@
+"""The paper's two claims judged from a study's results by one stated rule on per-seed differences.
+
+Claim 1: input-adversarial training leaves a model as or more fragile to weight perturbations than standard
+training. Claim 2: the bound-regularized model is more robust to joint perturbations than the standard model
+(judged separately against the singular defences, input-AT and weight-AT).
+
+The rule, per claim, per pair of models (every model of the objective against every reference) and per scope:
+
+1. Cells: claim 1 uses the weight-only cells (eps_x = 0, eps_w > 0), claim 2 the joint cells (both > 0). A cell
+   where both models' mean accuracies are below `FLOOR` (saturated: the attack wins everywhere) is excluded,
+   and so is a cell without a verified accuracy for every seed.
+2. Per seed, the difference is the mean over the kept cells of (subject - reference) accuracy, paired by seed.
+3. The difference is decided when it has the same sign in every seed and its mean exceeds `Z` standard errors
+   (standard deviation over seeds / sqrt(seeds)); otherwise it is within the noise. One seed has no spread and
+   is never decided.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = ["FLOOR", "Comparison", "Z", "claim_comparisons", "mean_sd"]
+
+#: Cells where both models are below this accuracy are excluded (the attack saturates there).
+FLOOR = 0.05
+#: A difference is decided when its mean exceeds this many standard errors (and keeps its sign in every seed).
+Z = 2.0
+
+SINGULAR = ("pgd-at", "awp")
+
+
+def mean_sd(values: list[float]) -> tuple[float, float | None]:
+    """(mean, sample standard deviation); the deviation is None for one value."""
+    mean = sum(values) / len(values)
+    if len(values) < 2:
+        return mean, None
+    return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
+
+
+def seed_values(model: dict[str, Any], eps_x: float, eps_w: float, scope: str) -> dict[Any, float | None]:
+    """seed -> verified accuracy of the model's cell (None when it failed verification)."""
+    return {
+        c.get("seed"): c["accuracy"]
+        for c in model["cells"]
+        if c["eps_x"] == eps_x and c["eps_w"] == eps_w and c["scope"] == scope
+    }
+
+
+@dataclass
+class Comparison:
+    """One judged pair: subject against reference in one scope, with the numbers behind the verdict.
+
+    Attributes:
+        claim: 1 or 2.
+        subject, reference: model names (claim 1: input-AT vs standard; claim 2: bound-reg vs the reference).
+        scope: "per-example" or "shared".
+        cells: the (eps_x, eps_w) cells kept.
+        excluded: cells left out (both below FLOOR, or an unverified cell).
+        per_seed: seed -> mean over kept cells of (subject - reference) accuracy, fraction.
+        mean, se: mean and standard error of per_seed (se None with one seed).
+        outcome: "higher", "lower" (subject's accuracy, decided) or "within noise" / "no cells".
+    """
+
+    claim: int
+    subject: str
+    reference: str
+    scope: str
+    cells: list[tuple[float, float]]
+    excluded: int
+    per_seed: dict[Any, float]
+    mean: float | None
+    se: float | None
+    outcome: str
+
+    @property
+    def verdict(self) -> str:
+        """What the outcome means for the claim."""
+        if self.outcome in ("no cells", "one seed"):
+            return "undecided"
+        if self.claim == 1:  # subject lower under weight attacks = more fragile = the claim
+            return {"lower": "holds", "higher": "does not hold"}.get(self.outcome, "not refuted (within noise)")
+        return {"higher": "holds", "lower": "does not hold"}.get(self.outcome, "undecided (within noise)")
+
+    def sentence(self) -> str:
+        what = "weight-only" if self.claim == 1 else "joint"
+        if not self.cells:
+            return (
+                f"Claim {self.claim} ({self.scope}), {self.subject} vs {self.reference}: undecided, no {what} cell "
+                f"above the {100 * FLOOR:.0f}% floor ({self.excluded} excluded)."
+            )
+        seeds = ", ".join(f"seed {s}: {100 * d:+.1f}" for s, d in self.per_seed.items())
+        se = "n/a (one seed)" if self.se is None else f"{100 * self.se:.2f}"
+        cells = ", ".join(f"{ew:g}" if self.claim == 1 else f"({ex:g}, {ew:g})" for ex, ew in self.cells)
+        return (
+            f"Claim {self.claim} ({self.scope}), {self.subject} vs {self.reference}: {self.verdict}. "
+            f"{what} accuracy difference {self.subject} - {self.reference} (points, mean over "
+            f"{'eps_w' if self.claim == 1 else '(eps_x, eps_w)'} in {cells}; {self.excluded} cell(s) excluded): "
+            f"{seeds}; mean {100 * self.mean:+.2f}, standard error {se}; decided when every seed has the same sign "
+            f"and |mean| > {Z:g} SE."  # type: ignore[operator]
+        )
+
+
+def _compare(claim: int, subject: tuple[str, dict], reference: tuple[str, dict], grid: dict, scope: str) -> Comparison:
+    (sname, smodel), (rname, rmodel) = subject, reference
+    if claim == 1:
+        points = [(0.0, ew) for ew in grid["eps_w"] if ew > 0]
+    else:
+        points = [(ex, ew) for ex in grid["eps_x"] for ew in grid["eps_w"] if ex > 0 and ew > 0]
+    kept, excluded, diffs = [], 0, {}
+    for ex, ew in points:
+        s, r = seed_values(smodel, ex, ew, scope), seed_values(rmodel, ex, ew, scope)
+        seeds = [k for k in s if k in r]
+        if not seeds or any(s[k] is None or r[k] is None for k in seeds):
+            excluded += 1
+            continue
+        if max(mean_sd([s[k] for k in seeds])[0], mean_sd([r[k] for k in seeds])[0]) < FLOOR:
+            excluded += 1
+            continue
+        kept.append((ex, ew))
+        for k in seeds:
+            diffs.setdefault(k, []).append(s[k] - r[k])
+    per_seed = {k: sum(v) / len(v) for k, v in diffs.items() if len(v) == len(kept)}
+    if not kept or not per_seed:
+        return Comparison(claim, sname, rname, scope, [], excluded, {}, None, None, "no cells")
+    mean, sd = mean_sd(list(per_seed.values()))
+    se = None if sd is None else sd / math.sqrt(len(per_seed))
+    if se is None:
+        outcome = "one seed"
+    elif all(d > 0 for d in per_seed.values()) and mean > Z * se:
+        outcome = "higher"
+    elif all(d < 0 for d in per_seed.values()) and -mean > Z * se:
+        outcome = "lower"
+    else:
+        outcome = "within noise"
+    return Comparison(claim, sname, rname, scope, kept, excluded, per_seed, mean, se, outcome)
+
+
+def claim_comparisons(results: dict[str, Any]) -> list[Comparison]:
+    """Every comparison the rule makes on `results`: claim 1 for each pgd-at model against each standard model,
+    claim 2 for each bound-reg model against each standard model, then against each singular defence; each in
+    every scope of the grid."""
+    models, grid = results["models"], results["grid"]
+    by = {obj: [(n, m) for n, m in models.items() if m["objective"] == obj] for obj in ("standard", *SINGULAR)}
+    regs = [(n, m) for n, m in models.items() if m["objective"] == "bound-reg"]
+    pairs = [(1, a, s) for a in by["pgd-at"] for s in by["standard"]]
+    pairs += [(2, r, s) for r in regs for s in by["standard"]]
+    pairs += [(2, r, d) for r in regs for obj in SINGULAR for d in by[obj]]
+    return [_compare(claim, a, b, grid, scope) for claim, a, b in pairs for scope in grid["scopes"]]
