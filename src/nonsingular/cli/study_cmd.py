@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated
 
@@ -13,7 +15,22 @@ from .. import distributed as dist
 from ..study.config import default_config_path, load_study_config, shipped_studies
 from ..study.report import HEADLINE_COLUMNS, headline_rows, summarise
 from ..study.runner import run_study
-from .common import DeviceOpt, UserError, console, progress_bar, resolve_device
+from .common import DeviceOpt, UserError, console, err_console, progress_bar, resolve_device
+
+
+def progress_lines(t0: float, every: float = 30.0) -> Callable[[str, int, int], None]:
+    """A progress callback writing plain lines "[elapsed] stage done/total" to stderr: one when a stage starts
+    or finishes, one per finished grid point, and at most one per `every` seconds within a stage."""
+    last = {"label": None, "time": 0.0}
+
+    def update(label: str, done: int, total: int) -> None:
+        now = time.perf_counter()
+        step = label.endswith(("attacks", "certificates"))  # one tick per grid point
+        if label != last["label"] or done >= total or step or now - float(last["time"]) >= every:
+            print(f"[{now - t0:7.1f} s] {label} {done}/{total}", file=sys.stderr, flush=True)
+            last["label"], last["time"] = label, now
+
+    return update
 
 
 def study(
@@ -50,10 +67,13 @@ def study(
     if fresh and state.exists() and dist.rank() == 0:
         state.unlink()
     t0 = time.perf_counter()
-    with progress_bar("study", enabled=dist.rank() == 0) as update:
-        report, results = run_study(
-            cfg, out, cache, progress=lambda label, d, t: update(d, t, label), device=run_device
-        )
+    if err_console.is_terminal or dist.rank() != 0:
+        with progress_bar("study", enabled=dist.rank() == 0) as update:
+            report, results = run_study(
+                cfg, out, cache, progress=lambda label, d, t: update(d, t, label), device=run_device
+            )
+    else:  # a log file or pipe: plain lines a reader of the log can follow while the study runs
+        report, results = run_study(cfg, out, cache, progress=progress_lines(t0), device=run_device)
     if dist.rank() != 0:
         return
     hx, hw = results["headline"]["eps_x"], results["headline"]["eps_w"]
