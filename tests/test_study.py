@@ -1,5 +1,6 @@
 """`nonsingular study` end to end on a tiny configuration: report, model cache, resume."""
 
+import csv
 import json
 
 import pytest
@@ -92,8 +93,11 @@ def test_study_report_cache_and_resume(monkeypatch, capsys, study_run, fresh_stu
         certified = [c["certified_accuracy"] for c in model["certified"] if c["eps_x"] == 0.05 and c["eps_w"] == 0.002]
         assert max(certified) <= joint
         assert joint == _recomputed_joint_accuracy(cache, model, results)
-        assert all(c <= a + 1e-12 for a, c in zip(model["radius"]["attack"], model["radius"]["certified"], strict=True))
-    for name in ("report.html", "report.md", "heatmaps.png", "robust_accuracy.csv", "headline.csv"):
+        (run,) = model["runs"]
+        assert run["seed"] == 0 and all(c["seed"] == 0 for c in model["cells"])
+        radius = run["radius"]
+        assert all(c <= a + 1e-12 for a, c in zip(radius["attack"], radius["certified"], strict=True))
+    for name in ("report.html", "report.md", "heatmaps.png", "robust_accuracy.csv", "headline.csv", "verdicts.csv"):
         assert (out / name).stat().st_size > 0
     assert len(list(cache.glob("*.safetensors"))) == 2
     assert results["attack"].startswith("AutoEnsemble(steps=3") and results["attack_budget"]["targets"] == 3
@@ -109,7 +113,7 @@ def test_study_report_cache_and_resume(monkeypatch, capsys, study_run, fresh_stu
     assert code == 0, err
     assert "report:" in stdout and "Claim 1" in stdout
     again = json.loads((out / "results.json").read_text())
-    assert all(m["cached"] for m in again["models"].values())
+    assert all(r["cached"] for m in again["models"].values() for r in m["runs"])
     for name, model in results["models"].items():
         assert again["models"][name]["cells"] == model["cells"]
         assert [c["certified_accuracy"] for c in again["models"][name]["certified"]] == [
@@ -178,3 +182,64 @@ def test_study_nested_grid_flag(small_mlp, digits, tmp_path):
     assert flags[0]["cells"] == ["m: per-example eps_x=0.02 eps_w=0", "m: per-example eps_x=0.05 eps_w=0"]
     assert "per-example eps_x=0.05 eps_w=0 60.0% > m: per-example eps_x=0.02 eps_w=0 50.0%" in flags[0]["message"]
     assert all_flags({"models": {"m": {"flags": flags}}}) == flags
+
+
+def test_study_refuses_old_state(monkeypatch, capsys, study_run, tmp_path):
+    """A state.json of the first schema (string-keyed dicts, masks as "0101") is refused in one line."""
+    _, config = study_run
+    out = tmp_path / "old"
+    out.mkdir()
+    (out / "state.json").write_text(json.dumps({"fingerprint": "x", "values": {"cell/a/0.05/0.0/shared": {}}}))
+    code, _, err = run_cli(monkeypatch, capsys, "study", "--config", str(config), "--out", str(out))
+    assert code == 2 and "another version of the study" in err and "--fresh" in err
+    assert len(err.strip().splitlines()) == 1
+
+
+SEEDS = """
+name = "seeds"
+n_examples = 30
+seeds = [3, 4]
+[training]
+epochs = 1
+[attack]
+steps = 2
+[grid]
+eps_x = [0.05]
+eps_w = [0.002]
+scopes = ["per-example"]
+[certify]
+methods = ["ibp"]
+[radius]
+enabled = false
+[headline]
+eps_x = 0.05
+eps_w = 0.002
+[[models]]
+name = "standard"
+"""
+
+
+def test_study_seeds(monkeypatch, capsys, tmp_path):
+    """Every model is trained and evaluated once per seed (two cached models, cells per seed, different
+    initialisations); tables carry the seed and the headline its spread; no empty radius.csv; plain progress
+    lines when stderr is not a terminal."""
+    config = tmp_path / "seeds.toml"
+    config.write_text(SEEDS)
+    out, cache = tmp_path / "out", tmp_path / "cache"
+    code, _, err = run_cli(
+        monkeypatch, capsys, "study", "--config", str(config), "--out", str(out), "--cache", str(cache)
+    )
+    assert code == 0, err
+    assert "standard seed 3: attacks 1/3" in err and "standard seed 4: certificates 3/3" in err
+    results = json.loads((out / "results.json").read_text())
+    model = results["models"]["standard"]
+    assert results["seeds"] == [3, 4] and [r["seed"] for r in model["runs"]] == [3, 4]
+    assert sorted({c["seed"] for c in model["cells"]}) == [3, 4] and len(model["cells"]) == 6
+    assert len(list(cache.glob("*.safetensors"))) == 2
+    first, second = (load_checkpoint(p).model for p in sorted(cache.glob("*.safetensors")))
+    assert not torch.equal(first[-1].weight, second[-1].weight)
+    rows = list(csv.DictReader((out / "robust_accuracy.csv").read_text().splitlines()))
+    assert sorted({r["seed"] for r in rows}) == ["3", "4"]
+    (headline,) = list(csv.DictReader((out / "headline.csv").read_text().splitlines()))
+    assert headline["seeds"] == "2" and headline["clean sd"] != ""
+    assert not (out / "radius.csv").exists() and not (out / "radius.png").exists()

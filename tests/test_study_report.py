@@ -7,70 +7,131 @@ import pytest
 
 from nonsingular.study.config import StudyConfig, load_study_config
 from nonsingular.study.report import headline_rows, summarise, write_report
+from nonsingular.study.verdicts import claim_comparisons
 
 GRID = {
     "eps_x": [0.0, 0.05],
-    "eps_w": [0.0, 0.002],
+    "eps_w": [0.0, 0.002, 0.01],
     "weight_ball": "elementwise",
     "weight_mode": "absolute",
     "scopes": ["per-example", "shared"],
 }
+SEEDS = [0, 1, 2]
 
 
-def _model(objective, clean, acc):
-    """acc: (input-only, weight-only, joint) accuracies; shared scope 10 points higher."""
+def _model(objective, clean, weight, joint, saturated=0.01):
+    """weight, joint: per-seed accuracies at (0, 0.002) and (0.05, 0.002); input-only 0.8; at eps_w = 0.01 the
+    attack saturates (`saturated`); the shared scope is 10 points higher."""
     cells = []
-    for (ex, ew), value in zip([(0.05, 0.0), (0.0, 0.002), (0.05, 0.002)], acc, strict=True):
-        cells.append({"eps_x": ex, "eps_w": ew, "scope": "per-example", "accuracy": value, "verified": True})
-        cells.append({"eps_x": ex, "eps_w": ew, "scope": "shared", "accuracy": min(1, value + 0.1), "verified": True})
-    certified = [{"eps_x": 0.05, "eps_w": 0.002, "method": "ibp", "certified_accuracy": acc[2] / 2, "seconds": 0.1}]
+    for k, seed in enumerate(SEEDS):
+        values = {
+            (0.05, 0.0): 0.8,
+            (0.0, 0.002): weight[k],
+            (0.05, 0.002): joint[k],
+            (0.0, 0.01): saturated,
+            (0.05, 0.01): saturated,
+        }
+        for (ex, ew), value in values.items():
+            for scope, shift in (("per-example", 0.0), ("shared", 0.1)):
+                acc = min(1.0, value + shift)
+                cells.append(
+                    {"seed": seed, "eps_x": ex, "eps_w": ew, "scope": scope, "accuracy": acc, "verified": True}
+                )
+    certified = [
+        {"seed": s, "eps_x": 0.05, "eps_w": 0.002, "method": "ibp", "certified_accuracy": j / 2, "seconds": 0.1}
+        for s, j in zip(SEEDS, joint, strict=True)
+    ]
+    radius = {"k_x": 1.0, "k_w": 0.04, "attack": [0.05, 0.1], "certified": [0.01, 0.02]}
+    run = {"clean_accuracy": clean, "train_seconds": 1.0, "eval_seconds": 2.0, "radius": radius}
     return {
         "objective": objective,
         "clean_accuracy": clean,
+        "runs": [{"seed": s, **run} for s in SEEDS],
         "cells": cells,
         "certified": certified,
-        "train_seconds": 1.0,
-        "eval_seconds": 2.0,
-        "radius": {"k_x": 1.0, "k_w": 0.04, "attack": [0.05, 0.1], "certified": [0.01, 0.02]},
     }
 
 
-def _results(reg_joint):
+def _results(reg_joint=(0.145, 0.15, 0.14), adv_weight=(0.30, 0.31, 0.29)):
     return {
         "name": "synthetic",
         "data": {"name": "digits", "n_test": 360},
         "n_examples": 360,
+        "seeds": SEEDS,
         "attack": "PGD()",
         "grid": GRID,
         "headline": {"eps_x": 0.05, "eps_w": 0.002},
         "versions": {"nonsingular": "0"},
         "models": {
-            "std": _model("standard", 0.97, (0.80, 0.40, 0.10)),
-            "adv": _model("pgd-at", 0.95, (0.90, 0.30, 0.15)),
-            "reg": _model("bound-reg", 0.93, (0.85, 0.60, reg_joint)),
+            "std": _model("standard", 0.97, (0.40, 0.42, 0.38), (0.005, 0.004, 0.006)),
+            "adv": _model("pgd-at", 0.95, adv_weight, (0.25, 0.26, 0.27)),
+            "joint": _model("joint-at", 0.95, (0.6, 0.6, 0.6), (0.5, 0.55, 0.6)),
+            "reg": _model("bound-reg", 0.93, (0.5, 0.5, 0.5), reg_joint),
         },
     }
 
 
-def test_summary_reads_the_numbers():
-    lines = summarise(_results(0.45))
-    assert lines[0].startswith("Claim 1 (holds here)") and "30.0%" in lines[0] and "40.0%" in lines[0]
-    assert lines[1].startswith("Claim 2 (holds here)") and "45.0%" in lines[1] and "4.0%" in lines[1]
-    assert summarise(_results(0.05))[1].startswith("Claim 2 (does not hold here)")
+def _verdicts(results):
+    return {(c.claim, c.subject, c.reference, c.scope): c for c in claim_comparisons(results)}
+
+
+def test_claim_rule_reads_per_seed_differences():
+    verdicts = _verdicts(_results())
+    one = verdicts[(1, "adv", "std", "per-example")]
+    # Saturated eps_w = 0.01 (both below the 5% floor) is excluded; per seed adv - std at eps_w 0.002.
+    assert one.cells == [(0.0, 0.002)] and one.excluded == 1
+    assert one.per_seed == pytest.approx({0: -0.10, 1: -0.11, 2: -0.09})
+    assert one.mean == pytest.approx(-0.10) and one.se == pytest.approx(0.01 / 3**0.5)
+    assert one.verdict == "holds"
+    # Claim 2 against standard (14.5% vs 0.5%) holds although joint-AT, which is not a reference, is far better.
+    two = verdicts[(2, "reg", "std", "per-example")]
+    assert two.verdict == "holds" and two.mean == pytest.approx(0.14)
+    assert (2, "reg", "joint", "per-example") not in verdicts
+    assert verdicts[(2, "reg", "adv", "per-example")].verdict == "does not hold"
+    lines = summarise(_results())
+    assert lines[0].startswith("Claim 1 (per-example), adv vs std: holds.")
+    assert "seed 0: -10.0, seed 1: -11.0, seed 2: -9.0" in lines[0] and "mean -10.00" in lines[0]
+
+
+def test_claim_rule_noise_and_one_seed():
+    # Signs differ between seeds: within the noise, never decided.
+    noisy = _verdicts(_results(adv_weight=(0.35, 0.45, 0.41)))[(1, "adv", "std", "per-example")]
+    assert noisy.outcome == "within noise" and noisy.verdict.startswith("not refuted")
+    # Same sign in every seed but a mean under two standard errors: within the noise.
+    spread = _verdicts(_results(reg_joint=(0.006, 0.30, 0.007)))[(2, "reg", "std", "per-example")]
+    assert all(d > 0 for d in spread.per_seed.values()) and spread.outcome == "within noise"
+    # One seed has no spread: undecided, with its number still printed.
+    results = _results()
+    for model in results["models"].values():
+        model["cells"] = [c for c in model["cells"] if c["seed"] == 0]
+        model["runs"] = model["runs"][:1]
+    single = _verdicts(results)[(1, "adv", "std", "per-example")]
+    assert single.verdict == "undecided" and single.per_seed == pytest.approx({0: -0.10})
+
+
+def test_every_model_of_the_objective_is_judged():
+    results = _results()
+    results["models"]["adv2"] = _model("pgd-at", 0.95, (0.5, 0.5, 0.5), (0.1, 0.1, 0.1))
+    verdicts = _verdicts(results)
+    assert verdicts[(1, "adv", "std", "shared")].verdict == "holds"
+    assert verdicts[(1, "adv2", "std", "shared")].verdict == "does not hold"
 
 
 def test_headline_rows():
-    rows = {r["model"]: r for r in headline_rows(_results(0.45))}
-    assert rows["std"]["weight-only"] == 0.40 and rows["std"]["joint shared"] == pytest.approx(0.2)
-    assert rows["reg"]["certified"] == pytest.approx(0.225) and rows["reg"]["certified_method"] == "ibp"
+    rows = {r["model"]: r for r in headline_rows(_results())}
+    assert rows["std"]["weight-only"] == pytest.approx(0.40) and rows["std"]["weight-only sd"] == pytest.approx(0.02)
+    assert rows["std"]["joint shared"] == pytest.approx(0.105)
+    assert rows["reg"]["certified"] == pytest.approx(0.0725) and rows["reg"]["certified_method"] == "ibp"
 
 
 def test_write_report(tmp_path):
-    html = write_report(_results(0.45), tmp_path)
+    html = write_report(_results(), tmp_path)
     for name in (
         "results.json",
         "headline.csv",
         "robust_accuracy.csv",
+        "robust_summary.csv",
+        "verdicts.csv",
         "certified.csv",
         "radius.csv",
         "heatmaps.png",
@@ -85,7 +146,7 @@ def test_write_report(tmp_path):
     page = html.read_text()
     assert page.count("data:image/png;base64,") == 5 and "Claim 1" in page
     rows = list(csv.DictReader((tmp_path / "robust_accuracy.csv").read_text().splitlines()))
-    assert len(rows) == 18
+    assert len(rows) == 4 * 3 * 5 * 2  # models x seeds x cells x scopes
     assert json.loads((tmp_path / "results.json").read_text())["summary"][0].startswith("Claim 1")
 
 
