@@ -1,6 +1,7 @@
 """`nonsingular study` end to end on a tiny configuration: report, model cache, resume."""
 
 import csv
+import itertools
 import json
 
 import pytest
@@ -11,7 +12,10 @@ from conftest import run_cli
 from nonsingular import PGD, AutoEnsemble, ThreatModel, verify
 from nonsingular.checkpoint import load_checkpoint
 from nonsingular.datasets import load_digits
+from nonsingular.evaluate import Cell
 from nonsingular.study import load_study_config, run_study
+from nonsingular.study.runner import GridCell, _carry, _misses
+from nonsingular.threat import Scope
 
 TINY = """
 name = "tiny"
@@ -92,7 +96,8 @@ def test_study_report_cache_and_resume(monkeypatch, capsys, study_run, fresh_stu
         joint = cells[(0.05, 0.002, "per-example")]["accuracy"]
         certified = [c["certified_accuracy"] for c in model["certified"] if c["eps_x"] == 0.05 and c["eps_w"] == 0.002]
         assert max(certified) <= joint
-        assert joint == _recomputed_joint_accuracy(cache, model, results)
+        own = cells[(0.05, 0.002, "per-example")]["own_accuracy"]
+        assert own == _recomputed_joint_accuracy(cache, model, results) and joint <= own
         (run,) = model["runs"]
         assert run["seed"] == 0 and all(c["seed"] == 0 for c in model["cells"])
         radius = run["radius"]
@@ -204,9 +209,8 @@ epochs = 1
 [attack]
 steps = 2
 [grid]
-eps_x = [0.05]
-eps_w = [0.002]
-scopes = ["per-example"]
+eps_x = [0.05, 0.1]
+eps_w = [0.002, 0.005]
 [certify]
 methods = ["ibp"]
 [radius]
@@ -230,11 +234,26 @@ def test_study_seeds(monkeypatch, capsys, tmp_path):
         monkeypatch, capsys, "study", "--config", str(config), "--out", str(out), "--cache", str(cache)
     )
     assert code == 0, err
-    assert "standard seed 3: attacks 1/3" in err and "standard seed 4: certificates 3/3" in err
+    assert "standard seed 3: attacks 1/8" in err and "standard seed 4: certificates 8/8" in err
     results = json.loads((out / "results.json").read_text())
     model = results["models"]["standard"]
     assert results["seeds"] == [3, 4] and [r["seed"] for r in model["runs"]] == [3, 4]
-    assert sorted({c["seed"] for c in model["cells"]}) == [3, 4] and len(model["cells"]) == 6
+    assert sorted({c["seed"] for c in model["cells"]}) == [3, 4] and len(model["cells"]) == 2 * 8 * 2
+    # Nested threat sets: accuracy never rises along an axis, and per-example never exceeds shared.
+    acc = {(c["seed"], c["eps_x"], c["eps_w"], c["scope"]): c["accuracy"] for c in model["cells"]}
+    xs, ws = results["grid"]["eps_x"], results["grid"]["eps_w"]
+    next_x, next_w = dict(itertools.pairwise(xs)), dict(itertools.pairwise(ws))
+    checked = 0
+    for (seed, ex, ew, scope), value in acc.items():
+        for bigger in (
+            (seed, ex, next_w.get(ew), scope),
+            (seed, next_x.get(ex), ew, scope),
+            (seed, ex, ew, "per-example"),
+        ):
+            if bigger in acc and bigger != (seed, ex, ew, scope):
+                assert acc[bigger] <= value
+                checked += 1
+    assert checked == 2 * (2 * 10 + 8)  # seeds x (both scopes' 10 axis steps + 8 shared -> per-example)
     assert len(list(cache.glob("*.safetensors"))) == 2
     first, second = (load_checkpoint(p).model for p in sorted(cache.glob("*.safetensors")))
     assert not torch.equal(first[-1].weight, second[-1].weight)
@@ -243,3 +262,24 @@ def test_study_seeds(monkeypatch, capsys, tmp_path):
     (headline,) = list(csv.DictReader((out / "headline.csv").read_text().splitlines()))
     assert headline["seeds"] == "2" and headline["clean sd"] != ""
     assert not (out / "radius.csv").exists() and not (out / "radius.png").exists()
+
+
+def _cell(robust: list[bool]) -> Cell:
+    mask = torch.tensor(robust)
+    return Cell(float(mask.float().mean()), 0.0, True, 0.0, 0.0, {}, {}, robust=mask)
+
+
+def test_nesting_carry():
+    """A larger threat set keeps every verified break of the smaller sets inside it: per example in the
+    per-example scope, the whole lowest-accuracy perturbation in the shared scope."""
+    own = _cell([True, True, False, True])
+    smaller = [_cell([False, True, True, True]), _cell([True, True, True, False])]
+    carried, count = _carry(own, smaller, Scope.PER_EXAMPLE)
+    assert carried.robust.tolist() == [False, True, False, False] and carried.accuracy == 0.25 and count == 2
+    assert _misses(own, smaller) and not _misses(carried, smaller)
+    shared, count = _carry(_cell([True, True, True, False]), [_cell([True, False, False, False])], Scope.SHARED)
+    assert shared.robust.tolist() == [True, False, False, False] and count == 1
+    kept, count = _carry(_cell([True, False, False, False]), [_cell([True, True, False, False])], Scope.SHARED)
+    assert kept.robust.tolist() == [True, False, False, False] and count == 0
+    record = GridCell(0, 0.1, 0.002, "per-example", carried, own.accuracy, count, True)
+    assert GridCell.from_json(json.loads(json.dumps(record.to_json()))).cell.robust.tolist() == carried.robust.tolist()

@@ -13,7 +13,7 @@ from rich.table import Table
 
 from .. import distributed as dist
 from ..study.config import default_config_path, load_study_config, shipped_studies
-from ..study.report import HEADLINE_COLUMNS, headline_rows, summarise
+from ..study.report import HEADLINE_COLUMNS, headline_stats, summarise
 from ..study.runner import run_study
 from .common import DeviceOpt, UserError, console, err_console, progress_bar, resolve_device
 
@@ -35,9 +35,11 @@ def progress_lines(t0: float, every: float = 30.0) -> Callable[[str, int, int], 
 
 def study(
     config: Annotated[
-        Path | None,
+        str | None,
         typer.Option(
-            "--config", help=f"Study file (.toml or .yaml) [default: the shipped {default_config_path().name}]."
+            "--config",
+            help=f"Study file (.toml or .yaml) or a shipped study's name ({', '.join(shipped_studies())}) "
+            f"[default: the shipped {default_config_path().stem}].",
         ),
     ] = None,
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder for results.json, CSVs, PNGs, report.html.")] = Path(
@@ -77,7 +79,11 @@ def study(
     if dist.rank() != 0:
         return
     hx, hw = results["headline"]["eps_x"], results["headline"]["eps_w"]
-    table = Table(title=f"{cfg.name}: accuracy at eps_x={hx:g}, eps_w={hw:g} ({results['n_examples']} test examples)")
+    seeds = len(results["seeds"])
+    spread = f", mean ± sd over {seeds} seeds" if seeds > 1 else ""
+    table = Table(
+        title=f"{cfg.name}: accuracy at eps_x={hx:g}, eps_w={hw:g} ({results['n_examples']} test examples{spread})"
+    )
     table.add_column("model", no_wrap=True)
     short = {
         "input-only": "input",
@@ -87,8 +93,8 @@ def study(
     }
     for column in HEADLINE_COLUMNS:
         table.add_column(short.get(column, column), justify="right", no_wrap=True)
-    for row in headline_rows(results):
-        table.add_row(row["model"], *("-" if row[c] is None else f"{100 * row[c]:.1f}%" for c in HEADLINE_COLUMNS))
+    for name, _, stats in headline_stats(results):
+        table.add_row(name, *(stats[c].text() for c in HEADLINE_COLUMNS))
     console.print(table)
     for line in summarise(results):
         console.print(f"- {line}")

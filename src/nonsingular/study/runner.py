@@ -12,6 +12,7 @@ import logging
 import platform
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +22,7 @@ from torch import Tensor, nn
 from .. import distributed as dist
 from .._version import __version__
 from ..architectures import build_model
-from ..attacks import PGD
+from ..attacks import PGD, Loss
 from ..certify import Certificate, certified_mask, certify
 from ..checkpoint import atomic_write, check_output_path, load_checkpoint, save_checkpoint
 from ..datasets import Dataset, load_data
@@ -245,26 +246,78 @@ class _ModelRun:
     def _key(self, kind: str, ex: float, ew: float, last: str) -> str:
         return f"{kind}/{self.name}/{self.seed}/{ex}/{ew}/{last}"
 
-    def cell(self, ex: float, ew: float, scope: Scope) -> Cell | None:
+    def grid_cell(self, ex: float, ew: float, scope: Scope) -> GridCell | None:
         """The finished cell at (ex, ew, scope), or None."""
         saved = self.state.get(self._key("cell", ex, ew, scope.value))
-        return None if saved is None else Cell.from_json(saved)
+        return None if saved is None else GridCell.from_json(saved)
+
+    def cell(self, ex: float, ew: float, scope: Scope) -> Cell | None:
+        found = self.grid_cell(ex, ew, scope)
+        return None if found is None else found.cell
+
+    def _smaller(self, ex: float, ew: float, scope: Scope) -> list[Cell]:
+        """The verified cells of `scope` one grid step below (ex, ew) on each axis: threat sets inside this one.
+        Their own smaller cells were carried into them already, so one step covers every nested cell."""
+        xs, ws = self.grid.eps_x, self.grid.eps_w
+        below = []
+        if xs.index(ex) > 0:
+            below.append((xs[xs.index(ex) - 1], ew))
+        if ws.index(ew) > 0:
+            below.append((ex, ws[ws.index(ew) - 1]))
+        cells = [self.cell(a, b, scope) for a, b in below if a > 0 or b > 0]
+        return [c for c in cells if c is not None and c.verified and c.robust is not None]
+
+    def _attack_point(self, ex: float, ew: float, attack: PGD, clean_correct: Tensor) -> None:
+        """Both scopes of one grid point via evaluate_cell (as `nonsingular evaluate`), then the nesting carry.
+
+        The threat sets are nested (a larger eps contains every smaller one, and the per-example set contains the
+        shared one), so a verified adversarial result of a smaller set is valid here: per example the worst is
+        kept (per-example scope), the lowest-accuracy perturbation is kept (shared scope), and per-example
+        examples broken by the shared perturbation count as broken. Where a smaller cell broke examples that
+        this cell's own attack missed, a margin-loss restart runs first (cross-entropy saturates when the model
+        collapses to one class) and is kept per example.
+        """
+        found: dict[Scope, GridCell] = {}
+        scopes = sorted(self.grid.scopes, key=lambda s: s is Scope.SHARED)  # per-example first: shared may copy it
+        for scope in scopes:
+            threat = self.threat(ex, ew, scope)
+            per_example = found[Scope.PER_EXAMPLE].cell if Scope.PER_EXAMPLE in found else None
+            cell = evaluate_cell(self.model, self.x, self.y, threat, attack, clean_correct, None, per_example)
+            own = cell.accuracy
+            smaller = self._smaller(ex, ew, scope) if cell.verified and cell.robust is not None else []
+            restarted = False
+            if (
+                scope is Scope.PER_EXAMPLE
+                and cell.same_as is None
+                and attack.loss is Loss.CE
+                and _misses(cell, smaller)
+            ):
+                again = evaluate_cell(
+                    self.model, self.x, self.y, threat, replace(attack, loss=Loss.MARGIN), clean_correct
+                )
+                if again.verified and again.robust is not None:
+                    restarted = True
+                    cell = _with_robust(cell, cell.robust & again.robust.to(cell.robust.device))
+            cell, carried = _carry(cell, smaller, scope)
+            found[scope] = GridCell(self.seed, ex, ew, scope.value, cell, own, carried, restarted)
+        shared = found.get(Scope.SHARED)
+        pe = found.get(Scope.PER_EXAMPLE)
+        if shared and pe and pe.cell.verified and shared.cell.verified and shared.cell.same_as is None:
+            pe.cell, extra = _carry(pe.cell, [shared.cell], Scope.PER_EXAMPLE)
+            pe.carried += extra
+        for scope, record in found.items():
+            self.state.put(self._key("cell", ex, ew, scope.value), record.to_json())
 
     def attack_cells(self, points, attack: PGD, clean_correct: Tensor) -> list[dict[str, Any]]:
-        """Every grid cell in both scopes via evaluate_cell (as `nonsingular evaluate`); the result rows."""
+        """Every grid cell in both scopes (see _attack_point); the result rows."""
         rows = []
-        scopes = sorted(self.grid.scopes, key=lambda s: s is Scope.SHARED)  # per-example first: shared may copy it
         for i, (ex, ew) in enumerate(points):
-            for scope in scopes:
-                key = self._key("cell", ex, ew, scope.value)
-                if self.state.get(key) is None:
-                    per_example = self.cell(ex, ew, Scope.PER_EXAMPLE)
-                    threat = self.threat(ex, ew, scope)
-                    cell = evaluate_cell(self.model, self.x, self.y, threat, attack, clean_correct, None, per_example)
-                    self.state.put(key, cell.to_json())
-                cell = self.cell(ex, ew, scope)
-                assert cell is not None
-                rows.append({"seed": self.seed, "eps_x": ex, "eps_w": ew, "scope": scope.value, **_row(cell)})
+            if any(self.state.get(self._key("cell", ex, ew, s.value)) is None for s in self.grid.scopes):
+                self._attack_point(ex, ew, attack, clean_correct)
+            for scope in sorted(self.grid.scopes, key=lambda s: s is Scope.SHARED):
+                record = self.grid_cell(ex, ew, scope)
+                assert record is not None
+                rows.append(record.row())
             self._tick("attacks", i + 1, len(points))
         return rows
 
@@ -304,9 +357,84 @@ class _ModelRun:
         return rows
 
 
-def _row(cell: Cell) -> dict[str, Any]:
-    """The fields of a cell that results.json keeps per grid cell."""
-    return {"accuracy": cell.accuracy, "verified": cell.verified, "paths": cell.paths}
+@dataclass
+class GridCell:
+    """One evaluated grid cell of one model and seed, as the study records it.
+
+    Attributes:
+        seed: the training and attack seed.
+        eps_x, eps_w, scope: the cell.
+        cell: the evaluated cell (evaluate.Cell) after the nesting carry: its accuracy and robust examples
+            include verified results carried from smaller threat sets and the margin restart.
+        own_accuracy: the accuracy of this cell's own first attack, before any carry or restart.
+        carried: examples (per-example scope; the shared scope: 1 when a smaller cell's perturbation was kept)
+            that only a smaller cell's verified result broke.
+        margin_restart: a margin-loss restart ran (the cross-entropy attack missed examples a smaller set broke).
+    """
+
+    seed: int
+    eps_x: float
+    eps_w: float
+    scope: str
+    cell: Cell
+    own_accuracy: float | None
+    carried: int = 0
+    margin_restart: bool = False
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            **{f.name: getattr(self, f.name) for f in fields(self) if f.name != "cell"},
+            "cell": self.cell.to_json(),
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> GridCell:
+        """Raises: ValueError: not a grid cell record."""
+        if set(data) != {f.name for f in fields(cls)}:
+            raise ValueError(f"not a study grid cell: keys {sorted(data)}")
+        return cls(**{**data, "cell": Cell.from_json(data["cell"])})
+
+    def row(self) -> dict[str, Any]:
+        """The fields results.json keeps per grid cell."""
+        return {
+            "seed": self.seed,
+            "eps_x": self.eps_x,
+            "eps_w": self.eps_w,
+            "scope": self.scope,
+            "accuracy": self.cell.accuracy,
+            "verified": self.cell.verified,
+            "paths": self.cell.paths,
+            "own_accuracy": self.own_accuracy,
+            "carried": self.carried,
+            "margin_restart": self.margin_restart,
+        }
+
+
+def _with_robust(cell: Cell, robust: Tensor) -> Cell:
+    return replace(cell, robust=robust, accuracy=float(robust.float().mean()))
+
+
+def _misses(cell: Cell, smaller: list[Cell]) -> bool:
+    """Whether a smaller cell's verified attack broke an example this cell's attack left standing."""
+    return cell.robust is not None and any(
+        bool((cell.robust & ~other.robust.to(cell.robust.device)).any()) for other in smaller
+    )
+
+
+def _carry(cell: Cell, smaller: list[Cell], scope: Scope) -> tuple[Cell, int]:
+    """`cell` with the verified results of the nested `smaller` cells carried in; (cell, carried count)."""
+    if not smaller or cell.robust is None or not cell.verified:
+        return cell, 0
+    if scope is Scope.SHARED:  # one perturbation for all: keep the one with the lowest accuracy
+        worst = min(smaller, key=lambda c: float(c.robust.float().mean()))
+        if float(worst.robust.float().mean()) < float(cell.robust.float().mean()):
+            return _with_robust(cell, worst.robust.to(cell.robust.device).clone()), 1
+        return cell, 0
+    robust = cell.robust.clone()
+    for other in smaller:
+        robust &= other.robust.to(robust.device)
+    carried = int((cell.robust & ~robust).sum())
+    return (_with_robust(cell, robust), carried) if carried else (cell, 0)
 
 
 def _radii(model, x, y, config: StudyConfig, data: Dataset, attack: PGD, progress, name: str) -> dict[str, Any]:
