@@ -94,6 +94,32 @@ class RadiusConfig(RadiusSettings):
     iterations: int = Field(6, ge=1, le=30)
 
 
+class ScaleConfig(_Strict):
+    """The scale-aware analysis (study.scale): per-layer weight norms and mean input l1 norms, the claims at the
+    headline eps_x in all four weight parametrizations (eps_w of each below: a weight-only and a joint cell per
+    scope), and the rescaling check (first layer x c, second / c) on the per-example weight-only cells.
+    `enabled = false` skips it."""
+
+    enabled: bool = True
+    n_examples: int = Field(100, ge=1)
+    factors: list[float] = [0.5, 2.0]
+    elementwise_absolute: float = Field(0.002, gt=0)
+    elementwise_relative: float = Field(0.05, gt=0)
+    operator_absolute: float = Field(0.1, gt=0)
+    operator_relative: float = Field(0.005, gt=0)
+
+    @field_validator("factors")
+    @classmethod
+    def _factors(cls, values: list[float]) -> list[float]:
+        if any(not math.isfinite(v) or v <= 0 or v == 1 for v in values):
+            raise ValueError(f"scale.factors must be finite, > 0 and not 1, got {values}")
+        return values
+
+    def eps_w(self, ball: WeightBall, mode: EpsMode) -> float:
+        """The radius of one parametrization."""
+        return float(getattr(self, f"{ball.value}_{mode.value}"))
+
+
 class Headline(_Strict):
     eps_x: float = 0.05
     eps_w: float = 0.002
@@ -113,6 +139,7 @@ class StudyConfig(_Strict):
     grid: GridConfig = GridConfig()
     certify: CertifyConfig = CertifyConfig()
     radius: RadiusConfig = RadiusConfig()
+    scale: ScaleConfig = ScaleConfig()
     headline: Headline = Headline()
     models: list[ModelEntry] = Field(default_factory=lambda: [ModelEntry(name="standard")], min_length=1)
 

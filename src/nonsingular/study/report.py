@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from ..checkpoint import atomic_write
+from .scale import scale_rows, scale_summary
 from .verdicts import FLOOR, Z, claim_comparisons, mean_sd, seed_values
 
 __all__ = ["HEADLINE_COLUMNS", "Stat", "headline_rows", "headline_stats", "summarise", "verdict_rows", "write_report"]
@@ -172,6 +173,7 @@ def _tables(results: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
         "robust_summary": summary,
         "certified": certified,
         "radius": radius,
+        **scale_rows(results),
     }
     return {name: rows for name, rows in tables.items() if rows}  # an empty table writes no file
 
@@ -221,12 +223,56 @@ def _markdown(results: dict[str, Any], figures: list[str], summary: list[str]) -
     ]
     for name, objective, stats in headline_stats(results):
         lines.append(f"| {name} | {objective} | " + " | ".join(stats[c].text() for c in HEADLINE_COLUMNS) + " |")
+    lines += _scale_markdown(results)
     lines += ["", "## Figures", ""]
     lines += [f"![{f}]({f})" for f in figures]
     lines += ["", "## Models", ""]
     lines += [f"- {line}" for line in _model_lines(results)]
     lines += ["", f"Versions: {', '.join(f'{k} {v}' for k, v in results['versions'].items())}.", ""]
     return "\n".join(lines)
+
+
+SCALE_INTRO = (
+    "ReLU networks are positively homogeneous: scaling a layer by c and the next by 1/c leaves the function "
+    "unchanged. Relative radii scale with the weights and are invariant under that rescaling; absolute radii are "
+    "not, so an absolute-mode verdict may measure weight scale. Lemma 1: the per-example element-wise weight "
+    "adversary's power at layer l is eps_w * ||h_{l-1}||_1 (input_l1 below)."
+)
+
+
+def _layer_means(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """Per model and layer, the layer statistics averaged over seeds."""
+    grouped: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for row in scale_rows(results)["scale_layers"]:
+        grouped.setdefault((row["model"], row["layer"]), []).append(row)
+    keys = ("max_abs", "operator", "frobenius", "input_l1")
+    return [
+        {"model": m, "layer": layer, **{k: sum(r[k] for r in rows) / len(rows) for k in keys}}
+        for (m, layer), rows in grouped.items()
+    ]
+
+
+def _scale_markdown(results: dict[str, Any]) -> list[str]:
+    tables = scale_rows(results)
+    if not tables["scale_layers"]:
+        return []
+    lines = ["", "## Scale: parametrizations and rescaling", "", SCALE_INTRO, ""]
+    lines += [f"- {line}" for line in scale_summary(results)]
+    lines += ["", "| parametrization | claim | subject | reference | scope | verdict | mean difference (points) |"]
+    lines += ["| --- | --- | --- | --- | --- | --- | ---: |"]
+    for v in tables["scale_verdicts"]:
+        lines.append(
+            f"| {v['parametrization']} | {v['claim']} | {v['subject']} | {v['reference']} | {v['scope']} | "
+            f"{v['verdict']} | {_points(v['mean_difference'], '+.2f')} |"
+        )
+    lines += ["", "| model | layer | max abs w | l_inf operator norm | Frobenius | mean input l1 |"]
+    lines += ["| --- | --- | ---: | ---: | ---: | ---: |"]
+    for r in _layer_means(results):
+        lines.append(
+            f"| {r['model']} | {r['layer']} | {r['max_abs']:.3g} | {r['operator']:.3g} | {r['frobenius']:.3g} | "
+            f"{r['input_l1']:.3g} |"
+        )
+    return lines
 
 
 def _model_lines(results: dict[str, Any]) -> list[str]:
@@ -245,6 +291,45 @@ def _model_lines(results: dict[str, Any]) -> list[str]:
                 f"{name}{seed}: clean {_pct(run['clean_accuracy'])}; {origin}; evaluated in {run['eval_seconds']:.1f} s"
             )
     return lines
+
+
+def _table_html(header: list[str], rows: list[list[str]]) -> str:
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in rows)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _scale_html(results: dict[str, Any]) -> str:
+    tables = scale_rows(results)
+    if not tables["scale_layers"]:
+        return ""
+    verdicts = _table_html(
+        ["parametrization", "claim", "subject", "reference", "scope", "verdict", "mean difference (points)"],
+        [
+            [
+                v["parametrization"],
+                str(v["claim"]),
+                v["subject"],
+                v["reference"],
+                v["scope"],
+                v["verdict"],
+                _points(v["mean_difference"], "+.2f"),
+            ]
+            for v in tables["scale_verdicts"]
+        ],
+    )
+    layers = _table_html(
+        ["model", "layer", "max abs w", "l_inf operator norm", "Frobenius", "mean input l1"],
+        [
+            [r["model"], r["layer"]] + [f"{r[k]:.3g}" for k in ("max_abs", "operator", "frobenius", "input_l1")]
+            for r in _layer_means(results)
+        ],
+    )
+    items = "".join(f"<li>{html.escape(line)}</li>" for line in scale_summary(results))
+    return (
+        f"<h2>Scale: parametrizations and rescaling</h2><p>{html.escape(SCALE_INTRO)}</p><ul>{items}</ul>"
+        f"{verdicts}{layers}"
+    )
 
 
 def _html(results: dict[str, Any], folder: Path, figures: list[str], summary: list[str]) -> str:
@@ -289,6 +374,7 @@ figure {{ margin: 1.5em 0; }} img {{ max-width: 100%; border: 1px solid #eee; }}
 <ul>{"".join(f"<li>{html.escape(s)}</li>" for s in summary)}</ul>
 <h2>Headline (eps_x = {hx:g}, eps_w = {hw:g}; mean ± sd over seeds)</h2>
 <table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>
+{_scale_html(results)}
 <h2>Figures</h2>{images}
 <h2>Models</h2><ul>{"".join(f"<li>{html.escape(line)}</li>" for line in _model_lines(results))}</ul>
 <p>Versions: {html.escape(", ".join(f"{k} {v}" for k, v in results["versions"].items()))}</p>

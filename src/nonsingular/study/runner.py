@@ -33,6 +33,7 @@ from ..threat import Scope, ThreatModel
 from ..training.trainer import architecture_spec
 from .config import ModelEntry, StudyConfig
 from .report import write_report
+from .scale import PARAMETRIZATIONS, layer_stats, rescaled
 from .training import train_config, train_for_study
 
 __all__ = ["StudyState", "run_study"]
@@ -171,6 +172,12 @@ def run_study(
                 if state.get(key) is None:
                     state.put(key, _radii(model, x, y, config, data, attack, progress, run.label))
                 radius = state.get(key)
+            scale = None
+            if config.scale.enabled:
+                key = f"scale/{entry.name}/{seed}"
+                if state.get(key) is None:
+                    state.put(key, run.scale_analysis(config, attack, progress))
+                scale = state.get(key)
             runs.append(
                 {
                     "seed": seed,
@@ -181,6 +188,7 @@ def run_study(
                     "eval_seconds": time.perf_counter() - t_eval,
                     "training": metadata.get("training", {}),
                     "radius": radius,
+                    "scale": scale,
                 }
             )
         models[entry.name] = {
@@ -321,6 +329,47 @@ class _ModelRun:
             self._tick("attacks", i + 1, len(points))
         return rows
 
+    def scale_analysis(self, config: StudyConfig, attack: PGD, progress: StudyProgress | None) -> dict[str, Any]:
+        """Layer statistics, the weight-only and joint cells at the headline eps_x in all four parametrizations
+        (both scopes), and the rescaling check, on the first `scale.n_examples` examples (see study.scale)."""
+        sc, hx = config.scale, config.headline.eps_x
+        x, y = self.x[: sc.n_examples], self.y[: sc.n_examples]
+        with torch.no_grad():
+            clean_correct = self.model(x).argmax(1) == y
+        scopes = sorted(self.grid.scopes, key=lambda s: s is Scope.SHARED)
+        cells, accuracy = [], {}
+        for k, (ball, mode) in enumerate(PARAMETRIZATIONS):
+            eps_w = sc.eps_w(ball, mode)
+            for ex in (0.0, hx):
+                for scope in scopes:
+                    threat = ThreatModel(
+                        eps_x=ex, eps_w=eps_w, weight_ball=ball, weight_mode=mode, scope=scope, domain=self.domain
+                    )
+                    cell = evaluate_cell(self.model, x, y, threat, attack, clean_correct)
+                    row = {"weight_ball": ball.value, "weight_mode": mode.value, "eps_x": ex, "eps_w": eps_w}
+                    cells.append(row | {"scope": scope.value, "seed": self.seed, **_cell_fields(cell)})
+                    if ex == 0 and scope is Scope.PER_EXAMPLE:
+                        accuracy[f"{ball.value} {mode.value}"] = cell.accuracy
+            self._tick("scale", k + 1, len(PARAMETRIZATIONS) + len(sc.factors))
+        rescaling = []
+        for k, c in enumerate(sc.factors):
+            model = rescaled(self.model, c)
+            with torch.no_grad():
+                change = float((model(x) - self.model(x)).abs().max())
+            moved = {}
+            for ball, mode in PARAMETRIZATIONS:
+                threat = ThreatModel(eps_w=sc.eps_w(ball, mode), weight_ball=ball, weight_mode=mode, domain=self.domain)
+                moved[f"{ball.value} {mode.value}"] = evaluate_cell(model, x, y, threat, attack, clean_correct).accuracy
+            rescaling.append({"c": c, "max_logit_change": change, "accuracy": moved})
+            self._tick("scale", len(PARAMETRIZATIONS) + k + 1, len(PARAMETRIZATIONS) + len(sc.factors))
+        return {
+            "n_examples": len(y),
+            "layers": layer_stats(self.model, x),
+            "cells": cells,
+            "weight_only": accuracy,
+            "rescaling": rescaling,
+        }
+
     def certify_cells(self, points, clean_correct: Tensor) -> list[dict[str, Any]]:
         """Certificates at every grid point via certify (as `nonsingular certify`), bounding only the examples
         the verified per-example attack left correct (a sound bound cannot certify the others)."""
@@ -408,6 +457,10 @@ class GridCell:
             "carried": self.carried,
             "margin_restart": self.margin_restart,
         }
+
+
+def _cell_fields(cell: Cell) -> dict[str, Any]:
+    return {"accuracy": cell.accuracy, "verified": cell.verified}
 
 
 def _with_robust(cell: Cell, robust: Tensor) -> Cell:
