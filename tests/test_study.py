@@ -102,8 +102,21 @@ def test_study_report_cache_and_resume(monkeypatch, capsys, study_run, fresh_stu
         assert run["seed"] == 0 and all(c["seed"] == 0 for c in model["cells"])
         radius = run["radius"]
         assert all(c <= a + 1e-12 for a, c in zip(radius["attack"], radius["certified"], strict=True))
-    for name in ("report.html", "report.md", "heatmaps.png", "robust_accuracy.csv", "headline.csv", "verdicts.csv"):
+    for name in (
+        "report.html",
+        "report.md",
+        "heatmaps.png",
+        "robust_accuracy.csv",
+        "headline.csv",
+        "verdicts.csv",
+        "scale_verdicts.csv",
+    ):
         assert (out / name).stat().st_size > 0
+    report = (out / "report.md").read_text()
+    assert "## Scale: parametrizations and rescaling" in report and "operator relative" in report
+    scale = results["models"]["standard"]["runs"][0]["scale"]
+    assert [r["c"] for r in scale["rescaling"]] == [0.5, 2.0] and len(scale["layers"]) == 3
+    assert all(r["max_logit_change"] < 1e-4 for r in scale["rescaling"])
     assert len(list(cache.glob("*.safetensors"))) == 2
     assert results["attack"].startswith("AutoEnsemble(steps=3") and results["attack_budget"]["targets"] == 3
     assert all(isinstance(m["flags"], list) for m in results["models"].values())
