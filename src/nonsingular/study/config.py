@@ -7,7 +7,7 @@ import json
 import math
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import tomllib
 import yaml
@@ -131,7 +131,7 @@ class StudyConfig(_Strict):
     name: str = "study"
     data: str = "digits"
     seed: int = Field(0, ge=0, lt=2**32)
-    seeds: list[int] | None = Field(None, min_length=1)
+    seeds: list[Annotated[int, Field(ge=0, lt=2**32)]] | None = Field(None, min_length=1)
     n_examples: int | None = Field(None, ge=1)
     architecture: dict[str, Any] = Field(default_factory=lambda: {"name": "mlp", "widths": [256, 256]})
     training: dict[str, Any] = Field(default_factory=dict)
