@@ -121,9 +121,16 @@ def check_study(config: StudyConfig, data: Dataset, out_dir: Path, cache_dir: Pa
     for entry in config.models:
         cfg = train_config(config, entry)
         try:
-            build_model(architecture_spec(cfg, data))
+            model = build_model(architecture_spec(cfg, data))
         except ValueError as err:
             raise InputError(f"model '{entry.name}': architecture: {describe(err)}") from None
+        if config.scale.enabled:
+            try:
+                rescaled(model, 2.0)
+            except ValueError as err:
+                raise InputError(
+                    f"model '{entry.name}': scale analysis: {describe(err)}; set [scale] enabled = false"
+                ) from None
     for folder in (out_dir, cache_dir):
         check_output_path(folder / "state.json")
 

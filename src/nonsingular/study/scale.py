@@ -82,8 +82,8 @@ def rescaled(model: nn.Module, c: float) -> nn.Module:
     by 1/c: the same function for a ReLU network (the layers between are ReLUs), another weight scale.
 
     Raises:
-        ValueError: c <= 0, fewer than two perturbable layers, or a module between them that is not a ReLU
-            (the rescaling would change the function).
+        ValueError: c <= 0, fewer than two perturbable layers, or a module between them that is not positively
+            homogeneous (ReLU, Flatten, pooling): the rescaling would change the function.
     """
     if not c > 0:
         raise ValueError(f"the rescaling factor must be > 0, got {c}")
@@ -94,8 +94,9 @@ def rescaled(model: nn.Module, c: float) -> nn.Module:
         raise ValueError("rescaling needs two perturbable layers")
     (first, a), (second, b) = layers[:2]
     between = [m for name, m in copied.named_modules() if names.index(first) < names.index(name) < names.index(second)]
-    if any(not isinstance(m, nn.ReLU | nn.Flatten) for m in between):
-        raise ValueError(f"only ReLU/Flatten may sit between {first} and {second} to rescale them")
+    # Positively homogeneous modules: f(c h) = c f(h) for c > 0, so the rescaling passes through them.
+    if any(not isinstance(m, nn.ReLU | nn.Flatten | nn.MaxPool2d | nn.AvgPool2d) for m in between):
+        raise ValueError(f"only ReLU, Flatten and pooling may sit between layers {first} and {second} to rescale them")
     with torch.no_grad():
         a.weight.mul_(c)
         if a.bias is not None:
