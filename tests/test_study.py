@@ -167,7 +167,7 @@ def test_report_renders_in_headless_chromium(fresh_study, tmp_path):
     (tmp_path / "report.png").write_bytes(seen.screenshot)
     assert seen.errors == []
     assert seen.title == f"nonsingular study: {results['name']}"
-    assert len(seen.images) == 5
+    assert len(seen.images) == 6
     broken = [alt for alt, width, height in seen.images if width == 0 or height == 0]
     assert broken == [], f"figures that did not load: {broken}"
     assert seen.headline_rows == list(results["models"])

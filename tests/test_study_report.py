@@ -137,6 +137,7 @@ def test_write_report(tmp_path):
         "heatmaps.png",
         "weight_fragility.png",
         "input_robustness.png",
+        "pareto.png",
         "certified_vs_attacked.png",
         "radius.png",
         "report.md",
@@ -144,7 +145,7 @@ def test_write_report(tmp_path):
     ):
         assert (tmp_path / name).stat().st_size > 0, name
     page = html.read_text()
-    assert page.count("data:image/png;base64,") == 5 and "Claim 1" in page
+    assert page.count("data:image/png;base64,") == 6 and "Claim 1" in page
     rows = list(csv.DictReader((tmp_path / "robust_accuracy.csv").read_text().splitlines()))
     assert len(rows) == 4 * 3 * 5 * 2  # models x seeds x cells x scopes
     assert json.loads((tmp_path / "results.json").read_text())["summary"][0].startswith("Claim 1")
@@ -165,3 +166,11 @@ def test_default_config_and_errors(tmp_path):
     broken.write_text("name = [")
     with pytest.raises(ValueError, match="not valid TOML"):
         load_study_config(broken)
+
+
+def test_best_regularized_variant_is_named():
+    results = _results()
+    results["models"]["reg2"] = _model("bound-reg", 0.9, (0.5, 0.5, 0.5), (0.30, 0.31, 0.29))
+    lines = summarise(results)
+    assert lines[-1].startswith("Best regularized variant against standard: 'reg2'") and "+29.50" in lines[-1]
+    assert not summarise(_results())[-1].startswith("Best regularized variant")

@@ -117,6 +117,35 @@ def certified_vs_attacked(results: dict[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
+def pareto(results: dict[str, Any], path: Path) -> None:
+    """Clean vs joint robust accuracy (headline point, per-example and shared scope) per model, mean ± sd over
+    seeds: the trade-off each defence makes."""
+    hx, hw = results["headline"]["eps_x"], results["headline"]["eps_w"]
+    scopes = results["grid"]["scopes"]
+    fig, axes = plt.subplots(1, len(scopes), figsize=(5.2 * len(scopes), 4.0), squeeze=False, constrained_layout=True)
+    for ax, scope in zip(axes[0], scopes, strict=True):
+        for name, model in results["models"].items():
+            clean, joint = _stat(model, 0.0, 0.0, scope), _stat(model, hx, hw, scope)
+            if clean.mean is None or joint.mean is None:
+                continue
+            ax.errorbar(
+                100 * clean.mean,
+                100 * joint.mean,
+                xerr=100 * (clean.sd or 0.0),
+                yerr=100 * (joint.sd or 0.0),
+                marker="o",
+                capsize=3,
+                label=f"{name} ({model['objective']})",
+            )
+        ax.set_xlabel("clean accuracy (%)")
+        ax.set_ylabel(f"joint robust accuracy (%) at eps_x={hx:g}, eps_w={hw:g}")
+        ax.set_title(f"clean vs joint robust, {scope} scope", fontsize=10)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def radius_distributions(results: dict[str, Any], path: Path) -> bool:
     """Empirical distributions of the attacked and certified radii (all seeds pooled); False when none."""
     models = {n: m for n, m in results["models"].items() if any(r.get("radius") for r in runs(m))}
@@ -151,7 +180,8 @@ def write_figures(results: dict[str, Any], folder: Path) -> list[str]:
     names.append("heatmaps.png")
     curves(results, folder / "weight_fragility.png", "eps_w")
     curves(results, folder / "input_robustness.png", "eps_x")
-    names += ["weight_fragility.png", "input_robustness.png"]
+    pareto(results, folder / "pareto.png")
+    names += ["weight_fragility.png", "input_robustness.png", "pareto.png"]
     if any(m.get("certified") for m in results["models"].values()):
         certified_vs_attacked(results, folder / "certified_vs_attacked.png")
         names.append("certified_vs_attacked.png")

@@ -110,7 +110,21 @@ def summarise(results: dict[str, Any]) -> list[str]:
     comparisons = claim_comparisons(results)
     if not comparisons:
         return ["The study's models do not include the objectives the paper's claims compare."]
-    return [c.sentence() for c in comparisons]
+    lines = [c.sentence() for c in comparisons]
+    against_standard = [
+        c for c in comparisons if c.claim == 2 and c.mean is not None and c.reference in _standard_models(results)
+    ]
+    if len({c.subject for c in against_standard}) > 1:  # several regularized variants: name the best
+        best = max(against_standard, key=lambda c: c.mean)  # type: ignore[arg-type, return-value]
+        lines.append(
+            f"Best regularized variant against standard: '{best.subject}' ({best.scope} scope, mean joint difference "
+            f"{_points(best.mean, '+.2f')} points vs '{best.reference}', verdict: {best.verdict})."
+        )
+    return lines
+
+
+def _standard_models(results: dict[str, Any]) -> set[str]:
+    return {name for name, model in results["models"].items() if model["objective"] == "standard"}
 
 
 def verdict_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
