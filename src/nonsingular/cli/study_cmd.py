@@ -80,7 +80,7 @@ def study(
         return
     hx, hw = results["headline"]["eps_x"], results["headline"]["eps_w"]
     seeds = len(results["seeds"])
-    spread = f", mean ± sd over {seeds} seeds" if seeds > 1 else ""
+    spread = f", % mean±sd over {seeds} seeds" if seeds > 1 else ""
     table = Table(
         title=f"{cfg.name}: accuracy at eps_x={hx:g}, eps_w={hw:g} ({results['n_examples']} test examples{spread})"
     )
@@ -94,7 +94,7 @@ def study(
     for column in HEADLINE_COLUMNS:
         table.add_column(short.get(column, column), justify="right", no_wrap=True)
     for name, _, stats in headline_stats(results):
-        table.add_row(name, *(stats[c].text() for c in HEADLINE_COLUMNS))
+        table.add_row(name, *(stats[c].text(compact=True) for c in HEADLINE_COLUMNS))
     console.print(table)
     for line in summarise(results):
         console.print(f"- {line}")

@@ -58,9 +58,12 @@ class Stat:
         mean, sd = mean_sd([float(v) for v in values])  # type: ignore[arg-type]
         return cls(mean, sd, len(values))
 
-    def text(self) -> str:
+    def text(self, compact: bool = False) -> str:
+        """ "97.5% ± 0.7" (percent, sd in points); compact: "97.5±0.7" for narrow terminals."""
         if self.mean is None:
             return "-"
+        if compact:
+            return f"{100 * self.mean:.1f}" + ("%" if self.sd is None else f"±{100 * self.sd:.1f}")
         return f"{100 * self.mean:.1f}%" + ("" if self.sd is None else f" ± {100 * self.sd:.1f}")
 
 
