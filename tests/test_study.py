@@ -188,7 +188,7 @@ def test_study_nested_grid_flag(small_mlp, digits, tmp_path):
         }
     )
     x, y = digits.x_test[:30], digits.y_test[:30]
-    run = _ModelRun("m", small_mlp, x, y, config, digits, StudyState(tmp_path / "state.json", "f"), None)
+    run = _ModelRun("m", 0, small_mlp, x, y, config, digits, StudyState(tmp_path / "state.json", "f"), None)
     cells = [
         {"eps_x": 0.02, "eps_w": 0.0, "scope": "per-example", "accuracy": 0.5},
         {"eps_x": 0.05, "eps_w": 0.0, "scope": "per-example", "accuracy": 0.6},

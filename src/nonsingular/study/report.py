@@ -17,7 +17,16 @@ from ..checkpoint import atomic_write
 from .scale import scale_rows, scale_summary
 from .verdicts import FLOOR, Z, claim_comparisons, mean_sd, seed_values
 
-__all__ = ["HEADLINE_COLUMNS", "Stat", "headline_rows", "headline_stats", "summarise", "verdict_rows", "write_report"]
+__all__ = [
+    "HEADLINE_COLUMNS",
+    "Stat",
+    "all_flags",
+    "headline_rows",
+    "headline_stats",
+    "summarise",
+    "verdict_rows",
+    "write_report",
+]
 
 HEADLINE_COLUMNS = ("clean", "input-only", "weight-only", "joint per-example", "joint shared", "certified")
 
@@ -240,6 +249,8 @@ def _markdown(results: dict[str, Any], figures: list[str], summary: list[str]) -
     ]
     for name, objective, stats in headline_stats(results):
         lines.append(f"| {name} | {objective} | " + " | ".join(stats[c].text() for c in HEADLINE_COLUMNS) + " |")
+    lines += ["", "## Sanity flags", ""]
+    lines += [f"- {f['check']}: {f['message']}" for f in all_flags(results)] or ["- none raised"]
     lines += _scale_markdown(results)
     lines += ["", "## Figures", ""]
     lines += [f"![{f}]({f})" for f in figures]
@@ -290,6 +301,11 @@ def _scale_markdown(results: dict[str, Any]) -> list[str]:
             f"{r['input_l1']:.3g} |"
         )
     return lines
+
+
+def all_flags(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every model's sanity flags (every seed), in model order (see nonsingular.sanity)."""
+    return [f for model in results["models"].values() for f in model.get("flags", [])]
 
 
 def _model_lines(results: dict[str, Any]) -> list[str]:
@@ -371,6 +387,8 @@ def _html(results: dict[str, Any], folder: Path, figures: list[str], summary: li
         + "</tr>"
         for v in verdicts
     )
+    flags = "".join(f"<li>{html.escape(f['check'])}: {html.escape(f['message'])}</li>" for f in all_flags(results))
+    flags = flags or "<li>none raised</li>"
     images = "".join(
         f"<figure><img alt='{html.escape(f)}' src='data:image/png;base64,"
         f"{base64.b64encode((folder / f).read_bytes()).decode()}'><figcaption>{html.escape(f)}</figcaption></figure>"
@@ -391,6 +409,7 @@ figure {{ margin: 1.5em 0; }} img {{ max-width: 100%; border: 1px solid #eee; }}
 <ul>{"".join(f"<li>{html.escape(s)}</li>" for s in summary)}</ul>
 <h2>Headline (eps_x = {hx:g}, eps_w = {hw:g}; mean ± sd over seeds)</h2>
 <table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>
+<h2>Sanity flags</h2><ul>{flags}</ul>
 {_scale_html(results)}
 <h2>Figures</h2>{images}
 <h2>Models</h2><ul>{"".join(f"<li>{html.escape(line)}</li>" for line in _model_lines(results))}</ul>

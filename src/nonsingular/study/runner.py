@@ -22,13 +22,15 @@ from torch import Tensor, nn
 from .. import distributed as dist
 from .._version import __version__
 from ..architectures import build_model
-from ..attacks import PGD, Loss
+from ..attacks import PGD, Attack
 from ..certify import Certificate, certified_mask, certify
 from ..checkpoint import atomic_write, check_output_path, load_checkpoint, save_checkpoint
 from ..datasets import Dataset, load_data
 from ..errors import InputError, describe
-from ..evaluate import Cell, evaluate_cell
+from ..evaluate import Cell, attack_and_verify, evaluate_cell
+from ..losses import Loss
 from ..radius import Ray, attacked_radius, certified_radius
+from ..sanity import RandomNoise, gradient_flag, nested_flag, noise_flag, train_eval_flag
 from ..threat import Scope, ThreatModel
 from ..training.trainer import architecture_spec
 from .config import ModelEntry, StudyConfig
@@ -158,12 +160,12 @@ def run_study(
     grid = config.grid
     points = [(ex, ew) for ex in grid.eps_x for ew in grid.eps_w if ex > 0 or ew > 0]
     models: dict[str, Any] = {}
-    attack = _attack(config, config.run_seeds[0])
+    attack = config.attack.build(config.run_seeds[0])
 
     for entry in config.models:
-        runs, cells, certified = [], [], []
+        runs, cells, certified, flags = [], [], [], []
         for seed in config.run_seeds:
-            attack = _attack(config, seed)
+            attack = config.attack.build(seed)
             t0 = time.perf_counter()
             model, metadata, cached = _train_or_load(config, entry, seed, data, cache_dir, progress, device)
             train_seconds = metadata.get("training", {}).get("seconds", time.perf_counter() - t0)
@@ -171,8 +173,10 @@ def run_study(
                 clean_correct = model(x).argmax(1) == y
             t_eval = time.perf_counter()
             run = _ModelRun(entry.name, seed, model, x, y, config, data, state, progress)
-            cells += run.attack_cells(points, attack, clean_correct)
+            rows = run.attack_cells(points, attack, clean_correct)
+            cells += rows
             certified += run.certify_cells(points, clean_correct)
+            flags += run.sanity_flags(rows, float(clean_correct.float().mean()), config.headline, attack)
             radius = None
             if config.radius.enabled:
                 key = f"radius/{entry.name}/{seed}"
@@ -205,6 +209,7 @@ def run_study(
             "runs": runs,
             "cells": cells,
             "certified": certified,
+            "flags": flags,
         }
 
     results = {
@@ -215,6 +220,7 @@ def run_study(
         "n_examples": n,
         "seeds": config.run_seeds,
         "attack": repr(attack),
+        "attack_budget": attack.budget(),
         "grid": grid.model_dump(mode="json"),
         "headline": config.headline.model_dump(mode="json"),
         "models": models,
@@ -223,12 +229,6 @@ def run_study(
     }
     report = write_report(results, out_dir) if dist.rank() == 0 else out_dir / "report.html"
     return report, results
-
-
-def _attack(config: StudyConfig, seed: int) -> PGD:
-    """The study's attack with the random starts of `seed`."""
-    a = config.attack
-    return PGD(steps=a.steps, restarts=a.restarts, loss=a.loss, batch_size=a.batch_size, seed=seed)
 
 
 class _ModelRun:
@@ -282,7 +282,7 @@ class _ModelRun:
         cells = [self.cell(a, b, scope) for a, b in below if a > 0 or b > 0]
         return [c for c in cells if c is not None and c.verified and c.robust is not None]
 
-    def _attack_point(self, ex: float, ew: float, attack: PGD, clean_correct: Tensor) -> None:
+    def _attack_point(self, ex: float, ew: float, attack: Attack, clean_correct: Tensor) -> None:
         """Both scopes of one grid point via evaluate_cell (as `nonsingular evaluate`), then the nesting carry.
 
         The threat sets are nested (a larger eps contains every smaller one, and the per-example set contains the
@@ -304,6 +304,7 @@ class _ModelRun:
             if (
                 scope is Scope.PER_EXAMPLE
                 and cell.same_as is None
+                and type(attack) is PGD  # the auto ensemble already runs margin-type (DLR) losses
                 and attack.loss is Loss.CE
                 and _misses(cell, smaller)
             ):
@@ -323,7 +324,7 @@ class _ModelRun:
         for scope, record in found.items():
             self.state.put(self._key("cell", ex, ew, scope.value), record.to_json())
 
-    def attack_cells(self, points, attack: PGD, clean_correct: Tensor) -> list[dict[str, Any]]:
+    def attack_cells(self, points, attack: Attack, clean_correct: Tensor) -> list[dict[str, Any]]:
         """Every grid cell in both scopes (see _attack_point); the result rows."""
         rows = []
         for i, (ex, ew) in enumerate(points):
@@ -336,7 +337,7 @@ class _ModelRun:
             self._tick("attacks", i + 1, len(points))
         return rows
 
-    def scale_analysis(self, config: StudyConfig, attack: PGD, progress: StudyProgress | None) -> dict[str, Any]:
+    def scale_analysis(self, config: StudyConfig, attack: Attack, progress: StudyProgress | None) -> dict[str, Any]:
         """Layer statistics, the weight-only and joint cells at the headline eps_x in all four parametrizations
         (both scopes), and the rescaling check, on the first `scale.n_examples` examples (see study.scale)."""
         sc, hx = config.scale, config.headline.eps_x
@@ -376,6 +377,49 @@ class _ModelRun:
             "weight_only": accuracy,
             "rescaling": rescaling,
         }
+
+    def sanity_flags(self, cells, clean: float, headline, attack: Attack) -> list[dict[str, Any]]:
+        """Sanity flags of this model and seed (recorded in the state, so a resumed study does not redo the noise
+        check).
+
+        nested: along each grid axis, and from shared to per-example scope, the larger threat set may not show
+        a higher robust accuracy (the clean accuracy stands at (0, 0)); the nesting carry makes the reported
+        accuracies monotone, so this flags what the carry could not repair (an unverified cell). noise: random
+        points at the headline point's per-example joint cell. gradients and train-eval: the model at the clean
+        points.
+        """
+        key = f"flags/{self.name}/{self.seed}"
+        if self.state.get(key) is not None:
+            return self.state.get(key)["flags"]
+
+        def label(ex: float, ew: float, scope: str) -> str:
+            return f"{self.label}: {scope} eps_x={ex:g} eps_w={ew:g}"
+
+        accuracy = {label(c["eps_x"], c["eps_w"], c["scope"]): c["accuracy"] for c in cells}
+        pairs = []
+        for scope in {c["scope"] for c in cells}:
+            accuracy[label(0.0, 0.0, scope)] = clean
+            for i, ex in enumerate(self.grid.eps_x):
+                for j, ew in enumerate(self.grid.eps_w):
+                    if i + 1 < len(self.grid.eps_x):
+                        pairs.append((label(ex, ew, scope), label(self.grid.eps_x[i + 1], ew, scope)))
+                    if j + 1 < len(self.grid.eps_w):
+                        pairs.append((label(ex, ew, scope), label(ex, self.grid.eps_w[j + 1], scope)))
+                    if scope == Scope.SHARED.value:
+                        pairs.append((label(ex, ew, scope), label(ex, ew, Scope.PER_EXAMPLE.value)))
+        found = [nested_flag(accuracy, pairs), gradient_flag(self.model, self.x, self.y, self.label)]
+        found.append(train_eval_flag(self.model, self.x, self.y, self.label))
+        hx, hw = headline.eps_x, headline.eps_w
+        cell = self.cell(hx, hw, Scope.PER_EXAMPLE)
+        if cell is not None and cell.verified and cell.robust is not None:
+            noise = RandomNoise(batch_size=attack.batch_size, seed=7919)
+            checked = attack_and_verify(self.model, self.x, self.y, self.threat(hx, hw), noise)
+            if checked.passed:
+                robust = cell.robust.to(checked.correct.device)
+                found.append(noise_flag(label(hx, hw, Scope.PER_EXAMPLE.value), robust, checked.correct))
+        flags = [f.to_json() for f in found if f is not None]
+        self.state.put(key, {"flags": flags})
+        return flags
 
     def certify_cells(self, points, clean_correct: Tensor) -> list[dict[str, Any]]:
         """Certificates at every grid point via certify (as `nonsingular certify`), bounding only the examples
@@ -497,7 +541,7 @@ def _carry(cell: Cell, smaller: list[Cell], scope: Scope) -> tuple[Cell, int]:
     return (_with_robust(cell, robust), carried) if carried else (cell, 0)
 
 
-def _radii(model, x, y, config: StudyConfig, data: Dataset, attack: PGD, progress, name: str) -> dict[str, Any]:
+def _radii(model, x, y, config: StudyConfig, data: Dataset, attack: Attack, progress, name: str) -> dict[str, Any]:
     """Attacked (upper) and certified (lower) per-example radii along the configured ray."""
     rc, grid = config.radius, config.grid
     base = ThreatModel(weight_ball=grid.weight_ball, weight_mode=grid.weight_mode, domain=data.domain)
