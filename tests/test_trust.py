@@ -42,10 +42,10 @@ def test_study_cache_is_keyed_by_the_data_not_its_path(tmp_path):
     )
     _, first = run_study(config, tmp_path / "out1", tmp_path / "cache")
     _, again = run_study(config, tmp_path / "out2", tmp_path / "cache")
-    assert not first["models"]["standard"]["cached"] and again["models"]["standard"]["cached"]
+    assert not first["models"]["standard"]["runs"][0]["cached"] and again["models"]["standard"]["runs"][0]["cached"]
     _npz(data, seed=2)  # the same path, other contents
     _, changed = run_study(config, tmp_path / "out3", tmp_path / "cache")
-    assert not changed["models"]["standard"]["cached"]
+    assert not changed["models"]["standard"]["runs"][0]["cached"]
     assert changed["data"]["fingerprint"] != first["data"]["fingerprint"]
     report = (tmp_path / "out2" / "report.html").read_text()
     assert "reused from the cache" in report

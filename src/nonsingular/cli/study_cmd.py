@@ -39,7 +39,7 @@ def study(
         typer.Option(
             "--config",
             help=f"Study file (.toml or .yaml) or a shipped study's name ({', '.join(shipped_studies())}) "
-            f"[default: the shipped {default_config_path().stem}].",
+            f"[default: the shipped {default_config_path().name}].",
         ),
     ] = None,
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder for results.json, CSVs, PNGs, report.html.")] = Path(
