@@ -23,7 +23,7 @@ def test_evaluate_own_model(capsys):
 
 
 def test_joint_at_mnist():
-    from nonsingular.data import load_data
+    from nonsingular.datasets import load_data
 
     try:
         load_data("mnist-sample")
