@@ -174,3 +174,11 @@ def test_best_regularized_variant_is_named():
     lines = summarise(results)
     assert lines[-1].startswith("Best regularized variant against standard: 'reg2'") and "+29.50" in lines[-1]
     assert not summarise(_results())[-1].startswith("Best regularized variant")
+
+
+def test_composed_regularizer_is_judged():
+    results = _results()
+    results["models"]["joint+reg"] = _model("joint-at+bound-reg", 0.95, (0.6, 0.6, 0.6), (0.5, 0.52, 0.48))
+    verdicts = _verdicts(results)
+    assert verdicts[(2, "joint+reg", "std", "per-example")].verdict == "holds"
+    assert (1, "joint+reg", "std", "per-example") not in verdicts

@@ -139,11 +139,12 @@ def _compare(claim: int, subject: tuple[str, dict], reference: tuple[str, dict],
 
 def claim_comparisons(results: dict[str, Any]) -> list[Comparison]:
     """Every comparison the rule makes on `results`: claim 1 for each pgd-at model against each standard model,
-    claim 2 for each bound-reg model against each standard model, then against each singular defence; each in
-    every scope of the grid."""
+    claim 2 for each model trained with bound-reg (alone or composed with another objective) against each
+    standard model, then against each singular defence; each in every scope of the grid."""
     models, grid = results["models"], results["grid"]
     by = {obj: [(n, m) for n, m in models.items() if m["objective"] == obj] for obj in ("standard", *SINGULAR)}
-    regs = [(n, m) for n, m in models.items() if m["objective"] == "bound-reg"]
+    # Every model that trains with the regularizer, alone or composed (e.g. "joint-at+bound-reg").
+    regs = [(n, m) for n, m in models.items() if "bound-reg" in m["objective"].split("+")]
     pairs = [(1, a, s) for a in by["pgd-at"] for s in by["standard"]]
     pairs += [(2, r, s) for r in regs for s in by["standard"]]
     pairs += [(2, r, d) for r in regs for obj in SINGULAR for d in by[obj]]
