@@ -16,7 +16,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 
-from .report import Stat, cell_stat, certified_stat, runs
+from .stats import Stat, cell_stat, certified_stat, runs
 
 __all__ = ["write_figures"]
 

@@ -15,11 +15,11 @@ from typing import Any
 
 from ..checkpoint import atomic_write
 from .scale import scale_rows, scale_summary
-from .verdicts import FLOOR, Z, claim_comparisons, mean_sd, seed_values
+from .stats import Stat, cell_stat, certified_stat, runs
+from .verdicts import FLOOR, Z, claim_comparisons
 
 __all__ = [
     "HEADLINE_COLUMNS",
-    "Stat",
     "all_flags",
     "headline_rows",
     "headline_stats",
@@ -29,51 +29,6 @@ __all__ = [
 ]
 
 HEADLINE_COLUMNS = ("clean", "input-only", "weight-only", "joint per-example", "joint shared", "certified")
-
-
-def runs(model: dict[str, Any]) -> list[dict[str, Any]]:
-    """The model's per-seed runs (results of schema 1 had one run, its fields on the model itself)."""
-    return model.get("runs") or [{"seed": None, **model}]
-
-
-def cell_stat(model: dict[str, Any], eps_x: float, eps_w: float, scope: str = "per-example") -> Stat:
-    """Mean and spread over seeds of the verified accuracy at one cell (None where a seed failed verification)."""
-    values = list(seed_values(model, eps_x, eps_w, scope).values())
-    return Stat.of(values)
-
-
-def certified_stat(model: dict[str, Any], eps_x: float, eps_w: float) -> tuple[Stat, str | None]:
-    """The best method's certified accuracy at (eps_x, eps_w), mean over seeds."""
-    by_method: dict[str, list[float]] = {}
-    for c in model.get("certified", []):
-        if c["eps_x"] == eps_x and c["eps_w"] == eps_w:
-            by_method.setdefault(c["method"], []).append(c["certified_accuracy"])
-    if not by_method:
-        return Stat.of([]), None
-    method = max(by_method, key=lambda m: mean_sd(by_method[m])[0])
-    return Stat.of(by_method[method]), method
-
-
-class Stat:
-    """Mean and standard deviation over seeds of one quantity (mean None when no seed has a value)."""
-
-    def __init__(self, mean: float | None, sd: float | None, n: int) -> None:
-        self.mean, self.sd, self.n = mean, sd, n
-
-    @classmethod
-    def of(cls, values: list[float | None]) -> Stat:
-        if not values or any(v is None for v in values):
-            return cls(None, None, len(values))
-        mean, sd = mean_sd([float(v) for v in values])  # type: ignore[arg-type]
-        return cls(mean, sd, len(values))
-
-    def text(self, compact: bool = False) -> str:
-        """ "97.5% ± 0.7" (percent, sd in points); compact: "97.5±0.7" for narrow terminals."""
-        if self.mean is None:
-            return "-"
-        if compact:
-            return f"{100 * self.mean:.1f}" + ("%" if self.sd is None else f"±{100 * self.sd:.1f}")
-        return f"{100 * self.mean:.1f}%" + ("" if self.sd is None else f" ± {100 * self.sd:.1f}")
 
 
 def headline_stats(results: dict[str, Any]) -> list[tuple[str, str, dict[str, Stat]]]:
