@@ -96,21 +96,7 @@ def _standard_models(results: dict[str, Any]) -> set[str]:
 
 def verdict_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
     """One row per judged comparison: claim, subject, reference, scope, verdict and its numbers (fractions)."""
-    return [
-        {
-            "claim": c.claim,
-            "subject": c.subject,
-            "reference": c.reference,
-            "scope": c.scope,
-            "verdict": c.verdict,
-            "mean_difference": c.mean,
-            "standard_error": c.se,
-            "seeds": len(c.per_seed),
-            "cells": len(c.cells),
-            "excluded": c.excluded,
-        }
-        for c in claim_comparisons(results)
-    ]
+    return [c.row() for c in claim_comparisons(results)]
 
 
 # ---------------------------------------------------------------------- tables

@@ -168,18 +168,7 @@ def scale_rows(results: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
                     )
     for label, comparisons in parametrization_comparisons(results).items():
         for c in comparisons:
-            verdicts.append(
-                {
-                    "parametrization": label,
-                    "claim": c.claim,
-                    "subject": c.subject,
-                    "reference": c.reference,
-                    "scope": c.scope,
-                    "verdict": c.verdict,
-                    "mean_difference": c.mean,
-                    "standard_error": c.se,
-                }
-            )
+            verdicts.append({"parametrization": label, **c.row()})
     return {"scale_layers": layers, "scale_rescaling": rescaling, "scale_verdicts": verdicts}
 
 

@@ -74,6 +74,21 @@ class Comparison:
     se: float | None
     outcome: str
 
+    def row(self) -> dict[str, Any]:
+        """The comparison as one table row (CSV / JSON): its verdict and the numbers behind it, as fractions."""
+        return {
+            "claim": self.claim,
+            "subject": self.subject,
+            "reference": self.reference,
+            "scope": self.scope,
+            "verdict": self.verdict,
+            "mean_difference": self.mean,
+            "standard_error": self.se,
+            "seeds": len(self.per_seed),
+            "cells": len(self.cells),
+            "excluded": self.excluded,
+        }
+
     @property
     def verdict(self) -> str:
         """What the outcome means for the claim."""
