@@ -16,6 +16,7 @@ Activations are not quantized here; see docs/deployment.md for what is and is no
 
 from __future__ import annotations
 
+import copy
 import re
 from dataclasses import dataclass
 from enum import Enum
@@ -28,6 +29,7 @@ from torch.func import functional_call, vmap
 
 from .files import atomic_write
 from .threat import PERTURBABLE_TYPES, EpsMode, Scope, ThreatModel, WeightBall
+from .verify import verify
 
 __all__ = [
     "LayerGrid",
@@ -316,17 +318,14 @@ class QuantizationReport:
 
 def _input_attack_accuracy(model, x, y, weights_codes, grids, eps_x, attack, domain) -> float:
     """Accuracy of one quantized model (codes without an example axis) under an input-only attack."""
-    import copy
-
+    if eps_x == 0:
+        return quantized_accuracy(model, x, y, grids, weights_codes)[0]
+    # The attack needs a module holding the grid weights (the caller's model is never modified).
     quantized = copy.deepcopy(model)
     modules = dict(quantized.named_modules())
     with torch.no_grad():
         for name, c in weights_codes.items():
             modules[name].weight.copy_(grids[name].dequantize(c))
-    if eps_x == 0:
-        return quantized_accuracy(model, x, y, grids, weights_codes)[0]
-    from .verify import verify
-
     result = attack(quantized, x, y, ThreatModel(eps_x=eps_x, domain=domain))
     check = verify(quantized, x, y, result)
     if not check.passed:
@@ -381,8 +380,6 @@ def evaluate_quantization(
             if ex == 0:
                 rows["float"][ex] = float(clean.float().mean())
             else:
-                from .verify import verify
-
                 result = attack(model, x, y, float_threat.model_copy(update={"eps_x": ex}))
                 rows["float"][ex] = verify(model, x, y, result).accuracy
             rows["nearest"][ex] = _input_attack_accuracy(model, x, y, nearest, grids, ex, attack, domain)

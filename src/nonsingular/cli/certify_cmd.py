@@ -140,7 +140,6 @@ def certify(
     grids = None
     if spec is not None:  # the box holding every rounding of the weights to the grid, with eps_x
         quantized, grids = quantization_threat(work.model, spec, work.threat)
-        quantized.check_resolvable(work.model)
         work = dataclasses.replace(work, threat=quantized)
     if any(part.strip().lower() == "all" for value in method for part in value.split(",")):
         supported = supported_methods(work.model, work.x, work.threat)
