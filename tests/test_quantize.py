@@ -184,3 +184,37 @@ def test_per_channel_bounds_hold_against_attacks_on_random_networks(seed):
         for method in ("ibp", "crown", "norm"):
             lower = margin_bounds(model, x, y, threat, method).worst
             assert bool((lower <= reached + 1e-9).all()), f"{method} bound above an attacked margin ({scope})"
+
+
+def test_radius_ray_through_a_grid_scales_every_channel_radius(small_mlp):
+    from nonsingular.radius import Ray
+
+    spec = QuantizationSpec(bits=4, per_channel=True)
+    grid_threat, _ = quantization_threat(small_mlp, spec, ThreatModel(eps_x=0.0))
+    ray = Ray(k_x=0.0, k_w=2.0, base=grid_threat)
+    half = ray.threat(0.5)  # s k_w = 1: the grid itself
+    same, doubled = dict(half.channel_eps), dict(ray.threat(1.0).channel_eps)
+    assert set(same) == set(doubled) == {name for name, _ in grid_threat.channel_eps}
+    for name, radii in grid_threat.channel_eps:
+        assert same[name] == pytest.approx(radii)
+        assert doubled[name] == pytest.approx(tuple(2 * r for r in radii))
+    assert ray.threat(0.0).perturbs_weights is False
+
+
+def test_cli_radius_in_multiples_of_the_grid(monkeypatch, capsys, checkpoint, tmp_path):
+    out = tmp_path / "r.json"
+    code, stdout, err = run_cli(
+        monkeypatch, capsys, "radius", "-c", str(checkpoint), "--quantize", "int4", "--per-channel",
+        "--n-examples", "12", "--iterations", "4", "--steps", "5", "--method", "ibp", "-o", str(out),
+    )  # fmt: skip
+    assert code == 0, err
+    assert "grid: int4 symmetric per-channel" in stdout and "at the grid itself (s = 1)" in stdout
+    data = json.loads(out.read_text())
+    assert data["k_x"] == 0 and data["k_w"] == 1 and data["s_max"] == 16
+    assert all(c <= a + 1e-12 for a, c in zip(data["attacked"], data["certified"], strict=True))
+    summary = data["quantization"]
+    certified = sum(c >= 1 for c in data["certified"]) / 12
+    assert summary["certified_at_grid"] == pytest.approx(certified) and summary["grid"].startswith("int4")
+    code, _, err = run_cli(monkeypatch, capsys, "radius", "-c", str(checkpoint), "--quantize", "int4", "--k-x", "0.1",
+                           "--k-w", "0")  # fmt: skip
+    assert code == 2 and "--k-w" in err and len(err.strip().splitlines()) == 1

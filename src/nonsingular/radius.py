@@ -82,7 +82,24 @@ class Ray:
             )
 
     def threat(self, s: float) -> ThreatModel:
-        return self.base.model_copy(update={"eps_x": s * self.k_x, "eps_w": s * self.k_w, "eps_b": s * self.k_b})
+        """The threat at s: eps_x = s k_x, eps_w = s k_w, eps_b = s k_b.
+
+        A base with per-channel radii r_c (a quantization grid) is scaled as a whole instead: every weight radius
+        of the base (r_c, layer_eps, eps_w) times s k_w, so k_w counts multiples of the grid's own radii and
+        s k_w = 1 is the grid itself.
+        """
+        if not self.base.channel_eps:
+            return self.base.model_copy(update={"eps_x": s * self.k_x, "eps_w": s * self.k_w, "eps_b": s * self.k_b})
+        scale = s * self.k_w
+        return self.base.model_copy(
+            update={
+                "eps_x": s * self.k_x,
+                "eps_w": scale * self.base.eps_w,
+                "layer_eps": tuple((name, scale * r) for name, r in self.base.layer_eps),
+                "channel_eps": tuple((name, tuple(scale * r for r in radii)) for name, radii in self.base.channel_eps),
+                "eps_b": s * self.k_b,
+            }
+        )
 
     @property
     def s_max(self) -> float:

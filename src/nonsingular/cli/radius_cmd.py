@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Annotated
 
 import typer
@@ -9,6 +10,7 @@ from rich.table import Table
 
 from ..apgd import AttackKind
 from ..bounds import BoundMethod, margin_bounds
+from ..quantize import Rounding, quantization_threat
 from ..radius import QUANTILES, RadiusReport, RadiusSettings, Ray, measure_radii
 from ..threat import EpsMode, ThreatModel, WeightBall
 from .common import (
@@ -23,12 +25,19 @@ from .common import (
     LayersOpt,
     ModelOpt,
     ModeOpt,
+    PerChannelOpt,
+    QuantizeOpt,
+    RoundingOpt,
+    SymmetricOpt,
+    UserError,
     WeightsOpt,
     build_attack,
     check_writable,
     console,
+    grid_lines,
     layer_names,
     progress_bar,
+    quantization_spec,
     resolve_device,
     validated,
     write_json,
@@ -36,6 +45,9 @@ from .common import (
 from .loading import load_workload
 
 _DEFAULTS = RadiusSettings()
+# With --quantize the weight direction is the grid: s counts multiples of its rounding radius, inputs fixed unless
+# --k-x says otherwise; s_max 16 reaches a grid 16x as coarse (4 bits fewer).
+_QUANTIZED = RadiusSettings(k_x=0.0, k_w=1.0, s_max=16.0)
 
 
 def radius(
@@ -43,22 +55,34 @@ def radius(
     model: ModelOpt = None,
     weights: WeightsOpt = None,
     k_x: Annotated[
-        float, typer.Option("--k-x", help="eps_x per unit of s: eps_x = s k_x (data units, inputs in [0, 1]).")
-    ] = _DEFAULTS.k_x,
+        float | None,
+        typer.Option(
+            "--k-x",
+            help=f"eps_x per unit of s: eps_x = s k_x (data units, inputs in [0, 1]) [default: {_DEFAULTS.k_x:g}; "
+            f"with --quantize {_QUANTIZED.k_x:g}].",
+        ),
+    ] = None,
     k_w: Annotated[
-        float,
+        float | None,
         typer.Option(
             "--k-w",
             help="eps_w per unit of s: eps_w = s k_w (absolute mode: weight units; relative mode: a fraction of "
-            "|W| (elementwise) or of ||W||_inf (operator)).",
+            "|W| (elementwise) or of ||W||_inf (operator); with --quantize: multiples of the grid's per-weight "
+            f"rounding radius, so s k_w = 1 is the grid) [default: {_DEFAULTS.k_w:g}; with --quantize "
+            f"{_QUANTIZED.k_w:g}].",
         ),
-    ] = _DEFAULTS.k_w,
+    ] = None,
     k_b: Annotated[
         float, typer.Option("--k-b", help="eps_b per unit of s: eps_b = s k_b (same mode as weights); 0: biases fixed.")
     ] = _DEFAULTS.k_b,
     s_max: Annotated[
-        float, typer.Option("--s-max", help="Largest s searched (> 0); radii beyond it are censored.")
-    ] = _DEFAULTS.s_max,
+        float | None,
+        typer.Option(
+            "--s-max",
+            help=f"Largest s searched (> 0); radii beyond it are censored [default: {_DEFAULTS.s_max:g}; "
+            f"with --quantize {_QUANTIZED.s_max:g}].",
+        ),
+    ] = None,
     iterations: Annotated[
         int, typer.Option(help="Bisection steps (1-30): resolution s_max / 2**iterations.")
     ] = _DEFAULTS.iterations,
@@ -74,6 +98,10 @@ def radius(
     batch_size: Annotated[int, typer.Option(help="Examples per attack batch.")] = 256,
     seed: Annotated[int, typer.Option(help="Attack random-start seed.")] = 0,
     n_examples: Annotated[int, typer.Option("--n-examples", help="First N test examples.")] = _DEFAULTS.n_examples,
+    quantize: QuantizeOpt = None,
+    per_channel: PerChannelOpt = False,
+    symmetric: SymmetricOpt = True,
+    rounding: RoundingOpt = Rounding.NEAREST,
     data: DataOpt = None,
     accept_data_change: AcceptDataOpt = False,
     device: DeviceOpt = "auto",
@@ -82,15 +110,35 @@ def radius(
 ) -> None:
     """Bisect each example's robustness radius along (eps_x, eps_w, eps_b) = s (k_x, k_w, k_b): the smallest s
     where the attack finds a verified error (upper bound) and the largest s a certificate proves (lower bound).
+    With --quantize the weight direction is the model's own integer grid: s k_w = 1 is every rounding of the
+    weights to that grid, s k_w = 2 a grid twice as coarse.
     """
     check_writable(out, force)
+    spec = quantization_spec(quantize, per_channel, symmetric, rounding, 0.0, weight_ball)
+    if spec is not None and weight_mode is not EpsMode.ABSOLUTE:
+        raise UserError("--quantize radii are absolute grid steps; leave out --weight-mode")
+    defaults = _DEFAULTS if spec is None else _QUANTIZED
     settings = validated(
-        RadiusSettings, k_x=k_x, k_w=k_w, k_b=k_b, s_max=s_max, n_examples=n_examples, iterations=iterations
+        RadiusSettings,
+        k_x=defaults.k_x if k_x is None else k_x,
+        k_w=defaults.k_w if k_w is None else k_w,
+        k_b=k_b,
+        s_max=defaults.s_max if s_max is None else s_max,
+        n_examples=n_examples,
+        iterations=iterations,
     )
+    if spec is not None and settings.k_w == 0:
+        raise UserError("--quantize with --k-w 0 leaves the grid out of the ray; give --k-w > 0 (1 = the grid)")
     chosen = build_attack(attack, steps=steps, restarts=restarts, batch_size=batch_size, seed=seed)
     run_device = resolve_device(device)
     base = validated(ThreatModel, weight_ball=weight_ball, weight_mode=weight_mode, layers=layer_names(layers))
     work = load_workload(checkpoint, data, model, weights, base, n_examples, run_device, accept_data_change)
+    grids = None
+    if spec is not None:  # the ray's weight direction: every rounding of the weights to the grid
+        quantized, grids = quantization_threat(work.model, spec, work.threat)
+        work = dataclasses.replace(work, threat=quantized)
+        for line in grid_lines(spec, grids):
+            console.print(line, highlight=False)
     ray = Ray(settings.k_x, settings.k_w, work.threat, k_b=settings.k_b)
     ray.threat(min(settings.s_max, ray.s_max)).check_resolvable(work.model)
 
@@ -104,15 +152,32 @@ def radius(
     console.print(
         render_table(
             report,
-            title=f"radius along (eps_x, eps_w, eps_b) = s ({k_x:g}, {k_w:g}, {k_b:g}), "
-            f"{len(work.y)} examples of {work.name}",
+            title=f"radius along (eps_x, {'grid radius' if spec else 'eps_w'}, eps_b) = "
+            f"s ({settings.k_x:g}, {settings.k_w:g}, {settings.k_b:g}), {len(work.y)} examples of {work.name}",
         )
     )
     console.print(
         f"certified <= attacked for every example: {report.consistent}; took {report.seconds:.1f} s", highlight=False
     )
+    payload = {**report.to_json(), **work.source_fields()}
+    if spec is not None and grids is not None:
+        at_grid = 1.0 / settings.k_w  # the s where the box is the grid
+        certified = float((report.certified.radius >= at_grid).double().mean())
+        broken = float((report.attacked.radius <= at_grid).double().mean())
+        console.print(
+            f"at the grid itself (s = {at_grid:g}): certified for every rounding {certified:.1%} of examples; "
+            f"broken at or below it (a verified rounding error, or misclassified clean) {broken:.1%}",
+            highlight=False,
+        )
+        payload["quantization"] = {
+            "grid": spec.describe(),
+            "layers": {n: g.describe() for n, g in grids.items()},
+            "s_at_grid": at_grid,
+            "certified_at_grid": certified,
+            "attacked_at_grid": broken,
+        }
     if out is not None:
-        write_json(out, {**report.to_json(), **work.source_fields()})
+        write_json(out, payload)
         console.print(f"wrote {out}")
 
 
