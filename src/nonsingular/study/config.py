@@ -7,7 +7,7 @@ import json
 import math
 from importlib import resources
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import tomllib
 import yaml
@@ -17,6 +17,7 @@ from ..apgd import AttackKind, AutoEnsemble, make_attack
 from ..attacks import PGD, Loss
 from ..bounds import BoundMethod
 from ..errors import InputError, describe
+from ..quantize import Scheme
 from ..radius import RadiusSettings
 from ..threat import EpsMode, Scope, WeightBall
 
@@ -120,6 +121,28 @@ class ScaleConfig(_Strict):
         return float(getattr(self, f"{ball.value}_{mode.value}"))
 
 
+class QuantizationConfig(_Strict):
+    """The optional deployment section (study.quantization): per model and seed, accuracy of its quantizations
+    to integer weight grids (round-to-nearest, random and worst-case rounding) and the certified accuracy of the
+    round-to-nearest box, at eps_x = 0 and `eps_x` (default: the headline eps_x). `enabled = true` runs it."""
+
+    enabled: bool = False
+    bits: list[Annotated[int, Field(ge=2, le=16)]] = Field([8, 6, 4], min_length=1)
+    granularity: list[Literal["per-tensor", "per-channel"]] = Field(["per-tensor", "per-channel"], min_length=1)
+    scheme: Scheme = Scheme.SYMMETRIC
+    eps_x: float | None = Field(None, ge=0, le=1)
+    n_examples: int = Field(100, ge=1)
+    method: BoundMethod = BoundMethod.CROWN
+    random_draws: int = Field(3, ge=1)
+
+    @field_validator("bits", "granularity")
+    @classmethod
+    def _unique(cls, values: list[Any], info: Any) -> list[Any]:
+        if len(set(values)) != len(values):
+            raise ValueError(f"quantization.{info.field_name} must not repeat a value, got {values}")
+        return values
+
+
 class Headline(_Strict):
     eps_x: float = 0.05
     eps_w: float = 0.002
@@ -140,6 +163,7 @@ class StudyConfig(_Strict):
     certify: CertifyConfig = CertifyConfig()
     radius: RadiusConfig = RadiusConfig()
     scale: ScaleConfig = ScaleConfig()
+    quantization: QuantizationConfig = QuantizationConfig()
     headline: Headline = Headline()
     models: list[ModelEntry] = Field(default_factory=lambda: [ModelEntry(name="standard")], min_length=1)
 

@@ -173,6 +173,50 @@ def radius_distributions(results: dict[str, Any], path: Path) -> bool:
     return True
 
 
+def quantization(results: dict[str, Any], path: Path) -> bool:
+    """Accuracy against bits per weight, one panel per grid granularity, at the section's eps_x: worst shared
+    rounding (solid), certified (dashed), round-to-nearest (dotted), one colour per model; False when none."""
+    from .quantization import quantization_stats
+
+    stats = quantization_stats(results)
+    if not stats:
+        return False
+    eps_x = max(e["eps_x"] for e in stats)
+    stats = [e for e in stats if e["eps_x"] == eps_x]
+    granularities = list(dict.fromkeys(e["granularity"] for e in stats))
+    bits = sorted({e["bits"] for e in stats}, reverse=True)
+    models = list(dict.fromkeys(e["model"] for e in stats))
+    fig, axes = plt.subplots(1, len(granularities), figsize=(5.2 * len(granularities), 4), squeeze=False)
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    styles = {"worst shared": "-", "certified": "--", "nearest": ":"}
+    for ax, granularity in zip(axes[0], granularities, strict=True):
+        for m, name in enumerate(models):
+            for column, style in styles.items():
+                points = {
+                    e["bits"]: e["stats"][column]
+                    for e in stats
+                    if e["model"] == name and e["granularity"] == granularity
+                }
+                xs = [i for i, b in enumerate(bits) if b in points and points[b].mean is not None]
+                means = [100 * points[bits[i]].mean for i in xs]  # type: ignore[operator]
+                errors = [100 * (points[bits[i]].sd or 0.0) for i in xs]
+                ax.errorbar(
+                    xs, means, yerr=errors, linestyle=style, marker="o", markersize=3, capsize=2,
+                    color=colours[m % len(colours)], label=f"{name}, {column}",
+                )  # fmt: skip
+        ax.set_xticks(range(len(bits)), [f"int{b}" for b in bits])
+        ax.set_ylim(-2, 102)
+        ax.set_xlabel("weight grid (bits per weight)")
+        ax.set_ylabel("accuracy (%, mean ± sd over seeds)")
+        ax.set_title(f"{granularity} scales, eps_x = {eps_x:g}", fontsize=9)
+        ax.grid(alpha=0.3)
+    axes[0][-1].legend(fontsize=6, loc="center left", bbox_to_anchor=(1.01, 0.5))
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
 def write_figures(results: dict[str, Any], folder: Path) -> list[str]:
     """Write every figure into `folder`; returns the file names written."""
     names = []
@@ -187,4 +231,6 @@ def write_figures(results: dict[str, Any], folder: Path) -> list[str]:
         names.append("certified_vs_attacked.png")
     if radius_distributions(results, folder / "radius.png"):
         names.append("radius.png")
+    if quantization(results, folder / "quantization.png"):
+        names.append("quantization.png")
     return names

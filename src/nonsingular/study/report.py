@@ -14,6 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from ..checkpoint import atomic_write
+from .quantization import COLUMNS as QUANTIZATION_COLUMNS
+from .quantization import SURVIVAL_POINTS, quantization_rows, quantization_stats, quantization_summary
 from .scale import scale_rows, scale_summary
 from .stats import Stat, cell_stat, certified_stat, runs
 from .verdicts import FLOOR, Z, claim_comparisons
@@ -141,6 +143,7 @@ def _tables(results: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
         "certified": certified,
         "radius": radius,
         **scale_rows(results),
+        "quantization": quantization_rows(results),
     }
     return {name: rows for name, rows in tables.items() if rows}  # an empty table writes no file
 
@@ -193,6 +196,7 @@ def _markdown(results: dict[str, Any], figures: list[str], summary: list[str]) -
     lines += ["", "## Sanity flags", ""]
     lines += [f"- {f['check']}: {f['message']}" for f in all_flags(results)] or ["- none raised"]
     lines += _scale_markdown(results)
+    lines += _quantization_markdown(results)
     lines += ["", "## Figures", ""]
     lines += [f"![{f}]({f})" for f in figures]
     lines += ["", "## Models", ""]
@@ -242,6 +246,57 @@ def _scale_markdown(results: dict[str, Any]) -> list[str]:
             f"{r['input_l1']:.3g} |"
         )
     return lines
+
+
+def _quantization_intro(results: dict[str, Any]) -> str:
+    section = next(
+        (r["quantization"] for m in results["models"].values() for r in runs(m) if r.get("quantization")), {}
+    )
+    return (
+        f"Integer weight grids ({section.get('scheme', '')} scales from each tensor's or output channel's range; "
+        f"{section.get('n_examples', '')} examples). Accuracies of the model quantized by round-to-nearest, by "
+        "random rounding and by the worst-case rounding the attack finds (shared: one deployed model for all "
+        "inputs; per-example: a rounding per input), measured by the ordinary module on weights exactly on the "
+        f"grid; certified ({section.get('method', '')}): every weight within half a grid step of its float value, "
+        f"jointly with eps_x. A model survives a grid when its worst shared rounding costs at most "
+        f"{SURVIVAL_POINTS:g} points of its float accuracy (mean over seeds)."
+    )
+
+
+def _quantization_table(results: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+    header = ["model", "grid", "eps_x", *QUANTIZATION_COLUMNS]
+    rows = [
+        [e["model"], f"int{e['bits']} {e['granularity']}", f"{e['eps_x']:g}"]
+        + [e["stats"][c].text() for c in QUANTIZATION_COLUMNS]
+        for e in quantization_stats(results)
+    ]
+    return header, rows
+
+
+def _quantization_markdown(results: dict[str, Any]) -> list[str]:
+    header, rows = _quantization_table(results)
+    if not rows:
+        return []
+    lines = ["", "## Quantization: which defences survive deployment", "", _quantization_intro(results), ""]
+    lines += [f"- {line}" for line in quantization_summary(results)]
+    lines += [
+        "",
+        "| " + " | ".join(header) + " |",
+        "| --- | --- | ---: | " + " | ".join("---:" for _ in header[3:]) + " |",
+    ]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return lines
+
+
+def _quantization_html(results: dict[str, Any]) -> str:
+    header, rows = _quantization_table(results)
+    if not rows:
+        return ""
+    items = "".join(f"<li>{html.escape(line)}</li>" for line in quantization_summary(results))
+    return (
+        f"<h2>Quantization: which defences survive deployment</h2><p>{html.escape(_quantization_intro(results))}</p>"
+        f"<ul>{items}</ul>{_table_html(header, rows)}"
+    )
 
 
 def all_flags(results: dict[str, Any]) -> list[dict[str, Any]]:
@@ -352,6 +407,7 @@ figure {{ margin: 1.5em 0; }} img {{ max-width: 100%; border: 1px solid #eee; }}
 <table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>
 <h2>Sanity flags</h2><ul>{flags}</ul>
 {_scale_html(results)}
+{_quantization_html(results)}
 <h2>Figures</h2>{images}
 <h2>Models</h2><ul>{"".join(f"<li>{html.escape(line)}</li>" for line in _model_lines(results))}</ul>
 <p>Versions: {html.escape(", ".join(f"{k} {v}" for k, v in results["versions"].items()))}</p>

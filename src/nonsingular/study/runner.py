@@ -34,6 +34,7 @@ from ..sanity import RandomNoise, gradient_flag, nested_flag, noise_flag, train_
 from ..threat import Scope, ThreatModel
 from ..training.trainer import architecture_spec
 from .config import ModelEntry, StudyConfig
+from .quantization import quantization_analysis
 from .report import write_report
 from .scale import PARAMETRIZATIONS, layer_stats, rescaled
 from .training import train_config, train_for_study
@@ -189,6 +190,12 @@ def run_study(
                 if state.get(key) is None:
                     state.put(key, run.scale_analysis(config, attack, progress))
                 scale = state.get(key)
+            quantization = None
+            if config.quantization.enabled:
+                key = f"quantization/{entry.name}/{seed}"
+                if state.get(key) is None:
+                    state.put(key, run.quantization(config, attack))
+                quantization = state.get(key)
             runs.append(
                 {
                     "seed": seed,
@@ -200,6 +207,7 @@ def run_study(
                     "training": metadata.get("training", {}),
                     "radius": radius,
                     "scale": scale,
+                    "quantization": quantization,
                 }
             )
         models[entry.name] = {
@@ -336,6 +344,22 @@ class _ModelRun:
                 rows.append(record.row())
             self._tick("attacks", i + 1, len(points))
         return rows
+
+    def quantization(self, config: StudyConfig, attack: Attack) -> dict[str, Any]:
+        """The [quantization] section on this model (see study.quantization)."""
+        section = config.quantization
+        eps_x = config.headline.eps_x if section.eps_x is None else section.eps_x
+        return quantization_analysis(
+            self.model,
+            self.x,
+            self.y,
+            section,
+            eps_x,
+            self.domain,
+            attack,
+            self.seed,
+            lambda done, total: self._tick("quantization", done, total),
+        )
 
     def scale_analysis(self, config: StudyConfig, attack: Attack, progress: StudyProgress | None) -> dict[str, Any]:
         """Layer statistics, the weight-only and joint cells at the headline eps_x in all four parametrizations
