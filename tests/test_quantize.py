@@ -218,3 +218,37 @@ def test_cli_radius_in_multiples_of_the_grid(monkeypatch, capsys, checkpoint, tm
     code, _, err = run_cli(monkeypatch, capsys, "radius", "-c", str(checkpoint), "--quantize", "int4", "--k-x", "0.1",
                            "--k-w", "0")  # fmt: skip
     assert code == 2 and "--k-w" in err and len(err.strip().splitlines()) == 1
+
+
+def test_scaled_threat_scales_every_radius_and_warm_up_honours_channel_radii(small_mlp, batch):
+    from nonsingular.training.objectives import Adversarial, scaled_threat
+    from nonsingular.training.registry import StepContext
+
+    grid, _ = quantization_threat(small_mlp, QuantizationSpec(bits=4, per_channel=True), ThreatModel(eps_x=0.02))
+    threat = grid.model_copy(update={"eps_b": 0.01})
+    half = threat.scaled(0.5)
+    assert half.eps_x == 0.01 and half.eps_b == 0.005
+    for (name, radii), (same, halved) in zip(threat.channel_eps, half.channel_eps, strict=True):
+        assert name == same and halved == pytest.approx(tuple(r / 2 for r in radii))
+    assert scaled_threat(threat, 0.0).perturbs_weights is False and scaled_threat(threat, 1.0) is threat
+    with pytest.raises(ValueError, match="factor"):
+        threat.scaled(-1.0)
+    # A warm-up step at scale 0 trains on the clean loss: no channel radius survives into the attack.
+    x, y = batch
+    clean = Adversarial(threat, steps=2)(small_mlp, x[:16], y[:16], StepContext(scale=0.0))["loss"]
+    full = Adversarial(threat, steps=2)(small_mlp, x[:16], y[:16], StepContext(scale=1.0))["loss"]
+    reference = torch.nn.functional.cross_entropy(small_mlp(x[:16]), y[:16])
+    assert clean.item() == pytest.approx(reference.item(), rel=1e-6) and full.item() > clean.item()
+
+
+def test_cli_evaluate_quantize_certify_method(monkeypatch, capsys, checkpoint, tmp_path):
+    out = tmp_path / "q.json"
+    args = ["evaluate", "-c", str(checkpoint), "--quantize", "int8", "--steps", "3", "--n-examples", "20"]
+    code, _, err = run_cli(monkeypatch, capsys, *args, "--certify-method", "ibp", "-o", str(out))
+    assert code == 0, err
+    assert "certified (ibp, nearest rounding)" in json.loads(out.read_text())["quantization"]["accuracy"]
+    code, _, err = run_cli(monkeypatch, capsys, *args, "--certify-method", "none", "-o", str(out), "--force")
+    assert code == 0, err
+    assert not any(k.startswith("certified") for k in json.loads(out.read_text())["quantization"]["accuracy"])
+    code, _, err = run_cli(monkeypatch, capsys, *args, "--certify-method", "norm")
+    assert code == 2 and "--certify-method must be one of" in err and len(err.strip().splitlines()) == 1

@@ -90,16 +90,7 @@ class Ray:
         """
         if not self.base.channel_eps:
             return self.base.model_copy(update={"eps_x": s * self.k_x, "eps_w": s * self.k_w, "eps_b": s * self.k_b})
-        scale = s * self.k_w
-        return self.base.model_copy(
-            update={
-                "eps_x": s * self.k_x,
-                "eps_w": scale * self.base.eps_w,
-                "layer_eps": tuple((name, scale * r) for name, r in self.base.layer_eps),
-                "channel_eps": tuple((name, tuple(scale * r for r in radii)) for name, radii in self.base.channel_eps),
-                "eps_b": s * self.k_b,
-            }
-        )
+        return self.base.scaled(s * self.k_w).model_copy(update={"eps_x": s * self.k_x, "eps_b": s * self.k_b})
 
     @property
     def s_max(self) -> float:

@@ -150,6 +150,23 @@ class ThreatModel(BaseModel):
         """The same threat with inputs left alone."""
         return self.model_copy(update={"eps_x": 0.0})
 
+    def scaled(self, factor: float) -> ThreatModel:
+        """Every radius (eps_x, eps_w, eps_b, layer_eps, channel_eps) times `factor` >= 0, the shape unchanged.
+
+        eps_x is not re-validated: a caller scaling past the domain's width gets a box the domain clips.
+        """
+        if not (math.isfinite(factor) and factor >= 0):
+            raise ValueError(f"a threat's radii scale by a finite factor >= 0, got {factor}")
+        return self.model_copy(
+            update={
+                "eps_x": self.eps_x * factor,
+                "eps_w": self.eps_w * factor,
+                "eps_b": self.eps_b * factor,
+                "layer_eps": tuple((name, r * factor) for name, r in self.layer_eps),
+                "channel_eps": tuple((name, tuple(r * factor for r in radii)) for name, radii in self.channel_eps),
+            }
+        )
+
     def with_scope(self, scope: Scope | str) -> ThreatModel:
         return self.model_copy(update={"scope": Scope(scope)})
 

@@ -14,6 +14,7 @@ from rich.text import Text
 from .. import distributed as dist
 from ..apgd import AttackKind
 from ..attacks import Loss
+from ..bounds import BoundMethod
 from ..evaluate import KINDS, SCOPES, RobustnessReport, evaluate_robustness
 from ..faults import FaultSummary, bit_flip_accuracies, summarise, uniform_box_accuracies
 from ..quantize import QuantizationReport, Rounding, evaluate_quantization, quantization_threat, save_quantized
@@ -91,6 +92,13 @@ def evaluate(
             "--export-worst", help="With --quantize: write the shared worst-case rounding (int codes) as safetensors."
         ),
     ] = None,
+    certify_method: Annotated[
+        str,
+        typer.Option(
+            "--certify-method",
+            help="With --quantize: the bound of the certified row (ibp, crown, alpha-crown; none: no certificate).",
+        ),
+    ] = "crown",
     random_faults: Annotated[
         int,
         typer.Option(
@@ -117,6 +125,7 @@ def evaluate(
     """
     check_writable(out, force)
     spec = quantization_spec(quantize, per_channel, symmetric, rounding, eps_w, weight_ball)
+    bound = _certify_method(certify_method)
     if export_worst is not None:
         if spec is None:
             raise UserError("--export-worst goes with --quantize")
@@ -170,7 +179,16 @@ def evaluate(
             console.print(line)
         with progress_bar("quantized models", enabled=lead):
             quant = evaluate_quantization(
-                work.model, work.x, work.y, spec, chosen, eps_x, work.data.domain, layer_names(layers), seed=seed
+                work.model,
+                work.x,
+                work.y,
+                spec,
+                chosen,
+                eps_x,
+                work.data.domain,
+                layer_names(layers),
+                certify_method=bound,
+                seed=seed,
             )
         console.print(render_quantization(quant))
         payload["quantization"] = quant.to_json()
@@ -194,6 +212,20 @@ def evaluate(
     if out is not None:
         write_json(out, payload)
         console.print(f"wrote {out}")
+
+
+def _certify_method(text: str) -> str | None:
+    """--certify-method as a BoundMethod value, or None for `none`; norm bounds no quantization box."""
+    if text.strip().lower() == "none":
+        return None
+    allowed = [BoundMethod.IBP, BoundMethod.CROWN, BoundMethod.ALPHA_CROWN]
+    try:
+        method = BoundMethod(text.strip().lower())
+    except ValueError:
+        method = None
+    if method not in allowed:
+        raise UserError(f"--certify-method must be one of ibp, crown, alpha-crown, none; got {text!r}")
+    return method.value
 
 
 def _fmt(value: float | None) -> str:

@@ -74,17 +74,8 @@ def trained_threat(objective: Objective) -> dict[str, Any] | None:
 
 
 def scaled_threat(threat: ThreatModel, scale: float) -> ThreatModel:
-    """The threat with every radius multiplied by `scale` in [0, 1] (stays valid, hence no re-validation)."""
-    if scale >= 1.0:
-        return threat
-    return threat.model_copy(
-        update={
-            "eps_x": threat.eps_x * scale,
-            "eps_w": threat.eps_w * scale,
-            "eps_b": threat.eps_b * scale,
-            "layer_eps": tuple((k, v * scale) for k, v in threat.layer_eps),
-        }
-    )
+    """The threat with every radius (per-layer and per-channel ones too) times `scale` in [0, 1] (warm-up)."""
+    return threat if scale >= 1.0 else threat.scaled(scale)
 
 
 def _frozen(blocks: list[WeightBlock]) -> list[WeightBlock]:
