@@ -87,10 +87,10 @@ def test_study_quantization_section(monkeypatch, capsys, tmp_path):
 
 def test_quantization_config_is_validated(tmp_path):
     config = tmp_path / "bad.toml"
-    config.write_text('[quantization]\nenabled = true\nbits = [8, 8]\n')
+    config.write_text("[quantization]\nenabled = true\nbits = [8, 8]\n")
     with pytest.raises(ValueError, match="must not repeat"):
         load_study_config(config)
-    config.write_text('[quantization]\nbits = [1]\n')
+    config.write_text("[quantization]\nbits = [1]\n")
     with pytest.raises(ValueError, match="bits"):
         load_study_config(config)
     config.write_text('[quantization]\ngranularity = ["per-row"]\n')
