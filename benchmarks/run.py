@@ -232,6 +232,7 @@ def render(results: dict[str, Any]) -> str:
                 f"{r['attack_rss_growth_mb']:.0f} MB | {r['explicit_weights_mb']:.1f} MB | "
                 f"{100 * r['robust_accuracy']:.1f}% | {r['verified']} |"
             )
+        lines.append("")
         speed = {(r["model"], r["threat"], r["scope"]): r["examples_per_s"] for r in conv_rows if "error" not in r}
         for model in ("cnn", "lenet"):
             joint, alone = speed.get((model, "joint", "per-example")), speed.get((model, "input", "per-example"))
