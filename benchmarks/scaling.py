@@ -6,7 +6,7 @@ Random-weight MLPs 784-(width x depth)-10 on uniform inputs labelled by the mode
 synthetic settings); 10 steps, no random start, eps_x 0.02, eps_w 0.0005 absolute element-wise. For each point
 the two attacks take turns in one process (median of `rounds` after a warm-up). Three sweeps around the
 784-512-512-10 MLP at batch 256: batch 64-512, width 256-2048 (two hidden layers), depth 1-8 hidden layers of 512.
-Beside each time: the dense matmul work of the attack (forward + input gradient, 10 steps) per millisecond, so a
+Beside each time: the dense matmul work of the attack (forward + input gradient, 10 steps) in GFLOP/s, so a
 super-linear time shows up as a falling rate.
 """
 
