@@ -24,10 +24,30 @@ STEPS = 10
 
 
 def build(setting: str, seed: int = 0) -> tuple[torch.nn.Module, torch.Tensor, torch.Tensor]:
-    """(model, x, y) for 'digits' or 'mnist-mlp' on the benchmark device; deterministic (built on the CPU)."""
+    """(model, x, y) for 'digits' or a SYNTHETIC setting on the benchmark device; deterministic (built on the CPU)."""
     model, x, y = _build_cpu(setting, seed)
     device = bench_device()
     return model.to(device), x.to(device), y.to(device)
+
+
+#: Random-weight MLPs on uniform inputs labelled by the model itself: (input shape, hidden widths, batch).
+SYNTHETIC = {
+    "mnist-mlp": ((1, 28, 28), (512, 512), 256),
+    "wide": ((1, 28, 28), (1024, 1024), 200),
+    "deep": ((100,), (300, 300, 300, 300), 500),
+}
+
+
+def synthetic(
+    input_shape: tuple[int, ...], widths: tuple[int, ...], batch: int, seed: int = 0
+) -> tuple[torch.nn.Module, torch.Tensor, torch.Tensor]:
+    """A random MLP (normalisation 0.5 / 0.29 first), `batch` uniform inputs and the model's own labels."""
+    torch.manual_seed(seed)
+    model = MLP(input_shape, widths, 10, 0.5, 0.29).eval()
+    x = torch.rand(batch, *input_shape, generator=torch.Generator().manual_seed(seed))
+    with torch.no_grad():
+        y = model(x).argmax(1)
+    return model, x, y
 
 
 def _build_cpu(setting: str, seed: int) -> tuple[torch.nn.Module, torch.Tensor, torch.Tensor]:
@@ -46,11 +66,7 @@ def _build_cpu(setting: str, seed: int) -> tuple[torch.nn.Module, torch.Tensor, 
                 loss.backward()
                 opt.step()
         return model.eval(), data.x_test, data.y_test
-    model = MLP((1, 28, 28), (512, 512), 10, 0.5, 0.29).eval()
-    x = torch.rand(256, 1, 28, 28, generator=torch.Generator().manual_seed(seed))
-    with torch.no_grad():
-        y = model(x).argmax(1)
-    return model, x, y
+    return synthetic(*SYNTHETIC[setting], seed=seed)
 
 
 def layer_sizes(model: torch.nn.Module) -> list[tuple[int, int]]:
@@ -82,6 +98,8 @@ def interleaved(setting: str, eps_x: float, eps_w: float, repeats: int, impls: l
     joint_threat = ThreatModel(eps_x=eps_x, eps_w=eps_w)
     attack = PGD(steps=STEPS, random_start=False, batch_size=len(x))
     runners["joint"] = lambda: attack(model, x, y, joint_threat)
+    matmuls, flops = _matmul_runner(model, len(x), x.device)
+    runners["matmul"] = matmuls  # the dense rate, measured in the same turns (a separate run saw another load)
     for run in runners.values():  # warm-up
         run()
     times: dict[str, list[float]] = {name: [] for name in runners}
@@ -91,7 +109,9 @@ def interleaved(setting: str, eps_x: float, eps_w: float, repeats: int, impls: l
             seconds, last[name] = median_time(run, repeats=1, warmup=0)
             times[name].append(seconds)
     out: dict[str, Any] = {}
-    for name in runners:
+    seconds = statistics.median(times.pop("matmul"))
+    out["ceiling"] = {"seconds": seconds, "gflops": flops / seconds / 1e9, "flops_per_step": flops, "batch": len(x)}
+    for name in times:
         if name == "joint":
             accuracy = float((last[name].logits.argmax(1) == y).float().mean())
         else:
@@ -229,9 +249,14 @@ def _loop_joint(model, x, y, eps_x, eps_w) -> float:
 def matmul_ceiling(setting: str, repeats: int) -> dict[str, Any]:
     """Dense float32 GFLOP/s of the matmuls one PGD step needs (forward + input gradient) at these sizes."""
     model, x, _ = build(setting)
-    b = len(x)
+    run, flops = _matmul_runner(model, len(x), x.device)
+    seconds, _ = median_time(run, repeats=repeats * 4, warmup=2)
+    return {"seconds": seconds, "gflops": flops / seconds / 1e9, "flops_per_step": flops, "batch": len(x)}
+
+
+def _matmul_runner(model: torch.nn.Module, b: int, device: torch.device):
+    """(run, flops): one PGD step's dense matmuls (forward + input gradient of every Linear) on random data."""
     sizes = layer_sizes(model)
-    device = x.device
     acts = [torch.rand(b, n_in, device=device) for n_in, _ in sizes]
     weights = [torch.rand(n_out, n_in, device=device) for n_in, n_out in sizes]
     grads = [torch.rand(b, n_out, device=device) for _, n_out in sizes]
@@ -242,6 +267,4 @@ def matmul_ceiling(setting: str, repeats: int) -> dict[str, Any]:
             g @ w  # gradient with respect to the layer input
         return None
 
-    seconds, _ = median_time(run, repeats=repeats * 4, warmup=2)
-    flops = sum(4 * b * n_in * n_out for n_in, n_out in sizes)
-    return {"seconds": seconds, "gflops": flops / seconds / 1e9, "flops_per_step": flops, "batch": b}
+    return run, sum(4 * b * n_in * n_out for n_in, n_out in sizes)

@@ -40,6 +40,7 @@ CONFIGS = [
     ("cnn", "input", "per-example"),
     ("cnn", "joint", "shared"),
     ("lenet", "joint", "per-example"),
+    ("lenet", "input", "per-example"),
     ("mlp", "joint", "per-example"),
     ("mlp", "input", "per-example"),
 ]

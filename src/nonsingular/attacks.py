@@ -27,8 +27,10 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from . import fused_mlp
 from .attack_result import AttackResult, _Chunk
 from .distributed import all_reduce_sum_
+from .fused_mlp import FusedMLP
 from .losses import AttackLoss, Loss, per_example, resolve_loss
 from .perturbation import LayerPath, WeightBlock, build_weight_blocks, installed, layer_paths, per_row
 from .threat import Scope, ThreatModel
@@ -238,6 +240,7 @@ class PGD:
         example_ids: Tensor | None = None,
     ) -> AttackResult:
         paths = layer_paths(model, threat, x[: min(2, len(x))])
+        fused = fused_mlp.plan(model, paths, threat, x[:1])
         batch = self._batch_size(model, paths)
         spans = [(s, min(s + batch, len(x))) for s in range(0, len(x), batch)]
         seeds = _Seeds(self.seed, first_index, None if example_ids is None else example_ids.cpu())
@@ -253,7 +256,7 @@ class PGD:
         groups = [spans] if threat.scope is Scope.SHARED else [[span] for span in spans]
         x_adv, logits, chunks = [], [], []
         for group in groups:
-            xa, lg, ch = self._optimise(model, x, y, group, threat, paths, seeds, tick, sync_ranks)
+            xa, lg, ch = self._optimise(model, x, y, group, threat, paths, seeds, tick, sync_ranks, fused)
             x_adv += xa
             logits += lg
             chunks += ch
@@ -289,6 +292,7 @@ class PGD:
         seeds: _Seeds,
         tick: Callable[[], None],
         sync_ranks: bool,
+        fused: FusedMLP | None = None,
     ) -> _Found:
         """Run restarts x steps over the batches `spans`; a shared threat's weight blocks span them all.
 
@@ -327,26 +331,31 @@ class PGD:
                 global_grads = [torch.zeros_like(v) for v in global_vars]
                 n_correct, total_loss, candidate, row_loss, pending = 0, 0.0, [], None, []
                 for b, (s, e) in enumerate(spans):
-                    xb = xs[b].requires_grad_(threat.perturbs_input and not last)
-                    with torch.enable_grad(), installed(blocks[b] + global_blocks):
-                        logits = model(xb)
-                        losses = per_example(objective(logits, y[s:e], clean[b]))
-                        total = losses.sum()
-                    fooled = (logits.argmax(dim=1) != y[s:e]).detach()
+                    logits, losses, grads = _value_and_grad(
+                        model,
+                        fused,
+                        xs[b],
+                        blocks[b] + global_blocks,
+                        variables[b] + global_vars,
+                        objective,
+                        y[s:e],
+                        clean[b],
+                        input_grad=threat.perturbs_input,
+                        need_grad=not last,
+                    )
+                    fooled = logits.argmax(dim=1) != y[s:e]
                     if not objective.seeks_errors:
                         fooled = torch.zeros_like(fooled)
                     if shared:
                         n_correct += int((~fooled).sum())
-                        total_loss += float(losses.detach().sum())
-                        candidate.append([xs[b].detach().clone(), logits.detach()])
+                        total_loss += float(losses.sum())
+                        candidate.append([xs[b].detach().clone(), logits])
                     else:
                         state = [xs[b], logits, *_block_state(blocks[b])]
-                        kept[b].update(fooled, losses.detach(), state, final=last or schedule.tracks_best)
-                        row_loss = losses.detach()
+                        kept[b].update(fooled, losses, state, final=last or schedule.tracks_best)
+                        row_loss = losses
                     if last:
                         continue
-                    wrt = ([xb] if threat.perturbs_input else []) + variables[b] + global_vars
-                    grads = list(torch.autograd.grad(total, wrt)) if wrt else []
                     with torch.no_grad():
                         for acc, g in zip(global_grads, grads[len(grads) - len(global_vars) :], strict=True):
                             acc.add_(g)
@@ -454,6 +463,36 @@ class PGD:
         return x_adv, logits, chunks
 
 
+def _value_and_grad(
+    model: nn.Module,
+    fused: FusedMLP | None,
+    x: Tensor,
+    blocks: list[WeightBlock],
+    variables: list[Tensor],
+    objective: AttackLoss,
+    y: Tensor,
+    clean: Tensor | None,
+    *,
+    input_grad: bool,
+    need_grad: bool,
+) -> tuple[Tensor, Tensor, list[Tensor]]:
+    """One pass of the loop: logits (n, K) and per-example loss (n,), both detached, and, when `need_grad`, the
+    gradients of the summed loss: [dL/dx if input_grad] + [dL/dv for v in variables].
+
+    A plain MLP whose weight blocks all take Lemma 1 goes through `fused_mlp` (the same numbers without the
+    autograd engine); every other model through its hooked forward pass and autograd.
+    """
+    if fused is not None:
+        return fused.value_and_grad(x, blocks, objective, y, clean, input_grad, need_grad)
+    xb = x.requires_grad_(input_grad and need_grad)
+    with torch.enable_grad(), installed(blocks):
+        logits = model(xb)
+        losses = per_example(objective(logits, y, clean))
+    wrt = ([xb] if input_grad else []) + variables
+    grads = list(torch.autograd.grad(losses.sum(), wrt)) if need_grad and wrt else []
+    return logits.detach(), losses.detach(), grads
+
+
 def _block_state(blocks: list[WeightBlock]) -> list[Tensor]:
     """What a per-example block needs kept: its variables, and for Lemma 1 the layer input h' it saw."""
     state: list[Tensor] = [v for blk in blocks for v in blk.variables]
@@ -507,10 +546,11 @@ def _step_input(
 ) -> Tensor:
     """Sign step on the inputs, clipped to their box: eta x eps_x (or abs_step) per element. A new tensor, as
     the clamp lays it out (copying into x's own layout can change which convolution kernel runs next)."""
+    direction = torch.sign(grad, out=grad)  # the gradient is the loop's own temporary: no new tensor
     if isinstance(eta, Tensor):
-        moved = xb + torch.sign(grad) * per_row(eta.to(xb.dtype) * eps_x, xb)
+        moved = xb + direction * per_row(eta.to(xb.dtype) * eps_x, xb)
     else:
-        moved = torch.add(xb, torch.sign(grad), alpha=abs_step if abs_step is not None else eta * eps_x)
+        moved = torch.add(xb, direction, alpha=abs_step if abs_step is not None else eta * eps_x)
     return torch.clamp(moved, lb, ub).detach()
 
 

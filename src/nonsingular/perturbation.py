@@ -18,6 +18,7 @@ import contextlib
 import functools
 from collections.abc import Callable, Iterator, Sequence
 from enum import Enum
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -284,6 +285,11 @@ class WeightBlock:
 
         rel_step: a number, or (n,) per-example step sizes (per-example paths only).
         """
+        if self.path is LayerPath.LEMMA1 and not isinstance(rel_step, Tensor):
+            # t's radius is 1: sign step and clamp in place (no direction list, no scaled copy); the gradient
+            # is the attack's own temporary, so its sign overwrites it rather than taking a new tensor.
+            self.t.add_(torch.sign(grads[0], out=grads[0]), alpha=rel_step).clamp_(-1, 1)
+            return
         for v, d in zip(self.variables, self.directions(grads), strict=True):
             v.add_(d * per_row(rel_step, v))
         self.project_()
@@ -291,16 +297,9 @@ class WeightBlock:
     # ------------------------------------------------------------------ the forward pass
     def radius(self, h: Tensor) -> Tensor:
         """Lemma 1: r(h) with {D h} = box of radius r, plus the bias radius; (n, out)."""
-        if self.uniform_eps is not None:
-            # abs().sum() rather than linalg.vector_norm(h, 1): the same value and subgradient, but torch's CPU
-            # p-norm reduction is ~4x slower than abs + sum at these sizes (benchmarks/profile_joint.py).
-            # A ReLU's output needs no abs (and its backward no sgn product): ~6% of a joint attack on MLPs.
-            l1 = h.sum(dim=1, keepdim=True) if self.input_nonnegative else h.abs().sum(dim=1, keepdim=True)
-            r = self.uniform_eps * l1
-        elif self.row_eps is not None:
-            l1 = h.sum(dim=1, keepdim=True) if self.input_nonnegative else h.abs().sum(dim=1, keepdim=True)
-            r = l1 * self.row_eps
-        elif self.ball is WeightBall.ELEMENTWISE:
+        if self.uniform_eps is not None or self.row_eps is not None:
+            return lemma1_radius(self, h)
+        if self.ball is WeightBall.ELEMENTWISE:
             r = h.abs() @ self._radius().t()
         else:
             r = self._radius() * h.abs().amax(dim=1, keepdim=True).expand(-1, self.weight.shape[0])
@@ -312,6 +311,9 @@ class WeightBlock:
         h = inputs[0]
         self.h_seen = h.detach()
         if self.path is LayerPath.LEMMA1:
+            if self.uniform_eps is not None or self.row_eps is not None:
+                term: Tensor = _Lemma1Term.apply(out, h, self.t, self)  # type: ignore[no-untyped-call]
+                return term
             return torch.addcmul(out, self.t, self.radius(h))
         shared = self.path is LayerPath.SHARED
         if shared:
@@ -361,6 +363,63 @@ class WeightBlock:
         if delta_b is not None and self.bias is not None:  # the threat perturbs only biases that exist
             out[f"{self.name}.bias"] = self.bias + delta_b
         return out
+
+
+def lemma1_radius(block: WeightBlock, h: Tensor) -> Tensor:
+    """r(h) = ||h||_1 x scale (+ bias radius), (n, 1) or (n, out), for a block with a uniform or per-row radius.
+
+    A ReLU's output needs no abs (and its gradient no sign(h) product): ~6% of a joint attack on MLPs.
+    abs().sum() rather than linalg.vector_norm(h, 1): the same value and subgradient, but torch's CPU p-norm
+    reduction is ~4x slower than abs + sum at these sizes (benchmarks/profile_joint.py).
+    """
+    scale = block.uniform_eps if block.uniform_eps is not None else block.row_eps
+    if scale is None:
+        raise RuntimeError(f"weight block {block.name} has neither a uniform nor a per-row radius")
+    l1 = h.sum(dim=1, keepdim=True) if block.input_nonnegative else h.abs().sum(dim=1, keepdim=True)
+    r = l1 * scale
+    return r if block.bias_rho is None else r + block.bias_rho
+
+
+def lemma1_input_grad(block: WeightBlock, g: Tensor, h: Tensor, t: Tensor, into: Tensor | None = None) -> Tensor:
+    """The input gradient of the Lemma 1 term t * lemma1_radius(h) given dL/d(out) = g (n, out) and t (n, out).
+
+    sum_o g t scale per row, broadcast over h (times sign(h) where h may be negative: abs's subgradient, 0 at 0).
+    With `into` (n, in), it is added to `into` in place (the layer's own input gradient) and `into` returned;
+    else an expanded view (n, in) is returned, which autograd adds to the layer's input gradient.
+    """
+    scale = block.uniform_eps if block.uniform_eps is not None else block.row_eps
+    if isinstance(scale, Tensor):  # per-row radii (1, out)
+        grad_l1 = torch.mv(g * t, scale[0])[:, None]
+    else:
+        grad_l1 = torch.linalg.vecdot(g, t, dim=1)[:, None] * scale
+    if into is None:
+        return grad_l1.expand(h.shape) if block.input_nonnegative else grad_l1 * torch.sign(h)
+    return into.add_(grad_l1) if block.input_nonnegative else into.addcmul_(grad_l1, torch.sign(h))
+
+
+class _Lemma1Term(torch.autograd.Function):
+    """out + t * r(h) for a block with a uniform or per-row radius (`lemma1_radius`), hand-differentiated.
+
+    The same value and (sub)gradients as autograd through the radius and addcmul, in fewer passes over
+    (n, out) tensors: autograd's addcmul backward multiplies t by 1 and g by both factors, then reduces; here
+    dL/dt = g r is one product and dL/d||h||_1 one row dot (`lemma1_input_grad`). First order only, as the
+    attack and the training objectives need.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, out: Tensor, h: Tensor, t: Tensor, block: WeightBlock) -> Tensor:
+        r = lemma1_radius(block, h)
+        ctx.block = block
+        ctx.save_for_backward(h, t, r)
+        return torch.addcmul(out, t, r)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx: Any, g: Tensor) -> tuple[Tensor | None, ...]:
+        h, t, r = ctx.saved_tensors
+        grad_h = lemma1_input_grad(ctx.block, g, h, t) if ctx.needs_input_grad[1] else None
+        grad_t = g * r if ctx.needs_input_grad[2] else None
+        return g, grad_h, grad_t, None
 
 
 def per_row(step: float | Tensor, v: Tensor) -> float | Tensor:
