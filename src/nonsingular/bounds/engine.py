@@ -6,15 +6,19 @@ CROWN tightens, with its own backward pass, every node whose box a non-linearity
 inputs) unless that box is already exact, and intersects with the interval box; final margins are the better of
 CROWN's and IBP's (the last Linear folded into the margin), so CROWN is never looser than IBP.
 
-Memory: a backward pass holds (examples x spec rows x node size) coefficients; examples and then spec rows are
-split so that one chunk's coefficients stay within `memory_mb` (an estimate: four tensors of that size).
+Only the entries whose bounds can change a user's result are tightened (a ReLU's inactive inputs, ub <= 0 under
+the interval box, map to 0 whatever their box: skipped, per example). A node whose range is exactly its box (an unperturbed affine
+map of the input box) is never tightened.
+
+Memory: a backward pass holds (examples x spec rows x node size) coefficients; examples and spec rows are split
+so that one chunk's coefficients stay within `memory_mb` (four tensors of the widest node the pass crosses).
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Iterator
-from typing import cast
+from typing import Any, cast
 
 import torch
 from torch import Tensor, nn
@@ -28,14 +32,16 @@ __all__ = ["GraphBounds"]
 
 
 class GraphBounds:
-    """Boxes of every node of a traced model for one chunk of examples, and CROWN backward passes over it.
+    """Boxes of every node of a traced model for a batch of examples, and CROWN backward passes over it.
 
     Args:
         graph: the traced model.
         threats: the threat at each perturbed weight layer (by module name).
         lb, ub: (N, *input_shape) the input box.
         crown: tighten the boxes that non-linearities relax with CROWN (else pure IBP).
-        memory_mb: budget for one backward pass's coefficients.
+        memory_mb: budget for one backward pass's coefficient tensors, MiB (chunks of examples and spec rows).
+        ctx: the backward passes' state (alpha-CROWN's slopes and rows); a fresh one by default.
+        floor: boxes (by node name) that every tightened box is intersected with (alpha-CROWN passes CROWN's).
     """
 
     def __init__(
@@ -47,82 +53,159 @@ class GraphBounds:
         crown: bool = False,
         memory_mb: float = DEFAULT_MEMORY_MB,
         ctx: Backward | None = None,
+        floor: dict[str, Box] | None = None,
     ) -> None:
         self.graph, self.threats, self.memory_mb = graph, threats, memory_mb
         self.ctx = ctx or Backward(memory_mb=memory_mb)
         self.order = {n.name: i for i, n in enumerate(graph.nodes)}
         self.boxes: dict[str, Box] = {graph.input: (lb, ub)}
         self.frontier = _frontier(graph)
-        relaxed = {i for n in graph.nodes if n.rule is not None and n.rule.needs_bounds for i in n.inputs}
-        exact = {graph.input}
+        # node -> the rules of its users when some user relaxes it (the nodes CROWN tightens)
+        self.relaxing: dict[str, list[Rule]] = {}
+        for n in graph.nodes:
+            if n.rule is not None and n.rule.needs_bounds:
+                for i in n.inputs:
+                    self.relaxing[i] = [_rule(graph.by_name[u]) for u in graph.users[i]]
+        chain = _input_chain(graph, self.frontier)  # nodes whose range is exactly their box
+        exact = set(chain)
         for node in graph.nodes:
             if node.name == graph.input or (node.name == graph.output and self._elided()):
                 continue  # an elided last layer is bounded in the margin (ibp_margins), never as a box
             rule = _rule(node)
-            box = rule.ibp(node, [self.boxes[i] for i in node.inputs], self.threat(node))
-            if rule.exact_box and all(i in exact for i in node.inputs):
+            lt = self.threat(node)
+            box = rule.ibp(node, [self.boxes[i] for i in node.inputs], lt)
+            if (rule.exact_box and all(i in exact for i in node.inputs)) or (
+                rule.exact_on_box(lt) and all(i in chain for i in node.inputs)
+            ):
                 exact.add(node.name)
-            elif crown and node.name in relaxed:
+            elif crown and node.name in self.relaxing:
                 box = self.tighten(node, box)
+                if floor is not None and node.name in floor:
+                    box = _intersect(box, floor[node.name])
             self.boxes[node.name] = box
 
     def threat(self, node: Node) -> LayerThreat | None:
         return self.threats.get(node.name) if node.module is not None else None
 
+    def _per_row(self, start: str, itemsize: int) -> int:
+        """Bytes one example's spec row may hold at once in a backward pass from `start`: up to four coefficient
+        tensors (pending sums on parallel paths, a rule's temporaries) of the widest node it crosses."""
+        widest = max(math.prod(self.graph.by_name[name].shape) for name in self.graph.ancestors(start))
+        return 4 * widest * itemsize
+
+    def _chunks(
+        self, start: str, n: int, rows: int, itemsize: int, spec_rows: int = 1
+    ) -> Iterator[tuple[int, int, int, int]]:
+        """(e0, e1, r0, r1): example and row ranges whose coefficients fit the memory budget (at least one each);
+        each row stands for `spec_rows` spec rows."""
+        budget = int(self.memory_mb * 2**20)
+        per_row = spec_rows * self._per_row(start, itemsize)
+        ex_step = max(1, min(n, budget // (per_row * max(1, rows))))
+        row_step = max(1, min(rows, budget // (per_row * ex_step)))
+        for e0 in range(0, n, ex_step):
+            for r0 in range(0, rows, row_step):
+                yield e0, min(n, e0 + ex_step), r0, min(rows, r0 + row_step)
+
     def backward(self, start: str, spec: Tensor, ctx: Backward | None = None, scope: int = 0) -> Tensor:
-        """(N, S) lower bounds on spec . value(start) over the threat set.
+        """(N, S) lower bounds on spec . value(start) over the threat set, chunked within the memory budget.
 
         spec: (B, S, *shape of start), B = 1 (the same rows for every example) or N.
         ctx: the pass's state (default: this object's, which alpha-CROWN sets); scope tells passes apart.
         """
+        n = self.boxes[self.graph.input][0].shape[0]
+        rows = int(spec.shape[1])
+        parts: list[Tensor] = []
+        for e0, e1, r0, r1 in self._chunks(start, n, rows, spec.element_size()):
+            sub = spec[:, r0:r1] if spec.shape[0] == 1 else spec[e0:e1, r0:r1]
+            part = self._backward(start, sub, slice(e0, e1), ctx, (scope, e0, r0))
+            if r0 == 0:
+                parts.append(part)
+            else:
+                parts[-1] = torch.cat([parts[-1], part], dim=1)
+        return torch.cat(parts) if len(parts) > 1 else parts[0]
+
+    def _backward(self, start: str, spec: Tensor, examples: slice, ctx: Backward | None, scope: Any) -> Tensor:
+        """One chunk of `backward`: the examples in `examples`, spec (B, S, *shape) with B = 1 or their count;
+        or, as an integer (n, R) tensor of flat entry indices, the rows e_i then -e_i (Rule.backward_rows)."""
         ctx = ctx or self.ctx
-        ctx.scope = (start, int(spec.shape[1]), scope)
+        rows = spec if not spec.is_floating_point() else None
+        dtype = self.boxes[self.graph.input][0].dtype
+        ctx.scope = (start, int(spec.shape[1]) * (2 if rows is not None else 1), scope)
         coef: dict[str, Tensor] = {start: spec}
-        c: Tensor = torch.zeros((), dtype=spec.dtype, device=spec.device)
+        c: Tensor = torch.zeros((), dtype=dtype, device=spec.device)
         for node in reversed(self.graph.nodes[: self.order[start] + 1]):
             a = coef.pop(node.name, None)
             if a is None or node.name == self.frontier:
                 if a is not None:
                     coef[node.name] = a
                 continue
-            boxes = [self.boxes[i] for i in node.inputs]
-            parts, offset = _rule(node).backward(node, a, boxes, self.threat(node), ctx)
+            boxes = [(lb[examples], ub[examples]) for lb, ub in (self.boxes[i] for i in node.inputs)]
+            if rows is not None and node.name == start:
+                parts, offset = _rule(node).backward_rows(node, rows, boxes, self.threat(node), ctx)
+            else:
+                parts, offset = _rule(node).backward(node, a, boxes, self.threat(node), ctx)
+            del a  # free this node's coefficients before the next node's are made
             c = c + offset
             for name, part in zip(node.inputs, parts, strict=True):
                 if part is not None:
                     coef[name] = coef[name] + part if name in coef else part
         lb, ub = self.boxes[self.frontier]
-        lower = c.expand(lb.shape[0], spec.shape[1]) if c.dim() < 2 else c.expand(lb.shape[0], -1)
+        lb, ub = lb[examples], ub[examples]
+        lower = c.expand(lb.shape[0], ctx.scope[1]) if c.dim() < 2 else c.expand(lb.shape[0], -1)
         a = coef.get(self.frontier)
         if a is not None:
             lower = lower + dot(a.clamp(min=0), lb) + dot(a.clamp(max=0), ub)
         return lower
 
-    def _row_chunks(self, rows: int, n: int, itemsize: int) -> Iterator[tuple[int, int]]:
-        widest = max(math.prod(node.shape) for node in self.graph.nodes)
-        per_row = 4 * n * widest * itemsize
-        step = max(1, min(rows, int(self.memory_mb * 2**20) // per_row))
-        for s in range(0, rows, step):
-            yield s, min(rows, s + step)
+    def _rows(self, node: Node, box: Box) -> tuple[Tensor, Tensor]:
+        """(N, S) flat indices of the entries to tighten, padded with the index `size` (a dummy), and (N, S) which
+        are real: the entries some relaxing user depends on (ReLU: the unstable ones), per example."""
+        if self.ctx.optimise and node.name in self.ctx.rows:
+            return self.ctx.rows[node.name]
+        lo, hi = box
+        n, size = lo.shape[0], math.prod(node.shape)
+        mask = torch.zeros((n, size), dtype=torch.bool, device=lo.device)
+        for rule in self.relaxing[node.name]:
+            # A user that relaxes nothing reads the whole box (e.g. a residual add): every entry matters.
+            entries = rule.relaxed_entries(lo.detach(), hi.detach()) if rule.needs_bounds else None
+            if entries is None:
+                mask[:] = True
+                break
+            mask |= entries.reshape(n, size)
+        counts = mask.sum(dim=1)
+        width = int(counts.max()) if n else 0
+        # A stable sort of ~mask puts each example's selected entries first, in index order.
+        order = torch.sort((~mask).to(torch.uint8), dim=1, stable=True).indices[:, :width]
+        valid = torch.arange(width, device=lo.device)[None, :] < counts[:, None]
+        rows = (torch.where(valid, order, size), valid)
+        if self.ctx.optimise:
+            self.ctx.rows[node.name] = rows
+        return rows
 
     def tighten(self, node: Node, box: Box) -> Box:
-        """Intersect node's interval box with CROWN's bounds on each of its entries."""
+        """Intersect node's interval box with CROWN's bounds on the entries its relaxing users depend on."""
         lo, hi = box
-        n = math.prod(node.shape)
-        lower, upper = lo.new_empty((lo.shape[0], n)), hi.new_empty((hi.shape[0], n))
-        for s, e in self._row_chunks(2 * n, lo.shape[0], lo.element_size()):
-            # Rows s..e of [I; -I]: lower bounds of entries, then (negated) upper bounds.
-            spec = lo.new_zeros((e - s, n))
-            rows = torch.arange(s, e, device=lo.device)
-            spec[rows - s, rows % n] = torch.where(rows < n, 1.0, -1.0).to(lo.dtype)
-            bound = self.backward(node.name, spec.reshape(1, e - s, *node.shape), scope=s)
-            lower_rows, upper_rows = rows < n, rows >= n
-            lower[:, rows[lower_rows]] = bound[:, lower_rows]
-            upper[:, rows[upper_rows] - n] = -bound[:, upper_rows]
-        lo = torch.maximum(lo, lower.reshape(lo.shape))
-        hi = torch.minimum(hi, upper.reshape(hi.shape))
-        # Both are sound; if rounding crosses them, keep an interval that contains both end points.
-        return torch.minimum(lo, hi), torch.maximum(lo, hi)
+        n, size = lo.shape[0], math.prod(node.shape)
+        index, valid = self._rows(node, box)
+        if index.shape[1] == 0:
+            return box
+        lower = torch.cat([lo.reshape(n, size), lo.new_zeros((n, 1))], dim=1)
+        upper = torch.cat([hi.reshape(n, size), hi.new_zeros((n, 1))], dim=1)
+        lowers, uppers = [], []
+        for e0, e1, r0, r1 in self._chunks(node.name, n, index.shape[1], lo.element_size(), spec_rows=2):
+            # Two spec rows per entry i: e_i (its lower bound) and -e_i (its upper bound).
+            sel = index[e0:e1, r0:r1]
+            width = int(valid[e0:e1, r0:r1].sum(dim=1).max())
+            if width == 0:
+                continue
+            sel = sel[:, :width]
+            # Padded rows read entry size - 1 and are written to the dummy column.
+            bound = self._backward(node.name, sel.clamp(max=size - 1), slice(e0, e1), None, (e0, r0))
+            lowers.append((e0, e1, sel, bound[:, :width]))
+            uppers.append((e0, e1, sel, -bound[:, width:]))
+        lower = _scatter_rows(lower, lowers)[:, :size]
+        upper = _scatter_rows(upper, uppers)[:, :size]
+        return _intersect(box, (lower.reshape(lo.shape), upper.reshape(hi.shape)))
 
     def _elided(self) -> bool:
         """Whether the output is a Linear on (N, features), folded into the margins rather than boxed."""
@@ -142,6 +225,45 @@ def _rule(node: Node) -> Rule:
     if node.rule is None:  # only the input placeholder has none, and no pass evaluates it
         raise RuntimeError(f"node '{node.name}' has no rule")
     return node.rule
+
+
+def _intersect(box: Box, other: Box) -> Box:
+    """The intersection of two sound boxes; if rounding crosses them, an interval containing both end points."""
+    lo, hi = torch.maximum(box[0], other[0]), torch.minimum(box[1], other[1])
+    return torch.minimum(lo, hi), torch.maximum(lo, hi)
+
+
+def _scatter_rows(flat: Tensor, parts: list[tuple[int, int, Tensor, Tensor]]) -> Tensor:
+    """flat (N, size + 1) with each part's values (n, S) written at its indices (n, S) of examples e0..e1 (padded
+    indices point at the dummy last column, which the caller drops). Out of place, so autograd follows."""
+    if not parts:
+        return flat
+    pieces = []
+    for e0 in sorted({p[0] for p in parts}):
+        mine = [p for p in parts if p[0] == e0]
+        e1 = mine[0][1]
+        index = torch.cat([p[2] for p in mine], dim=1)
+        values = torch.cat([p[3] for p in mine], dim=1)
+        pieces.append((e0, e1, flat[e0:e1].scatter(1, index, values)))
+    rows = []
+    last = 0
+    for e0, e1, piece in pieces:
+        if e0 > last:
+            rows.append(flat[last:e0])
+        rows.append(piece)
+        last = e1
+    if last < flat.shape[0]:
+        rows.append(flat[last:])
+    return torch.cat(rows)
+
+
+def _input_chain(graph: Graph, frontier: str) -> set[str]:
+    """The input and its element-wise ops up to the frontier: their range is exactly their box."""
+    chain, name = {graph.input}, graph.input
+    while name != frontier:
+        name = graph.users[name][0]
+        chain.add(name)
+    return chain
 
 
 def _frontier(graph: Graph) -> str:

@@ -19,6 +19,9 @@ from .registry import DEFAULT_MEMORY_MB
 
 __all__ = ["graph_margin_bounds"]
 
+#: Examples per alpha-CROWN chunk (its slopes and autograd graph grow with the examples it optimises at once).
+_ALPHA_EXAMPLES = 1
+
 
 def _check_logits(graph: Graph) -> None:
     out = graph.by_name[graph.output]
@@ -26,13 +29,6 @@ def _check_logits(graph: Graph) -> None:
         raise UnsupportedLayerError(
             f"bounds need (N, classes) logits; the model's output '{out.name}' has shape (N, *{out.shape})"
         )
-
-
-def _example_chunks(graph: Graph, n: int, itemsize: int, memory_mb: float) -> int:
-    """Examples per chunk: a whole tightening pass ((2 x node size) rows) within the budget when possible."""
-    widest = max(math.prod(node.shape) for node in graph.nodes)
-    per_example = 3 * 2 * widest * widest * itemsize
-    return max(1, min(n, int(memory_mb * 2**20) // per_example))
 
 
 def graph_margin_bounds(
@@ -64,7 +60,9 @@ def graph_margin_bounds(
     if method is BoundMethod.IBP:
         lower = GraphBounds(graph, threats, lb, ub).ibp_margins(y)
     else:
-        step = _example_chunks(graph, len(y), x.element_size(), memory_mb)
+        # GraphBounds chunks every backward pass by the budget; alpha-CROWN also keeps its slopes and their
+        # autograd graph per chunk of examples, so it runs on chunks of `_ALPHA_EXAMPLES`.
+        step = len(y) if method is BoundMethod.CROWN else _ALPHA_EXAMPLES
         parts = []
         for s in range(0, len(y), step):
             bounds = GraphBounds(graph, threats, lb[s : s + step], ub[s : s + step], crown=True, memory_mb=memory_mb)

@@ -115,6 +115,9 @@ def _abs_input_term(
 class LinearRule(Rule):
     """nn.Linear on (N, in) inputs (Lemma 1 is exact for a fixed backward coefficient)."""
 
+    def exact_on_box(self, lt: LayerThreat | None) -> bool:
+        return lt is None  # each output entry is a sum of independent interval terms
+
     def ibp(self, node: Node, boxes: list[Box], lt: LayerThreat | None) -> Box:
         return affine_box(node.module, *boxes[0], lt)
 
@@ -149,6 +152,38 @@ class LinearRule(Rule):
         else:
             h_max = torch.maximum(lb.abs(), ub.abs()).amax(dim=1)  # (N,)
             c = c - abs_a.sum(dim=-1) * lt.operator_radius() * h_max[:, None]
+        return [new_a], c
+
+    def backward_rows(
+        self, node: Node, index: Tensor, boxes: list[Box], lt: LayerThreat | None, ctx: Backward
+    ) -> tuple[list[Tensor | None], Tensor | float]:
+        # Row e_i of the spec carries back as row i of the weight: a gather, not a matmul.
+        module: Any = node.module
+        lb, ub = boxes[0]
+        if lb.dim() != 2:
+            return super().backward_rows(node, index, boxes, lt, ctx)
+        w = module.weight.to(lb.dtype)
+        rows = w[index]  # (N, R, in)
+        new_a = torch.cat([rows, -rows], dim=1)
+        c: Tensor | float = 0.0
+        if module.bias is not None:
+            b = module.bias.to(lb.dtype)[index]
+            c = torch.cat([b, -b], dim=1)
+        if lt is None:
+            return [new_a], c
+        if lt.beta is not None:
+            c = c - lt.beta[index].repeat(1, 2)  # |a| = e_i for both signs
+        if lt.rho is not None:
+            r = lt.uniform if lt.uniform is not None else lt.rho[index].repeat(1, 2, 1)
+            if bool((lb >= 0).all()):
+                new_a = new_a - r
+            else:
+                slope, offset = _abs_chord(lb, ub)
+                new_a = new_a - r * slope[:, None, :]
+                c = c - (r * offset[:, None, :]).sum(dim=-1)
+        else:
+            h_max = torch.maximum(lb.abs(), ub.abs()).amax(dim=1)  # (N,)
+            c = c - lt.operator_radius() * h_max[:, None]
         return [new_a], c
 
 
@@ -217,6 +252,9 @@ def _fixed_input_term(
 
 class ConvRule(Rule):
     """nn.Conv1d / nn.Conv2d with zero padding, any stride, dilation and groups."""
+
+    def exact_on_box(self, lt: LayerThreat | None) -> bool:
+        return lt is None  # each output entry is a sum of independent interval terms
 
     def ibp(self, node: Node, boxes: list[Box], lt: LayerThreat | None) -> Box:
         return affine_box(node.module, *boxes[0], lt)

@@ -39,6 +39,11 @@ class ReLURule(Rule):
     elementwise = True
     needs_bounds = True
 
+    def relaxed_entries(self, lb: Tensor, ub: Tensor) -> Tensor | None:
+        # An inactive entry (ub <= 0) maps to exactly 0 whatever its box. The others matter: the unstable ones'
+        # relaxation and the active ones' output box (which the next layer's interval bound reads).
+        return ub > 0
+
     def ibp(self, node: Node, boxes: list[Box], lt: LayerThreat | None) -> Box:
         lb, ub = boxes[0]
         return F.relu(lb), F.relu(ub)  # never the module: an inplace ReLU would overwrite the caller's box

@@ -11,8 +11,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+import math
 from typing import Any
 
+import torch
 import torch.fx as fx
 from torch import Tensor, nn
 
@@ -67,12 +69,15 @@ class Backward:
         optimise: whether ReLU rules take their lower slope from `alphas`.
         memory_mb: budget a rule may spend on an optional tighter term.
         scope: which backward pass is running (set by GraphBounds).
+        rows: node name -> the (N, S) entries CROWN tightens there (GraphBounds.tighten), kept so that every
+            alpha-CROWN step bounds the same rows with the same slopes, whatever its boxes.
     """
 
     optimise: bool = False
     alphas: dict[tuple[Any, ...], Tensor] = field(default_factory=dict)
     memory_mb: float = DEFAULT_MEMORY_MB
     scope: tuple[Any, ...] = ()
+    rows: dict[str, tuple[Tensor, Tensor]] = field(default_factory=dict)
 
     def alpha(self, name: str, default: Tensor, unstable: Tensor) -> Tensor | None:
         """The optimised lower slopes of ReLU `name` (default (N, 1, *shape) is CROWN's), or None for CROWN's."""
@@ -142,6 +147,16 @@ class Rule:
     needs_bounds: bool = False
     elementwise: bool = False
 
+    def exact_on_box(self, lt: LayerThreat | None) -> bool:
+        """Whether the interval rule is exact (each output entry's true range) when the input's range is a box:
+        an affine map the threat leaves alone. CROWN then never tightens the output of such an op on the input."""
+        return False
+
+    def relaxed_entries(self, lb: Tensor, ub: Tensor) -> Tensor | None:
+        """(N, *shape) the entries of the input box [lb, ub] whose bounds can change this op's results (its
+        relaxation or its output box); CROWN tightens only those. None: all of them. Read when `needs_bounds`."""
+        return None
+
     def ibp(self, node: Node, boxes: list[Box], lt: LayerThreat | None) -> Box:
         """A box containing every output for inputs in `boxes` (one (lb, ub) per tensor input, each (N, *shape))."""
         raise NotImplementedError
@@ -166,6 +181,22 @@ class Rule:
             f"CROWN has no backward rule for op '{node.name}' ({_kind(node)}); add one to a Rule in {_WHERE}, "
             f"or use method='ibp'"
         )
+
+
+    def backward_rows(
+        self, node: Node, index: Tensor, boxes: list[Box], lt: LayerThreat | None, ctx: Backward
+    ) -> tuple[list[Any], Tensor | float]:
+        """`backward` for the spec rows e_i (i in index) followed by -e_i: the rows that tighten this node's box.
+
+        index: (N, R) flat indices into one example's output entries. Override where the one-hot rows make a
+        cheaper rule (a Linear's rows are rows of its weight); this default builds them and calls `backward`.
+        """
+        n, r = index.shape
+        spec = boxes[0][0].new_zeros((n, 2 * r, math.prod(node.shape)))
+        ones = torch.ones_like(index, dtype=spec.dtype)[:, :, None]
+        spec[:, :r].scatter_(2, index[:, :, None], ones)
+        spec[:, r:].scatter_(2, index[:, :, None], -ones)
+        return self.backward(node, spec.reshape(n, 2 * r, *node.shape), boxes, lt, ctx)
 
 
 class _IntervalOnly(Rule):
