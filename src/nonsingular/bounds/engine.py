@@ -25,6 +25,7 @@ from torch import Tensor, nn
 
 from .graph import Graph
 from .layers import LayerThreat
+from .patches import Patches
 from .ops_affine import elided_margin_lower
 from .registry import DEFAULT_MEMORY_MB, Backward, Box, Node, Rule, dot
 
@@ -131,7 +132,7 @@ class GraphBounds:
         rows = spec if not spec.is_floating_point() else None
         dtype = self.boxes[self.graph.input][0].dtype
         ctx.scope = (start, int(spec.shape[1]) * (2 if rows is not None else 1), scope)
-        coef: dict[str, Tensor] = {start: spec}
+        coef: dict[str, Any] = {start: spec}
         c: Tensor = torch.zeros((), dtype=dtype, device=spec.device)
         for node in reversed(self.graph.nodes[: self.order[start] + 1]):
             a = coef.pop(node.name, None)
@@ -140,20 +141,30 @@ class GraphBounds:
                     coef[node.name] = a
                 continue
             boxes = [(lb[examples], ub[examples]) for lb, ub in (self.boxes[i] for i in node.inputs)]
+            rule, lt = _rule(node), self.threat(node)
+            done = None
             if rows is not None and node.name == start:
-                parts, offset = _rule(node).backward_rows(node, rows, boxes, self.threat(node), ctx)
-            else:
-                parts, offset = _rule(node).backward(node, a, boxes, self.threat(node), ctx)
-            del a  # free this node's coefficients before the next node's are made
+                if len(node.shape) == 3:  # a (C, H, W) node: its rows' coefficients start as 1 x 1 windows
+                    done = rule.backward_patches(node, Patches.onehot(rows, node.shape, dtype), boxes, lt, ctx)
+                if done is None:
+                    done = rule.backward_rows(node, rows, boxes, lt, ctx)
+            elif isinstance(a, Patches):
+                done = rule.backward_patches(node, a, boxes, lt, ctx)
+                if done is None:
+                    a = a.dense()
+            parts, offset = done if done is not None else rule.backward(node, a, boxes, lt, ctx)
+            del a, done  # free this node's coefficients before the next node's are made
             c = c + offset
             for name, part in zip(node.inputs, parts, strict=True):
                 if part is not None:
-                    coef[name] = coef[name] + part if name in coef else part
+                    coef[name] = _accumulate(coef[name], part) if name in coef else part
         lb, ub = self.boxes[self.frontier]
         lb, ub = lb[examples], ub[examples]
         lower = c.expand(lb.shape[0], ctx.scope[1]) if c.dim() < 2 else c.expand(lb.shape[0], -1)
         a = coef.get(self.frontier)
-        if a is not None:
+        if isinstance(a, Patches):
+            lower = lower + a.dot(lb, ub)
+        elif a is not None:
             lower = lower + dot(a.clamp(min=0), lb) + dot(a.clamp(max=0), ub)
         return lower
 
@@ -225,6 +236,13 @@ def _rule(node: Node) -> Rule:
     if node.rule is None:  # only the input placeholder has none, and no pass evaluates it
         raise RuntimeError(f"node '{node.name}' has no rule")
     return node.rule
+
+
+def _accumulate(x: Any, y: Any) -> Any:
+    """The sum of two coefficient terms on one node (dense tensors or patches; a mixed sum is dense)."""
+    if isinstance(x, Patches) and isinstance(y, Patches):
+        return x + y
+    return (x.dense() if isinstance(x, Patches) else x) + (y.dense() if isinstance(y, Patches) else y)
 
 
 def _intersect(box: Box, other: Box) -> Box:

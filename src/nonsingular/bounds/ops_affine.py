@@ -25,9 +25,10 @@ from torch import Tensor, nn
 
 from ..models import Normalize
 from .layers import LayerThreat, UnsupportedLayerError, apply_weight, receptive_max
+from .patches import Patches
 from .registry import Backward, Box, Node, Rule, register_rule
 
-__all__ = ["affine_box", "elided_margin_lower"]
+__all__ = ["affine_box", "conv_adjoint", "conv_patches", "elided_margin_lower"]
 
 
 def affine_box(module: Any, lb: Tensor, ub: Tensor, lt: LayerThreat | None) -> Box:
@@ -187,7 +188,7 @@ class LinearRule(Rule):
         return [new_a], c
 
 
-def _conv_transpose(module: Any, a: Tensor, weight: Tensor, in_shape: tuple[int, ...]) -> Tensor:
+def conv_adjoint(module: Any, a: Tensor, weight: Tensor, in_shape: tuple[int, ...]) -> Tensor:
     """The adjoint of the convolution with `weight` (no bias): (M, C_out, *out) -> (M, C_in, *in)."""
     if isinstance(module.padding, str):
         # 'same' may pad asymmetrically, which conv_transpose cannot express: use the map's own adjoint.
@@ -273,7 +274,7 @@ class ConvRule(Rule):
         in_shape = tuple(lb.shape[1:])
         w = module.weight.to(lb.dtype)
         flat = a.reshape(b * s, *a.shape[2:])
-        new_a = _conv_transpose(module, flat, w, in_shape).reshape(b, s, *in_shape)
+        new_a = conv_adjoint(module, flat, w, in_shape).reshape(b, s, *in_shape)
         per_channel = a.flatten(3).sum(dim=-1)  # (B, S, C_out): a summed over positions
         c: Tensor | float = 0.0
         if module.bias is not None:
@@ -293,16 +294,61 @@ class ConvRule(Rule):
                 # spread it with a one-channel kernel of ones (C_out x C_in times cheaper).
                 ones = lt.rho.new_ones((1, 1, *lt.rho.shape[2:]))
                 summed = abs_a.sum(dim=2).reshape(b * s, 1, *a.shape[3:])
-                r = lt.uniform * _conv_transpose(module, summed, ones, (1, *in_shape[1:]))
+                r = lt.uniform * conv_adjoint(module, summed, ones, (1, *in_shape[1:]))
                 r = r.reshape(b, s, 1, *in_shape[1:]).expand(b, s, *in_shape)
             else:
-                r = _conv_transpose(module, abs_a.reshape(b * s, *a.shape[2:]), lt.rho, in_shape)
+                r = conv_adjoint(module, abs_a.reshape(b * s, *a.shape[2:]), lt.rho, in_shape)
                 r = r.reshape(b, s, *in_shape)
             new_a, c = _abs_input_term(new_a, c, r, lb, ub)
         else:
             h_max = receptive_max(module, torch.maximum(lb.abs(), ub.abs()))  # (N, 1, *out)
             c = c - lt.operator_radius() * (abs_a * h_max[:, None]).flatten(2).sum(dim=-1)
         return [new_a], c
+
+    def backward_patches(
+        self, node: Node, a: Any, boxes: list[Box], lt: LayerThreat | None, ctx: Backward
+    ) -> tuple[list[Any], Tensor | float] | None:
+        module: Any = node.module
+        lb, ub = boxes[0]
+        if not _patch_form(module) or (lt is not None and bool((lb == ub).all())):
+            return None  # 'same' padding, or a fixed input (its exact kernel term needs dense coefficients)
+        in_shape = tuple(lb.shape[1:])
+        w = module.weight.to(lb.dtype)
+        new = conv_patches(module, a, w, in_shape)
+        per_channel = a.values.flatten(3).sum(dim=-1)  # (B, S, C_out)
+        c: Tensor | float = 0.0
+        if module.bias is not None:
+            c = per_channel @ module.bias.to(lb.dtype)
+        if lt is None:
+            return [new], c
+        abs_v = a.values.abs()
+        if lt.beta is not None:
+            c = c - abs_v.flatten(3).sum(dim=-1) @ lt.beta
+        if lt.rho is not None:
+            r = conv_patches(module, a.with_values(abs_v), lt.rho, in_shape).values
+            if bool((lb >= 0).all()):
+                return [new.with_values(new.values - r)], c
+            slope, offset = _abs_chord(lb, ub)
+            values = new.values - r * new.gather(slope)
+            return [new.with_values(values)], c - (r * new.gather(offset)).flatten(2).sum(dim=-1)
+        h_max = receptive_max(module, torch.maximum(lb.abs(), ub.abs()))  # (N, 1, *out)
+        return [new], c - lt.operator_radius() * (abs_v * a.gather(h_max)).flatten(2).sum(dim=-1)
+
+
+def conv_patches(module: Any, p: Patches, weight: Tensor, in_shape: tuple[int, ...]) -> Patches:
+    """The adjoint of a 2-d convolution with `weight` (no bias) on patches: each window spreads to the input
+    window it reads (top-left anchor * stride - padding), zeroed outside the input grid."""
+    b, s, c_out, kh, kw = p.values.shape
+    v = F.conv_transpose2d(
+        p.values.reshape(b * s, c_out, kh, kw), weight, None, module.stride, 0, 0, module.groups, module.dilation
+    )
+    shift = torch.tensor(module.stride, device=p.anchor.device)
+    anchor = p.anchor * shift - torch.tensor(module.padding, device=p.anchor.device)
+    return Patches(v.reshape(b, s, *v.shape[1:]), anchor, in_shape).masked()
+
+
+def _patch_form(module: Any) -> bool:
+    return isinstance(module, nn.Conv2d) and not isinstance(module.padding, str) and module.padding_mode == "zeros"
 
 
 def _channel_shape(t: Tensor, dims: int) -> Tensor:
@@ -354,6 +400,14 @@ class ChannelAffineRule(Rule):
         scale, shift = _channel_shape(scale, a.dim() - 1), _channel_shape(shift, a.dim() - 1)
         c = (a * shift).flatten(2).sum(dim=-1)
         return [a * scale], c
+
+    def backward_patches(
+        self, node: Node, a: Any, boxes: list[Box], lt: LayerThreat | None, ctx: Backward
+    ) -> tuple[list[Any], Tensor | float] | None:
+        scale, shift = self.scale_shift(node.module, a.values.dtype)
+        # over (B, S, C, kh, kw): channels on dim 2
+        scale, shift = _channel_shape(scale, 4)[None], _channel_shape(shift, 4)[None]
+        return [a.with_values(a.values * scale)], (a.values * shift).flatten(2).sum(dim=-1)
 
 
 _AFFINE = ChannelAffineRule()

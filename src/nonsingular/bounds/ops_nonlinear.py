@@ -60,6 +60,19 @@ class ReLURule(Rule):
         new_a = torch.addcmul(a * lower_slope, a_neg, upper_slope[:, None] - lower_slope)
         return [new_a], dot(a_neg, upper_offset)
 
+    def backward_patches(self, node: Node, a: Any, boxes: list[Box], lt: LayerThreat | None, ctx: Backward) -> Any:
+        lb, ub = boxes[0]
+        lower_slope, upper_slope, upper_offset, unstable = relu_relaxation(lb, ub)
+        lower = a.gather(lower_slope)  # (N, S, C, kh, kw): the slopes under each row's window
+        loose = a.gather(unstable.to(lb.dtype)) > 0
+        alpha = ctx.alpha(node.name, lower, loose)
+        if alpha is not None:
+            lower = torch.where(loose, alpha, lower)
+        v = a.values
+        v_neg = v.clamp(max=0)
+        values = torch.addcmul(v * lower, v_neg, a.gather(upper_slope) - lower)
+        return [a.with_values(values)], (v_neg * a.gather(upper_offset)).flatten(2).sum(dim=-1)
+
 
 class MaxPoolRule(Rule):
     """nn.MaxPool1d / nn.MaxPool2d (no ceil_mode in CROWN)."""

@@ -5,7 +5,9 @@ CROWN carries coefficients back through its adjoint).
 
 from __future__ import annotations
 
+import math
 import operator
+from types import SimpleNamespace
 from typing import Any
 
 import torch
@@ -13,6 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .layers import LayerThreat, UnsupportedLayerError
+from .ops_affine import conv_adjoint, conv_patches
 from .registry import Backward, Box, Input, Node, Rule, call, register_rule
 
 __all__: list[str] = []
@@ -28,6 +31,9 @@ class IdentityRule(Rule):
         return boxes[0]
 
     def backward(self, node: Node, a: Tensor, boxes: list[Box], lt: LayerThreat | None, ctx: Backward) -> Any:
+        return [a], 0.0
+
+    def backward_patches(self, node: Node, a: Any, boxes: list[Box], lt: LayerThreat | None, ctx: Backward) -> Any:
         return [a], 0.0
 
 
@@ -91,6 +97,11 @@ class AddRule(Rule):
             else:
                 c = c + _const_sum(coef, v)
         return out, c
+
+    def backward_patches(self, node: Node, a: Any, boxes: list[Box], lt: LayerThreat | None, ctx: Backward) -> Any:
+        if not all(isinstance(v, Input) for v in _operands(node)):
+            return None  # a constant operand's term needs the dense coefficients
+        return self.backward(node, a, boxes, lt, ctx)
 
 
 class ScaleRule(Rule):
@@ -164,12 +175,41 @@ class PoolRule(Rule):
         lb, ub = boxes[0]
         return call(node, [lb]), call(node, [ub])
 
+    def _as_conv(self, node: Node, channels: int, like: Tensor) -> tuple[Any, Tensor] | None:
+        """(convolution parameters, depthwise kernel 1 / (kh kw)) when the pool is that convolution, else None."""
+        m = node.module
+        if not (
+            type(m) is nn.AvgPool2d
+            and not m.ceil_mode
+            and m.divisor_override is None
+            and (m.count_include_pad or nn.modules.utils._pair(m.padding) == (0, 0))
+        ):
+            return None  # windows whose divisor varies, adaptive or functional pools
+        kernel = nn.modules.utils._pair(m.kernel_size)
+        conv = SimpleNamespace(
+            stride=nn.modules.utils._pair(m.stride if m.stride is not None else m.kernel_size),
+            padding=nn.modules.utils._pair(m.padding),
+            groups=channels,
+            dilation=(1, 1),
+        )
+        return conv, like.new_full((channels, 1, *kernel), 1.0 / math.prod(kernel))
+
     def backward(self, node: Node, a: Tensor, boxes: list[Box], lt: LayerThreat | None, ctx: Backward) -> Any:
         in_shape = tuple(boxes[0][0].shape[1:])
         b, s = a.shape[:2]
+        flat = a.reshape(b * s, *node.shape)
+        conv = self._as_conv(node, in_shape[0], a)
+        if conv is not None:  # the depthwise convolution's adjoint, without autograd
+            return [conv_adjoint(conv[0], flat, conv[1], in_shape).reshape(b, s, *in_shape)], 0.0
         zero = a.new_zeros((b * s, *in_shape))
         pull = torch.func.vjp(lambda h: call(node, [h]), zero)[1]
-        return [pull(a.reshape(b * s, *node.shape))[0].reshape(b, s, *in_shape)], 0.0
+        return [pull(flat)[0].reshape(b, s, *in_shape)], 0.0
+
+    def backward_patches(self, node: Node, a: Any, boxes: list[Box], lt: LayerThreat | None, ctx: Backward) -> Any:
+        conv = self._as_conv(node, boxes[0][0].shape[1], a.values)
+        if conv is None:
+            return None
+        return [conv_patches(conv[0], a, conv[1], tuple(boxes[0][0].shape[1:]))], 0.0
 
 
 _IDENTITY, _RESHAPE, _POOL = IdentityRule(), ReshapeRule(), PoolRule()

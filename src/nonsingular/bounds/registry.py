@@ -183,6 +183,13 @@ class Rule:
         )
 
 
+    def backward_patches(
+        self, node: Node, a: Any, boxes: list[Box], lt: LayerThreat | None, ctx: Backward
+    ) -> tuple[list[Any], Tensor | float] | None:
+        """`backward` for patch coefficients (patches.Patches on this node's (C, H, W) output), returning patches
+        or dense coefficients per input; None when the rule has no patch form (the engine passes dense ones)."""
+        return None
+
     def backward_rows(
         self, node: Node, index: Tensor, boxes: list[Box], lt: LayerThreat | None, ctx: Backward
     ) -> tuple[list[Any], Tensor | float]:
