@@ -142,3 +142,28 @@ def test_an_interval_only_rule_is_refused_by_crown_with_the_file_to_edit(monkeyp
     margin_bounds(model, x, y, ThreatModel(eps_x=0.1), "ibp")
     with pytest.raises(UnsupportedLayerError, match=r"op '1' \(Tanh\).*ops_structure\.py"):
         margin_bounds(model, x, y, ThreatModel(eps_x=0.1), "crown")
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_patch_coefficients_give_the_dense_bounds(seed, monkeypatch):
+    """Rows on (C, H, W) nodes travel as windows (bounds/patches.py); with every rule's patch form switched off
+    the same bounds come from dense coefficients (random graphs: conv strides/padding/dilation/groups, BatchNorm,
+    residual adds, pooling; random threats in both balls and modes)."""
+    import random
+
+    from graph_fuzz_support import RandomGraph, random_threat
+    from nonsingular.bounds.registry import RULES, Rule
+
+    rng = random.Random(seed)
+    torch.manual_seed(seed)
+    model = RandomGraph(rng, 2, 7, 3).double().eval()
+    names = [n for n, m in model.named_modules() if isinstance(m, nn.Conv2d | nn.Linear)]
+    threat = random_threat(rng, names)
+    lo, hi = threat.domain
+    x = lo + (hi - lo) * torch.rand((3, 2, 7, 7), dtype=torch.float64)
+    y = torch.tensor([0, 1, 2])
+    patched = margin_bounds(model, x, y, threat, "crown").lower
+    for rule in {type(r) for r in RULES.values()}:
+        monkeypatch.setattr(rule, "backward_patches", Rule.backward_patches)
+    dense = margin_bounds(model, x, y, threat, "crown").lower
+    torch.testing.assert_close(patched, dense, rtol=0, atol=1e-10)
