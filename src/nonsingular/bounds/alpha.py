@@ -37,7 +37,10 @@ def optimise_margins(bounds: GraphBounds, spec: Tensor, steps: int) -> Tensor:
     opt: torch.optim.Optimizer | None = None
     with torch.enable_grad():
         for step in range(steps + 1):
-            current = GraphBounds(graph, bounds.threats, lb, ub, crown=True, memory_mb=bounds.memory_mb, ctx=ctx)
+            # Intersected with CROWN's boxes: an iterate's intermediate bounds are never looser than CROWN's.
+            current = GraphBounds(
+                graph, bounds.threats, lb, ub, crown=True, memory_mb=bounds.memory_mb, ctx=ctx, floor=bounds.boxes
+            )
             lower = current.backward(graph.output, spec.detach(), scope=-1)
             best = lower.detach() if best is None else torch.maximum(best, lower.detach())
             slopes = list(ctx.alphas.values())

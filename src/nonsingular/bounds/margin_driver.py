@@ -20,7 +20,7 @@ from .registry import DEFAULT_MEMORY_MB
 __all__ = ["graph_margin_bounds"]
 
 #: Examples per alpha-CROWN chunk (its slopes and autograd graph grow with the examples it optimises at once).
-_ALPHA_EXAMPLES = 1
+_ALPHA_EXAMPLES = 8
 
 
 def _check_logits(graph: Graph) -> None:
