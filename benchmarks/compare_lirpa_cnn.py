@@ -6,7 +6,8 @@ per example, plus our joint-threat certified accuracy next to PGD (no peer certi
 
 Both tools get the same problem: the input box after the model's normalisation (an exact box map), the rest of
 the network in float64, and the margins z_y - z_k as the specification. Printed per method: certified accuracy,
-the median worst-margin lower bound, seconds per example, and per example how our bound compares with
+the median worst-margin lower bound, wall and CPU seconds per example (on a shared machine the CPU time is the
+stable figure), and per example how our bound compares with
 auto_LiRPA's (>= 0: ours at least as tight). auto_LiRPA is never a dependency (see compare_lirpa.py); without it
 only our numbers are printed. Our peak resident memory is measured before auto_LiRPA runs.
 """
@@ -41,17 +42,26 @@ def _peak_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def ours(model: nn.Module, x: Tensor, y: Tensor, threat: ThreatModel, alpha_steps: int) -> dict[str, Any]:
+def ours(
+    model: nn.Module, x: Tensor, y: Tensor, threat: ThreatModel, alpha_steps: int, methods: tuple[str, ...]
+) -> dict[str, Any]:
     out = {}
-    for method in ("ibp", "crown", "alpha-crown"):
-        t0 = time.perf_counter()
+    for method in ("ibp", *methods):
+        t0, c0 = time.perf_counter(), time.process_time()
         with torch.no_grad():
             lower = margin_bounds(model, x, y, threat, method, alpha_steps=alpha_steps).lower
-        out[method] = {"worst": _worst(lower, y), "seconds": time.perf_counter() - t0, "peak_rss_mb": _peak_mb()}
+        out[method] = {
+            "worst": _worst(lower, y),
+            "seconds": time.perf_counter() - t0,
+            "cpu_seconds": time.process_time() - c0,
+            "peak_rss_mb": _peak_mb(),
+        }
     return out
 
 
-def lirpa(model: nn.Sequential, x: Tensor, y: Tensor, threat: ThreatModel, alpha_steps: int) -> dict[str, Any]:
+def lirpa(
+    model: nn.Sequential, x: Tensor, y: Tensor, threat: ThreatModel, alpha_steps: int, methods: tuple[str, ...]
+) -> dict[str, Any]:
     """auto_LiRPA's CROWN and alpha-CROWN on the same input box (input-only threat)."""
     from auto_LiRPA import BoundedModule, BoundedTensor
     from auto_LiRPA.perturbations import PerturbationLpNorm
@@ -67,9 +77,11 @@ def lirpa(model: nn.Sequential, x: Tensor, y: Tensor, threat: ThreatModel, alpha
     spec = eye[y][:, None, :] - eye[None, :, :]
     out = {}
     for method, label in (("backward", "crown"), ("alpha-CROWN", "alpha-crown")):
+        if label not in methods:
+            continue
         opts = {"optimize_bound_args": {"iteration": alpha_steps}}
         bounded = BoundedModule(net, torch.zeros_like(x_hat[:1]), bound_opts=opts, device="cpu", verbose=False)
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         xb = BoundedTensor(x_hat, PerturbationLpNorm(norm=float("inf"), x_L=lb, x_U=ub))
         default = torch.get_default_dtype()
         try:
@@ -81,7 +93,11 @@ def lirpa(model: nn.Sequential, x: Tensor, y: Tensor, threat: ThreatModel, alpha
         finally:
             torch.set_default_dtype(default)
         lower = lower.detach().masked_fill(torch.nn.functional.one_hot(y, k).bool(), 0.0)
-        out[label] = {"worst": _worst(lower, y), "seconds": time.perf_counter() - t0}
+        out[label] = {
+            "worst": _worst(lower, y),
+            "seconds": time.perf_counter() - t0,
+            "cpu_seconds": time.process_time() - c0,
+        }
     return out
 
 
@@ -91,6 +107,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--eps-x", type=float, default=0.02)
     parser.add_argument("--n-examples", type=int, default=50)
     parser.add_argument("--alpha-steps", type=int, default=20)
+    parser.add_argument("--methods", default="crown,alpha-crown", help="crown and/or alpha-crown (ibp always runs)")
     parser.add_argument("--out", type=Path, default=None, help="write the figures as JSON here")
     args = parser.parse_args(argv)
     ckpt = load_checkpoint(args.checkpoint)
@@ -101,8 +118,11 @@ def main(argv: list[str] | None = None) -> None:
     n = len(y)
     print(f"{args.checkpoint.name}: {n} examples, threat {threat}")
     report: dict[str, Any] = {"model": args.checkpoint.name, "eps_x": args.eps_x, "n": n}
-    mine = ours(model, x, y, threat, args.alpha_steps)
-    theirs = lirpa(model, x, y, threat, args.alpha_steps) if importlib.util.find_spec("auto_LiRPA") else {}
+    methods = tuple(m.strip() for m in args.methods.split(","))
+    if not methods or not set(methods) <= {"crown", "alpha-crown"}:
+        raise SystemExit(f"--methods takes crown and/or alpha-crown, got {args.methods!r}")
+    mine = ours(model, x, y, threat, args.alpha_steps, methods)
+    theirs = lirpa(model, x, y, threat, args.alpha_steps, methods) if importlib.util.find_spec("auto_LiRPA") else {}
     if theirs:
         import auto_LiRPA
 
@@ -112,6 +132,7 @@ def main(argv: list[str] | None = None) -> None:
             "certified": float((r["worst"] > 0).double().mean()),
             "median_lb": float(r["worst"].median()),
             "s_per_example": r["seconds"] / n,
+            "cpu_s_per_example": r["cpu_seconds"] / n,
             "peak_rss_mb": r["peak_rss_mb"],
         }
         if method in theirs:
@@ -121,6 +142,7 @@ def main(argv: list[str] | None = None) -> None:
                 "lirpa_certified": float((t["worst"] > 0).double().mean()),
                 "lirpa_median_lb": float(t["worst"].median()),
                 "lirpa_s_per_example": t["seconds"] / n,
+                "lirpa_cpu_s_per_example": t["cpu_seconds"] / n,
                 "ours_at_least_as_tight": int((diff >= -1e-9).sum()),
                 "min_diff": float(diff.min()),
                 "median_diff": float(diff.median()),

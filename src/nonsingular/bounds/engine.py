@@ -7,8 +7,9 @@ inputs) unless that box is already exact, and intersects with the interval box; 
 CROWN's and IBP's (the last Linear folded into the margin), so CROWN is never looser than IBP.
 
 Only the entries whose bounds can change a user's result are tightened (a ReLU's inactive inputs, ub <= 0 under
-the interval box, map to 0 whatever their box: skipped, per example). A node whose range is exactly its box (an unperturbed affine
-map of the input box) is never tightened.
+the interval box, map to 0 whatever their box: skipped, per example). A node whose range is exactly its box (an
+unperturbed affine map of the input box) is never tightened. Rows on (C, H, W) nodes travel as windows
+(patches.py) through the rules that have a patch form.
 
 Memory: a backward pass holds (examples x spec rows x node size) coefficients; examples and spec rows are split
 so that one chunk's coefficients stay within `memory_mb` (four tensors of the widest node the pass crosses).
@@ -25,8 +26,8 @@ from torch import Tensor, nn
 
 from .graph import Graph
 from .layers import LayerThreat
-from .patches import Patches
 from .ops_affine import elided_margin_lower
+from .patches import Patches
 from .registry import DEFAULT_MEMORY_MB, Backward, Box, Node, Rule, dot
 
 __all__ = ["GraphBounds"]

@@ -11,7 +11,6 @@ which representation carried them (the same sums, in another order: float64 roun
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
@@ -104,8 +103,9 @@ class Patches:
         out = out.scatter_add(2, index.reshape(b, s, -1), self.values.reshape(b, s, -1))
         return out[:, :, :-1].reshape(b, s, c, h, w)
 
-    def with_values(self, values: Tensor, anchor: Tensor | None = None, shape: tuple[int, ...] | None = None) -> Patches:
-        return Patches(values, self.anchor if anchor is None else anchor, self.shape if shape is None else shape)
+    def with_values(self, values: Tensor) -> Patches:
+        """The same windows with other values (B, S, C, kh, kw)."""
+        return Patches(values, self.anchor, self.shape)
 
     def masked(self) -> Patches:
         """The same windows with the entries outside the grid zeroed (after a rule spread them there)."""
@@ -131,6 +131,3 @@ class Patches:
 
     def __neg__(self) -> Patches:
         return self.with_values(-self.values)
-
-    def numel_per_row(self) -> int:
-        return math.prod(self.values.shape[2:])

@@ -9,9 +9,9 @@ average pooling) and ops_nonlinear.py (ReLU, max-pooling); add a rule next to it
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
-import math
 from typing import Any
 
 import torch
@@ -181,7 +181,6 @@ class Rule:
             f"CROWN has no backward rule for op '{node.name}' ({_kind(node)}); add one to a Rule in {_WHERE}, "
             f"or use method='ibp'"
         )
-
 
     def backward_patches(
         self, node: Node, a: Any, boxes: list[Box], lt: LayerThreat | None, ctx: Backward
