@@ -12,7 +12,7 @@ unperturbed affine map of the input box) is never tightened. Rows on (C, H, W) n
 (patches.py) through the rules that have a patch form.
 
 Memory: a backward pass holds (examples x spec rows x node size) coefficients; examples and spec rows are split
-so that one chunk's coefficients stay within `memory_mb` (four tensors of the widest node the pass crosses).
+so that one chunk's coefficients stay within `memory_mb` (eight tensors of the widest node the pass crosses).
 """
 
 from __future__ import annotations
@@ -31,6 +31,9 @@ from .patches import Patches
 from .registry import DEFAULT_MEMORY_MB, Backward, Box, Node, Rule, dot
 
 __all__ = ["GraphBounds"]
+
+#: Coefficient tensors of one chunk's size that a backward pass may hold at once (the memory budget's unit).
+_LIVE_TENSORS = 8
 
 
 class GraphBounds:
@@ -90,10 +93,11 @@ class GraphBounds:
         return self.threats.get(node.name) if node.module is not None else None
 
     def _per_row(self, start: str, itemsize: int) -> int:
-        """Bytes one example's spec row may hold at once in a backward pass from `start`: up to four coefficient
-        tensors (pending sums on parallel paths, a rule's temporaries) of the widest node it crosses."""
+        """Bytes one example's spec row may hold at once in a backward pass from `start`: up to eight coefficient
+        tensors of the widest node it crosses (a rule's input and output, its temporaries such as |a| and the
+        clamped parts, and sums pending on parallel paths)."""
         widest = max(math.prod(self.graph.by_name[name].shape) for name in self.graph.ancestors(start))
-        return 4 * widest * itemsize
+        return _LIVE_TENSORS * widest * itemsize
 
     def _chunks(
         self, start: str, n: int, rows: int, itemsize: int, spec_rows: int = 1
