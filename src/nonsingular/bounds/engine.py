@@ -65,6 +65,7 @@ class GraphBounds:
         self.order = {n.name: i for i, n in enumerate(graph.nodes)}
         self.boxes: dict[str, Box] = {graph.input: (lb, ub)}
         self.frontier = _frontier(graph)
+        self._seen, self._guard = 0, None  # bytes per example-row: largest held, and the limit a chunk assumed
         # node -> the rules of its users when some user relaxes it (the nodes CROWN tightens)
         self.relaxing: dict[str, list[Rule]] = {}
         for n in graph.nodes:
@@ -88,6 +89,16 @@ class GraphBounds:
                 if floor is not None and node.name in floor:
                     box = _intersect(box, floor[node.name])
             self.boxes[node.name] = box
+
+    def _track(self, row_bytes: int) -> None:
+        """Record the bytes one example's spec row holds in a coefficient tensor; refuse to exceed the guard."""
+        if self._guard is not None and row_bytes > self._guard:
+            # The chunk was sized for smaller rows: make it impossible to exceed the budget silently.
+            raise RuntimeError(
+                f"bound engine: a coefficient row of {row_bytes} bytes exceeds the {self._guard} measured when the "
+                f"chunks were sized; please report this model"
+            )
+        self._seen = max(self._seen, row_bytes)
 
     def threat(self, node: Node) -> LayerThreat | None:
         return self.threats.get(node.name) if node.module is not None else None
@@ -156,6 +167,7 @@ class GraphBounds:
             elif isinstance(a, Patches):
                 done = rule.backward_patches(node, a, boxes, lt, ctx)
                 if done is None:
+                    self._track(math.prod(node.shape) * a.values.element_size())
                     a = a.dense()
             parts, offset = done if done is not None else rule.backward(node, a, boxes, lt, ctx)
             del a, done  # free this node's coefficients before the next node's are made
@@ -163,6 +175,8 @@ class GraphBounds:
             for name, part in zip(node.inputs, parts, strict=True):
                 if part is not None:
                     coef[name] = _accumulate(coef[name], part) if name in coef else part
+                    held = coef[name].values if isinstance(coef[name], Patches) else coef[name]
+                    self._track(held[0, 0].numel() * held.element_size())
         lb, ub = self.boxes[self.frontier]
         lb, ub = lb[examples], ub[examples]
         lower = c.expand(lb.shape[0], ctx.scope[1]) if c.dim() < 2 else c.expand(lb.shape[0], -1)
@@ -198,6 +212,42 @@ class GraphBounds:
             self.ctx.rows[node.name] = rows
         return rows
 
+    def _tighten_chunks(
+        self, node: Node, index: Tensor, valid: Tensor, itemsize: int
+    ) -> Iterator[tuple[int, int, int, int]]:
+        """Chunks of (examples, entry pairs) for tightening `node`. Rows on a (C, H, W) node travel as windows,
+        far smaller than the dense estimate: the first chunk is sized as if dense, the largest coefficient it
+        held per row is measured, and the rest is sized by that (every chunk runs under a guard that refuses to
+        make coefficients larger than measured; if one would, the remaining chunks are sized as dense)."""
+        n, pairs = index.shape
+        dense = list(self._chunks(node.name, n, pairs, itemsize, spec_rows=2))
+        if len(node.shape) != 3 or len(dense) == 1:
+            yield from dense
+            return
+        e0, e1, r0, r1 = dense[0]
+        self._seen = 0
+        yield e0, e1, r0, r1
+        measured = self._seen
+        budget = int(self.memory_mb * 2**20)
+        per_pair = 2 * _LIVE_TENSORS * max(1, measured)
+        rest: list[tuple[int, int, int, int]] = []
+        if r1 < pairs:  # the first examples' remaining rows
+            step = max(1, budget // (per_pair * (e1 - e0)))
+            rest += [(e0, e1, r, min(pairs, r + step)) for r in range(r1, pairs, step)]
+        if e1 < n:
+            ex_step = max(1, min(n - e1, budget // (per_pair * pairs)))
+            row_step = max(1, min(pairs, budget // (per_pair * ex_step)))
+            rest += [
+                (e, min(n, e + ex_step), r, min(pairs, r + row_step))
+                for e in range(e1, n, ex_step)
+                for r in range(0, pairs, row_step)
+            ]
+        self._guard = measured
+        try:
+            yield from rest
+        finally:
+            self._guard = None
+
     def tighten(self, node: Node, box: Box) -> Box:
         """Intersect node's interval box with CROWN's bounds on the entries its relaxing users depend on."""
         lo, hi = box
@@ -208,7 +258,7 @@ class GraphBounds:
         lower = torch.cat([lo.reshape(n, size), lo.new_zeros((n, 1))], dim=1)
         upper = torch.cat([hi.reshape(n, size), hi.new_zeros((n, 1))], dim=1)
         lowers, uppers = [], []
-        for e0, e1, r0, r1 in self._chunks(node.name, n, index.shape[1], lo.element_size(), spec_rows=2):
+        for e0, e1, r0, r1 in self._tighten_chunks(node, index, valid, lo.element_size()):
             # Two spec rows per entry i: e_i (its lower bound) and -e_i (its upper bound).
             sel = index[e0:e1, r0:r1]
             width = int(valid[e0:e1, r0:r1].sum(dim=1).max())
