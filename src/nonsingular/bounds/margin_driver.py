@@ -19,8 +19,6 @@ from .registry import DEFAULT_MEMORY_MB
 
 __all__ = ["graph_margin_bounds"]
 
-#: Examples per alpha-CROWN chunk (its slopes and autograd graph grow with the examples it optimises at once).
-_ALPHA_EXAMPLES = 8
 
 
 def _check_logits(graph: Graph) -> None:
@@ -29,6 +27,14 @@ def _check_logits(graph: Graph) -> None:
         raise UnsupportedLayerError(
             f"bounds need (N, classes) logits; the model's output '{out.name}' has shape (N, *{out.shape})"
         )
+
+
+def _alpha_examples(graph: Graph, n: int, itemsize: int, memory_mb: float) -> int:
+    """Examples per alpha-CROWN chunk: as many as a whole dense tightening pass ((2 x node size) rows of the
+    widest node, three tensors) allows within the budget, at least one."""
+    widest = max(math.prod(node.shape) for node in graph.nodes)
+    per_example = 3 * 2 * widest * widest * itemsize
+    return max(1, min(n, int(memory_mb * 2**20) // per_example))
 
 
 def graph_margin_bounds(
@@ -61,8 +67,8 @@ def graph_margin_bounds(
         lower = GraphBounds(graph, threats, lb, ub).ibp_margins(y)
     else:
         # GraphBounds chunks every backward pass by the budget; alpha-CROWN also keeps its slopes and their
-        # autograd graph per chunk of examples, so it runs on chunks of `_ALPHA_EXAMPLES`.
-        step = len(y) if method is BoundMethod.CROWN else _ALPHA_EXAMPLES
+        # autograd graph (every pass's coefficients) per chunk of examples, so it takes fewer examples at once.
+        step = len(y) if method is BoundMethod.CROWN else _alpha_examples(graph, len(y), x.element_size(), memory_mb)
         parts = []
         for s in range(0, len(y), step):
             bounds = GraphBounds(graph, threats, lb[s : s + step], ub[s : s + step], crown=True, memory_mb=memory_mb)
