@@ -65,7 +65,9 @@ class GraphBounds:
         self.order = {n.name: i for i, n in enumerate(graph.nodes)}
         self.boxes: dict[str, Box] = {graph.input: (lb, ub)}
         self.frontier = _frontier(graph)
-        self._seen, self._guard = 0, None  # bytes per example-row: largest held, and the limit a chunk assumed
+        # Bytes per example-row: the largest a coefficient held, and the limit the current chunk was sized for.
+        self._seen: int = 0
+        self._guard: int | None = None
         # node -> the rules of its users when some user relaxes it (the nodes CROWN tightens)
         self.relaxing: dict[str, list[Rule]] = {}
         for n in graph.nodes:

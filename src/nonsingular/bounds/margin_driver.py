@@ -20,7 +20,6 @@ from .registry import DEFAULT_MEMORY_MB
 __all__ = ["graph_margin_bounds"]
 
 
-
 def _check_logits(graph: Graph) -> None:
     out = graph.by_name[graph.output]
     if len(out.shape) != 1:

@@ -116,7 +116,8 @@ class Patches:
             return NotImplemented
         if self.shape != other.shape:
             raise ValueError(f"cannot add patches of nodes of shapes {self.shape} and {other.shape}")
-        a1, a2 = torch.broadcast_tensors(self.anchor, other.anchor)
+        rows = max(self.anchor.shape[0], other.anchor.shape[0])
+        a1, a2 = self.anchor.expand(rows, -1, -1), other.anchor.expand(rows, -1, -1)
         d = a2 - a1
         if d.numel() and not bool((d == d.reshape(-1, 2)[0]).all()):
             return self.dense() + other.dense()  # windows that move apart row by row: no common shape
