@@ -408,8 +408,14 @@ def main() -> None:
     print(markdown.read_text())
 
 
-#: sections written by other scripts (benchmarks/strength.py), kept when the rendered ones are rewritten
-KEPT_SECTIONS = ("## Certificates: CNNs through the graph engine", "## Strength vs time")
+#: sections written by other scripts (benchmarks/strength.py, compare_lirpa_cnn.py, crown_scaling.py), kept
+#: when the rendered ones are rewritten
+KEPT_SECTIONS = (
+    "## Certificates: CNNs through the graph engine",
+    "## Certificates: CNNs on MNIST digits",
+    "## Certificates: scaling",
+    "## Strength vs time",
+)
 
 
 def _kept_sections(markdown: Path) -> str:
