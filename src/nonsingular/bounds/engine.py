@@ -82,8 +82,11 @@ class GraphBounds:
             rule = _rule(node)
             lt = self.threat(node)
             box = rule.ibp(node, [self.boxes[i] for i in node.inputs], lt)
-            if (rule.exact_box and all(i in exact for i in node.inputs)) or (
-                rule.exact_on_box(lt) and all(i in chain for i in node.inputs)
+            on_chain = all(i in chain for i in node.inputs)
+            if (
+                (rule.exact_box and all(i in exact for i in node.inputs))
+                or (rule.exact_on_box(lt) and on_chain)
+                or (on_chain and rule.exact_on_point(lt) and all(_is_point(self.boxes[i]) for i in node.inputs))
             ):
                 exact.add(node.name)
             elif crown and node.name in self.relaxing:
@@ -330,6 +333,11 @@ def _scatter_rows(flat: Tensor, parts: list[tuple[int, int, Tensor, Tensor]]) ->
     if last < flat.shape[0]:
         rows.append(flat[last:])
     return torch.cat(rows)
+
+
+def _is_point(box: Box) -> bool:
+    """Whether every entry's range is one value (an unperturbed input)."""
+    return bool(torch.equal(box[0], box[1]))
 
 
 def _input_chain(graph: Graph, frontier: str) -> set[str]:

@@ -119,6 +119,12 @@ class LinearRule(Rule):
     def exact_on_box(self, lt: LayerThreat | None) -> bool:
         return lt is None  # each output entry is a sum of independent interval terms
 
+    def exact_on_point(self, lt: LayerThreat | None) -> bool:
+        # A fixed input h: output i is (W h + b)_i plus terms that vary independently, rho_ij h_j per weight
+        # (element-wise) or the l1 ball's support e max_j |h_j| (operator), plus the bias box: affine_box's
+        # W h + b +- that is each entry's true range.
+        return True
+
     def ibp(self, node: Node, boxes: list[Box], lt: LayerThreat | None) -> Box:
         return affine_box(node.module, *boxes[0], lt)
 
@@ -256,6 +262,12 @@ class ConvRule(Rule):
 
     def exact_on_box(self, lt: LayerThreat | None) -> bool:
         return lt is None  # each output entry is a sum of independent interval terms
+
+    def exact_on_point(self, lt: LayerThreat | None) -> bool:
+        # A fixed input h: output i is (W h + b)_i plus terms that vary independently, rho_ij h_j per weight
+        # (element-wise) or the l1 ball's support e max_j |h_j| (operator), plus the bias box: affine_box's
+        # W h + b +- that is each entry's true range.
+        return True
 
     def ibp(self, node: Node, boxes: list[Box], lt: LayerThreat | None) -> Box:
         return affine_box(node.module, *boxes[0], lt)

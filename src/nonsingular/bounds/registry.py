@@ -152,6 +152,11 @@ class Rule:
         an affine map the threat leaves alone. CROWN then never tightens the output of such an op on the input."""
         return False
 
+    def exact_on_point(self, lt: LayerThreat | None) -> bool:
+        """Whether the interval rule gives each output entry's true range when every input is a single point
+        (lb == ub, e.g. the first layer under a weight-only threat). CROWN then never tightens that output."""
+        return self.exact_on_box(lt)
+
     def relaxed_entries(self, lb: Tensor, ub: Tensor) -> Tensor | None:
         """(N, *shape) the entries of the input box [lb, ub] whose bounds can change this op's results (its
         relaxation or its output box); CROWN tightens only those. None: all of them. Read when `needs_bounds`."""
