@@ -52,6 +52,15 @@ def study(
         bool, typer.Option("--fresh/--resume", help="Discard finished evaluations in --out instead of resuming.")
     ] = False,
     device: DeviceOpt = "auto",
+    workers: Annotated[
+        int,
+        typer.Option(
+            "--workers",
+            min=1,
+            help="Processes that train and evaluate the (model, seed) units in parallel, each with its share of "
+            "the CPUs as threads (e.g. 2 on a 2-core machine); not with torchrun.",
+        ),
+    ] = 1,
 ) -> None:
     """Train the comparison's models (or reuse them from the cache), attack them on the eps_x x eps_w grid in
     both scopes, certify them, measure per-example radii, and write the report.
@@ -72,10 +81,12 @@ def study(
     if err_console.is_terminal or dist.rank() != 0:
         with progress_bar("study", enabled=dist.rank() == 0) as update:
             report, results = run_study(
-                cfg, out, cache, progress=lambda label, d, t: update(d, t, label), device=run_device
+                cfg, out, cache, progress=lambda label, d, t: update(d, t, label), device=run_device, workers=workers
             )
     else:  # a log file or pipe: plain lines a reader of the log can follow while the study runs
-        report, results = run_study(cfg, out, cache, progress=progress_lines(t0), device=run_device)
+        report, results = run_study(
+            cfg, out, cache, progress=progress_lines(t0), device=run_device, workers=workers
+        )
     if dist.rank() != 0:
         return
     hx, hw = results["headline"]["eps_x"], results["headline"]["eps_w"]

@@ -36,23 +36,66 @@ class ModelEntry(_Strict):
     options: dict[str, Any] = Field(default_factory=dict)
 
 
+def _eps_w_axis(values: list[float], where: str) -> list[float]:
+    if any(not math.isfinite(v) or v < 0 for v in values):
+        raise ValueError(f"{where} values must be finite and >= 0, got {values}")
+    return sorted({0.0, *map(float, values)})
+
+
+class Parametrization(_Strict):
+    """Another weight parametrization of the grid: its ball, mode and own eps_w axis (weight units when
+    absolute, a fraction of each weight or of each matrix's operator norm when relative; 0 is added). It is
+    evaluated at eps_x in {0, headline eps_x}: the weight-only and joint cells the claims are judged on."""
+
+    weight_ball: WeightBall
+    weight_mode: EpsMode
+    eps_w: list[float] = Field(min_length=1)
+
+    @field_validator("eps_w")
+    @classmethod
+    def _axis(cls, values: list[float]) -> list[float]:
+        values = _eps_w_axis(values, "grid.parametrizations eps_w")
+        if len(values) < 2:
+            raise ValueError("grid.parametrizations eps_w needs a value > 0")
+        return values
+
+    @property
+    def label(self) -> str:
+        """ "ball mode", e.g. "operator relative"."""
+        return f"{self.weight_ball.value} {self.weight_mode.value}"
+
+
 class GridConfig(_Strict):
-    """The (eps_x, eps_w) grid; 0 is added to both axes so input-only and weight-only slices exist."""
+    """The (eps_x, eps_w) grid; 0 is added to both axes so input-only and weight-only slices exist.
+    `parametrizations` adds other (ball, mode) pairs, each with its own eps_w axis (see Parametrization)."""
 
     eps_x: list[float] = [0.0, 0.02, 0.05, 0.1]
     eps_w: list[float] = [0.0, 0.0005, 0.001, 0.002]
     weight_ball: WeightBall = WeightBall.ELEMENTWISE
     weight_mode: EpsMode = EpsMode.ABSOLUTE
     scopes: list[Scope] = [Scope.PER_EXAMPLE, Scope.SHARED]
+    parametrizations: list[Parametrization] = []
 
     @field_validator("eps_x", "eps_w")
     @classmethod
     def _axis(cls, values: list[float], info: Any) -> list[float]:
-        if any(not math.isfinite(v) or v < 0 for v in values):
-            raise ValueError(f"grid.{info.field_name} values must be finite and >= 0, got {values}")
-        if info.field_name == "eps_x" and any(v > 1 for v in values):
+        if info.field_name == "eps_x" and any(math.isfinite(v) and v > 1 for v in values):
             raise ValueError(f"grid.eps_x values must be <= 1 (the width of the data's [0, 1] domain), got {values}")
-        return sorted({0.0, *map(float, values)})
+        return _eps_w_axis(values, f"grid.{info.field_name}")
+
+    @model_validator(mode="after")
+    def _distinct(self) -> GridConfig:
+        labels = [f"{self.weight_ball.value} {self.weight_mode.value}"] + [p.label for p in self.parametrizations]
+        if len(set(labels)) != len(labels):
+            raise ValueError(
+                f"grid.parametrizations: each (weight_ball, weight_mode) once, the grid's own included; got {labels}"
+            )
+        return self
+
+    @property
+    def label(self) -> str:
+        """The main grid's parametrization, "ball mode"."""
+        return f"{self.weight_ball.value} {self.weight_mode.value}"
 
 
 class AttackConfig(_Strict):

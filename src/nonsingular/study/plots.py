@@ -17,6 +17,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from .stats import Stat, cell_stat, certified_stat, runs
+from .verdicts import parametrization_views
 
 __all__ = ["write_figures"]
 
@@ -58,30 +59,33 @@ def heatmaps(results: dict[str, Any], path: Path) -> None:
 
 
 def curves(results: dict[str, Any], path: Path, axis: str) -> None:
-    """Accuracy vs eps_w at eps_x = 0 (axis='eps_w') or vs eps_x at eps_w = 0 (axis='eps_x'), one panel per
-    scope, categorical radius axis, mean ± sd over seeds."""
-    grid, models = results["grid"], results["models"]
-    values = grid[axis]
-    scopes = grid["scopes"] if axis == "eps_w" else grid["scopes"][:1]  # input-only: the scope changes nothing
-    fig, axes = plt.subplots(1, len(scopes), figsize=(5.5 * len(scopes), 3.8), squeeze=False, constrained_layout=True)
-    width = 0.35 / max(1, len(models))
-    for ax, scope in zip(axes[0], scopes, strict=True):
-        for k, (name, model) in enumerate(models.items()):
-            stats = [_stat(model, *((0.0, v) if axis == "eps_w" else (v, 0.0)), scope) for v in values]
-            xs = [i + (k - (len(models) - 1) / 2) * width for i, st in enumerate(stats) if st.mean is not None]
-            ys = [100 * st.mean for st in stats if st.mean is not None]
-            err = [100 * (st.sd or 0.0) for st in stats if st.mean is not None]
-            ax.errorbar(xs, ys, yerr=err, marker="o", capsize=3, label=name)
-        ax.set_xticks(range(len(values)), [f"{v:g}" for v in values], fontsize=8)
-        kind = "weight-only" if axis == "eps_w" else "input-only"
-        ax.set_xlabel(
-            f"{axis} ({grid['weight_mode']} {grid['weight_ball']}; categorical)" if axis == "eps_w" else "eps_x (l_inf)"
-        )
-        ax.set_ylabel("robust accuracy (%)")
-        ax.set_title(f"{kind} attack, {scope} scope" if axis == "eps_w" else f"{kind} attack", fontsize=10)
-        ax.set_ylim(0, 100)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+    """Accuracy vs eps_w at eps_x = 0 (axis='eps_w': one row of panels per weight parametrization of the grid,
+    one panel per scope) or vs eps_x at eps_w = 0 (axis='eps_x'), categorical radius axis, mean ± sd over
+    seeds."""
+    views = parametrization_views(results) if axis == "eps_w" else parametrization_views(results)[:1]
+    scopes = results["grid"]["scopes"] if axis == "eps_w" else results["grid"]["scopes"][:1]  # input-only: one
+    fig, axes = plt.subplots(
+        len(views), len(scopes), figsize=(5.5 * len(scopes), 3.8 * len(views)), squeeze=False, constrained_layout=True
+    )
+    for row, (label, view) in enumerate(views):
+        grid, models = view["grid"], view["models"]
+        values = grid[axis]
+        width = 0.35 / max(1, len(models))
+        for ax, scope in zip(axes[row], scopes, strict=True):
+            for k, (name, model) in enumerate(models.items()):
+                stats = [_stat(model, *((0.0, v) if axis == "eps_w" else (v, 0.0)), scope) for v in values]
+                xs = [i + (k - (len(models) - 1) / 2) * width for i, st in enumerate(stats) if st.mean is not None]
+                ys = [100 * st.mean for st in stats if st.mean is not None]
+                err = [100 * (st.sd or 0.0) for st in stats if st.mean is not None]
+                ax.errorbar(xs, ys, yerr=err, marker="o", capsize=3, label=name)
+            ax.set_xticks(range(len(values)), [f"{v:g}" for v in values], fontsize=8)
+            kind = "weight-only" if axis == "eps_w" else "input-only"
+            ax.set_xlabel(f"eps_w ({label}; categorical)" if axis == "eps_w" else "eps_x (l_inf)")
+            ax.set_ylabel("robust accuracy (%)")
+            ax.set_title(f"{kind} attack, {label}, {scope} scope" if axis == "eps_w" else f"{kind} attack", fontsize=10)
+            ax.set_ylim(0, 100)
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=8)
     fig.savefig(path, dpi=110)
     plt.close(fig)
 

@@ -18,7 +18,7 @@ from .quantization import COLUMNS as QUANTIZATION_COLUMNS
 from .quantization import SURVIVAL_POINTS, quantization_rows, quantization_stats, quantization_summary
 from .scale import scale_rows, scale_summary
 from .stats import Stat, cell_stat, certified_stat, runs
-from .verdicts import FLOOR, Z, claim_comparisons
+from .verdicts import FLOOR, Z, claim_comparisons, parametrization_views
 
 __all__ = [
     "HEADLINE_COLUMNS",
@@ -112,20 +112,22 @@ def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
 
 def _tables(results: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
     robust, summary, certified, radius = [], [], [], []
-    grid = results["grid"]
+    for label, view in parametrization_views(results):
+        grid = view["grid"]
+        for name, model in view["models"].items():
+            for c in model["cells"]:
+                robust.append(
+                    {"model": name, "seed": c.get("seed"), "parametrization": label}
+                    | {k: c[k] for k in ("eps_x", "eps_w", "scope", "accuracy", "verified")}
+                )
+            for scope in grid["scopes"]:
+                for ex in grid["eps_x"]:
+                    for ew in grid["eps_w"]:
+                        if ex > 0 or ew > 0:
+                            st = cell_stat(model, ex, ew, scope)
+                            row = {"model": name, "parametrization": label, "eps_x": ex, "eps_w": ew, "scope": scope}
+                            summary.append(row | {"mean": st.mean, "sd": st.sd, "seeds": st.n})
     for name, model in results["models"].items():
-        for c in model["cells"]:
-            robust.append(
-                {"model": name, "seed": c.get("seed")}
-                | {k: c[k] for k in ("eps_x", "eps_w", "scope", "accuracy", "verified")}
-            )
-        for scope in grid["scopes"]:
-            for ex in grid["eps_x"]:
-                for ew in grid["eps_w"]:
-                    if ex > 0 or ew > 0:
-                        st = cell_stat(model, ex, ew, scope)
-                        row = {"model": name, "eps_x": ex, "eps_w": ew, "scope": scope}
-                        summary.append(row | {"mean": st.mean, "sd": st.sd, "seeds": st.n})
         for c in model.get("certified", []):
             certified.append({"model": name, "seed": c.get("seed")} | {k: v for k, v in c.items() if k != "seed"})
         for run in runs(model):
@@ -163,13 +165,18 @@ def rule_text() -> str:
 def _intro(results: dict[str, Any]) -> str:
     grid = results["grid"]
     seeds = results.get("seeds", [results.get("config", {}).get("seed", 0)])
+    others = "".join(
+        f" Also {p['weight_ball']} {p['weight_mode']}: eps_w in {p['eps_w']} at eps_x in "
+        f"{sorted({0.0, results['headline']['eps_x']})}."
+        for p in grid.get("parametrizations") or []
+    )
     return (
         f"Data: {results['data']['name']} ({results['data']['n_test']} test examples, {results['n_examples']} "
         f"evaluated). Seeds: {seeds} (every model trained and evaluated once per seed; tables show mean ± standard "
         f"deviation over seeds). Threat grid: eps_x in {grid['eps_x']}, eps_w in {grid['eps_w']} "
         f"({grid['weight_mode']} {grid['weight_ball']}), scopes {', '.join(grid['scopes'])}. Attack: "
         f"`{results['attack']}`. Robust accuracies are attack results checked by the verifier (upper bounds on the "
-        "truth); certified accuracies are lower bounds."
+        "truth); certified accuracies are lower bounds." + others
     )
 
 
@@ -372,11 +379,12 @@ def _html(results: dict[str, Any], folder: Path, figures: list[str], summary: li
         for name, objective, stats in headline_stats(results)
     )
     verdicts = verdict_rows(results)
-    vhead = "".join(f"<th>{html.escape(k)}</th>" for k in ("claim", "subject", "reference", "scope", "verdict"))
+    keys = ("parametrization", "claim", "subject", "reference", "scope", "verdict")
+    vhead = "".join(f"<th>{html.escape(k)}</th>" for k in keys)
     vhead += "<th>mean difference</th><th>standard error</th><th>seeds</th><th>cells (excluded)</th>"
     vbody = "".join(
         "<tr>"
-        + "".join(f"<td>{html.escape(str(v[k]))}</td>" for k in ("claim", "subject", "reference", "scope", "verdict"))
+        + "".join(f"<td>{html.escape(str(v[k]))}</td>" for k in keys)
         + f"<td class='num'>{_points(v['mean_difference'], '+.2f')}</td>"
         + f"<td class='num'>{_points(v['standard_error'], '.2f')}</td>"
         + f"<td class='num'>{v['seeds']}</td><td class='num'>{v['cells']} ({v['excluded']})</td>"

@@ -9,11 +9,15 @@ from __future__ import annotations
 
 import json
 import logging
+import multiprocessing
+import os
 import platform
 import time
 from collections.abc import Callable
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
+from queue import Empty
 from typing import Any
 
 import torch
@@ -31,7 +35,7 @@ from ..evaluate import Cell, attack_and_verify, evaluate_cell
 from ..losses import Loss
 from ..radius import Ray, attacked_radius, certified_radius
 from ..sanity import RandomNoise, gradient_flag, nested_flag, noise_flag, train_eval_flag
-from ..threat import Scope, ThreatModel
+from ..threat import EpsMode, Scope, ThreatModel, WeightBall
 from ..training.trainer import architecture_spec
 from .config import ModelEntry, StudyConfig
 from .quantization import quantization_analysis
@@ -144,11 +148,16 @@ def run_study(
     cache_dir: Path,
     progress: StudyProgress | None = None,
     device: torch.device | None = None,
+    workers: int = 1,
 ) -> tuple[Path, dict[str, Any]]:
     """Run (or resume) the study on `device` (default cpu); returns the path of report.html and the results.
 
     Every model is trained and evaluated once per seed of `config.run_seeds` (the seed sets initialisation,
-    batch order and the attack's random starts; the data split stays `config.seed`).
+    batch order and the attack's random starts; the data split stays `config.seed`). With `workers` > 1 the
+    (model, seed) units (training, then every evaluation of that model and seed) run in that many worker
+    processes, each with its share of this process's CPUs as torch threads; this process keeps the state file
+    (every finished piece is still recorded as it finishes, so a stopped study resumes) and writes the report.
+    The results do not depend on `workers`: every unit is seeded by its own seed.
     """
     device = torch.device("cpu") if device is None else device
     started = time.perf_counter()
@@ -159,65 +168,37 @@ def run_study(
     fingerprint = json.dumps(config.model_dump(mode="json"), sort_keys=True) + __version__
     state = StudyState(out_dir / "state.json", fingerprint)
     grid = config.grid
-    points = [(ex, ew) for ex in grid.eps_x for ew in grid.eps_w if ex > 0 or ew > 0]
     models: dict[str, Any] = {}
     attack = config.attack.build(config.run_seeds[0])
+    if workers < 1:
+        raise InputError(f"workers must be >= 1, got {workers}")
+    if workers > 1 and dist.is_distributed():
+        raise InputError("--workers > 1 runs its own processes: do not combine it with torchrun")
 
-    for entry in config.models:
-        runs, cells, certified, flags = [], [], [], []
-        for seed in config.run_seeds:
-            attack = config.attack.build(seed)
-            t0 = time.perf_counter()
-            model, metadata, cached = _train_or_load(config, entry, seed, data, cache_dir, progress, device)
-            train_seconds = metadata.get("training", {}).get("seconds", time.perf_counter() - t0)
-            with torch.no_grad():
-                clean_correct = model(x).argmax(1) == y
-            t_eval = time.perf_counter()
-            run = _ModelRun(entry.name, seed, model, x, y, config, data, state, progress)
-            rows = run.attack_cells(points, attack, clean_correct)
-            cells += rows
-            certified += run.certify_cells(points, clean_correct)
-            flags += run.sanity_flags(rows, float(clean_correct.float().mean()), config.headline, attack)
-            radius = None
-            if config.radius.enabled:
-                key = f"radius/{entry.name}/{seed}"
-                if state.get(key) is None:
-                    state.put(key, _radii(model, x, y, config, data, attack, progress, run.label))
-                radius = state.get(key)
-            scale = None
-            if config.scale.enabled:
-                key = f"scale/{entry.name}/{seed}"
-                if state.get(key) is None:
-                    state.put(key, run.scale_analysis(config, attack, progress))
-                scale = state.get(key)
-            quantization = None
-            if config.quantization.enabled:
-                key = f"quantization/{entry.name}/{seed}"
-                if state.get(key) is None:
-                    state.put(key, run.quantization(config, attack))
-                quantization = state.get(key)
-            runs.append(
-                {
-                    "seed": seed,
-                    "clean_accuracy": float(clean_correct.float().mean()),
-                    "train_seconds": float(train_seconds),
-                    "cached": cached,
-                    "cache_file": metadata.get("cache_file"),
-                    "eval_seconds": time.perf_counter() - t_eval,
-                    "training": metadata.get("training", {}),
-                    "radius": radius,
-                    "scale": scale,
-                    "quantization": quantization,
-                }
-            )
+    units = [(k, seed) for k in range(len(config.models)) for seed in config.run_seeds]
+    if workers > 1 and len(units) > 1:
+        done = _run_parallel(config, units, data, n, state, out_dir, cache_dir, progress, device, workers)
+    else:
+        done = {
+            (k, seed): _evaluate_unit(config, config.models[k], seed, data, x, y, state, cache_dir, progress, device)
+            for k, seed in units
+        }
+    for k, entry in enumerate(config.models):
+        parts = [done[(k, seed)] for seed in config.run_seeds]
+        runs = [p["run"] for p in parts]
+        extra: dict[str, list[dict[str, Any]]] = {}
+        for p in parts:
+            for label, rows in p["extra_cells"].items():
+                extra.setdefault(label, []).extend(rows)
         models[entry.name] = {
             "objective": entry.objective,
             "options": entry.options,
             "clean_accuracy": sum(r["clean_accuracy"] for r in runs) / len(runs),
             "runs": runs,
-            "cells": cells,
-            "certified": certified,
-            "flags": flags,
+            "cells": [c for p in parts for c in p["cells"]],
+            "extra_cells": extra,
+            "certified": [c for p in parts for c in p["certified"]],
+            "flags": [f for p in parts for f in p["flags"]],
         }
 
     results = {
@@ -239,27 +220,237 @@ def run_study(
     return report, results
 
 
+@dataclass(frozen=True)
+class _Axes:
+    """One weight parametrization's grid: its ball and mode, the eps_x and eps_w axes, and the tag of its state
+    keys ("" for the main grid, "ball mode" for a [[grid.parametrizations]] entry)."""
+
+    ball: WeightBall
+    mode: EpsMode
+    eps_x: list[float]
+    eps_w: list[float]
+    tag: str = ""
+
+    @property
+    def points(self) -> list[tuple[float, float]]:
+        return [(ex, ew) for ex in self.eps_x for ew in self.eps_w if ex > 0 or ew > 0]
+
+
+def _main_axes(config: StudyConfig) -> _Axes:
+    g = config.grid
+    return _Axes(g.weight_ball, g.weight_mode, list(g.eps_x), list(g.eps_w))
+
+
+def _extra_axes(config: StudyConfig) -> list[_Axes]:
+    """The [[grid.parametrizations]]: eps_x in {0, headline eps_x} (the weight-only and joint cells the claims
+    use) x the parametrization's own eps_w."""
+    xs = sorted({0.0, config.headline.eps_x})
+    return [_Axes(p.weight_ball, p.weight_mode, xs, list(p.eps_w), p.label) for p in config.grid.parametrizations]
+
+
+def _evaluate_unit(
+    config: StudyConfig,
+    entry: ModelEntry,
+    seed: int,
+    data: Dataset,
+    x: Tensor,
+    y: Tensor,
+    state: StudyState | _UnitState,
+    cache_dir: Path,
+    progress: StudyProgress | None,
+    device: torch.device,
+) -> dict[str, Any]:
+    """One model and seed: train (or load), attack every grid cell of every parametrization, certify, sanity
+    flags, radii and scale analysis; returns {run, cells, extra_cells, certified, flags}."""
+    attack = config.attack.build(seed)
+    t0 = time.perf_counter()
+    model, metadata, cached = _train_or_load(config, entry, seed, data, cache_dir, progress, device)
+    train_seconds = metadata.get("training", {}).get("seconds", time.perf_counter() - t0)
+    with torch.no_grad():
+        clean_correct = model(x).argmax(1) == y
+    t_eval = time.perf_counter()
+    run = _ModelRun(entry.name, seed, model, x, y, config, data, state, progress)  # type: ignore[arg-type]
+    points = run.axes.points
+    cells = run.attack_cells(points, attack, clean_correct)
+    extra = {}
+    for axes in _extra_axes(config):
+        other = _ModelRun(entry.name, seed, model, x, y, config, data, state, progress, axes)  # type: ignore[arg-type]
+        extra[axes.tag] = other.attack_cells(axes.points, attack, clean_correct)
+    certified = run.certify_cells(points, clean_correct)
+    flags = run.sanity_flags(cells, float(clean_correct.float().mean()), config.headline, attack)
+    radius = None
+    if config.radius.enabled:
+        key = f"radius/{entry.name}/{seed}"
+        if state.get(key) is None:
+            state.put(key, _radii(model, x, y, config, data, attack, progress, run.label))
+        radius = state.get(key)
+    scale = None
+    if config.scale.enabled:
+        key = f"scale/{entry.name}/{seed}"
+        if state.get(key) is None:
+            state.put(key, run.scale_analysis(config, attack, progress))
+        scale = state.get(key)
+    quantization = None
+    if config.quantization.enabled:
+        key = f"quantization/{entry.name}/{seed}"
+        if state.get(key) is None:
+            state.put(key, run.quantization(config, attack))
+        quantization = state.get(key)
+    metrics = metadata.get("metrics") or [{}]
+    validation = {k: v for k, v in metrics[-1].items() if k.startswith("val_")} or None
+    return {
+        "run": {
+            "seed": seed,
+            "clean_accuracy": float(clean_correct.float().mean()),
+            "train_seconds": float(train_seconds),
+            "cached": cached,
+            "cache_file": metadata.get("cache_file"),
+            "eval_seconds": time.perf_counter() - t_eval,
+            "training": metadata.get("training", {}),
+            "validation": validation,
+            "radius": radius,
+            "scale": scale,
+            "quantization": quantization,
+        },
+        "cells": cells,
+        "extra_cells": extra,
+        "certified": certified,
+        "flags": flags,
+    }
+
+
+class _UnitState:
+    """A worker's view of the study state: its unit's finished pieces, and every new one sent to the parent
+    (which writes state.json) as soon as it is done."""
+
+    def __init__(self, values: dict[str, Any], queue: Any) -> None:
+        self.values, self.queue = dict(values), queue
+
+    def get(self, key: str) -> Any:
+        return self.values.get(key)
+
+    def put(self, key: str, value: Any) -> None:
+        self.values[key] = value
+        self.queue.put(("put", key, value))
+
+
+def _unit_keys(name: str, seed: int) -> Callable[[str], bool]:
+    """Whether a state key belongs to the unit (model `name`, `seed`): kind[@tag]/name/seed[/...]."""
+
+    def belongs(key: str) -> bool:
+        parts = key.split("/")
+        return len(parts) >= 3 and parts[1] == name and parts[2] == str(seed)
+
+    return belongs
+
+
+def _unit_worker(
+    config_json: dict[str, Any],
+    k: int,
+    seed: int,
+    n: int,
+    values: dict[str, Any],
+    cache_dir: str,
+    device: str,
+    threads: int,
+    queue: Any,
+) -> dict[str, Any]:
+    """Entry point of a worker process: one (model, seed) unit (see _evaluate_unit)."""
+    torch.set_num_threads(threads)
+    config = StudyConfig(**config_json)
+    data = load_data(config.data, seed=config.seed)
+    where = torch.device(device)
+    x, y = data.x_test[:n].to(where), data.y_test[:n].to(where)
+
+    def progress(label: str, done: int, total: int) -> None:
+        queue.put(("progress", label, done, total))
+
+    state = _UnitState(values, queue)
+    return _evaluate_unit(config, config.models[k], seed, data, x, y, state, Path(cache_dir), progress, where)
+
+
+def _run_parallel(
+    config: StudyConfig,
+    units: list[tuple[int, int]],
+    data: Dataset,
+    n: int,
+    state: StudyState,
+    out_dir: Path,
+    cache_dir: Path,
+    progress: StudyProgress | None,
+    device: torch.device,
+    workers: int,
+) -> dict[tuple[int, int], dict[str, Any]]:
+    """The units in `workers` spawned processes; this process records their pieces in `state` as they arrive.
+
+    Units are submitted in order (every seed of the first model first), so the cache fills as a 1-process run
+    fills it. Each worker gets its share of this process's CPUs as torch threads (at least 1).
+    """
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cpus = os.cpu_count() or 1
+    threads = max(1, cpus // workers)
+    config_json = config.model_dump(mode="json")
+    context = multiprocessing.get_context("spawn")  # fork after torch's thread pools start can deadlock
+    with context.Manager() as manager, ProcessPoolExecutor(workers, mp_context=context) as pool:
+        queue = manager.Queue()
+        futures = {}
+        for k, seed in units:
+            belongs = _unit_keys(config.models[k].name, seed)
+            values = {key: v for key, v in state.values.items() if belongs(key)}
+            args = (config_json, k, seed, n, values, str(cache_dir), str(device), threads, queue)
+            futures[pool.submit(_unit_worker, *args)] = (k, seed)
+
+        def drain(block: bool) -> None:
+            while True:
+                try:
+                    message = queue.get(timeout=0.2) if block else queue.get_nowait()
+                except Empty:
+                    return
+                block = False
+                if message[0] == "put":
+                    state.put(message[1], message[2])
+                elif progress is not None:
+                    progress(*message[1:])
+
+        pending = set(futures)
+        while pending:
+            finished, pending = wait(pending, timeout=0.5, return_when=FIRST_COMPLETED)
+            drain(block=not finished)
+            for future in finished:
+                future.result()  # a worker's error (e.g. an InputError) is raised here, in the parent
+        drain(block=False)
+        return {futures[f]: f.result() for f in futures}
+
+
 class _ModelRun:
     """The grid evaluations of one model and seed, each recorded in the study state as soon as it is done."""
 
     def __init__(
-        self, name, seed: int, model, x, y, config: StudyConfig, data: Dataset, state: StudyState, progress
+        self,
+        name,
+        seed: int,
+        model,
+        x,
+        y,
+        config: StudyConfig,
+        data: Dataset,
+        state: StudyState,
+        progress,
+        axes: _Axes | None = None,
     ) -> None:
         self.name, self.seed, self.model, self.x, self.y = name, seed, model, x, y
         self.label = name if len(config.run_seeds) == 1 else f"{name} seed {seed}"
         self.grid, self.domain = config.grid, data.domain
+        self.axes = _main_axes(config) if axes is None else axes
         self.methods = [m.value for m in config.certify.methods]
         self.state, self.progress = state, progress
 
     def threat(self, eps_x: float, eps_w: float, scope: Scope = Scope.PER_EXAMPLE) -> ThreatModel:
-        g = self.grid
+        a = self.axes
         return ThreatModel(
-            eps_x=eps_x,
-            eps_w=eps_w,
-            weight_ball=g.weight_ball,
-            weight_mode=g.weight_mode,
-            scope=scope,
-            domain=self.domain,
+            eps_x=eps_x, eps_w=eps_w, weight_ball=a.ball, weight_mode=a.mode, scope=scope, domain=self.domain
         )
 
     def _tick(self, label: str, done: int, total: int) -> None:
@@ -267,6 +458,7 @@ class _ModelRun:
             self.progress(f"{self.label}: {label}", done, total)
 
     def _key(self, kind: str, ex: float, ew: float, last: str) -> str:
+        kind = f"{kind}@{self.axes.tag}" if self.axes.tag else kind
         return f"{kind}/{self.name}/{self.seed}/{ex}/{ew}/{last}"
 
     def grid_cell(self, ex: float, ew: float, scope: Scope) -> GridCell | None:
@@ -281,7 +473,7 @@ class _ModelRun:
     def _smaller(self, ex: float, ew: float, scope: Scope) -> list[Cell]:
         """The verified cells of `scope` one grid step below (ex, ew) on each axis: threat sets inside this one.
         Their own smaller cells were carried into them already, so one step covers every nested cell."""
-        xs, ws = self.grid.eps_x, self.grid.eps_w
+        xs, ws = self.axes.eps_x, self.axes.eps_w
         below = []
         if xs.index(ex) > 0:
             below.append((xs[xs.index(ex) - 1], ew))
@@ -342,7 +534,7 @@ class _ModelRun:
                 record = self.grid_cell(ex, ew, scope)
                 assert record is not None
                 rows.append(record.row())
-            self._tick("attacks", i + 1, len(points))
+            self._tick(f"{self.axes.tag} attacks".lstrip(), i + 1, len(points))
         return rows
 
     def quantization(self, config: StudyConfig, attack: Attack) -> dict[str, Any]:

@@ -168,7 +168,7 @@ def scale_rows(results: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
                     )
     for label, comparisons in parametrization_comparisons(results).items():
         for c in comparisons:
-            verdicts.append({"parametrization": label, **c.row()})
+            verdicts.append({**c.row(), "parametrization": label})
     return {"scale_layers": layers, "scale_rescaling": rescaling, "scale_verdicts": verdicts}
 
 

@@ -61,6 +61,7 @@ class Comparison:
         per_seed: seed -> mean over kept cells of (subject - reference) accuracy, fraction.
         mean, se: mean and standard error of per_seed (se None with one seed).
         outcome: "higher", "lower" (subject's accuracy, decided) or "within noise" / "no cells".
+        parametrization: the weight parametrization of the cells ("ball mode"; "" when the results name none).
     """
 
     claim: int
@@ -73,10 +74,12 @@ class Comparison:
     mean: float | None
     se: float | None
     outcome: str
+    parametrization: str = ""
 
     def row(self) -> dict[str, Any]:
         """The comparison as one table row (CSV / JSON): its verdict and the numbers behind it, as fractions."""
         return {
+            "parametrization": self.parametrization,
             "claim": self.claim,
             "subject": self.subject,
             "reference": self.reference,
@@ -100,16 +103,17 @@ class Comparison:
 
     def sentence(self) -> str:
         what = "weight-only" if self.claim == 1 else "joint"
+        where = f"{self.parametrization}, {self.scope}" if self.parametrization else self.scope
         if not self.cells:
             return (
-                f"Claim {self.claim} ({self.scope}), {self.subject} vs {self.reference}: undecided, no {what} cell "
+                f"Claim {self.claim} ({where}), {self.subject} vs {self.reference}: undecided, no {what} cell "
                 f"above the {100 * FLOOR:.0f}% floor ({self.excluded} excluded)."
             )
         seeds = ", ".join(f"seed {s}: {100 * d:+.1f}" for s, d in self.per_seed.items())
         se = "n/a (one seed)" if self.se is None else f"{100 * self.se:.2f}"
         cells = ", ".join(f"{ew:g}" if self.claim == 1 else f"({ex:g}, {ew:g})" for ex, ew in self.cells)
         return (
-            f"Claim {self.claim} ({self.scope}), {self.subject} vs {self.reference}: {self.verdict}. "
+            f"Claim {self.claim} ({where}), {self.subject} vs {self.reference}: {self.verdict}. "
             f"{what} accuracy difference {self.subject} - {self.reference} (points, mean over "
             f"{'eps_w' if self.claim == 1 else '(eps_x, eps_w)'} in {cells}; {self.excluded} cell(s) excluded): "
             f"{seeds}; mean {100 * self.mean:+.2f}, standard error {se}; decided when every seed has the same sign "
@@ -152,10 +156,41 @@ def _compare(claim: int, subject: tuple[str, dict], reference: tuple[str, dict],
     return Comparison(claim, sname, rname, scope, kept, excluded, per_seed, mean, se, outcome)
 
 
+def parametrization_views(results: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    """("ball mode", results restricted to that parametrization) for the main grid, then for each of the grid's
+    `parametrizations` (their cells are each model's `extra_cells[label]`, on eps_x in {0, headline eps_x}).
+    Results without parametrizations give one view, the results themselves (label "" when the grid names no
+    ball)."""
+    grid = results["grid"]
+    main = f"{grid['weight_ball']} {grid['weight_mode']}" if "weight_ball" in grid else ""
+    views = [(main, results)]
+    for p in grid.get("parametrizations") or []:
+        label = f"{p['weight_ball']} {p['weight_mode']}"
+        xs = sorted({0.0, results["headline"]["eps_x"]})
+        sub = {**grid, "eps_x": xs, "eps_w": p["eps_w"], "weight_ball": p["weight_ball"]}
+        sub |= {"weight_mode": p["weight_mode"], "parametrizations": []}
+        models = {
+            name: {**m, "cells": m.get("extra_cells", {}).get(label, []), "certified": []}
+            for name, m in results["models"].items()
+        }
+        views.append((label, {**results, "grid": sub, "models": models}))
+    return views
+
+
 def claim_comparisons(results: dict[str, Any]) -> list[Comparison]:
     """Every comparison the rule makes on `results`: claim 1 for each pgd-at model against each standard model,
     claim 2 for each model trained with bound-reg (alone or composed with another objective) against each
-    standard model, then against each singular defence; each in every scope of the grid."""
+    standard model, then against each singular defence; each in every scope of the grid, and in every weight
+    parametrization of the grid (the main one first, see parametrization_views)."""
+    out = []
+    for label, view in parametrization_views(results):
+        for c in _claim_comparisons(view):
+            c.parametrization = label
+            out.append(c)
+    return out
+
+
+def _claim_comparisons(results: dict[str, Any]) -> list[Comparison]:
     models, grid = results["models"], results["grid"]
     by = {obj: [(n, m) for n, m in models.items() if m["objective"] == obj] for obj in ("standard", *SINGULAR)}
     # Every model that trains with the regularizer, alone or composed (e.g. "joint-at+bound-reg").
