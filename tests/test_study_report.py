@@ -89,7 +89,7 @@ def test_claim_rule_reads_per_seed_differences():
     assert (2, "reg", "joint", "per-example") not in verdicts
     assert verdicts[(2, "reg", "adv", "per-example")].verdict == "does not hold"
     lines = summarise(_results())
-    assert lines[0].startswith("Claim 1 (per-example), adv vs std: holds.")
+    assert lines[0].startswith("Claim 1 (elementwise absolute, per-example), adv vs std: holds.")
     assert "seed 0: -10.0, seed 1: -11.0, seed 2: -9.0" in lines[0] and "mean -10.00" in lines[0]
 
 

@@ -57,6 +57,8 @@ class TrainConfig(BaseModel):
         trades_beta: weight of the TRADES KL term.
         lambda_x, lambda_w: weights of Theorem 2's input and weight sensitivity terms (bound-reg).
         log_domain: bound-reg penalises log R_x and log R_w instead of R_x and R_w.
+        margin_hinge: bound-reg penalises Theorem 2's margin bound 2 (R_x + R_w) only on examples where it
+            exceeds the clean logit margin, by how much (a hinge; not with log_domain).
         ibp_kappa: ibp-certified loss = kappa CE(clean) + (1 - kappa) CE(IBP worst case), kappa after warm-up.
         warmup_epochs: training epsilons ramp linearly from 0 over this many epochs (per step); None: half the
             epochs for ibp-certified (interval bounds of an untrained network are too loose to train on), else 0.
@@ -90,6 +92,7 @@ class TrainConfig(BaseModel):
     lambda_x: float = 0.01
     lambda_w: float = 0.01
     log_domain: bool = False
+    margin_hinge: bool = False
     ibp_kappa: float = Field(0.5, ge=0.0, le=1.0)
     warmup_epochs: int | None = Field(None, ge=0)
 
@@ -138,6 +141,8 @@ class TrainConfig(BaseModel):
                 f"scope='shared' applies to {scoped} only (awp is always shared per batch); {self.objective} "
                 "would ignore it"
             )
+        if self.margin_hinge and self.log_domain:
+            raise ValueError("margin_hinge compares the bound with the margin in logit units: not with log_domain")
         if self.warmup_epochs is not None and self.warmup_epochs > self.epochs:
             raise ValueError(f"warmup_epochs ({self.warmup_epochs}) exceeds epochs ({self.epochs})")
         return self

@@ -201,6 +201,11 @@ class BoundRegularized:
     Products of layer norms grow exponentially with depth; `log_domain` penalises log R_x and log R_w instead
     (the gradient is that of R divided by R: a relative penalty that does not explode, but the sum is then no
     longer a bound on the loss). A term whose radius is 0 is left out (its log would be a constant floor).
+
+    `margin_hinge` penalises the bound only where it could flip the prediction: Theorem 2 bounds the change of
+    every logit margin by 2 (R_x + R_w), so an example whose clean margin m = z_y - max_{j != y} z_j exceeds it
+    is certified and adds nothing; the others add 2 lambda_x R_x + 2 lambda_w R_w - (lambda_x + lambda_w) m / 2,
+    i.e. lambda relu(2 (R_x + R_w) - m) when lambda_x = lambda_w = lambda (the batch mean over all examples).
     """
 
     base: Objective
@@ -208,6 +213,7 @@ class BoundRegularized:
     lambda_x: float = 0.01
     lambda_w: float = 0.01
     log_domain: bool = False
+    margin_hinge: bool = False
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -217,6 +223,7 @@ class BoundRegularized:
             "lambda_x": self.lambda_x,
             "lambda_w": self.lambda_w,
             "log_domain": self.log_domain,
+            "margin_hinge": self.margin_hinge,
         }
 
     def __call__(self, model: nn.Module, x: Tensor, y: Tensor, ctx: StepContext) -> dict[str, Tensor]:
@@ -224,13 +231,23 @@ class BoundRegularized:
         threat = scaled_threat(self.threat, ctx.scale)
         zero = torch.zeros((), dtype=out["loss"].dtype, device=out["loss"].device)
         r_x = r_w = zero
+        penalty = zero
         if threat.kind != "none" and (self.lambda_x > 0 or self.lambda_w > 0):
             terms = sensitivity_terms(parallel.inner(model), x, threat, log_domain=self.log_domain)
-            if threat.perturbs_input:
-                r_x = terms.r_x.mean()
-            if threat.perturbs_weights:
-                r_w = terms.r_w.mean()
-        out["loss"] = out["loss"] + self.lambda_x * r_x + self.lambda_w * r_w
+            per_x = terms.r_x if threat.perturbs_input else torch.zeros_like(terms.r_x)
+            per_w = terms.r_w if threat.perturbs_weights else torch.zeros_like(terms.r_w)
+            r_x, r_w = per_x.mean(), per_w.mean()
+            penalty = self.lambda_x * r_x + self.lambda_w * r_w
+            if self.margin_hinge:
+                logits = parallel.inner(model)(x)  # clean logits (a base may return adversarial ones)
+                true = logits.gather(1, y[:, None]).squeeze(1)
+                other = logits.scatter(1, y[:, None], float("-inf")).amax(1)
+                margin = true - other
+                # Only the examples whose margin the bound does not clear; the margin term pushes it up there.
+                exceeds = (2 * (per_x + per_w) > margin).to(margin.dtype)
+                each = 2 * self.lambda_x * per_x + 2 * self.lambda_w * per_w - (self.lambda_x + self.lambda_w) / 2 * margin
+                penalty = (exceeds * each).mean()
+        out["loss"] = out["loss"] + penalty
         out["r_x"], out["r_w"] = r_x.detach(), r_w.detach()
         return out
 
@@ -332,10 +349,10 @@ register_objective(
     ObjectiveSpec(
         name="bound-reg",
         role=Role.MODIFIER,
-        build=lambda inner, threat, lambda_x, lambda_w, log_domain: BoundRegularized(
-            inner, threat.with_scope(Scope.PER_EXAMPLE), lambda_x, lambda_w, log_domain
+        build=lambda inner, threat, lambda_x, lambda_w, log_domain, margin_hinge: BoundRegularized(
+            inner, threat.with_scope(Scope.PER_EXAMPLE), lambda_x, lambda_w, log_domain, margin_hinge
         ),
-        options=("lambda_x", "lambda_w", "log_domain"),
+        options=("lambda_x", "lambda_w", "log_domain", "margin_hinge"),
         summary="adds lambda_x R_x + lambda_w R_w (Theorem 2)",
     )
 )
