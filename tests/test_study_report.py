@@ -182,3 +182,23 @@ def test_composed_regularizer_is_judged():
     verdicts = _verdicts(results)
     assert verdicts[(2, "joint+reg", "std", "per-example")].verdict == "holds"
     assert (1, "joint+reg", "std", "per-example") not in verdicts
+
+
+def test_regularizer_selected_on_validation_not_test(tmp_path):
+    """The validation split picks the variant claim 2 rests on, even when another is better on the test cells."""
+    results = _results()
+    results["models"]["reg2"] = _model("bound-reg", 0.9, (0.5, 0.5, 0.5), (0.30, 0.31, 0.29))
+    validation = {"reg": (0.40, 0.42, 0.41), "reg2": (0.30, 0.35, 0.33)}
+    for name, values in validation.items():
+        for run, v in zip(results["models"][name]["runs"], values, strict=True):
+            run["validation"] = {"val_clean_acc": 0.9, "val_robust_acc": v}
+    lines = summarise(results)
+    assert lines[-2].startswith("Best regularized variant against standard: 'reg2'")  # on the test cells
+    chosen = lines[-1]
+    assert chosen.startswith("Regularized variant selected on the validation split") and "'reg' at 41.0%" in chosen
+    assert "'reg2' 32.7%" in chosen and "vs 'std' (elementwise absolute, per-example): holds (+14.00 points)" in chosen
+    write_report(results, tmp_path)
+    rows = list(csv.DictReader((tmp_path / "selection.csv").read_text().splitlines()))
+    assert [r["model"] for r in rows] == ["reg", "reg2"] and float(rows[0]["val_joint_robust"]) == pytest.approx(0.41)
+    # Without validation numbers there is nothing to select: no line, no file.
+    assert not any(line.startswith("Regularized variant selected") for line in summarise(_results()))

@@ -107,19 +107,23 @@ class AttackConfig(_Strict):
     loss: Loss = Loss.CE
     targets: int = Field(3, ge=0)
     batch_size: int = Field(512, ge=1)
+    headline_kind: AttackKind | None = None
 
     @model_validator(mode="after")
     def _fits_kind(self) -> AttackConfig:
         self.build()  # make_attack's one-line error for an option the kind does not take
+        self.build(headline=True)
         return self
 
-    def build(self, seed: int = 0) -> PGD | AutoEnsemble:
-        """The configured attack."""
+    def build(self, seed: int = 0, headline: bool = False) -> PGD | AutoEnsemble:
+        """The configured attack; `headline`: the one of the headline point's cells (`headline_kind`, default
+        `kind`, with the same steps, restarts, targets and batch size; the loss only applies to pgd)."""
+        kind = self.headline_kind if headline and self.headline_kind is not None else self.kind
         return make_attack(
-            self.kind,
+            kind,
             steps=self.steps,
             restarts=self.restarts,
-            loss=self.loss,
+            loss=self.loss if kind is AttackKind.PGD else Loss.CE,
             targets=self.targets,
             batch_size=self.batch_size,
             seed=seed,

@@ -121,29 +121,56 @@ def certified_vs_attacked(results: dict[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
+def _front(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    """The non-dominated points (no other point is at least as good on both axes and better on one), by x."""
+    front = [p for p in points if not any(q != p and q[0] >= p[0] and q[1] >= p[1] for q in points)]
+    return sorted(front)
+
+
 def pareto(results: dict[str, Any], path: Path) -> None:
-    """Clean vs joint robust accuracy (headline point, per-example and shared scope) per model, mean ± sd over
-    seeds: the trade-off each defence makes."""
+    """Clean vs joint robust accuracy at the headline point, one panel per scope: every seed of every model (small
+    markers), the mean ± sd over seeds (large markers, error bars), and the Pareto front of the means (dotted):
+    the trade-off each defence makes."""
     hx, hw = results["headline"]["eps_x"], results["headline"]["eps_w"]
     scopes = results["grid"]["scopes"]
-    fig, axes = plt.subplots(1, len(scopes), figsize=(5.2 * len(scopes), 4.0), squeeze=False, constrained_layout=True)
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    markers = "osD^vP*Xh<>"
+    fig, axes = plt.subplots(1, len(scopes), figsize=(5.6 * len(scopes), 4.4), squeeze=False, constrained_layout=True)
     for ax, scope in zip(axes[0], scopes, strict=True):
-        for name, model in results["models"].items():
+        means = []
+        for k, (name, model) in enumerate(results["models"].items()):
             clean, joint = _stat(model, 0.0, 0.0, scope), _stat(model, hx, hw, scope)
             if clean.mean is None or joint.mean is None:
                 continue
+            colour, marker = colours[k % len(colours)], markers[(k // len(colours)) % len(markers)]
+            for run in runs(model):
+                each = [
+                    c["accuracy"]
+                    for c in model["cells"]
+                    if c.get("seed") == run.get("seed")
+                    and c["eps_x"] == hx
+                    and c["eps_w"] == hw
+                    and c["scope"] == scope
+                ]
+                if each and each[0] is not None:
+                    ax.plot(100 * run["clean_accuracy"], 100 * each[0], marker, color=colour, alpha=0.35, ms=4)
             ax.errorbar(
                 100 * clean.mean,
                 100 * joint.mean,
                 xerr=100 * (clean.sd or 0.0),
                 yerr=100 * (joint.sd or 0.0),
-                marker="o",
+                marker=marker,
+                color=colour,
                 capsize=3,
                 label=f"{name} ({model['objective']})",
             )
+            means.append((100 * clean.mean, 100 * joint.mean))
+        if len(means) > 1:
+            xs, ys = zip(*_front(means), strict=True)
+            ax.plot(xs, ys, ":", color="grey", lw=1, label="Pareto front (means)")
         ax.set_xlabel("clean accuracy (%)")
         ax.set_ylabel(f"joint robust accuracy (%) at eps_x={hx:g}, eps_w={hw:g}")
-        ax.set_title(f"clean vs joint robust, {scope} scope", fontsize=10)
+        ax.set_title(f"clean vs joint robust, {scope} scope (small: one seed each)", fontsize=10)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     fig.savefig(path, dpi=110)

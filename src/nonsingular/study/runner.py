@@ -209,6 +209,9 @@ def run_study(
         "n_examples": n,
         "seeds": config.run_seeds,
         "attack": repr(attack),
+        "headline_attack": (
+            repr(config.attack.build(config.run_seeds[0], headline=True)) if config.attack.headline_kind else None
+        ),
         "attack_budget": attack.budget(),
         "grid": grid.model_dump(mode="json"),
         "headline": config.headline.model_dump(mode="json"),
@@ -271,7 +274,10 @@ def _evaluate_unit(
     t_eval = time.perf_counter()
     run = _ModelRun(entry.name, seed, model, x, y, config, data, state, progress)  # type: ignore[arg-type]
     points = run.axes.points
-    cells = run.attack_cells(points, attack, clean_correct)
+    special = {}
+    if config.attack.headline_kind is not None:  # a stronger attack where the headline table reads
+        special[(config.headline.eps_x, config.headline.eps_w)] = config.attack.build(seed, headline=True)
+    cells = run.attack_cells(points, attack, clean_correct, special)
     extra = {}
     for axes in _extra_axes(config):
         other = _ModelRun(entry.name, seed, model, x, y, config, data, state, progress, axes)  # type: ignore[arg-type]
@@ -524,12 +530,16 @@ class _ModelRun:
         for scope, record in found.items():
             self.state.put(self._key("cell", ex, ew, scope.value), record.to_json())
 
-    def attack_cells(self, points, attack: Attack, clean_correct: Tensor) -> list[dict[str, Any]]:
-        """Every grid cell in both scopes (see _attack_point); the result rows."""
+    def attack_cells(
+        self, points, attack: Attack, clean_correct: Tensor, special: dict[tuple[float, float], Attack] | None = None
+    ) -> list[dict[str, Any]]:
+        """Every grid cell in both scopes (see _attack_point), with `attack` or, at a point of `special`, its
+        attack; the result rows."""
         rows = []
+        special = special or {}
         for i, (ex, ew) in enumerate(points):
             if any(self.state.get(self._key("cell", ex, ew, s.value)) is None for s in self.grid.scopes):
-                self._attack_point(ex, ew, attack, clean_correct)
+                self._attack_point(ex, ew, special.get((ex, ew), attack), clean_correct)
             for scope in sorted(self.grid.scopes, key=lambda s: s is Scope.SHARED):
                 record = self.grid_cell(ex, ew, scope)
                 assert record is not None
