@@ -16,6 +16,8 @@ epochs = 1
 [attack]
 kind = "pgd"
 steps = 2
+loss = "margin"
+headline_kind = "auto"
 [grid]
 eps_x = [0.05]
 eps_w = [0.002]
@@ -61,6 +63,8 @@ def test_workers_match_one_process_and_parametrizations(tmp_path):
     _, one = run_study(config, tmp_path / "one", tmp_path / "cache1")
     _, two = run_study(config, tmp_path / "two", tmp_path / "cache2", workers=2)
     assert _cells(one) == _cells(two)
+    # PGD on the grid, the auto ensemble (which takes no loss option) at the headline point.
+    assert one["attack"].startswith("PGD(") and one["headline_attack"].startswith("AutoEnsemble(")
     # The parent recorded every worker's pieces: a resumed run recomputes nothing and gives the same numbers.
     state = json.loads((tmp_path / "two" / "state.json").read_text())["values"]
     assert any(k.startswith("cell@operator relative/input-AT/1/") for k in state)
@@ -70,7 +74,11 @@ def test_workers_match_one_process_and_parametrizations(tmp_path):
     extra = one["models"]["standard"]["extra_cells"]["operator relative"]
     # eps_x in {0, headline} x eps_w {0.01, 0.05} (+ the input-only column), two scopes, two seeds
     assert {(c["eps_x"], c["eps_w"]) for c in extra} == {
-        (0.0, 0.01), (0.0, 0.05), (0.05, 0.0), (0.05, 0.01), (0.05, 0.05)
+        (0.0, 0.01),
+        (0.0, 0.05),
+        (0.05, 0.0),
+        (0.05, 0.01),
+        (0.05, 0.05),
     }
     assert len(extra) == 5 * 2 * 2
     labels = [label for label, _ in parametrization_views(one)]
