@@ -84,9 +84,7 @@ def study(
                 cfg, out, cache, progress=lambda label, d, t: update(d, t, label), device=run_device, workers=workers
             )
     else:  # a log file or pipe: plain lines a reader of the log can follow while the study runs
-        report, results = run_study(
-            cfg, out, cache, progress=progress_lines(t0), device=run_device, workers=workers
-        )
+        report, results = run_study(cfg, out, cache, progress=progress_lines(t0), device=run_device, workers=workers)
     if dist.rank() != 0:
         return
     hx, hw = results["headline"]["eps_x"], results["headline"]["eps_w"]

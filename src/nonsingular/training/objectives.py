@@ -245,7 +245,9 @@ class BoundRegularized:
                 margin = true - other
                 # Only the examples whose margin the bound does not clear; the margin term pushes it up there.
                 exceeds = (2 * (per_x + per_w) > margin).to(margin.dtype)
-                each = 2 * self.lambda_x * per_x + 2 * self.lambda_w * per_w - (self.lambda_x + self.lambda_w) / 2 * margin
+                each = (
+                    2 * self.lambda_x * per_x + 2 * self.lambda_w * per_w - (self.lambda_x + self.lambda_w) / 2 * margin
+                )
                 penalty = (exceeds * each).mean()
         out["loss"] = out["loss"] + penalty
         out["r_x"], out["r_w"] = r_x.detach(), r_w.detach()
