@@ -425,7 +425,11 @@ def _run_parallel(
             finished, pending = wait(pending, timeout=0.5, return_when=FIRST_COMPLETED)
             drain(block=not finished)
             for future in finished:
-                future.result()  # a worker's error (e.g. an InputError) is raised here, in the parent
+                if future.exception() is not None:  # e.g. an InputError: raised here, in the parent
+                    for other in pending:
+                        other.cancel()  # units not started yet; running ones finish (their pieces are kept)
+                    drain(block=False)
+                    raise future.exception()  # type: ignore[misc]
         drain(block=False)
         return {futures[f]: f.result() for f in futures}
 
