@@ -182,6 +182,10 @@ def test_composed_regularizer_is_judged():
     verdicts = _verdicts(results)
     assert verdicts[(2, "joint+reg", "std", "per-example")].verdict == "holds"
     assert (1, "joint+reg", "std", "per-example") not in verdicts
+    # ... and against joint-AT alone, its base: the regularizer's own contribution (0, -3, -12 points per seed).
+    own = verdicts[(2, "joint+reg", "joint", "per-example")]
+    assert own.per_seed == pytest.approx({0: 0.0, 1: -0.03, 2: -0.12}) and own.verdict == "undecided (within noise)"
+    assert (2, "reg", "joint", "per-example") not in verdicts
 
 
 def test_regularizer_selected_on_validation_not_test(tmp_path):

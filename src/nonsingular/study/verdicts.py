@@ -180,7 +180,8 @@ def parametrization_views(results: dict[str, Any]) -> list[tuple[str, dict[str, 
 def claim_comparisons(results: dict[str, Any]) -> list[Comparison]:
     """Every comparison the rule makes on `results`: claim 1 for each pgd-at model against each standard model,
     claim 2 for each model trained with bound-reg (alone or composed with another objective) against each
-    standard model, then against each singular defence; each in every scope of the grid, and in every weight
+    standard model, then against each singular defence, and a composed one (e.g. joint-at+bound-reg) against
+    the models of its base objective alone (joint-at); each in every scope of the grid, and in every weight
     parametrization of the grid (the main one first, see parametrization_views)."""
     out = []
     for label, view in parametrization_views(results):
@@ -198,4 +199,10 @@ def _claim_comparisons(results: dict[str, Any]) -> list[Comparison]:
     pairs = [(1, a, s) for a in by["pgd-at"] for s in by["standard"]]
     pairs += [(2, r, s) for r in regs for s in by["standard"]]
     pairs += [(2, r, d) for r in regs for obj in SINGULAR for d in by[obj]]
+    # A regularizer composed with another objective (e.g. joint-at+bound-reg) against that objective alone: what
+    # the regularizer itself adds (a gain over standard may be the base's).
+    for r in regs:
+        base = "+".join(p for p in r[1]["objective"].split("+") if p != "bound-reg")
+        if base and base != "standard":
+            pairs += [(2, r, (n, m)) for n, m in models.items() if m["objective"] == base and base not in SINGULAR]
     return [_compare(claim, a, b, grid, scope) for claim, a, b in pairs for scope in grid["scopes"]]
