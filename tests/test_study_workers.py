@@ -90,3 +90,18 @@ def test_workers_match_one_process_and_parametrizations(tmp_path):
     summary = list(csv.DictReader((tmp_path / "one" / "robust_summary.csv").read_text().splitlines()))
     assert {r["parametrization"] for r in summary} == set(labels)
     assert "operator relative" in (tmp_path / "one" / "report.html").read_text()
+
+
+def test_shipped_studies_are_valid_and_cover_the_parametrizations():
+    """Every shipped study loads, every model's training settings validate, and the MNIST studies cover both
+    balls and both modes."""
+    from nonsingular.study import shipped_studies
+    from nonsingular.study.training import train_config
+
+    four = {"elementwise absolute", "elementwise relative", "operator absolute", "operator relative"}
+    for name in shipped_studies():
+        config = load_study_config(name)
+        for entry in config.models:
+            train_config(config, entry)
+        if name.startswith("mnist-"):
+            assert {config.grid.label, *(p.label for p in config.grid.parametrizations)} == four, name
