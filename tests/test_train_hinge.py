@@ -46,3 +46,16 @@ def test_hinge_option_reaches_the_objective_and_refuses_log_domain() -> None:
     assert isinstance(reg, BoundRegularized) and reg.margin_hinge
     with pytest.raises(ValueError, match="margin_hinge"):
         tiny_config(objective="bound-reg", margin_hinge=True, log_domain=True)
+
+
+def test_train_cli_margin_hinge_flag(monkeypatch, capsys, tmp_path) -> None:
+    from conftest import run_cli
+    from nonsingular.checkpoint import load_checkpoint
+
+    out = tmp_path / "hinge.safetensors"
+    args = ["train", "--objective", "bound-reg", "--margin-hinge", "--epochs", "1", "-o", str(out)]
+    code, _, err = run_cli(monkeypatch, capsys, *args)
+    assert code == 0, err
+    assert load_checkpoint(out).metadata["training"]["objective_details"]["margin_hinge"] is True
+    code, _, err = run_cli(monkeypatch, capsys, *args[:-2], "--log-domain", "-o", str(tmp_path / "x.safetensors"))
+    assert code == 2 and "log_domain" in err and len(err.strip().splitlines()) == 1

@@ -176,6 +176,14 @@ def train(
             "--log-domain/--no-log-domain", help=f"bound-reg penalises log R instead of R. {_default('log_domain')}"
         ),
     ] = None,
+    margin_hinge: Annotated[
+        bool | None,
+        typer.Option(
+            "--margin-hinge/--no-margin-hinge",
+            help="bound-reg penalises Theorem 2's margin bound only where it exceeds the clean logit margin "
+            f"(not with --log-domain). {_default('margin_hinge')}",
+        ),
+    ] = None,
     trades_beta: Annotated[
         float | None, typer.Option("--trades-beta", help=f"TRADES KL weight. {_default('trades_beta')}")
     ] = None,
