@@ -104,9 +104,10 @@ def _abs_chord(lb: Tensor, ub: Tensor) -> tuple[Tensor, Tensor]:
 
 
 def _abs_input_term(
-    new_a: Tensor, c: Tensor | float, r: Tensor, lb: Tensor, ub: Tensor
+    new_a: Tensor, c: Tensor | float, r: Tensor | float, lb: Tensor, ub: Tensor
 ) -> tuple[Tensor, Tensor | float]:
-    """Subtract r . |h| (r >= 0, (B, S, *in)) from the bound, |h| linear in h over [lb, ub]."""
+    """Subtract r . |h| (r >= 0: (B, S, *in), broadcastable to it, or one number) from the bound, |h| linear in h
+    over [lb, ub]."""
     if bool((lb >= 0).all()):
         return new_a - r, c
     slope, offset = _abs_chord(lb, ub)
@@ -150,12 +151,7 @@ class LinearRule(Rule):
             c = c - abs_a @ lt.beta
         if lt.rho is not None:
             r = abs_a.sum(dim=-1, keepdim=True) * lt.uniform if lt.uniform is not None else abs_a @ lt.rho
-            if bool((lb >= 0).all()):
-                new_a = new_a - r
-            else:
-                slope, offset = _abs_chord(lb, ub)
-                new_a = new_a - r * slope[:, None, :]
-                c = c - (r * offset[:, None, :]).sum(dim=-1)
+            new_a, c = _abs_input_term(new_a, c, r, lb, ub)
         else:
             h_max = torch.maximum(lb.abs(), ub.abs()).amax(dim=1)  # (N,)
             c = c - abs_a.sum(dim=-1) * lt.operator_radius() * h_max[:, None]
@@ -182,12 +178,7 @@ class LinearRule(Rule):
             c = c - lt.beta[index].repeat(1, 2)  # |a| = e_i for both signs
         if lt.rho is not None:
             r = lt.uniform if lt.uniform is not None else lt.rho[index].repeat(1, 2, 1)
-            if bool((lb >= 0).all()):
-                new_a = new_a - r
-            else:
-                slope, offset = _abs_chord(lb, ub)
-                new_a = new_a - r * slope[:, None, :]
-                c = c - (r * offset[:, None, :]).sum(dim=-1)
+            new_a, c = _abs_input_term(new_a, c, r, lb, ub)
         else:
             h_max = torch.maximum(lb.abs(), ub.abs()).amax(dim=1)  # (N,)
             c = c - lt.operator_radius() * h_max[:, None]
