@@ -9,7 +9,8 @@ import typer
 from rich.table import Table
 
 from ..apgd import AttackKind
-from ..bounds import BoundMethod, margin_bounds
+from ..bounds import BoundMethod
+from ..certify import certified_mask
 from ..quantize import Rounding, quantization_threat
 from ..radius import QUANTILES, RadiusReport, RadiusSettings, Ray, measure_radii
 from ..threat import EpsMode, ThreatModel, WeightBall
@@ -142,8 +143,8 @@ def radius(
     ray = Ray(settings.k_x, settings.k_w, work.threat, k_b=settings.k_b)
     ray.threat(min(settings.s_max, ray.s_max)).check_resolvable(work.model)
 
-    def certify(a, b, t):  # float64 bounds: their rounding is negligible
-        return margin_bounds(work.model, a.double(), b, t, method).certified
+    def certify(a, b, t):  # as `certify` does: float64, no autograd graph, `batch_size` examples per bound
+        return certified_mask(work.model, a, b, t, method, batch_size=batch_size)
 
     with progress_bar("attacked radius", total=2) as update:
         report = measure_radii(
