@@ -114,8 +114,8 @@ def _abs_input_term(
     return new_a - r * slope[:, None], c - (r * offset[:, None]).flatten(2).sum(dim=-1)
 
 
-class LinearRule(Rule):
-    """nn.Linear on (N, in) inputs (Lemma 1 is exact for a fixed backward coefficient)."""
+class _AffineRule(Rule):
+    """What Linear and Conv share: the interval rule `affine_box` and when it is exact."""
 
     def exact_on_box(self, lt: LayerThreat | None) -> bool:
         return lt is None  # each output entry is a sum of independent interval terms
@@ -128,6 +128,10 @@ class LinearRule(Rule):
 
     def ibp(self, node: Node, boxes: list[Box], lt: LayerThreat | None) -> Box:
         return affine_box(node.module, *boxes[0], lt)
+
+
+class LinearRule(_AffineRule):
+    """nn.Linear on (N, in) inputs (Lemma 1 is exact for a fixed backward coefficient)."""
 
     def backward(
         self, node: Node, a: Tensor, boxes: list[Box], lt: LayerThreat | None, ctx: Backward
@@ -248,20 +252,8 @@ def _fixed_input_term(
     return lt.operator_radius() * g.amax(dim=-1).sum(dim=-1)
 
 
-class ConvRule(Rule):
+class ConvRule(_AffineRule):
     """nn.Conv1d / nn.Conv2d with zero padding, any stride, dilation and groups."""
-
-    def exact_on_box(self, lt: LayerThreat | None) -> bool:
-        return lt is None  # each output entry is a sum of independent interval terms
-
-    def exact_on_point(self, lt: LayerThreat | None) -> bool:
-        # A fixed input h: output i is (W h + b)_i plus terms that vary independently, rho_ij h_j per weight
-        # (element-wise) or the l1 ball's support e max_j |h_j| (operator), plus the bias box: affine_box's
-        # W h + b +- that is each entry's true range.
-        return True
-
-    def ibp(self, node: Node, boxes: list[Box], lt: LayerThreat | None) -> Box:
-        return affine_box(node.module, *boxes[0], lt)
 
     def backward(
         self, node: Node, a: Tensor, boxes: list[Box], lt: LayerThreat | None, ctx: Backward
