@@ -20,15 +20,16 @@ from .common import DeviceOpt, UserError, console, err_console, progress_bar, re
 
 def progress_lines(t0: float, every: float = 30.0) -> Callable[[str, int, int], None]:
     """A progress callback writing plain lines "[elapsed] stage done/total" to stderr: one when a stage starts
-    or finishes, one per finished grid point, and at most one per `every` seconds within a stage."""
-    last = {"label": None, "time": 0.0}
+    or finishes, one per finished grid point, and at most one per `every` seconds within a stage. Stages are
+    told apart by label, so workers whose ticks interleave do not print every tick."""
+    last: dict[str, float] = {}
 
     def update(label: str, done: int, total: int) -> None:
         now = time.perf_counter()
         step = label.endswith(("attacks", "certificates"))  # one tick per grid point
-        if label != last["label"] or done >= total or step or now - float(last["time"]) >= every:
+        if label not in last or done >= total or step or now - last[label] >= every:
             print(f"[{now - t0:7.1f} s] {label} {done}/{total}", file=sys.stderr, flush=True)
-            last["label"], last["time"] = label, now
+            last[label] = now
 
     return update
 
