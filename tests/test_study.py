@@ -312,3 +312,33 @@ def test_progress_lines_throttle_interleaved_workers(monkeypatch, capsys):
     lines = capsys.readouterr().err.splitlines()
     assert len(lines) == 4, lines
     assert lines[-1].endswith("standard seed 1: training 100/100")
+
+
+def test_certify_subset_and_points(small_mlp, digits, tmp_path):
+    """[certify] n_examples and points: certificates only at the given points, as fractions of the first N
+    examples, next to the verified attack's accuracy on those same examples; a point off the grid is refused."""
+    from nonsingular.study.config import StudyConfig
+    from nonsingular.study.runner import StudyState, _ModelRun
+
+    settings = {
+        "grid": {"eps_x": [0.0, 0.02], "eps_w": [0.0, 0.001], "scopes": ["per-example"]},
+        "headline": {"eps_x": 0.02, "eps_w": 0.001},
+        "certify": {"methods": ["ibp", "crown"], "n_examples": 12, "points": [[0.02, 0.001]]},
+        "attack": {"kind": "pgd", "steps": 3},
+    }
+    config = StudyConfig.model_validate(settings)
+    x, y = digits.x_test[:30], digits.y_test[:30]
+    run = _ModelRun("m", 0, small_mlp, x, y, config, digits, StudyState(tmp_path / "state.json", "f"), None)
+    with torch.no_grad():
+        clean = small_mlp(x).argmax(1) == y
+    run.attack_cells([(0.02, 0.001)], config.attack.build(0), clean)
+    rows = run.certify_cells([(0.02, 0.001)], clean, 12)
+    assert [r["method"] for r in rows] == ["ibp", "crown"]
+    robust = run.cell(0.02, 0.001, Scope.PER_EXAMPLE).robust[:12]
+    for r in rows:
+        assert (r["eps_x"], r["eps_w"], r["examples"]) == (0.02, 0.001, 12)
+        assert r["attacked_accuracy"] == pytest.approx(float(robust.float().mean()))
+        assert r["certified_accuracy"] <= r["attacked_accuracy"] and r["bounded_examples"] == int(robust.sum())
+    bad = settings | {"certify": {"points": [[0.05, 0.001]]}}
+    with pytest.raises(ValueError, match=r"certify.points: \(0.05, 0.001\) must be a point of the grid"):
+        StudyConfig.model_validate(bad)

@@ -121,6 +121,20 @@ def test_non_finite_numbers_fail(small_mlp, batch):
     assert not check.passed and "2.weight has non-finite perturbed values" in check.problems
 
 
+@pytest.mark.parametrize("ball", ["elementwise", "operator"])
+@pytest.mark.parametrize("value", [float("inf"), float("-inf"), float("nan")])
+def test_non_finite_explicit_weights_fail(small_mlp, batch, ball, value):
+    """An infinite or NaN entry of an explicit (shared-scope) perturbation is named as non-finite in both
+    balls (the violation's reductions carry it; no separate finiteness pass)."""
+    x, y = batch
+    result = _attack(small_mlp, x, y, eps_w=0.01, weight_ball=ball, scope="shared")
+    block = next(b for b in result.weight_blocks() if b.name == "2")
+    with torch.no_grad():
+        block.delta[1, 3] = value
+    check = verify(small_mlp, x, y, result)
+    assert not check.passed and "2.weight has non-finite perturbed values" in check.problems
+
+
 def test_perturbed_layer_outside_the_threat_fails(small_mlp, batch):
     x, y = batch
     result = _attack(small_mlp, x, y, eps_w=0.01, layers=["4"])

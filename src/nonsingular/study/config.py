@@ -131,7 +131,14 @@ class AttackConfig(_Strict):
 
 
 class CertifyConfig(_Strict):
+    """Certificates of the main parametrization's grid: each method in `methods` at `points` ([eps_x, eps_w]
+    pairs of the grid; default every point but (0, 0)) on the first `n_examples` of the study's examples
+    (default all of them; certified accuracies are fractions of those). CROWN and alpha-CROWN cost seconds per
+    example on a CNN, which is what the two options are for."""
+
     methods: list[BoundMethod] = [BoundMethod.IBP, BoundMethod.CROWN]
+    n_examples: int | None = Field(None, ge=1)
+    points: list[tuple[float, float]] | None = Field(None, min_length=1)
 
 
 class RadiusConfig(RadiusSettings):
@@ -226,6 +233,12 @@ class StudyConfig(_Strict):
                 f"headline: ({self.headline.eps_x}, {self.headline.eps_w}) must be a point of the grid "
                 f"eps_x={self.grid.eps_x}, eps_w={self.grid.eps_w}"
             )
+        for ex, ew in self.certify.points or []:
+            if ex not in self.grid.eps_x or ew not in self.grid.eps_w:
+                raise ValueError(
+                    f"certify.points: ({ex}, {ew}) must be a point of the grid "
+                    f"eps_x={self.grid.eps_x}, eps_w={self.grid.eps_w}"
+                )
         return self
 
     @property

@@ -201,7 +201,21 @@ def _intro(results: dict[str, Any]) -> str:
         f"`{results['attack']}`"
         + (f" (headline point: `{results['headline_attack']}`)" if results.get("headline_attack") else "")
         + ". Robust accuracies are attack results checked by the verifier (upper bounds on the "
-        "truth); certified accuracies are lower bounds." + others
+        "truth); certified accuracies are lower bounds." + others + _certify_scope(results)
+    )
+
+
+def _certify_scope(results: dict[str, Any]) -> str:
+    """Where the certificates were computed, when not on every example at every grid point."""
+    cert = results.get("config", {}).get("certify", {})
+    n, points = cert.get("n_examples"), cert.get("points")
+    if n is None and points is None:
+        return ""
+    where = "at every grid point" if points is None else "at " + ", ".join(f"({ex:g}, {ew:g})" for ex, ew in points)
+    first = f"on the first {n} examples" if n is not None else "on every example"
+    return (
+        f" Certificates ({', '.join(cert.get('methods', []))}) {first} {where}; certified.csv gives the verified "
+        "attack's accuracy on the same examples beside each."
     )
 
 

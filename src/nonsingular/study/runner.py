@@ -282,7 +282,8 @@ def _evaluate_unit(
     for axes in _extra_axes(config):
         other = _ModelRun(entry.name, seed, model, x, y, config, data, state, progress, axes)  # type: ignore[arg-type]
         extra[axes.tag] = other.attack_cells(axes.points, attack, clean_correct)
-    certified = run.certify_cells(points, clean_correct)
+    cert_points = [tuple(p) for p in config.certify.points] if config.certify.points is not None else points
+    certified = run.certify_cells(cert_points, clean_correct, config.certify.n_examples)
     flags = run.sanity_flags(cells, float(clean_correct.float().mean()), config.headline, attack)
     radius = None
     if config.radius.enabled:
@@ -651,27 +652,31 @@ class _ModelRun:
         self.state.put(key, {"flags": flags})
         return flags
 
-    def certify_cells(self, points, clean_correct: Tensor) -> list[dict[str, Any]]:
-        """Certificates at every grid point via certify (as `nonsingular certify`), bounding only the examples
-        the verified per-example attack left correct (a sound bound cannot certify the others)."""
+    def certify_cells(self, points, clean_correct: Tensor, n_examples: int | None = None) -> list[dict[str, Any]]:
+        """Certificates at the given grid points via certify (as `nonsingular certify`) on the first `n_examples`
+        examples (default all), bounding only those the verified per-example attack left correct (a sound bound
+        cannot certify the others); each row also holds that attack's accuracy on the same examples."""
         rows = []
+        n = len(self.y) if n_examples is None else min(n_examples, len(self.y))
+        tag = "" if n == len(self.y) else f"@{n}"  # state keys of whole-set certificates keep their old form
         for i, (ex, ew) in enumerate(points):
-            missing = [m for m in self.methods if self.state.get(self._key("cert", ex, ew, m)) is None]
+            attacked = self.cell(ex, ew, Scope.PER_EXAMPLE)
+            survivors = attacked.robust if attacked is not None and attacked.verified else None
+            survivors = clean_correct if survivors is None else survivors.to(self.y.device)
+            survivors = survivors[:n]
+            missing = [m for m in self.methods if self.state.get(self._key("cert", ex, ew, m + tag)) is None]
             if missing:
-                attacked = self.cell(ex, ew, Scope.PER_EXAMPLE)
-                candidates = attacked.robust if attacked is not None and attacked.verified else None
-                candidates = clean_correct if candidates is None else candidates.to(self.y.device)
                 threat = self.threat(ex, ew)
-                rows_in = candidates.nonzero().flatten()
+                rows_in = survivors.nonzero().flatten()
                 for method in missing:
                     if len(rows_in) == 0:
-                        record = Certificate(threat.describe(), method, 0.0, 0, len(self.y), 0, 0.0)
+                        record = Certificate(threat.describe(), method, 0.0, 0, n, 0, 0.0)
                     else:
                         report = certify(self.model, self.x[rows_in], self.y[rows_in], threat, [method])
-                        record = Certificate.of(report.methods[method], threat, len(self.y))
-                    self.state.put(self._key("cert", ex, ew, method), record.to_json())
+                        record = Certificate.of(report.methods[method], threat, n)
+                    self.state.put(self._key("cert", ex, ew, method + tag), record.to_json())
             for method in self.methods:
-                record = Certificate.from_json(self.state.get(self._key("cert", ex, ew, method)))
+                record = Certificate.from_json(self.state.get(self._key("cert", ex, ew, method + tag)))
                 rows.append(
                     {
                         "seed": self.seed,
@@ -679,6 +684,8 @@ class _ModelRun:
                         "eps_w": ew,
                         "method": method,
                         "certified_accuracy": record.certified_accuracy,
+                        "attacked_accuracy": float(survivors.float().mean()),
+                        "examples": n,
                         "bounded_examples": record.bounded_examples,
                         "seconds": record.seconds,
                     }
