@@ -140,7 +140,7 @@ def verify(model: nn.Module, x: Tensor, y: Tensor, result: AttackResult, chunk_s
         y: (N,) labels.
         result: the attack's output.
         chunk_size: examples per vmap call in per-example scope (bounds memory: chunk x parameters); default:
-            about 4M perturbed values per chunk, at most 64 examples.
+            about 4M perturbed values per chunk on the CPU, at most 64 examples; 64 on a GPU.
 
     Returns:
         The verdict; `passed` is False, with a line in `problems` naming the reason, when an input or a weight
@@ -166,6 +166,8 @@ def verify(model: nn.Module, x: Tensor, y: Tensor, result: AttackResult, chunk_s
     model.eval()
     try:
         shared = threat.scope is Scope.SHARED
+        if chunk_size is None and x.device.type != "cpu":
+            chunk_size = 64  # a GPU wants wide batches; the cache argument below is the CPU's
         if chunk_size is None:
             first = result.perturbed_weights(0, min(1, len(x))) if not shared else {}
             chunk_size = _chunk_size(sum(v[0].numel() for v in first.values()) if first else 0)
