@@ -62,6 +62,10 @@ def layer_paths(model: nn.Module, threat: ThreatModel, x_probe: Tensor) -> dict[
     return paths
 
 
+#: Layer types whose forward is exactly their linear map plus bias (hook may recompute it with W + D).
+_PLAIN_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d)
+
+
 def _conv_fn(module: nn.Module) -> Callable[..., Tensor]:
     return F.conv1d if isinstance(module, nn.Conv1d) else F.conv2d
 
@@ -316,13 +320,19 @@ class WeightBlock:
                 return term
             return torch.addcmul(out, self.t, self.radius(h))
         shared = self.path is LayerPath.SHARED
-        if shared:
-            term = _apply_weight(self.module, h, self.delta)
-        else:
-            term = _apply_weight_per_example(self.module, h, self.delta)
+        apply = _apply_weight if shared else _apply_weight_per_example
+        if type(self.module) in _PLAIN_LAYERS:
+            # One convolution (or product) with W' = W + D, the layer's own output left out of the graph: its
+            # backward never runs, and the attack computes with the very W' the verifier materialises. Against
+            # out + (D applied to h) this saves a whole convolution backward per step (SmallCNN joint PGD ~2x).
+            new = apply(self.module, h, self.module.weight + self.delta)
+            if self.module.bias is not None:
+                new = new + _bias_term(self.module, self.module.bias, new, per_example=False)
+        else:  # a subclass may compute more than the plain op: keep its output and add D's share
+            new = out + apply(self.module, h, self.delta)
         if self.bias_rho is not None:
-            term = term + _bias_term(self.module, self.delta_b, out, per_example=not shared)
-        return out + term
+            new = new + _bias_term(self.module, self.delta_b, out, per_example=not shared)
+        return new
 
     # ------------------------------------------------------------------ materialisation
     def materialise(self, rows: slice | Tensor = slice(None)) -> dict[str, Tensor]:
