@@ -339,6 +339,14 @@ def test_certify_subset_and_points(small_mlp, digits, tmp_path):
         assert (r["eps_x"], r["eps_w"], r["examples"]) == (0.02, 0.001, 12)
         assert r["attacked_accuracy"] == pytest.approx(float(robust.float().mean()))
         assert r["certified_accuracy"] <= r["attacked_accuracy"] and r["bounded_examples"] == int(robust.sum())
+    # The radii's bound method: [radius] method, else the last of certify.methods.
+    from nonsingular.study.runner import _radii
+
+    radius = {"k_x": 1.0, "k_w": 0.01, "s_max": 0.05, "n_examples": 5, "iterations": 2}
+    for chosen, expected in ((None, "crown"), ("ibp", "ibp")):
+        cfg = StudyConfig.model_validate(settings | {"radius": radius | {"method": chosen}})
+        radii = _radii(small_mlp, x, y, cfg, digits, cfg.attack.build(0), None, "m")
+        assert radii["certify_method"] == expected and len(radii["certified"]) == 5
     bad = settings | {"certify": {"points": [[0.05, 0.001]]}}
     with pytest.raises(ValueError, match=r"certify.points: \(0.05, 0.001\) must be a point of the grid"):
         StudyConfig.model_validate(bad)

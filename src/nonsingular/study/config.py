@@ -143,9 +143,11 @@ class CertifyConfig(_Strict):
 
 class RadiusConfig(RadiusSettings):
     """Ray (eps_x, eps_w, eps_b) = s (k_x, k_w, k_b) for the per-example radii (see radius.RadiusSettings);
-    `enabled = false` skips them."""
+    `method` bounds the certified radii (default: the last of certify.methods, else ibp); `enabled = false`
+    skips them."""
 
     enabled: bool = True
+    method: BoundMethod | None = None
     iterations: int = Field(6, ge=1, le=30)
 
 

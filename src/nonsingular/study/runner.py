@@ -790,7 +790,8 @@ def _radii(model, x, y, config: StudyConfig, data: Dataset, attack: Attack, prog
     upper = attacked_radius(model, xs, ys, ray, attack, s_hi, rc.iterations)
     if progress is not None:
         progress(f"{name}: radius", 1, 2)
-    method = config.certify.methods[-1].value if config.certify.methods else "ibp"
+    chosen = rc.method or (config.certify.methods[-1] if config.certify.methods else None)
+    method = chosen.value if chosen is not None else "ibp"
     lower = certified_radius(xs, ys, ray, lambda a, b, t: certified_mask(model, a, b, t, method), s_hi, rc.iterations)
     if progress is not None:
         progress(f"{name}: radius", 2, 2)
