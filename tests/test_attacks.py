@@ -175,6 +175,39 @@ def test_explicit_paths_verify(batch, scope):
         assert check.max_logit_gap < 1e-4
 
 
+class SubclassConv(nn.Conv2d):
+    """A Conv2d subclass: the hook keeps its output and adds the perturbation's share (it cannot know that the
+    forward is the plain convolution)."""
+
+
+@pytest.mark.parametrize("scope", ["per-example", "shared"])
+def test_subclassed_layers_take_the_additive_path(batch, scope, monkeypatch):
+    """Plain layers apply W + D in one op; a subclass takes out + D h. Both give the same attack (to float
+    rounding) and both verify."""
+    from nonsingular import perturbation
+
+    x, y = batch
+    plain = _conv_net()
+    sub = _conv_net()
+    sub[1] = SubclassConv(1, 4, 3, padding=1)
+    sub[1].load_state_dict(plain[1].state_dict())
+    threat = ThreatModel(eps_x=0.03, eps_w=0.01, eps_b=0.01, scope=scope)
+    calls = []
+    applied = perturbation._apply_weight if scope == "shared" else perturbation._apply_weight_per_example
+
+    def spy(module, h, weight):
+        calls.append(type(module))
+        return applied(module, h, weight)
+
+    monkeypatch.setattr(perturbation, "_apply_weight" if scope == "shared" else "_apply_weight_per_example", spy)
+    results = [PGD(steps=3, seed=2)(m, x, y, threat) for m in (plain, sub)]
+    assert SubclassConv in calls and nn.Conv2d in calls
+    for model, result in zip((plain, sub), results, strict=True):
+        check = verify(model, x, y, result)
+        assert check.passed, check.problems
+    torch.testing.assert_close(results[0].logits, results[1].logits, rtol=1e-4, atol=1e-4)
+
+
 def test_fgsm_and_adapter(small_mlp, batch):
     x, y = batch
     threat = ThreatModel(eps_x=0.05)
