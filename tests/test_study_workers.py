@@ -3,6 +3,10 @@ process; every parametrization gets its own cells, verdicts and plot row."""
 
 import csv
 import json
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 from nonsingular.study import load_study_config, run_study
 from nonsingular.study.verdicts import claim_comparisons, parametrization_views
@@ -105,3 +109,25 @@ def test_shipped_studies_are_valid_and_cover_the_parametrizations():
             train_config(config, entry)
         if name.startswith("mnist-"):
             assert {config.grid.label, *(p.label for p in config.grid.parametrizations)} == four, name
+
+
+def test_workers_exit_with_the_study_process(tmp_path):
+    """A spawned worker whose study process dies without cleanup (killed) exits within seconds instead of
+    running its unit to the end (a killed study left a worker burning a core for 35 minutes)."""
+    pid_file = tmp_path / "child.pid"
+    script = Path(__file__).with_name("orphan_support.py")
+    subprocess.run([sys.executable, str(script), str(pid_file)], check=True, timeout=120)
+    pid = int(pid_file.read_text())
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and _alive(pid):
+        time.sleep(0.1)
+    assert not _alive(pid), "the orphaned worker kept running"
+
+
+def _alive(pid: int) -> bool:
+    """Running (a zombie awaiting its reaper counts as exited)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:
+        return False
+    return "\nState:\tZ" not in status

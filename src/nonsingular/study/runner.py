@@ -12,10 +12,12 @@ import logging
 import multiprocessing
 import os
 import platform
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass, fields, replace
+from multiprocessing.managers import SyncManager
 from pathlib import Path
 from queue import Empty
 from typing import Any
@@ -341,6 +343,20 @@ class _UnitState:
         self.queue.put(("put", key, value))
 
 
+def exit_with_parent(poll_seconds: float = 1.0) -> None:
+    """Run in each spawned process of a parallel study (workers and the queue's manager): end this process
+    when the study's process is gone. A killed study (SIGTERM, SIGKILL, a closed terminal) otherwise leaves its
+    workers running their units to the end, each burning a core for results nobody will read."""
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(poll_seconds)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="nonsingular-exit-with-parent", daemon=True).start()
+
+
 def _unit_keys(name: str, seed: int) -> Callable[[str], bool]:
     """Whether a state key belongs to the unit (model `name`, `seed`): kind[@tag]/name/seed[/...]."""
 
@@ -400,7 +416,10 @@ def _run_parallel(
     threads = max(1, cpus // workers)
     config_json = config.model_dump(mode="json")
     context = multiprocessing.get_context("spawn")  # fork after torch's thread pools start can deadlock
-    with context.Manager() as manager, ProcessPoolExecutor(workers, mp_context=context) as pool:
+    manager = SyncManager(ctx=context)
+    manager.start(exit_with_parent)
+    pool = ProcessPoolExecutor(workers, mp_context=context, initializer=exit_with_parent)
+    with manager, pool:
         queue = manager.Queue()
         futures = {}
         for k, seed in units:
