@@ -43,13 +43,21 @@ def _peak_mb() -> float:
 
 
 def ours(
-    model: nn.Module, x: Tensor, y: Tensor, threat: ThreatModel, alpha_steps: int, methods: tuple[str, ...]
+    model: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    threat: ThreatModel,
+    alpha_steps: int,
+    methods: tuple[str, ...],
+    alpha_final_only: bool = False,
 ) -> dict[str, Any]:
     out = {}
     for method in ("ibp", *methods):
         t0, c0 = time.perf_counter(), time.process_time()
         with torch.no_grad():
-            lower = margin_bounds(model, x, y, threat, method, alpha_steps=alpha_steps).lower
+            lower = margin_bounds(
+                model, x, y, threat, method, alpha_steps=alpha_steps, alpha_final_only=alpha_final_only
+            ).lower
         out[method] = {
             "worst": _worst(lower, y),
             "seconds": time.perf_counter() - t0,
@@ -108,6 +116,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--n-examples", type=int, default=50)
     parser.add_argument("--alpha-steps", type=int, default=20)
     parser.add_argument("--methods", default="crown,alpha-crown", help="crown and/or alpha-crown (ibp always runs)")
+    parser.add_argument(
+        "--alpha-slopes",
+        choices=("all", "final"),
+        default="all",
+        help="our alpha-CROWN: every pass's slopes (all) or the final margins' only (final, auto_LiRPA's default)",
+    )
     parser.add_argument("--out", type=Path, default=None, help="write the figures as JSON here")
     args = parser.parse_args(argv)
     ckpt = load_checkpoint(args.checkpoint)
@@ -117,11 +131,11 @@ def main(argv: list[str] | None = None) -> None:
     threat = ThreatModel(eps_x=args.eps_x, domain=data.domain)
     n = len(y)
     print(f"{args.checkpoint.name}: {n} examples, threat {threat}")
-    report: dict[str, Any] = {"model": args.checkpoint.name, "eps_x": args.eps_x, "n": n}
+    report: dict[str, Any] = {"model": args.checkpoint.name, "eps_x": args.eps_x, "n": n, "alpha": args.alpha_slopes}
     methods = tuple(m.strip() for m in args.methods.split(","))
     if not methods or not set(methods) <= {"crown", "alpha-crown"}:
         raise SystemExit(f"--methods takes crown and/or alpha-crown, got {args.methods!r}")
-    mine = ours(model, x, y, threat, args.alpha_steps, methods)
+    mine = ours(model, x, y, threat, args.alpha_steps, methods, args.alpha_slopes == "final")
     theirs = lirpa(model, x, y, threat, args.alpha_steps, methods) if importlib.util.find_spec("auto_LiRPA") else {}
     if theirs:
         import auto_LiRPA

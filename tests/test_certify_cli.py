@@ -58,10 +58,28 @@ def test_certify_round_trip(monkeypatch, capsys, checkpoint, tmp_path):
     assert code == 0 and set(json.loads(out.read_text())["methods"]) == {"ibp"}
 
 
+def test_certify_alpha_final_slopes(monkeypatch, capsys, checkpoint, tmp_path):
+    """--alpha-slopes final optimises the final margins' slopes only: never looser than CROWN on any example, and
+    a different optimisation from every pass's (the option reaches the engine)."""
+    worst = {}
+    for slopes in ("final", "all"):
+        out = tmp_path / f"{slopes}.json"
+        args = ["certify", "-c", str(checkpoint), "--eps-x", "0.03", "--eps-w", "0.001", "--steps", "0"]
+        args += ["--method", "crown,alpha-crown", "--alpha-steps", "5", "--alpha-slopes", slopes, "--n-examples", "12"]
+        code, _, err = run_cli(monkeypatch, capsys, *args, "--out", str(out))
+        assert code == 0, err
+        methods = json.loads(out.read_text())["methods"]
+        worst[slopes] = methods["alpha-crown"]["worst_margin"]
+        worst["crown"] = methods["crown"]["worst_margin"]
+    assert all(f >= c - 1e-9 for f, c in zip(worst["final"], worst["crown"], strict=True))
+    assert worst["final"] != worst["all"]
+
+
 @pytest.mark.parametrize(
     ("extra", "needle"),
     [
         (["--method", "zonotope"], "--method must be one of"),
+        (["--alpha-slopes", "some"], "--alpha-slopes"),
         (["--method", "ibp,crown", "--method", "all", "--steps", "-1"], "--steps"),
         (["--layers", "nope"], "nope"),
         (["--eps-w", "-1"], "eps_w"),

@@ -193,17 +193,28 @@ def example_bounds(
     method: BoundMethod | str,
     *,
     alpha_steps: int = DEFAULT_ALPHA_STEPS,
+    alpha_final_only: bool = False,
     memory_mb: float = DEFAULT_MEMORY_MB,
 ) -> tuple[Tensor, Tensor]:
     """(worst margin lower bound, upper bound on the loss increase), both (N,) float64, one chunk of examples.
 
     For the norm method the loss bound is the smaller of Theorem 2's 2 E_L and the bound its margins imply.
-    alpha_steps and memory_mb are passed to `margin_bounds` (alpha-CROWN's steps, CROWN's chunk budget in MiB).
+    alpha_steps, alpha_final_only and memory_mb are passed to `margin_bounds` (alpha-CROWN's steps and which
+    slopes it optimises, CROWN's chunk budget in MiB).
     """
     method = BoundMethod(method)
     x64 = x.to(torch.float64)
     with torch.no_grad():
-        bounds = margin_bounds(model, x64, y, threat, method, alpha_steps=alpha_steps, memory_mb=memory_mb)
+        bounds = margin_bounds(
+            model,
+            x64,
+            y,
+            threat,
+            method,
+            alpha_steps=alpha_steps,
+            alpha_final_only=alpha_final_only,
+            memory_mb=memory_mb,
+        )
         loss = bounds.loss_increase_bound()
         if method is BoundMethod.NORM:
             loss = torch.minimum(loss, norm_bounds(model, x64, threat).loss_change)
@@ -286,6 +297,7 @@ def certify(
     progress: Progress | None = None,
     *,
     alpha_steps: int = DEFAULT_ALPHA_STEPS,
+    alpha_final_only: bool = False,
     memory_mb: float = DEFAULT_MEMORY_MB,
 ) -> CertifyReport:
     """Certified accuracy per method, margin lower bounds, and tightness against `attack`.
@@ -301,6 +313,7 @@ def certify(
         batch_size: examples per bound computation.
         progress: called as progress(label, done, total).
         alpha_steps: alpha-CROWN's gradient steps on the ReLU slopes.
+        alpha_final_only: alpha-CROWN optimises only the final margins' slopes (see `margin_bounds`).
         memory_mb: CROWN's budget for one chunk's coefficient tensors, MiB.
     """
     methods = [BoundMethod(m) for m in methods]
@@ -317,7 +330,7 @@ def certify(
             survived, increase, problems = _attack(model, x, y, threat, attack, progress)
         results = {}
         for method in methods:
-            options = {"alpha_steps": alpha_steps, "memory_mb": memory_mb}
+            options = {"alpha_steps": alpha_steps, "alpha_final_only": alpha_final_only, "memory_mb": memory_mb}
             results[method.value] = _run_method(
                 model, x, y, threat, method, batch_size, progress, survived, increase, options
             )

@@ -21,13 +21,16 @@ __all__ = ["optimise_margins"]
 _LR = 0.25
 
 
-def optimise_margins(bounds: GraphBounds, spec: Tensor, steps: int) -> Tensor:
+def optimise_margins(bounds: GraphBounds, spec: Tensor, steps: int, final_only: bool = False) -> Tensor:
     """(N, S) the best lower bounds on spec . logits found in `steps` projected Adam steps on the slopes.
 
     Args:
         bounds: CROWN's boxes for one chunk of examples (its graph, threat, input box and memory budget are reused).
         spec: (N, S, K) margin rows.
         steps: gradient steps (0 returns the bound at CROWN's slopes).
+        final_only: optimise only the final margins' slopes, on CROWN's intermediate boxes (auto_LiRPA's default,
+            `enable_opt_interm_bounds = False`): one backward pass per step instead of every tightening pass
+            again, looser where the intermediate boxes matter.
     """
     if steps < 0:
         raise ValueError(f"alpha-CROWN steps must be >= 0, got {steps}")
@@ -37,11 +40,14 @@ def optimise_margins(bounds: GraphBounds, spec: Tensor, steps: int) -> Tensor:
     opt: torch.optim.Optimizer | None = None
     with torch.enable_grad():
         for step in range(steps + 1):
-            # Intersected with CROWN's boxes: an iterate's intermediate bounds are never looser than CROWN's.
-            current = GraphBounds(
-                graph, bounds.threats, lb, ub, crown=True, memory_mb=bounds.memory_mb, ctx=ctx, floor=bounds.boxes
-            )
-            lower = current.backward(graph.output, spec.detach(), scope=-1)
+            if final_only:
+                lower = bounds.backward(graph.output, spec.detach(), ctx=ctx, scope=-1)
+            else:
+                # Intersected with CROWN's boxes: an iterate's intermediate bounds are never looser than CROWN's.
+                current = GraphBounds(
+                    graph, bounds.threats, lb, ub, crown=True, memory_mb=bounds.memory_mb, ctx=ctx, floor=bounds.boxes
+                )
+                lower = current.backward(graph.output, spec.detach(), scope=-1)
             best = lower.detach() if best is None else torch.maximum(best, lower.detach())
             slopes = list(ctx.alphas.values())
             if step == steps or not slopes:

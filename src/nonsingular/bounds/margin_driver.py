@@ -36,6 +36,13 @@ def _alpha_examples(graph: Graph, n: int, itemsize: int, memory_mb: float) -> in
     return max(1, min(n, int(memory_mb * 2**20) // per_example))
 
 
+def _final_pass_examples(graph: Graph, n: int, rows: int, itemsize: int, memory_mb: float) -> int:
+    """Examples per chunk when alpha-CROWN optimises only the final pass: autograd keeps that pass's coefficients
+    for every node (spec rows x node size, about four tensors each), so as many examples as fit the budget."""
+    per_example = 4 * rows * sum(math.prod(node.shape) for node in graph.nodes) * itemsize
+    return max(1, min(n, int(memory_mb * 2**20) // per_example))
+
+
 def graph_margin_bounds(
     model: nn.Module,
     x: Tensor,
@@ -44,6 +51,7 @@ def graph_margin_bounds(
     method: BoundMethod,
     memory_mb: float = DEFAULT_MEMORY_MB,
     alpha_steps: int = 20,
+    alpha_final_only: bool = False,
 ) -> MarginBounds:
     """Margin lower bounds by IBP, CROWN or alpha-CROWN over the traced model (see the module docstring).
 
@@ -55,6 +63,7 @@ def graph_margin_bounds(
         method: BoundMethod.IBP, CROWN or ALPHA_CROWN.
         memory_mb: CROWN's budget for one chunk's coefficient tensors, MiB.
         alpha_steps: alpha-CROWN's projected gradient steps per chunk.
+        alpha_final_only: alpha-CROWN optimises only the final margins' slopes (alpha.optimise_margins).
     """
     if memory_mb <= 0 or not math.isfinite(memory_mb):
         raise ValueError(f"memory_mb must be a positive number of MiB, got {memory_mb}")
@@ -67,7 +76,11 @@ def graph_margin_bounds(
     else:
         # GraphBounds chunks every backward pass by the budget; alpha-CROWN also keeps its slopes and their
         # autograd graph (every pass's coefficients) per chunk of examples, so it takes fewer examples at once.
-        step = len(y) if method is BoundMethod.CROWN else _alpha_examples(graph, len(y), x.element_size(), memory_mb)
+        step = len(y)
+        if method is BoundMethod.ALPHA_CROWN and alpha_final_only:
+            step = _final_pass_examples(graph, len(y), logits.shape[1] - 1, x.element_size(), memory_mb)
+        elif method is BoundMethod.ALPHA_CROWN:
+            step = _alpha_examples(graph, len(y), x.element_size(), memory_mb)
         parts = []
         for s in range(0, len(y), step):
             bounds = GraphBounds(graph, threats, lb[s : s + step], ub[s : s + step], crown=True, memory_mb=memory_mb)
@@ -75,7 +88,7 @@ def graph_margin_bounds(
             spec = margin_spec(ys, logits.shape[1], x.dtype)
             lower = torch.maximum(bounds.backward(graph.output, spec), bounds.ibp_margins(ys))
             if method is BoundMethod.ALPHA_CROWN:
-                lower = torch.maximum(lower, optimise_margins(bounds, spec, alpha_steps))
+                lower = torch.maximum(lower, optimise_margins(bounds, spec, alpha_steps, alpha_final_only))
             parts.append(lower)
         lower = torch.cat(parts)
     lower = lower.masked_fill(torch.nn.functional.one_hot(y, lower.shape[1]).bool(), 0.0)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from enum import Enum
 from typing import Annotated
 
 import typer
@@ -50,6 +51,13 @@ from .common import (
     write_json,
 )
 from .loading import load_workload
+
+
+class AlphaSlopes(str, Enum):
+    """Which ReLU slopes alpha-CROWN optimises."""
+
+    ALL = "all"
+    FINAL = "final"
 
 
 def parse_methods(values: list[str]) -> list[BoundMethod]:
@@ -107,6 +115,15 @@ def certify(
     alpha_steps: Annotated[
         int, typer.Option(help="alpha-crown: projected gradient steps on the ReLU slopes per batch.")
     ] = DEFAULT_ALPHA_STEPS,
+    alpha_slopes: Annotated[
+        AlphaSlopes,
+        typer.Option(
+            "--alpha-slopes",
+            help="alpha-crown: all (optimise every backward pass's ReLU slopes; each step recomputes every "
+            "intermediate bound; tighter) or final (only the final margins' slopes on CROWN's intermediate "
+            "bounds, auto_LiRPA's default; one backward pass per step).",
+        ),
+    ] = AlphaSlopes.ALL,
     memory_mb: Annotated[
         float,
         typer.Option("--bound-memory-mb", help="crown / alpha-crown: MiB budget for one chunk's coefficient tensors."),
@@ -160,6 +177,7 @@ def certify(
             batch_size,
             progress=lambda label, d, t: update(d, t, label),
             alpha_steps=alpha_steps,
+            alpha_final_only=alpha_slopes is AlphaSlopes.FINAL,
             memory_mb=memory_mb,
         )
     elapsed = time.perf_counter() - t0
