@@ -126,7 +126,11 @@ def certify(
     ] = AlphaSlopes.ALL,
     memory_mb: Annotated[
         float,
-        typer.Option("--bound-memory-mb", help="crown / alpha-crown: MiB budget for one chunk's coefficient tensors."),
+        typer.Option(
+            "--bound-memory-mb",
+            help="crown / alpha-crown: MiB budget for one chunk's coefficient tensors (alpha-crown's autograd graph, "
+            "about 0.55 GB per small-CNN example, and memory the C allocator keeps come on top; BENCHMARKS.md).",
+        ),
     ] = DEFAULT_MEMORY_MB,
     device: DeviceOpt = "auto",
     out: JsonOutOpt = None,
