@@ -89,3 +89,18 @@ def test_parametrization_verdicts_read_each_ball_and_mode():
         "operator absolute": ["does not hold"],
         "operator relative": ["does not hold"],
     }
+
+
+def test_scale_summary_names_an_exact_rescaling(monkeypatch):
+    """A rescaling by powers of two leaves the logits bit-identical: the report says so instead of 'moves by at
+    most 0'; a real change is given with its size."""
+    from nonsingular.study import scale
+
+    rows = [{"parametrization": "elementwise absolute", "max_logit_change": 0.0, "change": -0.3}]
+    tables = {"scale_layers": [], "scale_rescaling": rows, "scale_verdicts": []}
+    monkeypatch.setattr(scale, "scale_rows", lambda results: tables)
+    (line,) = scale.scale_summary({})
+    assert "the logits are bit-identical" in line and "up to 30.0 points" in line
+    rows[0]["max_logit_change"] = 2.5e-6
+    (line,) = scale.scale_summary({})
+    assert "the function moves by at most 2.5e-06 in any logit" in line

@@ -186,10 +186,14 @@ def scale_summary(results: dict[str, Any]) -> list[str]:
                 if r["parametrization"].endswith(mode.value) and r["change"] is not None
             ]
             if changes:
+                moved = (
+                    "the logits are bit-identical"
+                    if worst_logit == 0
+                    else f"the function moves by at most {worst_logit:.2g} in any logit"
+                )
                 lines.append(
-                    f"Rescaling (first layer x c, second / c; the function moves by at most {worst_logit:.2g} in "
-                    f"any logit): {mode.value}-mode weight-only accuracies move by up to {100 * max(changes):.1f} "
-                    f"points (mean {100 * sum(changes) / len(changes):.1f})."
+                    f"Rescaling (first layer x c, second / c; {moved}): {mode.value}-mode weight-only accuracies "
+                    f"move by up to {100 * max(changes):.1f} points (mean {100 * sum(changes) / len(changes):.1f})."
                 )
     by_pair: dict[tuple, dict[str, str]] = {}
     for v in tables["scale_verdicts"]:
