@@ -62,10 +62,6 @@ def layer_paths(model: nn.Module, threat: ThreatModel, x_probe: Tensor) -> dict[
     return paths
 
 
-#: Layer types whose forward is exactly their linear map plus bias (hook may recompute it with W + D).
-_PLAIN_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d)
-
-
 def _conv_fn(module: nn.Module) -> Callable[..., Tensor]:
     return F.conv1d if isinstance(module, nn.Conv1d) else F.conv2d
 
@@ -321,7 +317,7 @@ class WeightBlock:
             return torch.addcmul(out, self.t, self.radius(h))
         shared = self.path is LayerPath.SHARED
         apply = _apply_weight if shared else _apply_weight_per_example
-        if type(self.module) in _PLAIN_LAYERS:
+        if type(self.module) in PERTURBABLE_TYPES:  # exactly these: their forward is the linear map plus bias
             # One convolution (or product) with W' = W + D, the layer's own output left out of the graph: its
             # backward never runs, and the attack computes with the very W' the verifier materialises. Against
             # out + (D applied to h) this saves a whole convolution backward per step (SmallCNN joint PGD ~2x).

@@ -168,9 +168,9 @@ def verify(model: nn.Module, x: Tensor, y: Tensor, result: AttackResult, chunk_s
         shared = threat.scope is Scope.SHARED
         if chunk_size is None and x.device.type != "cpu":
             chunk_size = 64  # a GPU wants wide batches; the cache argument below is the CPU's
-        if chunk_size is None:
-            first = result.perturbed_weights(0, min(1, len(x))) if not shared else {}
-            chunk_size = _chunk_size(sum(v[0].numel() for v in first.values()) if first else 0)
+        if chunk_size is None:  # at most every weight and bias of the threat's layers is perturbed per example
+            per_example = sum(params[name].numel() for name in allowed if name in params)
+            chunk_size = _chunk_size(per_example if threat.perturbs_weights else 0)
         spans = [(0, len(x))] if shared else [(s, min(s + chunk_size, len(x))) for s in range(0, len(x), chunk_size)]
         for s, e in spans:
             perturbed = result.perturbed_weights(s, e)

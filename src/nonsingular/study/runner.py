@@ -284,8 +284,7 @@ def _evaluate_unit(
     for axes in _extra_axes(config):
         other = _ModelRun(entry.name, seed, model, x, y, config, data, state, progress, axes)  # type: ignore[arg-type]
         extra[axes.tag] = other.attack_cells(axes.points, attack, clean_correct)
-    cert_points = [tuple(p) for p in config.certify.points] if config.certify.points is not None else points
-    certified = run.certify_cells(cert_points, clean_correct, config.certify.n_examples)
+    certified = run.certify_cells(config.certify.points or points, clean_correct, config.certify.n_examples)
     flags = run.sanity_flags(cells, float(clean_correct.float().mean()), config.headline, attack)
     radius = None
     if config.radius.enabled:
