@@ -21,6 +21,14 @@ from nonsingular import MLP, PGD, ThreatModel, load_digits
 from .timing import bench_device, median_time
 
 STEPS = 10
+#: (eps_x, eps_w) and description of each benchmark setting (run.py and profile_joint.py share them).
+EPS = {"digits": (0.05, 0.002), "mnist-mlp": (0.02, 0.0005), "wide": (0.02, 0.0005), "deep": (0.02, 0.0005)}
+SETTINGS = {
+    "digits": "digits MLP 64-256-256-10, batch 360",
+    "mnist-mlp": "MLP 784-512-512-10, batch 256",
+    "wide": "wide MLP 784-1024-1024-10, batch 200",
+    "deep": "deep-narrow MLP 100-300-300-300-300-10, batch 500",
+}
 
 
 def build(setting: str, seed: int = 0) -> tuple[torch.nn.Module, torch.Tensor, torch.Tensor]:

@@ -1,7 +1,7 @@
 """Soundness fuzzer for the graph bound engine: random small graphs (conv with random stride/padding/dilation/
 groups, BatchNorm, residual add, concatenation, max/avg/adaptive pooling) under random joint threats (both balls,
 both modes, bias radii, layer subsets, per-layer eps, two domains); every method's margin lower bound against
-the margins reached by verified PGD (margin and cross-entropy losses, explicit per-example weights) and random
+the margins reached by checked PGD (margin and cross-entropy losses, explicit per-example weights) and random
 vertices of the threat set. Any violation is a bug.
 
     python -m benchmarks.bound_fuzzer --examples 10000 [--per-case 8] [--steps 20] [--out fuzz.json]

@@ -31,9 +31,8 @@ from torch import Tensor, nn
 
 from nonsingular import ThreatModel
 from nonsingular.bounds import margin_bounds
-from nonsingular.checkpoint import load_checkpoint
 from nonsingular.datasets import load_data
-from nonsingular.models import Normalize
+from nonsingular.models import Normalize, load_checkpoint
 
 
 def _lirpa_margins(model: nn.Sequential, x: Tensor, y: Tensor, threat: ThreatModel, method: str, chunk: int) -> Tensor:

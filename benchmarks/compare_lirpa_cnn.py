@@ -29,9 +29,8 @@ from torch import Tensor, nn
 
 from nonsingular import ThreatModel
 from nonsingular.bounds import margin_bounds
-from nonsingular.checkpoint import load_checkpoint
 from nonsingular.datasets import load_data
-from nonsingular.models import Normalize
+from nonsingular.models import Normalize, load_checkpoint
 
 
 def _worst(lower: Tensor, y: Tensor) -> Tensor:

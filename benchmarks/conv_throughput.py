@@ -12,7 +12,7 @@ Each configuration runs in a fresh spawned process (peak memory is per process):
 of `repeats` timed attacks. Memory is the growth of the process's peak RSS (tracemalloc does not see torch's
 allocations) over the attacks alone, taken once the model and data exist: attack workspace, autograd graph and
 allocator caches together. Beside it: the size of the explicit per-example weight tensors (W' for the
-explicit layers, batch x kernel), and the time and RSS growth of the verifier run afterwards.
+explicit layers, batch x kernel), and the time and RSS growth of the checker run afterwards.
 """
 
 from __future__ import annotations
@@ -26,8 +26,8 @@ from typing import Any
 
 import torch
 
-from nonsingular import MLP, PGD, ThreatModel, verify
-from nonsingular.convnets import LeNet, SmallCNN
+from nonsingular import MLP, PGD, ThreatModel, check_attack
+from nonsingular.models import LeNet, SmallCNN
 
 from .timing import bench_device, in_fresh_process, median_time
 
@@ -73,7 +73,7 @@ def _peak_rss_mb() -> float:
 def measure(name: str, kind: str, scope: str, batch: int, repeats: int) -> dict[str, Any]:
     """Time one configuration (run inside a fresh process by `in_fresh_process`).
 
-    Memory: peak RSS growth over the attacks alone (after the model and data exist), then over the verifier.
+    Memory: peak RSS growth over the attacks alone (after the model and data exist), then over the checker.
     """
     model, x, y = _build(name, batch)
     device = bench_device()
@@ -85,8 +85,8 @@ def measure(name: str, kind: str, scope: str, batch: int, repeats: int) -> dict[
     seconds, result = median_time(lambda: attack(model, x, y, threat), repeats=repeats, warmup=1)
     attack_peak = _peak_rss_mb()
     t0 = time.perf_counter()
-    check = verify(model, x, y, result)
-    verify_seconds = time.perf_counter() - t0
+    check = check_attack(model, x, y, result)
+    check_seconds = time.perf_counter() - t0
     explicit = [n for n, p in result.paths.items() if p == "explicit"]
     modules = dict(model.named_modules())
     explicit_bytes = sum(modules[n].weight.numel() * 4 * batch for n in explicit)
@@ -98,10 +98,10 @@ def measure(name: str, kind: str, scope: str, batch: int, repeats: int) -> dict[
         "seconds": seconds,
         "examples_per_s": batch / seconds,
         "attack_rss_growth_mb": attack_peak - base,
-        "verify_seconds": verify_seconds,
-        "verify_rss_growth_mb": _peak_rss_mb() - attack_peak,
+        "check_seconds": check_seconds,
+        "check_rss_growth_mb": _peak_rss_mb() - attack_peak,
         "robust_accuracy": check.accuracy,
-        "verified": check.passed,
+        "checked": check.passed,
         "paths": result.paths,
         "explicit_weights_mb": explicit_bytes / 2**20,
         "parameters": sum(p.numel() for p in model.parameters()),
@@ -126,7 +126,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     print(header)
     print(
         "| model | threat | scope | examples/s | s/batch | attack peak RSS growth MB | explicit W' MB | "
-        "verify s | verify RSS growth MB | robust acc | verified |"
+        "check_attack s | check_attack RSS growth MB | robust acc | checked |"
     )
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
@@ -135,8 +135,8 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
             continue
         print(
             f"| {MODELS[r['model']]} | {r['threat']} | {r['scope']} | {r['examples_per_s']:.1f} | {r['seconds']:.3f} | "
-            f"{r['attack_rss_growth_mb']:.0f} | {r['explicit_weights_mb']:.2f} | {r['verify_seconds']:.2f} | "
-            f"{r['verify_rss_growth_mb']:.0f} | {r['robust_accuracy']:.3f} | {r['verified']} |"
+            f"{r['attack_rss_growth_mb']:.0f} | {r['explicit_weights_mb']:.2f} | {r['check_seconds']:.2f} | "
+            f"{r['check_rss_growth_mb']:.0f} | {r['robust_accuracy']:.3f} | {r['checked']} |"
         )
     if args.json:
         with open(args.json, "w") as fh:

@@ -18,8 +18,8 @@ from torch.profiler import ProfilerActivity, profile
 
 from nonsingular import PGD, ThreatModel
 
+from .attacks import EPS as EPS_BY_SETTING
 from .attacks import STEPS, build
-from .run import EPS as EPS_BY_SETTING
 
 MATMUL_OPS = {"aten::addmm", "aten::mm", "aten::matmul", "aten::linear", "aten::bmm"}
 

@@ -20,15 +20,9 @@ from typing import Any
 import torch
 
 from . import attacks
+from .attacks import EPS, SETTINGS
 from .timing import bench_device, in_fresh_process
 
-EPS = {"digits": (0.05, 0.002), "mnist-mlp": (0.02, 0.0005), "wide": (0.02, 0.0005), "deep": (0.02, 0.0005)}
-SETTINGS = {
-    "digits": "digits MLP 64-256-256-10, batch 360",
-    "mnist-mlp": "MLP 784-512-512-10, batch 256",
-    "wide": "wide MLP 784-1024-1024-10, batch 200",
-    "deep": "deep-narrow MLP 100-300-300-300-300-10, batch 500",
-}
 #: the settings with the full table (ART, explicit per-example references, peak memory); every setting gets
 #: the shapes table (ours vs torchattacks, input and joint, 1 and 2 threads)
 DETAILED = ("digits", "mnist-mlp")
@@ -141,7 +135,7 @@ def render(results: dict[str, Any]) -> str:
         f"Python {meta['python']}; peers: {meta['peers']}.",
         "",
         "Peers are optional: `make bench` installs torchattacks and ART. auto_LiRPA's releases pin torch < 2.9, so",
-        "it is measured only when importable: put its source (github.com/Verified-Intelligence/auto_LiRPA) on",
+        "it is measured only when importable: put its source (github.com/Checked-Intelligence/auto_LiRPA) on",
         "PYTHONPATH, e.g. `PYTHONPATH=/path/to/auto_LiRPA make bench`. Timings on a shared machine vary by about",
         "+-15% between runs; ratios within one run are the figures to compare.",
         "",
@@ -220,7 +214,7 @@ def render(results: dict[str, Any]) -> str:
             "Per-example scope perturbs explicit per-example kernels for the convolutions (Lemma 1 does not hold",
             "for them) and takes Lemma 1 for Linear layers; memory is the growth of peak RSS over the attack.",
             "",
-            "| model | threat | scope | examples/s | attack memory | explicit W' | robust acc | verified |",
+            "| model | threat | scope | examples/s | attack memory | explicit W' | robust acc | checked |",
             "| --- | --- | --- | --- | --- | --- | --- | --- |",
         ]
         for r in conv_rows:
@@ -230,7 +224,7 @@ def render(results: dict[str, Any]) -> str:
             lines.append(
                 f"| {MODELS[r['model']]} | {r['threat']} | {r['scope']} | {r['examples_per_s']:.0f} | "
                 f"{r['attack_rss_growth_mb']:.0f} MB | {r['explicit_weights_mb']:.1f} MB | "
-                f"{100 * r['robust_accuracy']:.1f}% | {r['verified']} |"
+                f"{100 * r['robust_accuracy']:.1f}% | {r['checked']} |"
             )
         lines.append("")
         speed = {(r["model"], r["threat"], r["scope"]): r["examples_per_s"] for r in conv_rows if "error" not in r}

@@ -4,12 +4,12 @@ Run on checkpoints written by `nonsingular train` (e.g. the digits models of `ma
 
     python -m benchmarks.strength runs/demo-cache/standard.safetensors runs/demo-cache/input-AT.safetensors
 
-For each model and threat it prints verified robust accuracy (%), the number of examples a method leaves
+For each model and threat it prints checked robust accuracy (%), the number of examples a method leaves
 standing that the strongest method here broke ("missed"), and wall time, as a markdown table. Input-only
 threats are also attacked by torchattacks' APGD (CE) and APGD-T (DLR, all targets) when it is importable
 (`make bench` installs it); joint threats by a strong fixed-step reference (PGD 100 steps x 4 restarts with
 the CE and the margin loss, per example through Lemma 1, which is exact for these MLPs). Every one of our
-results goes through the verifier; torchattacks' inputs are checked against the same box.
+results goes through the checker; torchattacks' inputs are checked against the same box.
 """
 
 from __future__ import annotations
@@ -21,10 +21,10 @@ from pathlib import Path
 
 import torch
 
-from nonsingular import APGD, PGD, AutoEnsemble, ThreatModel, verify
-from nonsingular.checkpoint import load_checkpoint
+from nonsingular import APGD, PGD, AutoEnsemble, ThreatModel, check_attack
+from nonsingular.attacks import targeted_dlr
 from nonsingular.datasets import load_data
-from nonsingular.losses import targeted_dlr
+from nonsingular.models import load_checkpoint
 
 THREATS = {
     "input eps_x 0.1": {"eps_x": 0.1},
@@ -44,9 +44,9 @@ Method = Callable[[torch.nn.Module, torch.Tensor, torch.Tensor, ThreatModel], to
 def ours(attack) -> Method:
     def run(model, x, y, threat):
         result = attack(model, x, y, threat)
-        check = verify(model, x, y, result)
+        check = check_attack(model, x, y, result)
         if not check.passed:
-            raise RuntimeError(f"{attack!r} failed verification: {check.problems}")
+            raise RuntimeError(f"{attack!r} failed the check: {check.problems}")
         return check.correct
 
     return run

@@ -1,4 +1,4 @@
-"""Certify a small CNN: certified accuracy (IBP) against the verified attack's, under a joint threat.
+"""Certify a small CNN: certified accuracy (IBP) against the checked attack's, under a joint threat.
 
     python examples/certify_cnn.py                                   # about a minute on one core
     python examples/certify_cnn.py --epochs 1 --n-examples 20 --steps 2   # smoke run
@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 
 from nonsingular import PGD, ThreatModel, load_digits
-from nonsingular.certify import certify
+from nonsingular.evaluation import certify
 from nonsingular.training import TrainConfig, Trainer
 
 

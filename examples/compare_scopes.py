@@ -15,7 +15,7 @@ import argparse
 import torch
 
 from nonsingular import PGD, Scope, ThreatModel, load_digits
-from nonsingular.evaluate import evaluate_cell
+from nonsingular.evaluation import evaluate_cell
 from nonsingular.training import TrainConfig, Trainer
 
 

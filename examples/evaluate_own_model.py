@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from nonsingular import PGD, Normalize, ThreatModel, load_digits
-from nonsingular.evaluate import evaluate_robustness
+from nonsingular.evaluation import evaluate_robustness
 
 
 def my_model(data) -> nn.Module:

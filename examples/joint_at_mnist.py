@@ -1,4 +1,4 @@
-"""Joint adversarial training (inputs and weights) on real MNIST digits, then its verified robustness against a
+"""Joint adversarial training (inputs and weights) on real MNIST digits, then its checked robustness against a
 standard model trained the same way.
 
     python examples/joint_at_mnist.py                    # mnist-sample (5,000 digits), a few minutes on 2 cores
@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 
 from nonsingular import PGD, ThreatModel, load_data
-from nonsingular.evaluate import evaluate_robustness
+from nonsingular.evaluation import evaluate_robustness
 from nonsingular.training import TrainConfig, Trainer
 
 

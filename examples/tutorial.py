@@ -74,7 +74,7 @@ def run(out: Path, epochs: int, n_examples: int | None, steps: int | None, study
     nonsingular("--version")
     # Step 2: a small model.
     nonsingular("train", "--out", str(out / "standard.safetensors"), "--epochs", str(epochs), "--force")
-    # Step 3: attack it (input-only, weight-only, joint; per-example and shared scope), every result verified.
+    # Step 3: attack it (input-only, weight-only, joint; per-example and shared scope), every result checked.
     standard = evaluate("standard")
     # Step 4: the per-example vs shared reading.
     cells = joint_cells(standard)

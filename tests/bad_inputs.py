@@ -16,7 +16,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from fileformats import write_npz
-from nonsingular.checkpoint import _META_KEY, read_metadata
+from nonsingular.models.checkpoint import _META_KEY, read_metadata
 from nonsingular.training import RunPaths, TrainConfig, Trainer
 
 FACTORIES = textwrap.dedent(

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call, vmap
 
-from nonsingular import PGD, ThreatModel, verify
+from nonsingular import PGD, ThreatModel, check_attack
 from nonsingular.threat import WeightBall
 
 
@@ -68,9 +68,9 @@ def vertex_logits(model: nn.Module, x: Tensor, threat: ThreatModel, n_vertices: 
 
 
 def attacked_logits(model: nn.Module, x: Tensor, y: Tensor, threat: ThreatModel, loss: str, steps: int) -> Tensor:
-    """(N, K) logits at the point a verified per-example PGD found (recomputed with explicit weights)."""
+    """(N, K) logits at the point a checked per-example PGD found (recomputed with explicit weights)."""
     result = PGD(steps=steps, restarts=2, loss=loss, seed=1)(model, x, y, threat)
-    check = verify(model, x, y, result)
+    check = check_attack(model, x, y, result)
     assert check.passed, check.problems
     return check.logits
 

@@ -45,7 +45,7 @@ def batch(digits: Dataset) -> tuple[torch.Tensor, torch.Tensor]:
 @pytest.fixture(scope="session")
 def checkpoint(tmp_path_factory, small_mlp: MLP, digits: Dataset):
     """The small MLP saved as a checkpoint of the digits."""
-    from nonsingular.checkpoint import save_checkpoint
+    from nonsingular.models import save_checkpoint
 
     path = tmp_path_factory.mktemp("ckpt") / "mlp.safetensors"
     spec = {

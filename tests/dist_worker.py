@@ -5,7 +5,7 @@ import sys
 
 import torch
 
-from nonsingular import distributed as dist
+from nonsingular.runtime import distributed as dist
 
 dist.init_from_env(timeout_s=float(sys.argv[1]))
 if dist.rank() == 1:

@@ -4,9 +4,10 @@ import pytest
 import torch
 from torch import nn
 
-from nonsingular import PGD, ThreatModel, verify
-from nonsingular.apgd import APGD, APGDSchedule, AutoEnsemble, checkpoints
-from nonsingular.losses import targeted_dlr
+from nonsingular import PGD, ThreatModel, check_attack
+from nonsingular.attacks import targeted_dlr
+from nonsingular.attacks.apgd import APGD, APGDSchedule, checkpoints
+from nonsingular.attacks.ensemble import AutoEnsemble
 
 THREATS = {
     "input": {"eps_x": 0.08},
@@ -33,19 +34,19 @@ def test_apgd_contract(small_mlp, batch, attack, name, scope):
     assert small_mlp.training, "the attack must restore the model's mode"
     small_mlp.eval()
     assert all(not m._forward_hooks for m in small_mlp.modules())
-    check = verify(small_mlp, x, y, result)
+    check = check_attack(small_mlp, x, y, result)
     assert check.passed, check.problems
     assert check.max_logit_gap < 1e-4
     assert result.attack.startswith(("APGD(", "AutoEnsemble("))
     if attack == "ensemble":  # the default evaluation must be at least as strong as the old default
-        pgd = verify(small_mlp, x, y, PGD(steps=10)(small_mlp, x, y, threat))
+        pgd = check_attack(small_mlp, x, y, PGD(steps=10)(small_mlp, x, y, threat))
         assert check.accuracy <= pgd.accuracy
 
 
 @pytest.mark.parametrize("path", ["explicit", "lemma1"])
 def test_merged_rows_carry_their_own_weights(path):
     """merge_rows (how the ensemble keeps each example's worst result): the taken rows' inputs and weights come
-    from the second attack, the others from the first, and the verifier reproduces both sets of logits."""
+    from the second attack, the others from the first, and the checker reproduces both sets of logits."""
     torch.manual_seed(0)
     if path == "explicit":
         model = nn.Sequential(nn.Conv2d(1, 3, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(3 * 36, 5))
@@ -60,17 +61,17 @@ def test_merged_rows_carry_their_own_weights(path):
     second = APGD(steps=4, seed=3, loss=targeted_dlr(1))(model, x[rows], y[rows], threat)
     merged = first.merge_rows(second, rows, take)
     assert set(merged.paths.values()) == {path}
-    check = verify(model, x, y, merged)
+    check = check_attack(model, x, y, merged)
     assert check.passed, check.problems
     assert check.max_logit_gap < 1e-4
     assert torch.equal(merged.x_adv[rows[take]], second.x_adv[take])
     others = torch.ones(24, dtype=torch.bool)
     others[rows[take]] = False
     assert torch.equal(merged.x_adv[others], first.x_adv[others])
-    expected = verify(model, x[rows], y[rows], second).logits[take]
+    expected = check_attack(model, x[rows], y[rows], second).logits[take]
     assert torch.allclose(check.logits[rows[take]], expected, atol=1e-5)
-    assert torch.allclose(check.logits[others], verify(model, x, y, first).logits[others], atol=1e-5)
-    part = verify(model, x[rows], y[rows], merged.subset(rows))  # what the ensemble verifies: a few rows
+    assert torch.allclose(check.logits[others], check_attack(model, x, y, first).logits[others], atol=1e-5)
+    part = check_attack(model, x[rows], y[rows], merged.subset(rows))  # what the ensemble checks: a few rows
     assert part.passed and torch.allclose(part.logits, check.logits[rows], atol=1e-5)
 
 

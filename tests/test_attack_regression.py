@@ -9,7 +9,7 @@ import torch
 
 from conftest import train_mlp
 from nonsingular import PGD, ThreatModel
-from nonsingular.convnets import SmallCNN
+from nonsingular.models import SmallCNN
 
 CASES = {
     "mlp-input-ce": ("mlp", {"eps_x": 0.1}, "ce"),

@@ -1,4 +1,4 @@
-"""Contract of every attack variant: inside the threat set, no better than clean, verifier agrees."""
+"""Contract of every attack variant: inside the threat set, no better than clean, checker agrees."""
 
 import pytest
 import torch
@@ -7,7 +7,7 @@ from torch import nn
 from torch.func import functional_call
 
 from attack_reference import explicit_joint_pgd
-from nonsingular import FGSM, PGD, ThreatModel, TorchattacksAdapter, verify
+from nonsingular import FGSM, PGD, ThreatModel, TorchattacksAdapter, check_attack
 from nonsingular.models import Normalize
 
 THREATS = {
@@ -47,7 +47,7 @@ def test_attack_contract(small_mlp, batch, name, scope):
     assert _no_hooks(small_mlp)
     assert all(torch.equal(before[k], v) for k, v in small_mlp.state_dict().items()), "weights were modified"
 
-    check = verify(small_mlp, x, y, result)
+    check = check_attack(small_mlp, x, y, result)
     assert check.passed, check.problems
     # The attack ascends the loss: every example it leaves correct ends (after its best restart) at a loss no
     # lower than the clean one; a shared perturbation raises the batch's mean loss (single examples may drop).
@@ -62,7 +62,7 @@ def test_attack_contract(small_mlp, batch, name, scope):
     ours = result.logits.argmax(1)
     disagree = ours != check.logits.argmax(1)
     top2 = result.logits.topk(2, dim=1).values
-    assert bool(((top2[:, 0] - top2[:, 1])[disagree] < 1e-4).all()), "verifier and attack disagree"
+    assert bool(((top2[:, 0] - top2[:, 1])[disagree] < 1e-4).all()), "checker and attack disagree"
     expected_path = "shared" if scope == "shared" else "lemma1"
     assert set(result.paths.values()) <= {expected_path}
     if threat.perturbs_weights:
@@ -76,7 +76,7 @@ def test_attack_weakens_model(small_mlp, batch):
     x, y = batch
     clean = (small_mlp(x).argmax(1) == y).float().mean()
     result = PGD(steps=10)(small_mlp, x, y, ThreatModel(eps_x=0.05, eps_w=0.002))
-    assert verify(small_mlp, x, y, result).accuracy < clean - 0.2
+    assert check_attack(small_mlp, x, y, result).accuracy < clean - 0.2
 
 
 def test_lemma1_materialised_weights_reproduce_logits(small_mlp, batch):
@@ -97,7 +97,7 @@ def test_fast_joint_attack_at_least_as_strong_as_explicit_weights(small_mlp, dig
     eps_x, eps_w, steps = 0.03, 0.002, 10
     reference = explicit_joint_pgd(small_mlp, x, y, eps_x, eps_w, steps)
     result = PGD(steps=steps, random_start=False)(small_mlp, x, y, ThreatModel(eps_x=eps_x, eps_w=eps_w))
-    ours = verify(small_mlp, x, y, result).accuracy
+    ours = check_attack(small_mlp, x, y, result).accuracy
     assert 0 < reference < 1, "pick epsilons where the reference attack is neither trivial nor hopeless"
     assert ours <= reference + 1 / len(y)
 
@@ -125,14 +125,14 @@ def test_per_example_at_most_shared(small_mlp, digits):
     accs = {}
     for scope in ("per-example", "shared"):
         result = PGD(steps=10)(small_mlp, x, y, threat.with_scope(scope))
-        accs[scope] = verify(small_mlp, x, y, result).accuracy
+        accs[scope] = check_attack(small_mlp, x, y, result).accuracy
     assert accs["per-example"] <= accs["shared"]
 
 
 def test_shared_scope_spans_batches(small_mlp, digits):
     x, y = digits.x_test[:50], digits.y_test[:50]
     result = PGD(steps=4, batch_size=16)(small_mlp, x, y, ThreatModel(eps_w=0.004, scope="shared"))
-    check = verify(small_mlp, x, y, result)
+    check = check_attack(small_mlp, x, y, result)
     assert check.passed and check.max_logit_gap < 1e-4
 
 
@@ -170,7 +170,7 @@ def test_explicit_paths_verify(batch, scope):
         result = PGD(steps=3, memory_budget_mb=0.05)(model, x, y, threat)
         want = "shared" if scope == "shared" else "explicit"
         assert {k for k, v in result.paths.items() if v == want} >= explicit
-        check = verify(model, x, y, result, chunk_size=7)
+        check = check_attack(model, x, y, result, chunk_size=7)
         assert check.passed, check.problems
         assert check.max_logit_gap < 1e-4
 
@@ -183,8 +183,8 @@ class SubclassConv(nn.Conv2d):
 @pytest.mark.parametrize("scope", ["per-example", "shared"])
 def test_subclassed_layers_take_the_additive_path(batch, scope, monkeypatch):
     """Plain layers apply W + D in one op; a subclass takes out + D h. Both give the same attack (to float
-    rounding) and both verify."""
-    from nonsingular import perturbation
+    rounding) and both check_attack."""
+    from nonsingular.attacks import perturbation
 
     x, y = batch
     plain = _conv_net()
@@ -203,7 +203,7 @@ def test_subclassed_layers_take_the_additive_path(batch, scope, monkeypatch):
     results = [PGD(steps=3, seed=2)(m, x, y, threat) for m in (plain, sub)]
     assert SubclassConv in calls and nn.Conv2d in calls
     for model, result in zip((plain, sub), results, strict=True):
-        check = verify(model, x, y, result)
+        check = check_attack(model, x, y, result)
         assert check.passed, check.problems
     torch.testing.assert_close(results[0].logits, results[1].logits, rtol=1e-4, atol=1e-4)
 
@@ -227,14 +227,14 @@ def test_bad_attack_config(kwargs):
 def test_margin_loss_runs(small_mlp, batch):
     x, y = batch
     result = PGD(steps=3, loss="margin")(small_mlp, x, y, ThreatModel(eps_x=0.05, eps_w=0.001))
-    assert verify(small_mlp, x, y, result).passed
+    assert check_attack(small_mlp, x, y, result).passed
 
 
 def test_attack_runs_inside_no_grad(small_mlp, batch):
     x, y = batch
     with torch.no_grad():
         result = PGD(steps=2)(small_mlp, x, y, ThreatModel(eps_x=0.05, eps_w=0.001))
-    assert verify(small_mlp, x, y, result).passed
+    assert check_attack(small_mlp, x, y, result).passed
 
 
 @pytest.mark.parametrize("eps_w", [0.0, 0.01])
@@ -253,7 +253,7 @@ def test_per_example_result_independent_of_batching(small_mlp, digits, eps_w):
 
 def test_relu_fed_layers_skip_abs_without_changing_the_attack(small_mlp, batch, monkeypatch):
     """Layers fed by a ReLU use sum(h) for ||h||_1: the attack is bit-for-bit the one with abs()."""
-    from nonsingular import perturbation
+    from nonsingular.attacks import perturbation
 
     x, y = batch
     threat = ThreatModel(eps_x=0.05, eps_w=0.002)

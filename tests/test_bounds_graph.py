@@ -1,4 +1,4 @@
-"""The graph bound engine on CNNs and residual nets: soundness against verified attacks with explicit weights on
+"""The graph bound engine on CNNs and residual nets: soundness against checked attacks with explicit weights on
 random graphs, exactness oracles for single Linear / Conv layers, ordering of the methods, chunking, and errors.
 The long fuzz run (>= 10,000 examples) is benchmarks/bound_fuzzer.py.
 """
@@ -15,8 +15,8 @@ from torch import nn
 from bounds_support import margins, tolerance, vertex_logits
 from graph_fuzz_support import run_case
 from nonsingular import ThreatModel
-from nonsingular.architectures import build_model
 from nonsingular.bounds import UnsupportedLayerError, margin_bounds
+from nonsingular.models import build_model
 
 
 @pytest.mark.parametrize("seed", range(6))

@@ -1,4 +1,4 @@
-"""Try hard to break every bound: random small networks, inputs and threats (every option), against verified
+"""Try hard to break every bound: random small networks, inputs and threats (every option), against checked
 PGD attacks (margin and cross-entropy) and random vertices of the threat set. A failure here is a release
 blocker: some point of the threat set does worse than a bound says it can.
 """

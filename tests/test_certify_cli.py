@@ -8,7 +8,7 @@ import pytest
 
 from conftest import run_cli
 from nonsingular import PGD, ThreatModel
-from nonsingular.certify import certified_mask, certify
+from nonsingular.evaluation import certified_mask, certify
 
 
 def test_certify_library_report_is_consistent(small_mlp, batch):

@@ -25,7 +25,7 @@ def test_cnn_train_evaluate_certify_on_mnist_files(tmp_path: Path, monkeypatch, 
     report = json.loads(evaluation.read_text())
     assert report["data"]["input_shape"] == [1, 28, 28]
     joint = report["cells"]["joint"]
-    assert joint["per-example"]["verified"] and joint["shared"]["verified"]
+    assert joint["per-example"]["checked"] and joint["shared"]["checked"]
     assert joint["per-example"]["accuracy"] <= joint["shared"]["accuracy"] + 1 / 16
     paths = joint["per-example"]["paths"]
     assert "explicit" in paths.values() and "lemma1" in paths.values()  # convolutions and Linear layers

@@ -6,8 +6,8 @@ import pytest
 
 from attack_reference import explicit_joint_pgd
 from conftest import run_cli
-from nonsingular.checkpoint import load_checkpoint
 from nonsingular.datasets import load_digits
+from nonsingular.models import load_checkpoint
 
 
 def test_evaluate_round_trip(monkeypatch, capsys, checkpoint, tmp_path):
@@ -20,7 +20,7 @@ def test_evaluate_round_trip(monkeypatch, capsys, checkpoint, tmp_path):
     assert report["n_examples"] == 60
     assert report["threat"]["eps_x"] == 0.05 and report["threat"]["weight_ball"] == "elementwise"
     joint = report["cells"]["joint"]["per-example"]
-    assert joint["verified"]
+    assert joint["checked"]
     # The joint adversary can do what either single one does: on this net (same attack settings in every
     # cell) it breaks more examples than both, and at least as many as a reference joint attack written out
     # over explicit per-example weights (one example of slack: different random starts).

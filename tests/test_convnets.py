@@ -11,12 +11,11 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from nonsingular import PGD, ThreatModel, verify
-from nonsingular import architectures as models_module
-from nonsingular.convnets import LeNet, SmallCNN
+from nonsingular import PGD, ThreatModel, check_attack
+from nonsingular.models import architectures as models_module
+from nonsingular.attacks.perturbation import settle_operator_rounding
 from nonsingular.datasets import Dataset
-from nonsingular.perturbation import settle_operator_rounding
-from nonsingular.user_models import load_user_model, load_weights
+from nonsingular.models import LeNet, SmallCNN, load_user_model, load_weights
 
 SHAPES = [(1, 8, 8), (1, 28, 28), (3, 32, 32)]
 ARCHS = {
@@ -178,7 +177,7 @@ def test_joint_attack_on_cnn_verifies(digits_cnn, digits, name, scope):
     x, y = digits.x_test[:24], digits.y_test[:24]
     threat = ThreatModel(**CONV_THREATS[name], scope=scope)
     result = PGD(steps=4)(digits_cnn, x, y, threat)
-    check = verify(digits_cnn, x, y, result)
+    check = check_attack(digits_cnn, x, y, result)
     assert check.passed, check.problems
     assert check.max_logit_gap < 1e-4
     clean = (digits_cnn(x).argmax(1) == y).float().mean()
@@ -194,7 +193,7 @@ def test_joint_attack_weakens_cnn(digits_cnn, digits):
     x, y = digits.x_test[:48], digits.y_test[:48]
     clean = float((digits_cnn(x).argmax(1) == y).float().mean())
     result = PGD(steps=8)(digits_cnn, x, y, ThreatModel(eps_x=0.1, eps_w=0.02))
-    check = verify(digits_cnn, x, y, result)
+    check = check_attack(digits_cnn, x, y, result)
     assert check.passed and check.accuracy < clean - 0.2, (clean, check.accuracy)
 
 
@@ -206,11 +205,11 @@ def test_memory_budget_chunks_explicit_kernels(digits_cnn, digits):
     tiny = PGD(steps=2, memory_budget_mb=0.005)
     result = tiny(digits_cnn, x, y, threat, progress=lambda done, total: steps_seen.append(total))
     assert steps_seen[-1] == 6 * 2, "one batch per example"
-    check = verify(digits_cnn, x, y, result)
+    check = check_attack(digits_cnn, x, y, result)
     assert check.passed, check.problems
     assert check.max_logit_gap < 1e-4
     roomy = PGD(steps=2)(digits_cnn, x, y, threat)
-    assert verify(digits_cnn, x, y, roomy).passed
+    assert check_attack(digits_cnn, x, y, roomy).passed
     assert result.perturbed_weights()["1.weight"].shape == (6, *digits_cnn[1].weight.shape)
 
 
@@ -240,7 +239,7 @@ def test_grouped_conv1d_and_bias_perturbation_verify():
         for scope in ("per-example", "shared"):
             threat = ThreatModel(eps_x=0.05, eps_w=0.02, eps_b=0.02, scope=scope)
             result = PGD(steps=3)(model, x, y, threat)
-            check = verify(model, x, y, result)
+            check = check_attack(model, x, y, result)
             assert check.passed, (scope, check.problems)
             assert check.max_logit_gap < 1e-4
             expected = {"explicit", "lemma1"} if scope == "per-example" else {"shared"}
@@ -258,14 +257,14 @@ def test_operator_ball_settles_inside_with_large_weights():
     settled = settle_operator_rounding(weight, weight + delta, radius)
     row_sums = (settled - weight).reshape(rows, -1).abs().sum(dim=1)
     assert bool((row_sums <= radius).all()), float((row_sums - radius).max())
-    # Only rounding is settled: a row 1% outside the ball reaches the verifier as it is.
+    # Only rounding is settled: a row 1% outside the ball reaches the checker as it is.
     outside = weight + 1.01 * delta
     assert torch.equal(settle_operator_rounding(weight, outside, radius), outside)
 
 
 @pytest.mark.parametrize("spec", [{"name": "cnn"}, {"name": "lenet"}, {"name": "lenet", "pool": "max"}])
 def test_ibp_covers_conv_nets_and_attacks_respect_it(spec):
-    """IBP bounds every layer of the conv nets; no verified attack breaks an example IBP certified."""
+    """IBP bounds every layer of the conv nets; no checked attack breaks an example IBP certified."""
     from nonsingular.bounds import margin_bounds
 
     torch.manual_seed(0)
@@ -276,7 +275,7 @@ def test_ibp_covers_conv_nets_and_attacks_respect_it(spec):
     for eps in (1e-5, 3e-4):
         threat = ThreatModel(eps_x=eps, eps_w=eps / 10)
         certified = margin_bounds(model, x, y, threat, method="ibp").certified
-        check = verify(model, x, y, PGD(steps=5)(model, x, y, threat))
+        check = check_attack(model, x, y, PGD(steps=5)(model, x, y, threat))
         assert check.passed
         assert bool((check.correct | ~certified).all()), "an attack broke a certified example"
     assert bool(margin_bounds(model, x, y, ThreatModel(eps_x=1e-5, eps_w=1e-6), method="ibp").certified.any())

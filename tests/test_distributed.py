@@ -46,7 +46,7 @@ def test_two_processes_match_one(checkpoint, tmp_path):
             assert (cell is None) == (other is None)
             if cell is not None:
                 assert cell["accuracy"] == other["accuracy"], (kind, scope)
-                assert cell["verified"] and other["verified"]
+                assert cell["checked"] and other["checked"]
     assert single["clean_accuracy"] == double["clean_accuracy"]
 
 

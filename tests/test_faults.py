@@ -9,8 +9,8 @@ import torch
 
 from conftest import run_cli
 from nonsingular import ThreatModel
-from nonsingular.faults import bit_flip_accuracies, flip_bit, summarise, uniform_box_accuracies
-from nonsingular.quantize import QuantizationSpec, layer_grids, nearest_codes, quantized_accuracy
+from nonsingular.deployment import bit_flip_accuracies, flip_bit, summarise, uniform_box_accuracies
+from nonsingular.deployment.quantize import QuantizationSpec, layer_grids, nearest_codes, quantized_accuracy
 
 
 def test_summary_statistics():
@@ -44,7 +44,7 @@ def test_no_fault_is_the_unfaulted_model(small_mlp, batch):
 
 def test_uniform_draws_stay_in_the_box(small_mlp, batch, monkeypatch):
     """Every drawn weight and input lies in the threat's box (recorded from the forward pass)."""
-    import nonsingular.faults as faults
+    import nonsingular.deployment.faults as faults
 
     x, y = batch
     threat = ThreatModel(eps_x=0.05, eps_w=0.01, eps_b=0.02)

@@ -4,10 +4,10 @@ import pytest
 import torch
 from torch import nn
 
-from nonsingular import MLP, PGD, ThreatModel, verify
-from nonsingular.apgd import APGD
-from nonsingular.fused_mlp import plan
-from nonsingular.perturbation import _Lemma1Term, build_weight_blocks, layer_paths
+from nonsingular import MLP, PGD, ThreatModel, check_attack
+from nonsingular.attacks import APGD
+from nonsingular.attacks.fused_mlp import plan
+from nonsingular.attacks.perturbation import _Lemma1Term, build_weight_blocks, layer_paths
 
 FUSED_THREATS = {
     "input": {"eps_x": 0.05},
@@ -50,7 +50,7 @@ def test_fused_equals_autograd(small_mlp, batch, threat_name, attack_name):
         got, want = fused.perturbed_weights(0, len(x)), reference.perturbed_weights(0, len(x))
         assert got.keys() == want.keys()
         assert all(torch.equal(got[k], want[k]) for k in got)
-    check = verify(small_mlp, x, y, fused)
+    check = check_attack(small_mlp, x, y, fused)
     assert check.passed, check
 
 

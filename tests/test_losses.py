@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from nonsingular import PGD, AttackLoss, ThreatModel, register_loss, verify
-from nonsingular.losses import LOSSES, resolve_loss, targeted_dlr
+from nonsingular import PGD, AttackLoss, ThreatModel, check_attack, register_loss
+from nonsingular.attacks import LOSSES, resolve_loss, targeted_dlr
 
 
 def test_registered_loss_drives_the_attack(small_mlp, batch):
@@ -26,7 +26,7 @@ def test_registered_loss_drives_the_attack(small_mlp, batch):
     finally:
         LOSSES.pop(toy.name, None)
     assert calls and all(c is None for c in calls), "a loss that does not use clean logits gets None"
-    check = verify(small_mlp, x, y, result)
+    check = check_attack(small_mlp, x, y, result)
     assert check.passed
     assert check.accuracy < (small_mlp(x).argmax(1) == y).float().mean()
 

@@ -15,7 +15,8 @@ from conftest import run_cli
 from nonsingular import ThreatModel
 from nonsingular.attacks import PGD
 from nonsingular.bounds import margin_bounds
-from nonsingular.quantize import (
+from nonsingular.check import check_attack
+from nonsingular.deployment.quantize import (
     QuantizationSpec,
     Rounding,
     Scheme,
@@ -25,7 +26,6 @@ from nonsingular.quantize import (
     quantization_threat,
     quantized_accuracy,
 )
-from nonsingular.verify import verify
 
 
 def test_grids_follow_the_common_schemes():
@@ -67,7 +67,7 @@ def test_attacks_with_channel_radii_pass_the_verifier(small_mlp, batch, scope):
     threat, _ = quantization_threat(small_mlp, QuantizationSpec(bits=4, per_channel=True))
     threat = threat.model_copy(update={"eps_x": 0.02, "scope": scope})
     result = PGD(steps=5)(small_mlp, x, y, threat)
-    check = verify(small_mlp, x, y, result)
+    check = check_attack(small_mlp, x, y, result)
     assert check.passed, check.problems
     assert check.accuracy < float((small_mlp(x).argmax(1) == y).float().mean())
 
@@ -159,7 +159,7 @@ def test_cli_quantize_evaluate_export_and_certify(monkeypatch, capsys, checkpoin
 @pytest.mark.parametrize("seed", range(4))
 def test_per_channel_bounds_hold_against_attacks_on_random_networks(seed):
     """Random MLPs, random per-channel radii (absolute and relative), eps_x and eps_b: no margin an attack
-    reaches (verified, explicit weights) lies below any method's lower bound."""
+    reaches (checked, explicit weights) lies below any method's lower bound."""
     torch.manual_seed(seed)
     widths = [6, int(torch.randint(3, 9, ()).item()), int(torch.randint(3, 9, ()).item()), 4]
     layers: list[nn.Module] = []
@@ -177,7 +177,7 @@ def test_per_channel_bounds_hold_against_attacks_on_random_networks(seed):
     )
     for scope in ("per-example", "shared"):
         result = PGD(steps=40, restarts=2, loss="margin")(model, x, y, threat.model_copy(update={"scope": scope}))
-        check = verify(model, x, y, result)
+        check = check_attack(model, x, y, result)
         assert check.passed, check.problems
         logits = check.logits
         reached = logits.gather(1, y[:, None]).squeeze(1) - logits.scatter(1, y[:, None], -torch.inf).amax(1)
@@ -187,7 +187,7 @@ def test_per_channel_bounds_hold_against_attacks_on_random_networks(seed):
 
 
 def test_radius_ray_through_a_grid_scales_every_channel_radius(small_mlp):
-    from nonsingular.radius import Ray
+    from nonsingular.evaluation import Ray
 
     spec = QuantizationSpec(bits=4, per_channel=True)
     grid_threat, _ = quantization_threat(small_mlp, spec, ThreatModel(eps_x=0.0))

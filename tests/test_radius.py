@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from nonsingular import PGD, ThreatModel
-from nonsingular.radius import Ray, attacked_radius, bisect
+from nonsingular.evaluation.radius import Ray, attacked_radius, bisect
 
 
 def test_bisect_finds_thresholds():

@@ -7,8 +7,7 @@ import pytest
 import torch
 
 from nonsingular import PGD, ThreatModel
-from nonsingular.certify import Certificate, certify
-from nonsingular.evaluate import Cell, evaluate_cell, evaluate_robustness
+from nonsingular.evaluation import Cell, Certificate, certify, evaluate_cell, evaluate_robustness
 from nonsingular.threat import Scope
 
 

@@ -5,8 +5,8 @@ import torch
 from torch import nn
 
 from nonsingular import PGD, ThreatModel
-from nonsingular.evaluate import Cell, evaluate_robustness, sanity_flags
-from nonsingular.sanity import gradient_flag, nested_flag, train_eval_flag
+from nonsingular.attacks.sanity import gradient_flag, nested_flag, train_eval_flag
+from nonsingular.evaluation import Cell, evaluate_robustness, sanity_flags
 
 
 class _Staircase(nn.Module):

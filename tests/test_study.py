@@ -9,10 +9,10 @@ import torch
 
 from browser import find_chromium, inspect_page
 from conftest import run_cli
-from nonsingular import PGD, AutoEnsemble, ThreatModel, verify
-from nonsingular.checkpoint import load_checkpoint
+from nonsingular import PGD, AutoEnsemble, ThreatModel, check_attack
 from nonsingular.datasets import load_digits
-from nonsingular.evaluate import Cell
+from nonsingular.evaluation import Cell
+from nonsingular.models import load_checkpoint
 from nonsingular.study import load_study_config, run_study
 from nonsingular.study.runner import GridCell, _carry, _misses
 from nonsingular.threat import Scope
@@ -47,7 +47,7 @@ options = { eps_x = 0.05, attack_steps = 2 }
 
 def _recomputed_joint_accuracy(cache, model: dict, results: dict) -> float:
     """The joint per-example cell recomputed outside the study: the cached model, the study's first n test
-    examples, the tiny config's attack (the ensemble, 3 steps, seed 0), verified; robust = clean and verified
+    examples, the tiny config's attack (the ensemble, 3 steps, seed 0), checked; robust = clean and checked
     correct."""
     (path,) = [
         p
@@ -61,7 +61,7 @@ def _recomputed_joint_accuracy(cache, model: dict, results: dict) -> float:
     attack = AutoEnsemble(steps=3, seed=0, batch_size=512)  # the study's default attack kind: auto
     result = attack(net, x, y, ThreatModel(eps_x=0.05, eps_w=0.002))
     assert repr(attack) == results["attack"]
-    check = verify(net, x, y, result)
+    check = check_attack(net, x, y, result)
     assert check.passed
     with torch.no_grad():
         clean = net(x).argmax(1) == y
@@ -92,7 +92,7 @@ def test_study_report_cache_and_resume(monkeypatch, capsys, study_run, fresh_stu
     assert set(results["models"]) == {"standard", "input-AT"}
     for model in results["models"].values():
         cells = {(c["eps_x"], c["eps_w"], c["scope"]): c for c in model["cells"]}
-        assert len(cells) == 6 and all(c["verified"] for c in cells.values())
+        assert len(cells) == 6 and all(c["checked"] for c in cells.values())
         joint = cells[(0.05, 0.002, "per-example")]["accuracy"]
         certified = [c["certified_accuracy"] for c in model["certified"] if c["eps_x"] == 0.05 and c["eps_w"] == 0.002]
         assert max(certified) <= joint
@@ -177,9 +177,9 @@ def test_report_renders_in_headless_chromium(fresh_study, tmp_path):
 def test_study_nested_grid_flag(small_mlp, digits, tmp_path):
     """A grid where robust accuracy rises from eps_x 0.02 to 0.05 (and shared undercuts per-example) is flagged,
     naming the cells; the flag reaches the report."""
-    from nonsingular.study.config import StudyConfig
     from nonsingular.study.report import all_flags
     from nonsingular.study.runner import StudyState, _ModelRun
+    from nonsingular.study.schema import StudyConfig
 
     config = StudyConfig.model_validate(
         {
@@ -283,7 +283,7 @@ def _cell(robust: list[bool]) -> Cell:
 
 
 def test_nesting_carry():
-    """A larger threat set keeps every verified break of the smaller sets inside it: per example in the
+    """A larger threat set keeps every checked break of the smaller sets inside it: per example in the
     per-example scope, the whole lowest-accuracy perturbation in the shared scope."""
     own = _cell([True, True, False, True])
     smaller = [_cell([False, True, True, True]), _cell([True, True, True, False])]
@@ -316,9 +316,9 @@ def test_progress_lines_throttle_interleaved_workers(monkeypatch, capsys):
 
 def test_certify_subset_and_points(small_mlp, digits, tmp_path):
     """[certify] n_examples and points: certificates only at the given points, as fractions of the first N
-    examples, next to the verified attack's accuracy on those same examples; a point off the grid is refused."""
-    from nonsingular.study.config import StudyConfig
+    examples, next to the checked attack's accuracy on those same examples; a point off the grid is refused."""
     from nonsingular.study.runner import StudyState, _ModelRun
+    from nonsingular.study.schema import StudyConfig
 
     settings = {
         "grid": {"eps_x": [0.0, 0.02], "eps_w": [0.0, 0.001], "scopes": ["per-example"]},

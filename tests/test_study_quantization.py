@@ -7,9 +7,9 @@ import json
 import pytest
 
 from conftest import run_cli
-from nonsingular.checkpoint import load_checkpoint
 from nonsingular.datasets import load_digits
-from nonsingular.quantize import QuantizationSpec, layer_grids, nearest_codes, quantized_accuracy
+from nonsingular.deployment.quantize import QuantizationSpec, layer_grids, nearest_codes, quantized_accuracy
+from nonsingular.models import load_checkpoint
 from nonsingular.study import load_study_config
 
 QUANTIZED = """

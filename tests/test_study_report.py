@@ -5,8 +5,8 @@ import json
 
 import pytest
 
-from nonsingular.study.config import StudyConfig, load_study_config
 from nonsingular.study.report import headline_rows, summarise, write_report
+from nonsingular.study.schema import StudyConfig, load_study_config
 from nonsingular.study.verdicts import claim_comparisons
 
 GRID = {
@@ -34,9 +34,7 @@ def _model(objective, clean, weight, joint, saturated=0.01):
         for (ex, ew), value in values.items():
             for scope, shift in (("per-example", 0.0), ("shared", 0.1)):
                 acc = min(1.0, value + shift)
-                cells.append(
-                    {"seed": seed, "eps_x": ex, "eps_w": ew, "scope": scope, "accuracy": acc, "verified": True}
-                )
+                cells.append({"seed": seed, "eps_x": ex, "eps_w": ew, "scope": scope, "accuracy": acc, "checked": True})
     certified = [
         {"seed": s, "eps_x": 0.05, "eps_w": 0.002, "method": "ibp", "certified_accuracy": j / 2, "seconds": 0.1}
         for s, j in zip(SEEDS, joint, strict=True)

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from nonsingular import PGD, ThreatModel
-from nonsingular.evaluate import evaluate_cell
+from nonsingular.evaluation import evaluate_cell
 from nonsingular.study.scale import PARAMETRIZATIONS, layer_stats, parametrization_comparisons, rescaled
 from nonsingular.threat import EpsMode, WeightBall
 
@@ -25,7 +25,7 @@ def test_rescaled_same_function_other_scale(small_mlp, digits):
 
 
 def test_relative_mode_invariant_absolute_mode_moves(small_mlp, digits):
-    """Same attack and seed: relative radii give the same verified accuracy after rescaling by 4 (a power of two:
+    """Same attack and seed: relative radii give the same checked accuracy after rescaling by 4 (a power of two:
     exact in floating point); an absolute radius does not (relative to the second layer's weights, now 4x
     smaller, it is 4x larger)."""
     x, y = digits.x_test[:60], digits.y_test[:60]

@@ -100,7 +100,7 @@ def test_shipped_studies_are_valid_and_cover_the_parametrizations():
     """Every shipped study loads, every model's training settings validate, and the MNIST studies cover both
     balls and both modes."""
     from nonsingular.study import shipped_studies
-    from nonsingular.study.training import train_config
+    from nonsingular.study.model_units import train_config
 
     four = {"elementwise absolute", "elementwise relative", "operator absolute", "operator relative"}
     for name in shipped_studies():

@@ -8,9 +8,9 @@ import pytest
 import yaml
 
 from conftest import run_cli
-from nonsingular.architectures import build_model
-from nonsingular.checkpoint import load_checkpoint, read_metadata, save_checkpoint
 from nonsingular.datasets import load_data
+from nonsingular.models import build_model
+from nonsingular.models.checkpoint import load_checkpoint, read_metadata, save_checkpoint
 from nonsingular.training import RunPaths
 from train_support import one_thread
 

@@ -50,7 +50,7 @@ def test_hinge_option_reaches_the_objective_and_refuses_log_domain() -> None:
 
 def test_train_cli_margin_hinge_flag(monkeypatch, capsys, tmp_path) -> None:
     from conftest import run_cli
-    from nonsingular.checkpoint import load_checkpoint
+    from nonsingular.models import load_checkpoint
 
     out = tmp_path / "hinge.safetensors"
     args = ["train", "--objective", "bound-reg", "--margin-hinge", "--epochs", "1", "-o", str(out)]

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from nonsingular.checkpoint import load_checkpoint
+from nonsingular.models import load_checkpoint
 from nonsingular.training import RunPaths, Trainer, TrainEvent, resolve_config
 from train_support import one_thread, tiny_config
 

@@ -13,11 +13,11 @@ import pytest
 
 from conftest import run_cli
 from fileformats import write_npz
-from nonsingular.checkpoint import load_checkpoint, read_metadata
 from nonsingular.datasets import load_data
-from nonsingular.files import atomic_write
-from nonsingular.study.config import StudyConfig
+from nonsingular.models.checkpoint import load_checkpoint, read_metadata
+from nonsingular.runtime import atomic_write
 from nonsingular.study.runner import run_study
+from nonsingular.study.schema import StudyConfig
 from nonsingular.training import RunPaths, TrainConfig, Trainer, TrainEvent
 
 

@@ -41,7 +41,7 @@ def test_tutorial_script(tmp_path, capsys):
         for kind in ("input", "weight", "joint"):
             for scope in ("per-example", "shared"):
                 cell = evaluation["cells"][kind][scope]
-                assert cell["verified"] and 0 <= cell["accuracy"] <= evaluation["clean_accuracy"]
+                assert cell["checked"] and 0 <= cell["accuracy"] <= evaluation["clean_accuracy"]
         assert (tmp_path / "out" / f"{name}-certify.json").stat().st_size > 0
     results = json.loads((report.parent / "results.json").read_text())
     assert list(results["models"]) == [m["name"] for m in study["models"]]

@@ -1,7 +1,7 @@
-"""The verifier can say no: tampered inputs, weights and logits, and non-finite numbers each fail `passed`.
+"""The checker can say no: tampered inputs, weights and logits, and non-finite numbers each fail `passed`.
 
 Every tampered case starts from an honest attack result that passes (the control), changes one thing the
-attack reports, and checks that the verifier names that thing.
+attack reports, and checks that the checker names that thing.
 """
 
 from __future__ import annotations
@@ -12,9 +12,9 @@ import pytest
 import torch
 from torch import nn
 
-from nonsingular import PGD, ThreatModel, verify
+from nonsingular import PGD, ThreatModel, check_attack
 from nonsingular.attacks import AttackResult
-from nonsingular.perturbation import LayerPath, WeightBlock
+from nonsingular.attacks.perturbation import LayerPath, WeightBlock
 
 BALLS = {
     "elementwise": {"eps_w": 0.01},
@@ -30,7 +30,7 @@ def _conv_net() -> nn.Module:
 
 def _attack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, **threat: object) -> AttackResult:
     result = PGD(steps=3, seed=1)(model, x, y, ThreatModel(eps_x=0.03, **threat))
-    assert verify(model, x, y, result).passed, "the untampered result must pass (control)"
+    assert check_attack(model, x, y, result).passed, "the untampered result must pass (control)"
     return result
 
 
@@ -62,7 +62,7 @@ def test_tampered_weights_fail(small_mlp, batch, ball, path):
     assert result.paths[layer] == want
     block = next(b for b in result.weight_blocks() if b.name == layer)
     _push_out(block)
-    check = verify(model, x, y, result)
+    check = check_attack(model, x, y, result)
     assert not check.passed
     assert check.weight_violation[f"{layer}.weight"] > 0
     assert any(p.startswith(f"{layer}.weight leaves its ball") for p in check.problems), check.problems
@@ -74,7 +74,7 @@ def test_tampered_bias_fails(small_mlp, batch):
     block = next(b for b in result.weight_blocks() if b.name == "4")
     with torch.no_grad():
         block.delta_b[3] = 0.02
-    check = verify(small_mlp, x, y, result)
+    check = check_attack(small_mlp, x, y, result)
     assert not check.passed and check.weight_violation["4.bias"] == pytest.approx(0.01, rel=1e-3)
 
 
@@ -85,7 +85,7 @@ def test_tampered_inputs_fail(small_mlp, batch, scope):
     x_adv = result.x_adv.clone()
     pixel = int((x[5].flatten() == 0).nonzero()[0])  # a black pixel: its box is [0, 0.03]
     x_adv[5].view(-1)[pixel] = 0.06
-    check = verify(small_mlp, x, y, dataclasses.replace(result, x_adv=x_adv))
+    check = check_attack(small_mlp, x, y, dataclasses.replace(result, x_adv=x_adv))
     assert not check.passed
     assert check.input_violation == pytest.approx(0.03, abs=1e-6)
     assert any(p.startswith("inputs leave the eps_x box") for p in check.problems)
@@ -96,7 +96,7 @@ def test_tampered_logits_fail(small_mlp, batch):
     result = _attack(small_mlp, x, y, eps_w=0.01)
     logits = result.logits.clone()
     logits[7, 2] += 0.01  # ~1e-3 of the logits' scale: no rounding explains it
-    check = verify(small_mlp, x, y, dataclasses.replace(result, logits=logits))
+    check = check_attack(small_mlp, x, y, dataclasses.replace(result, logits=logits))
     assert not check.passed and check.max_logit_gap > check.logit_tolerance
     assert any(p.startswith("recomputed logits differ") for p in check.problems)
 
@@ -106,18 +106,18 @@ def test_non_finite_numbers_fail(small_mlp, batch):
     result = _attack(small_mlp, x, y, eps_w=0.01)
     logits = result.logits.clone()
     logits[0, 0] = float("nan")
-    check = verify(small_mlp, x, y, dataclasses.replace(result, logits=logits))
+    check = check_attack(small_mlp, x, y, dataclasses.replace(result, logits=logits))
     assert not check.passed and "the attack's logits are not all finite" in check.problems
 
     x_adv = result.x_adv.clone()
     x_adv[1].view(-1)[1] = float("inf")
-    check = verify(small_mlp, x, y, dataclasses.replace(result, x_adv=x_adv))
+    check = check_attack(small_mlp, x, y, dataclasses.replace(result, x_adv=x_adv))
     assert not check.passed and "the adversarial inputs are not all finite" in check.problems
 
     block = next(b for b in result.weight_blocks() if b.name == "2")
     with torch.no_grad():
         block.t[0, 0] = float("nan")
-    check = verify(small_mlp, x, y, result)
+    check = check_attack(small_mlp, x, y, result)
     assert not check.passed and "2.weight has non-finite perturbed values" in check.problems
 
 
@@ -131,7 +131,7 @@ def test_non_finite_explicit_weights_fail(small_mlp, batch, ball, value):
     block = next(b for b in result.weight_blocks() if b.name == "2")
     with torch.no_grad():
         block.delta[1, 3] = value
-    check = verify(small_mlp, x, y, result)
+    check = check_attack(small_mlp, x, y, result)
     assert not check.passed and "2.weight has non-finite perturbed values" in check.problems
 
 
@@ -139,5 +139,5 @@ def test_perturbed_layer_outside_the_threat_fails(small_mlp, batch):
     x, y = batch
     result = _attack(small_mlp, x, y, eps_w=0.01, layers=["4"])
     narrower = result.threat.model_copy(update={"layers": ("6",)})
-    check = verify(small_mlp, x, y, dataclasses.replace(result, threat=narrower))
+    check = check_attack(small_mlp, x, y, dataclasses.replace(result, threat=narrower))
     assert not check.passed and "4.weight is perturbed but outside the threat's layers" in check.problems

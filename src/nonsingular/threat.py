@@ -1,6 +1,6 @@
 """The threat model T(eps_x, eps_w) of THEORY.md section 2: a validated, immutable description.
 
-Every attack, verifier and bound reads the threat set from here and nowhere else, so the radii below
+Every attack, checker and bound reads the threat set from here and nowhere else, so the radii below
 (`input_bounds`, `weight_radius`, `operator_radius`, `bias_radius`) *are* the definition of the set.
 """
 

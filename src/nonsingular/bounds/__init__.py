@@ -1,4 +1,9 @@
-"""Bounds on what the joint threat can do to a network: Theorem 2's error analysis, IBP, and CROWN.
+"""Bounds on what the joint threat can do to a network: Theorem 2's error analysis, IBP, CROWN, alpha-CROWN.
+
+Owns tracing a model into a graph of ops (`graph`), one rule per op in one table (`registry`, rules in
+`ops_*`), the per-layer form of the threat (`layer_threat`), the engines (`ibp`, `crown`, `alpha`, `engine`)
+and the margin driver. May import the vocabulary and `models` (the `Normalize` layer); never attacks (a bound
+must not depend on what an attack found) or anything above.
 
 ```python
 lower = margin_bounds(model, x, y, threat, method="crown").lower   # (N, K) margin lower bounds, any traced model
@@ -9,7 +14,7 @@ r_x, r_w, _ = sensitivity_terms(model, x, threat)                  # Theorem 2's
 from .api import DEFAULT_ALPHA_STEPS, margin_bounds, supported_methods
 from .crown import alpha_crown_margin_bounds, crown_margin_bounds
 from .ibp import IBP_RULES, IntervalRule, ibp_margin_bounds, register_ibp_rule
-from .layers import UnsupportedLayerError
+from .layer_threat import UnsupportedLayerError
 from .margins import BoundMethod, MarginBounds, loss_bound_from_margins
 from .norm import NormBounds, SensitivityTerms, norm_bounds, norm_margin_bounds, sensitivity_terms
 from .registry import DEFAULT_MEMORY_MB, RULES, Rule, register_rule

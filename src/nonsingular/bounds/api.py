@@ -9,7 +9,7 @@ from torch import Tensor, nn
 
 from ..threat import ThreatModel
 from .graph import trace
-from .layers import UnsupportedLayerError
+from .layer_threat import UnsupportedLayerError
 from .margin_driver import graph_margin_bounds
 from .margins import BoundMethod, MarginBounds
 from .norm import norm_margin_bounds

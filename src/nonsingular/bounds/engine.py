@@ -25,7 +25,7 @@ import torch
 from torch import Tensor, nn
 
 from .graph import Graph
-from .layers import LayerThreat
+from .layer_threat import LayerThreat
 from .ops_affine import elided_margin_lower
 from .patches import Patches
 from .registry import DEFAULT_MEMORY_MB, Backward, Box, Node, Rule, dot

@@ -21,7 +21,7 @@ import torch.fx as fx
 from torch import Tensor, nn
 
 from . import ops_affine, ops_nonlinear, ops_structure  # noqa: F401  (they fill the registry)
-from .layers import UnsupportedLayerError, sequential_layers
+from .layer_threat import UnsupportedLayerError, sequential_layers
 from .registry import Input, Node, find_rule, has_module_rule
 
 __all__ = ["Graph", "trace"]

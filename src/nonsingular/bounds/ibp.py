@@ -14,7 +14,7 @@ from torch import Tensor, nn
 
 from ..models import Normalize
 from ..threat import ThreatModel
-from .layers import LayerThreat, UnsupportedLayerError
+from .layer_threat import LayerThreat, UnsupportedLayerError
 from .margin_driver import graph_margin_bounds
 from .margins import BoundMethod, MarginBounds
 from .registry import IBP_RULES, Box, IntervalRule, register_ibp_rule

@@ -13,7 +13,7 @@ from ..threat import ThreatModel
 from .alpha import optimise_margins
 from .engine import GraphBounds
 from .graph import Graph, trace
-from .layers import UnsupportedLayerError, layer_threats
+from .layer_threat import UnsupportedLayerError, layer_threats
 from .margins import BoundMethod, MarginBounds, margin_spec
 from .registry import DEFAULT_MEMORY_MB
 

@@ -22,7 +22,7 @@ from torch import Tensor, nn
 from ..models import Normalize
 from ..threat import ThreatModel
 from .ibp import finish_margins, propagate_boxes
-from .layers import LayerThreat, UnsupportedLayerError, clean_logits, layer_threats, sequential_layers
+from .layer_threat import LayerThreat, UnsupportedLayerError, clean_logits, layer_threats, sequential_layers
 from .margins import BoundMethod, MarginBounds
 
 __all__ = ["NormBounds", "SensitivityTerms", "norm_bounds", "norm_margin_bounds", "sensitivity_terms"]

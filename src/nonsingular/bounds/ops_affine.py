@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..models import Normalize
-from .layers import LayerThreat, UnsupportedLayerError, apply_weight, receptive_max
+from .layer_threat import LayerThreat, UnsupportedLayerError, apply_weight, receptive_max
 from .patches import Patches
 from .registry import Backward, Box, Node, Rule, register_rule
 

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .layers import LayerThreat, UnsupportedLayerError
+from .layer_threat import LayerThreat, UnsupportedLayerError
 from .registry import Backward, Box, Node, Rule, call, dot, register_rule
 
 __all__ = ["relu_relaxation"]

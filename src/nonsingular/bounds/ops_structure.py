@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .layers import LayerThreat, UnsupportedLayerError
+from .layer_threat import LayerThreat, UnsupportedLayerError
 from .ops_affine import conv_adjoint, conv_patches
 from .registry import Backward, Box, Input, Node, Rule, call, register_rule
 

@@ -18,7 +18,7 @@ import torch
 import torch.fx as fx
 from torch import Tensor, nn
 
-from .layers import LayerThreat, UnsupportedLayerError
+from .layer_threat import LayerThreat, UnsupportedLayerError
 
 __all__ = [
     "DEFAULT_MEMORY_MB",

@@ -1,4 +1,8 @@
-"""The `nonsingular` command: a thin adapter over the library. One module per command."""
+"""The `nonsingular` command: a thin adapter over the library, one module per command.
+
+The top layer: it may import every package, and no package imports it. Each command parses options, calls one
+library function and prints its report; bad input becomes a one-line error and a non-zero exit.
+"""
 
 from __future__ import annotations
 
@@ -8,9 +12,9 @@ from collections.abc import Sequence
 import typer
 from typer.exceptions import TyperException
 
-from .. import distributed as dist
 from .._version import __version__
 from ..errors import describe
+from ..runtime import distributed as dist
 from .certify_cmd import certify
 from .common import fail
 from .evaluate_cmd import evaluate

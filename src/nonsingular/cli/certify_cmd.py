@@ -11,12 +11,12 @@ import typer
 from rich.table import Table
 from rich.text import Text
 
-from .. import distributed as dist
-from ..apgd import AttackKind
+from ..attacks import AttackKind
 from ..bounds import DEFAULT_ALPHA_STEPS, DEFAULT_MEMORY_MB, BoundMethod, supported_methods
-from ..certify import CertifyReport
-from ..certify import certify as run_certify
-from ..quantize import Rounding, quantization_threat
+from ..deployment import Rounding, quantization_threat
+from ..evaluation import CertifyReport
+from ..evaluation import certify as run_certify
+from ..runtime import distributed as dist
 from ..threat import EpsMode, WeightBall
 from .common import (
     AcceptDataOpt,
@@ -138,7 +138,7 @@ def certify(
 ) -> None:
     """Certify a checkpoint: per bound method the certified accuracy (a lower bound on robust accuracy), the
     distribution of margin lower bounds, and the tightness ratio (bound on the loss increase / the largest loss
-    increase a verified attack found). Bounds are per example and computed in float64.
+    increase a checked attack found). Bounds are per example and computed in float64.
     """
     check_writable(out, force)
     spec = quantization_spec(quantize, per_channel, symmetric, rounding, eps_w, weight_ball)

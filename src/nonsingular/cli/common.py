@@ -23,12 +23,11 @@ from rich.progress import (
 )
 from rich.text import Text
 
-from .. import devices
-from ..apgd import AttackKind, AutoEnsemble, make_attack
-from ..attacks import PGD
-from ..checkpoint import atomic_write, check_output_path
+from ..attacks import PGD, AttackKind, AutoEnsemble, make_attack
+from ..deployment import LayerGrid, QuantizationSpec, Rounding, Scheme
 from ..errors import InputError, describe
-from ..quantize import LayerGrid, QuantizationSpec, Rounding, Scheme
+from ..models.checkpoint import atomic_write, check_output_path
+from ..runtime import devices
 from ..threat import EpsMode, Scope, ThreatModel, WeightBall
 
 # No markup and no highlighting: user data and paths (which may hold "[...]") are printed literally.

@@ -11,13 +11,21 @@ import typer
 from rich.table import Table
 from rich.text import Text
 
-from .. import distributed as dist
-from ..apgd import AttackKind
-from ..attacks import Loss
+from ..attacks import AttackKind, Loss
 from ..bounds import BoundMethod
-from ..evaluate import KINDS, SCOPES, RobustnessReport, evaluate_robustness
-from ..faults import FaultSummary, bit_flip_accuracies, summarise, uniform_box_accuracies
-from ..quantize import QuantizationReport, Rounding, evaluate_quantization, quantization_threat, save_quantized
+from ..deployment import (
+    FaultSummary,
+    QuantizationReport,
+    Rounding,
+    bit_flip_accuracies,
+    evaluate_quantization,
+    quantization_threat,
+    save_quantized,
+    summarise,
+    uniform_box_accuracies,
+)
+from ..evaluation import KINDS, SCOPES, RobustnessReport, evaluate_robustness
+from ..runtime import distributed as dist
 from ..threat import EpsMode, WeightBall
 from .common import (
     AcceptDataOpt,
@@ -120,7 +128,7 @@ def evaluate(
 ) -> None:
     """Attack a checkpoint under input-only, weight-only and joint threats, per-example and shared scope.
 
-    Every robust accuracy is verified: perturbations are checked against the threat set and predictions are
+    Every robust accuracy is checked: perturbations are checked against the threat set and predictions are
     recomputed by the ordinary module with the explicit perturbed weights.
     """
     check_writable(out, force)
@@ -164,10 +172,10 @@ def evaluate(
     if joint is not None:
         paths = ", ".join(f"{layer}={path}" for layer, path in joint.paths.items())
         console.print(f"per-example weight paths: {paths} (shared scope: one perturbation for all inputs)")
-    unverified = [(label, cell) for label, cell in report.labelled_cells() if not cell.verified]
-    for label, cell in unverified:
-        console.print(Text("unverified: ", style="red") + Text(f"{label}: {'; '.join(cell.problems)}"))
-    checked = "every robust accuracy verified" if not unverified else f"{len(unverified)} cell(s) failed verification"
+    unchecked = [(label, cell) for label, cell in report.labelled_cells() if not cell.checked]
+    for label, cell in unchecked:
+        console.print(Text("unchecked: ", style="red") + Text(f"{label}: {'; '.join(cell.problems)}"))
+    checked = "every robust accuracy checked" if not unchecked else f"{len(unchecked)} cell(s) failed the check"
     console.print(f"evaluated in {elapsed:.2f} s; {checked} with explicit weights")
     for flag in report.flags:
         console.print(Text(f"sanity flag ({flag.check}): ", style="yellow") + Text(flag.message))
@@ -242,8 +250,8 @@ def render_table(report: RobustnessReport, title: str) -> Table:
         row = []
         for scope in SCOPES:
             cell = report.cells[kind][scope]
-            if cell is not None and not cell.verified:
-                row.append(Text("unverified", style="red"))
+            if cell is not None and not cell.checked:
+                row.append(Text("unchecked", style="red"))
             else:
                 row.append(_fmt(None if cell is None else cell.accuracy))
         table.add_row(f"{kind}-only" if kind != "joint" else "joint", *row)

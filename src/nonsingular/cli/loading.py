@@ -9,9 +9,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..checkpoint import load_checkpoint
 from ..datasets import Dataset, canonical_source, load_data
 from ..errors import NonFiniteError, blame
+from ..models import load_checkpoint
 from ..threat import ThreatModel
 from .common import UserError
 
@@ -85,7 +85,7 @@ def load_model_and_data(
     if (checkpoint is None) == (model is None):
         raise UserError("give either --checkpoint, or --model (with --weights) for a model trained elsewhere")
     if model is not None:
-        from ..user_models import load_user_model
+        from ..models import load_user_model
 
         net, metadata, seed = load_user_model(model, weights), {"model": model}, 0
     else:

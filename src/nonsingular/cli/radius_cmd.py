@@ -8,11 +8,11 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from ..apgd import AttackKind
+from ..attacks import AttackKind
 from ..bounds import BoundMethod
-from ..certify import certified_mask
-from ..quantize import Rounding, quantization_threat
-from ..radius import QUANTILES, RadiusReport, RadiusSettings, Ray, measure_radii
+from ..deployment import Rounding, quantization_threat
+from ..evaluation import certified_mask
+from ..evaluation.radius import QUANTILES, RadiusReport, RadiusSettings, Ray, measure_radii
 from ..threat import EpsMode, ThreatModel, WeightBall
 from .common import (
     AcceptDataOpt,
@@ -110,7 +110,7 @@ def radius(
     force: ForceOpt = False,
 ) -> None:
     """Bisect each example's robustness radius along (eps_x, eps_w, eps_b) = s (k_x, k_w, k_b): the smallest s
-    where the attack finds a verified error (upper bound) and the largest s a certificate proves (lower bound).
+    where the attack finds a checked error (upper bound) and the largest s a certificate proves (lower bound).
     With --quantize the weight direction is the model's own integer grid: s k_w = 1 is every rounding of the
     weights to that grid, s k_w = 2 a grid twice as coarse.
     """
@@ -167,7 +167,7 @@ def radius(
         broken = float((report.attacked.radius <= at_grid).double().mean())
         console.print(
             f"at the grid itself (s = {at_grid:g}): certified for every rounding {certified:.1%} of examples; "
-            f"broken at or below it (a verified rounding error, or misclassified clean) {broken:.1%}",
+            f"broken at or below it (a checked rounding error, or misclassified clean) {broken:.1%}",
             highlight=False,
         )
         payload["quantization"] = {

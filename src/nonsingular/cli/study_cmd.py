@@ -11,10 +11,10 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from .. import distributed as dist
-from ..study.config import default_config_path, load_study_config, shipped_studies
+from ..runtime import distributed as dist
 from ..study.report import HEADLINE_COLUMNS, headline_stats, summarise
 from ..study.runner import run_study
+from ..study.schema import default_config_path, load_study_config, shipped_studies
 from .common import DeviceOpt, UserError, console, err_console, progress_bar, resolve_device
 
 

@@ -13,9 +13,9 @@ from typing import Annotated, Any
 import torch
 import typer
 
-from .. import distributed as dist
-from ..checkpoint import check_output_path, read_metadata
 from ..errors import describe
+from ..models.checkpoint import check_output_path, read_metadata
+from ..runtime import distributed as dist
 from ..threat import EpsMode, Scope, WeightBall
 from ..training import RunPaths, TrainConfig, Trainer, TrainEvent, load_config_file, resolve_config
 from ..training.config import LRSchedule, OptimizerName

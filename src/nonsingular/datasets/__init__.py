@@ -1,7 +1,8 @@
 """Datasets as in-memory tensors in the data's scale, by source name; the embedded default is scikit-learn's digits.
 
 One module per source (digits, idx for MNIST / Fashion-MNIST, mnist_sample, cifar, npz), the shared `Dataset`
-in base, and the registry that maps source strings to loaders. Nothing here downloads anything.
+in base, and the registry that maps source strings to loaders. Nothing here downloads anything. Imports only the
+vocabulary (`errors`): every other layer may read data.
 
     data = load_data("mnist:/data/mnist")   # or "digits", "mnist-sample", "cifar10:PATH", "npz:FILE"
 """

@@ -207,7 +207,7 @@ def radius_distributions(results: dict[str, Any], path: Path) -> bool:
 def quantization(results: dict[str, Any], path: Path) -> bool:
     """Accuracy against bits per weight, one panel per grid granularity, at the section's eps_x: worst shared
     rounding (solid), certified (dashed), round-to-nearest (dotted), one colour per model; False when none."""
-    from .quantization import quantization_stats
+    from .quantization_grid import quantization_stats
 
     stats = quantization_stats(results)
     if not stats:

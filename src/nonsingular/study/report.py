@@ -13,9 +13,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-from ..checkpoint import atomic_write
-from .quantization import COLUMNS as QUANTIZATION_COLUMNS
-from .quantization import SURVIVAL_POINTS, quantization_rows, quantization_stats, quantization_summary
+from ..models.checkpoint import atomic_write
+from .quantization_grid import COLUMNS as QUANTIZATION_COLUMNS
+from .quantization_grid import SURVIVAL_POINTS, quantization_rows, quantization_stats, quantization_summary
 from .scale import scale_rows, scale_summary
 from .selection import validation_candidates, validation_choice
 from .stats import Stat, cell_stat, certified_stat, runs
@@ -140,7 +140,7 @@ def _tables(results: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
             for c in model["cells"]:
                 robust.append(
                     {"model": name, "seed": c.get("seed"), "parametrization": label}
-                    | {k: c[k] for k in ("eps_x", "eps_w", "scope", "accuracy", "verified")}
+                    | {k: c[k] for k in ("eps_x", "eps_w", "scope", "accuracy", "checked")}
                 )
             for scope in grid["scopes"]:
                 for ex in grid["eps_x"]:
@@ -200,7 +200,7 @@ def _intro(results: dict[str, Any]) -> str:
         f"({grid['weight_mode']} {grid['weight_ball']}), scopes {', '.join(grid['scopes'])}. Attack: "
         f"`{results['attack']}`"
         + (f" (headline point: `{results['headline_attack']}`)" if results.get("headline_attack") else "")
-        + ". Robust accuracies are attack results checked by the verifier (upper bounds on the "
+        + ". Robust accuracies are attack results checked by the checker (upper bounds on the "
         "truth); certified accuracies are lower bounds." + others + _certify_scope(results)
     )
 
@@ -214,7 +214,7 @@ def _certify_scope(results: dict[str, Any]) -> str:
     where = "at every grid point" if points is None else "at " + ", ".join(f"({ex:g}, {ew:g})" for ex, ew in points)
     first = f"on the first {n} examples" if n is not None else "on every example"
     return (
-        f" Certificates ({', '.join(cert.get('methods', []))}) {first} {where}; certified.csv gives the verified "
+        f" Certificates ({', '.join(cert.get('methods', []))}) {first} {where}; certified.csv gives the checked "
         "attack's accuracy on the same examples beside each."
     )
 
@@ -346,7 +346,7 @@ def _quantization_html(results: dict[str, Any]) -> str:
 
 
 def all_flags(results: dict[str, Any]) -> list[dict[str, Any]]:
-    """Every model's sanity flags (every seed), in model order (see nonsingular.sanity)."""
+    """Every model's sanity flags (every seed), in model order (see nonsingular.attacks.sanity)."""
     return [f for model in results["models"].values() for f in model.get("flags", [])]
 
 

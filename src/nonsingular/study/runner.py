@@ -25,25 +25,32 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .. import distributed as dist
 from .._version import __version__
-from ..architectures import build_model
-from ..attacks import PGD, Attack
-from ..certify import Certificate, certified_mask, certify
-from ..checkpoint import atomic_write, check_output_path, load_checkpoint, save_checkpoint
+from ..attacks import PGD, Attack, Loss
+from ..attacks.sanity import RandomNoise, gradient_flag, nested_flag, noise_flag, train_eval_flag
 from ..datasets import Dataset, load_data
 from ..errors import InputError, describe
-from ..evaluate import Cell, attack_and_verify, evaluate_cell
-from ..losses import Loss
-from ..radius import Ray, attacked_radius, certified_radius
-from ..sanity import RandomNoise, gradient_flag, nested_flag, noise_flag, train_eval_flag
+from ..evaluation import (
+    Cell,
+    Certificate,
+    Ray,
+    attack_and_check,
+    attacked_radius,
+    certified_mask,
+    certified_radius,
+    certify,
+    evaluate_cell,
+)
+from ..models import build_model
+from ..models.checkpoint import atomic_write, check_output_path, load_checkpoint, save_checkpoint
+from ..runtime import distributed as dist
 from ..threat import EpsMode, Scope, ThreatModel, WeightBall
 from ..training.trainer import architecture_spec
-from .config import ModelEntry, StudyConfig
-from .quantization import quantization_analysis
+from .model_units import train_config, train_for_study
+from .quantization_grid import quantization_analysis
 from .report import write_report
 from .scale import PARAMETRIZATIONS, layer_stats, rescaled
-from .training import train_config, train_for_study
+from .schema import ModelEntry, StudyConfig
 
 __all__ = ["StudyState", "run_study"]
 
@@ -500,7 +507,7 @@ class _ModelRun:
         return None if found is None else found.cell
 
     def _smaller(self, ex: float, ew: float, scope: Scope) -> list[Cell]:
-        """The verified cells of `scope` one grid step below (ex, ew) on each axis: threat sets inside this one.
+        """The checked cells of `scope` one grid step below (ex, ew) on each axis: threat sets inside this one.
         Their own smaller cells were carried into them already, so one step covers every nested cell."""
         xs, ws = self.axes.eps_x, self.axes.eps_w
         below = []
@@ -509,13 +516,13 @@ class _ModelRun:
         if ws.index(ew) > 0:
             below.append((ex, ws[ws.index(ew) - 1]))
         cells = [self.cell(a, b, scope) for a, b in below if a > 0 or b > 0]
-        return [c for c in cells if c is not None and c.verified and c.robust is not None]
+        return [c for c in cells if c is not None and c.checked and c.robust is not None]
 
     def _attack_point(self, ex: float, ew: float, attack: Attack, clean_correct: Tensor) -> None:
         """Both scopes of one grid point via evaluate_cell (as `nonsingular evaluate`), then the nesting carry.
 
         The threat sets are nested (a larger eps contains every smaller one, and the per-example set contains the
-        shared one), so a verified adversarial result of a smaller set is valid here: per example the worst is
+        shared one), so a checked adversarial result of a smaller set is valid here: per example the worst is
         kept (per-example scope), the lowest-accuracy perturbation is kept (shared scope), and per-example
         examples broken by the shared perturbation count as broken. Where a smaller cell broke examples that
         this cell's own attack missed, a margin-loss restart runs first (cross-entropy saturates when the model
@@ -528,7 +535,7 @@ class _ModelRun:
             per_example = found[Scope.PER_EXAMPLE].cell if Scope.PER_EXAMPLE in found else None
             cell = evaluate_cell(self.model, self.x, self.y, threat, attack, clean_correct, None, per_example)
             own = cell.accuracy
-            smaller = self._smaller(ex, ew, scope) if cell.verified and cell.robust is not None else []
+            smaller = self._smaller(ex, ew, scope) if cell.checked and cell.robust is not None else []
             restarted = False
             if (
                 scope is Scope.PER_EXAMPLE
@@ -540,14 +547,14 @@ class _ModelRun:
                 again = evaluate_cell(
                     self.model, self.x, self.y, threat, replace(attack, loss=Loss.MARGIN), clean_correct
                 )
-                if again.verified and again.robust is not None:
+                if again.checked and again.robust is not None:
                     restarted = True
                     cell = _with_robust(cell, cell.robust & again.robust.to(cell.robust.device))
             cell, carried = _carry(cell, smaller, scope)
             found[scope] = GridCell(self.seed, ex, ew, scope.value, cell, own, carried, restarted)
         shared = found.get(Scope.SHARED)
         pe = found.get(Scope.PER_EXAMPLE)
-        if shared and pe and pe.cell.verified and shared.cell.verified and shared.cell.same_as is None:
+        if shared and pe and pe.cell.checked and shared.cell.checked and shared.cell.same_as is None:
             pe.cell, extra = _carry(pe.cell, [shared.cell], Scope.PER_EXAMPLE)
             pe.carried += extra
         for scope, record in found.items():
@@ -633,7 +640,7 @@ class _ModelRun:
 
         nested: along each grid axis, and from shared to per-example scope, the larger threat set may not show
         a higher robust accuracy (the clean accuracy stands at (0, 0)); the nesting carry makes the reported
-        accuracies monotone, so this flags what the carry could not repair (an unverified cell). noise: random
+        accuracies monotone, so this flags what the carry could not repair (an unchecked cell). noise: random
         points at the headline point's per-example joint cell. gradients and train-eval: the model at the clean
         points.
         """
@@ -660,9 +667,9 @@ class _ModelRun:
         found.append(train_eval_flag(self.model, self.x, self.y, self.label))
         hx, hw = headline.eps_x, headline.eps_w
         cell = self.cell(hx, hw, Scope.PER_EXAMPLE)
-        if cell is not None and cell.verified and cell.robust is not None:
+        if cell is not None and cell.checked and cell.robust is not None:
             noise = RandomNoise(batch_size=attack.batch_size, seed=7919)
-            checked = attack_and_verify(self.model, self.x, self.y, self.threat(hx, hw), noise)
+            checked = attack_and_check(self.model, self.x, self.y, self.threat(hx, hw), noise)
             if checked.passed:
                 robust = cell.robust.to(checked.correct.device)
                 found.append(noise_flag(label(hx, hw, Scope.PER_EXAMPLE.value), robust, checked.correct))
@@ -672,14 +679,14 @@ class _ModelRun:
 
     def certify_cells(self, points, clean_correct: Tensor, n_examples: int | None = None) -> list[dict[str, Any]]:
         """Certificates at the given grid points via certify (as `nonsingular certify`) on the first `n_examples`
-        examples (default all), bounding only those the verified per-example attack left correct (a sound bound
+        examples (default all), bounding only those the checked per-example attack left correct (a sound bound
         cannot certify the others); each row also holds that attack's accuracy on the same examples."""
         rows = []
         n = len(self.y) if n_examples is None else min(n_examples, len(self.y))
         tag = "" if n == len(self.y) else f"@{n}"  # state keys of whole-set certificates keep their old form
         for i, (ex, ew) in enumerate(points):
             attacked = self.cell(ex, ew, Scope.PER_EXAMPLE)
-            survivors = attacked.robust if attacked is not None and attacked.verified else None
+            survivors = attacked.robust if attacked is not None and attacked.checked else None
             survivors = clean_correct if survivors is None else survivors.to(self.y.device)
             survivors = survivors[:n]
             missing = [m for m in self.methods if self.state.get(self._key("cert", ex, ew, m + tag)) is None]
@@ -720,10 +727,10 @@ class GridCell:
         seed: the training and attack seed.
         eps_x, eps_w, scope: the cell.
         cell: the evaluated cell (evaluate.Cell) after the nesting carry: its accuracy and robust examples
-            include verified results carried from smaller threat sets and the margin restart.
+            include checked results carried from smaller threat sets and the margin restart.
         own_accuracy: the accuracy of this cell's own first attack, before any carry or restart.
         carried: examples (per-example scope; the shared scope: 1 when a smaller cell's perturbation was kept)
-            that only a smaller cell's verified result broke.
+            that only a smaller cell's checked result broke.
         margin_restart: a margin-loss restart ran (the cross-entropy attack missed examples a smaller set broke).
     """
 
@@ -757,7 +764,7 @@ class GridCell:
             "eps_w": self.eps_w,
             "scope": self.scope,
             "accuracy": self.cell.accuracy,
-            "verified": self.cell.verified,
+            "checked": self.cell.checked,
             "paths": self.cell.paths,
             "own_accuracy": self.own_accuracy,
             "carried": self.carried,
@@ -766,7 +773,7 @@ class GridCell:
 
 
 def _cell_fields(cell: Cell) -> dict[str, Any]:
-    return {"accuracy": cell.accuracy, "verified": cell.verified}
+    return {"accuracy": cell.accuracy, "checked": cell.checked}
 
 
 def _with_robust(cell: Cell, robust: Tensor) -> Cell:
@@ -774,15 +781,15 @@ def _with_robust(cell: Cell, robust: Tensor) -> Cell:
 
 
 def _misses(cell: Cell, smaller: list[Cell]) -> bool:
-    """Whether a smaller cell's verified attack broke an example this cell's attack left standing."""
+    """Whether a smaller cell's checked attack broke an example this cell's attack left standing."""
     return cell.robust is not None and any(
         bool((cell.robust & ~other.robust.to(cell.robust.device)).any()) for other in smaller
     )
 
 
 def _carry(cell: Cell, smaller: list[Cell], scope: Scope) -> tuple[Cell, int]:
-    """`cell` with the verified results of the nested `smaller` cells carried in; (cell, carried count)."""
-    if not smaller or cell.robust is None or not cell.verified:
+    """`cell` with the checked results of the nested `smaller` cells carried in; (cell, carried count)."""
+    if not smaller or cell.robust is None or not cell.checked:
         return cell, 0
     if scope is Scope.SHARED:  # one perturbation for all: keep the one with the lowest accuracy
         worst = min(smaller, key=lambda c: float(c.robust.float().mean()))

@@ -16,7 +16,7 @@ def runs(model: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def cell_stat(model: dict[str, Any], eps_x: float, eps_w: float, scope: str = "per-example") -> Stat:
-    """Mean and spread over seeds of the verified accuracy at one cell (None where a seed failed verification)."""
+    """Mean and spread over seeds of the checked accuracy at one cell (None where a seed failed the check)."""
     values = list(seed_values(model, eps_x, eps_w, scope).values())
     return Stat.of(values)
 

@@ -8,7 +8,7 @@ The rule, per claim, per pair of models (every model of the objective against ev
 
 1. Cells: claim 1 uses the weight-only cells (eps_x = 0, eps_w > 0), claim 2 the joint cells (both > 0). A cell
    where both models' mean accuracies are below `FLOOR` (saturated: the attack wins everywhere) is excluded,
-   and so is a cell without a verified accuracy for every seed.
+   and so is a cell without a checked accuracy for every seed.
 2. Per seed, the difference is the mean over the kept cells of (subject - reference) accuracy, paired by seed.
 3. The difference is decided when it has the same sign in every seed and its mean exceeds `Z` standard errors
    (standard deviation over seeds / sqrt(seeds)); otherwise it is within the noise. One seed has no spread and
@@ -40,7 +40,7 @@ def mean_sd(values: list[float]) -> tuple[float, float | None]:
 
 
 def seed_values(model: dict[str, Any], eps_x: float, eps_w: float, scope: str) -> dict[Any, float | None]:
-    """seed -> verified accuracy of the model's cell (None when it failed verification)."""
+    """seed -> checked accuracy of the model's cell (None when it failed the check)."""
     return {
         c.get("seed"): c["accuracy"]
         for c in model["cells"]
@@ -57,7 +57,7 @@ class Comparison:
         subject, reference: model names (claim 1: input-AT vs standard; claim 2: bound-reg vs the reference).
         scope: "per-example" or "shared".
         cells: the (eps_x, eps_w) cells kept.
-        excluded: cells left out (both below FLOOR, or an unverified cell).
+        excluded: cells left out (both below FLOOR, or an unchecked cell).
         per_seed: seed -> mean over kept cells of (subject - reference) accuracy, fraction.
         mean, se: mean and standard error of per_seed (se None with one seed).
         outcome: "higher", "lower" (subject's accuracy, decided) or "within noise" / "no cells".

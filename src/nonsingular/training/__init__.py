@@ -1,5 +1,9 @@
 """Robust training: objectives (THEORY.md section 6), one trainer, and its configuration.
 
+Owns the objectives and their registry (composable by name with `+`), the one trainer, its config, logs,
+resumable state and data-parallel runs. May import the vocabulary, `runtime`, `datasets`, `models`, `attacks`
+and `bounds` (certified-training objectives); the study and the CLI sit above it.
+
 ```python
 from nonsingular.training import TrainConfig, Trainer, RunPaths
 result = Trainer(TrainConfig(objective="joint-at", epochs=10), RunPaths("runs/joint.safetensors")).fit()

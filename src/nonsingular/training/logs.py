@@ -14,7 +14,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from ..checkpoint import atomic_write
+from ..models.checkpoint import atomic_write
 
 __all__ = ["MetricsLog", "RunPaths"]
 

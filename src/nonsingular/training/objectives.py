@@ -31,11 +31,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .. import distributed as dist
-from ..attacks import PGD
+from ..attacks import PGD, Loss
+from ..attacks.perturbation import WeightBlock, installed
 from ..bounds import ibp_margin_bounds, loss_bound_from_margins, sensitivity_terms
-from ..losses import Loss
-from ..perturbation import WeightBlock, installed
+from ..runtime import distributed as dist
 from ..threat import EpsMode, Scope, ThreatModel
 from . import parallel
 from .config import TrainConfig

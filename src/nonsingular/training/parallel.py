@@ -12,7 +12,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
-from .. import distributed as dist
+from ..runtime import distributed as dist
 
 __all__ = ["any_rank", "batch_share", "check_batches", "global_mean", "inner", "sum_over_ranks", "wrap"]
 

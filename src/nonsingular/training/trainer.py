@@ -28,12 +28,12 @@ import torch
 import yaml
 from torch import Tensor, nn
 
-from .. import distributed as dist
-from ..architectures import build_model
 from ..attacks import PGD
-from ..checkpoint import CheckpointError, atomic_write, load_checkpoint, save_checkpoint
 from ..datasets import Dataset, canonical_source, load_data
-from ..devices import resolve_device
+from ..models import build_model
+from ..models.checkpoint import CheckpointError, atomic_write, load_checkpoint, save_checkpoint
+from ..runtime import distributed as dist
+from ..runtime import resolve_device
 from ..threat import ThreatModel
 from . import parallel
 from .config import LRSchedule, OptimizerName, TrainConfig
