@@ -12,10 +12,10 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from nonsingular import PGD, ThreatModel, check_attack
-from nonsingular.models import architectures as models_module
 from nonsingular.attacks.perturbation import settle_operator_rounding
 from nonsingular.datasets import Dataset
 from nonsingular.models import LeNet, SmallCNN, load_user_model, load_weights
+from nonsingular.models import architectures as models_module
 
 SHAPES = [(1, 8, 8), (1, 28, 28), (3, 32, 32)]
 ARCHS = {

@@ -109,7 +109,7 @@ def test_no_import_cycles_between_modules(root):
         stack.append(m)
         for t in graph[m]:
             if state.get(t) == 1:
-                cycle = stack[stack.index(t) :] + [t]
+                cycle = [*stack[stack.index(t) :], t]
                 if not any(modules[c].name == "__init__.py" and t.startswith(c + ".") for c in cycle):
                     raise AssertionError("import cycle: " + " -> ".join(cycle))
             elif t not in state:
