@@ -2,7 +2,7 @@
 
 `PGD`'s loop needs, every step, the logits, the per-example loss and the gradient of the summed loss with
 respect to the input and each Lemma 1 coefficient t. For a model that is a plain chain
-[Normalize] [Flatten] (Linear ReLU)* Linear (`models.MLP`, or an nn.Sequential of those modules with no hooks)
+`[Normalize] [Flatten] (Linear ReLU)* Linear` (`models.MLP`, or an nn.Sequential of those modules with no hooks)
 this module computes exactly what autograd computes for the hooked model (`perturbation.WeightBlock.hook`),
 with the same operations in the same order, so results are bit-identical (tests/test_fused_mlp.py), but:
 

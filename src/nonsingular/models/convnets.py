@@ -39,7 +39,8 @@ class SmallCNN(nn.Sequential):
     Args:
         input_shape: (C, H, W) of one example, e.g. (1, 28, 28).
         num_classes: number of logits.
-        mean, std: input normalisation (scalar or per channel), in the data's scale.
+        mean: input normalisation (scalar or per channel), in the data's scale.
+        std: its standard deviation, in the same form as mean.
         channels: (c1, c2) output channels of the two convolutions.
         hidden: width of the hidden Linear layer.
 
@@ -89,7 +90,8 @@ class LeNet(nn.Sequential):
     Args:
         input_shape: (C, H, W) of one example.
         num_classes: number of logits.
-        mean, std: input normalisation (scalar or per channel).
+        mean: input normalisation (scalar or per channel).
+        std: its standard deviation, in the same form as mean.
         channels: output channels of the two convolutions (LeNet-5: 6, 16).
         hidden: widths of the two hidden Linear layers (LeNet-5: 120, 84).
         pool: "avg" (LeNet-5's subsampling; a linear map), "max", or "stride" (a stride-2 convolution instead

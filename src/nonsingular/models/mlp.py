@@ -45,7 +45,8 @@ class MLP(nn.Sequential):
         input_shape: shape of one example, e.g. (1, 8, 8).
         widths: hidden layer widths, e.g. (256, 256).
         num_classes: number of logits.
-        mean, std: input normalisation statistics (scalar or per channel).
+        mean: input normalisation statistics (scalar or per channel).
+        std: its standard deviation, in the same form as mean.
     """
 
     def __init__(

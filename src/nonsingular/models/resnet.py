@@ -45,7 +45,8 @@ class ResNet(nn.Module):
     Args:
         input_shape: (C, H, W) of one example.
         num_classes: number of logits.
-        mean, std: input normalisation (scalar or per channel), in the data's scale.
+        mean: input normalisation (scalar or per channel), in the data's scale.
+        std: its standard deviation, in the same form as mean.
         channels: (c1, c2) channels of the stem/first block and of the second (stride-2) block.
         hidden: width of the hidden Linear layer.
         pooled: side of the adaptive average pooling's output grid.
