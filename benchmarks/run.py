@@ -412,7 +412,7 @@ def main() -> None:
 #: sections written by other scripts (benchmarks/strength.py, compare_lirpa_cnn.py, crown_scaling.py), kept
 #: when the rendered ones are rewritten
 KEPT_SECTIONS = (
-    "## Performance work of issue 16",
+    "## Performance work on the attack kernels",
     "## Certificates: CNNs through the graph engine",
     "## Certificates: CNNs on MNIST digits",
     "## Certificates: scaling",
