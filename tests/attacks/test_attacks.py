@@ -6,9 +6,9 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
-from attack_reference import explicit_joint_pgd
 from nonsingular import FGSM, PGD, ThreatModel, TorchattacksAdapter, check_attack
 from nonsingular.models import Normalize
+from tests.support.attack_reference import explicit_joint_pgd
 
 THREATS = {
     "input": {"eps_x": 0.05},

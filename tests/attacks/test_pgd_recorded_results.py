@@ -7,9 +7,9 @@ hooks (commit 7f8a0bd), on a seeded MLP and a seeded random CNN, for ce and marg
 import pytest
 import torch
 
-from conftest import train_mlp
 from nonsingular import PGD, ThreatModel
 from nonsingular.models import SmallCNN
+from tests.support import train_mlp
 
 CASES = {
     "mlp-input-ce": ("mlp", {"eps_x": 0.1}, "ce"),

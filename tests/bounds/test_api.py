@@ -8,7 +8,6 @@ import pytest
 import torch
 from torch import nn
 
-from bounds_support import margins, tolerance, vertex_logits
 from nonsingular import MLP, ThreatModel
 from nonsingular.bounds import (
     IBP_RULES,
@@ -19,6 +18,7 @@ from nonsingular.bounds import (
     sensitivity_terms,
 )
 from nonsingular.models import Normalize
+from tests.support.threat_points import margins, tolerance, vertex_logits
 
 METHODS = ["norm", "ibp", "crown"]
 THREAT = ThreatModel(eps_x=0.02, eps_w=0.01, eps_b=0.01)

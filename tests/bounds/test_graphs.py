@@ -12,11 +12,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bounds_support import margins, tolerance, vertex_logits
-from graph_fuzz_support import run_case
 from nonsingular import ThreatModel
 from nonsingular.bounds import UnsupportedLayerError, margin_bounds
 from nonsingular.models import build_model
+from tests.support.graph_fuzz import run_case
+from tests.support.threat_points import margins, tolerance, vertex_logits
 
 
 @pytest.mark.parametrize("seed", range(6))
@@ -151,8 +151,8 @@ def test_patch_coefficients_give_the_dense_bounds(seed, monkeypatch):
     residual adds, pooling; random threats in both balls and modes)."""
     import random
 
-    from graph_fuzz_support import RandomGraph, random_threat
     from nonsingular.bounds.registry import RULES, Rule
+    from tests.support.graph_fuzz import RandomGraph, random_threat
 
     rng = random.Random(seed)
     torch.manual_seed(seed)

@@ -15,10 +15,10 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
-from bounds_support import margins
 from nonsingular import ThreatModel
 from nonsingular.bounds import margin_bounds, norm_bounds, sensitivity_terms
 from nonsingular.models import Normalize
+from tests.support.threat_points import margins
 
 TOL = 1e-10
 

@@ -4,15 +4,15 @@ tests/data/mlp_margins_reference.json before the engine replaced them), to float
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 import torch
 
-from mlp_reference_cases import CASES, case
 from nonsingular.bounds import margin_bounds
+from tests.support import DATA
+from tests.support.mlp_reference_cases import CASES, case
 
-REFERENCE = json.loads((Path(__file__).parent / "data" / "mlp_margins_reference.json").read_text())
+REFERENCE = json.loads((DATA / "mlp_margins_reference.json").read_text())
 
 
 @pytest.mark.parametrize("index", range(len(CASES)))

@@ -11,10 +11,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from bounds_support import attacked_logits, margins, tolerance, vertex_logits
 from nonsingular import MLP, ThreatModel
 from nonsingular.bounds import margin_bounds, norm_bounds
 from nonsingular.models import Normalize
+from tests.support.threat_points import attacked_logits, margins, tolerance, vertex_logits
 
 SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from bad_inputs import make_workspace
-from conftest import run_cli
+from tests.support import run_cli
+from tests.support.bad_inputs import make_workspace
 
 #: Cases every command that loads a model and data shares (evaluate, certify, radius): (id, args, needle).
 LOADING = [

@@ -6,9 +6,9 @@ import json
 
 import pytest
 
-from conftest import run_cli
 from nonsingular import PGD, ThreatModel
 from nonsingular.evaluation import certified_mask, certify
+from tests.support import run_cli
 
 
 def test_certify_library_report_is_consistent(small_mlp, batch):

@@ -3,8 +3,8 @@
 import json
 from pathlib import Path
 
-from conftest import run_cli
-from fileformats import write_mnist
+from tests.support import run_cli
+from tests.support.fileformats import write_mnist
 
 
 def test_cnn_train_evaluate_certify_on_mnist_files(tmp_path: Path, monkeypatch, capsys) -> None:

@@ -1,7 +1,7 @@
 """What users try first on the command line: the version, and shell completion."""
 
-from conftest import run_cli
 from nonsingular import __version__
+from tests.support import run_cli
 
 
 def test_version(monkeypatch, capsys):

@@ -4,10 +4,10 @@ import json
 
 import pytest
 
-from attack_reference import explicit_joint_pgd
-from conftest import run_cli
 from nonsingular.datasets import load_digits
 from nonsingular.models import load_checkpoint
+from tests.support import run_cli
+from tests.support.attack_reference import explicit_joint_pgd
 
 
 def test_evaluate_round_trip(monkeypatch, capsys, checkpoint, tmp_path):

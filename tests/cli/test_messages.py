@@ -11,14 +11,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import run_cli
-from fileformats import write_npz
 from nonsingular.datasets import load_data
 from nonsingular.models.checkpoint import load_checkpoint, read_metadata
 from nonsingular.runtime import atomic_write
 from nonsingular.study.runner import run_study
 from nonsingular.study.schema import StudyConfig
 from nonsingular.training import RunPaths, TrainConfig, Trainer, TrainEvent
+from tests.support import run_cli
+from tests.support.fileformats import write_npz
 
 
 def _npz(path: Path, seed: int, n: int = 100) -> Path:

@@ -1,6 +1,6 @@
 import json
 
-from conftest import run_cli
+from tests.support import run_cli
 
 
 def test_radius_command(monkeypatch, capsys, checkpoint, tmp_path):

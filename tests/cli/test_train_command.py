@@ -7,14 +7,13 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import run_cli
 from nonsingular.datasets import load_data
 from nonsingular.models import build_model
 from nonsingular.models.checkpoint import load_checkpoint, read_metadata, save_checkpoint
 from nonsingular.training import RunPaths
-from train_support import one_thread
+from tests.support import run_cli
 
-__all__ = ["one_thread"]
+pytestmark = pytest.mark.usefixtures("one_thread")  # training on one thread (tests/conftest.py)
 
 FAST = ["--widths", "16", "--epochs", "2", "--eval-steps", "2", "--quiet"]
 

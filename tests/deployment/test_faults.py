@@ -7,10 +7,10 @@ import json
 import pytest
 import torch
 
-from conftest import run_cli
 from nonsingular import ThreatModel
 from nonsingular.deployment import bit_flip_accuracies, flip_bit, summarise, uniform_box_accuracies
 from nonsingular.deployment.quantize import QuantizationSpec, layer_grids, nearest_codes, quantized_accuracy
+from tests.support import run_cli
 
 
 def test_summary_statistics():

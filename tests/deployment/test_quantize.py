@@ -11,7 +11,6 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
-from conftest import run_cli
 from nonsingular import ThreatModel
 from nonsingular.attacks import PGD
 from nonsingular.bounds import margin_bounds
@@ -26,6 +25,7 @@ from nonsingular.deployment.quantize import (
     quantization_threat,
     quantized_accuracy,
 )
+from tests.support import run_cli
 
 
 def test_grids_follow_the_common_schemes():

@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from tests.support import script
+
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
 
 
@@ -51,7 +53,7 @@ def test_two_processes_match_one(checkpoint, tmp_path):
 
 
 def test_dead_rank_ends_the_job(tmp_path):
-    worker = Path(__file__).with_name("dist_worker.py")
+    worker = script("dead_rank_worker.py")
     done = subprocess.run([*TORCHRUN, str(worker), "20"], capture_output=True, text=True, timeout=120)
     assert done.returncode != 0
     assert "without its peer" not in done.stdout

@@ -6,11 +6,11 @@ import json
 
 import pytest
 
-from conftest import run_cli
 from nonsingular.datasets import load_digits
 from nonsingular.deployment.quantize import QuantizationSpec, layer_grids, nearest_codes, quantized_accuracy
 from nonsingular.models import load_checkpoint
 from nonsingular.study import load_study_config
+from tests.support import run_cli
 
 QUANTIZED = """
 name = "quantized"

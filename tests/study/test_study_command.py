@@ -7,8 +7,6 @@ import json
 import pytest
 import torch
 
-from browser import find_chromium, inspect_page
-from conftest import run_cli
 from nonsingular import PGD, AutoEnsemble, ThreatModel, check_attack
 from nonsingular.datasets import load_digits
 from nonsingular.evaluation import Cell
@@ -16,6 +14,8 @@ from nonsingular.models import load_checkpoint
 from nonsingular.study import load_study_config, run_study
 from nonsingular.study.runner import GridCell, _carry, _misses
 from nonsingular.threat import Scope
+from tests.support import run_cli
+from tests.support.browser import find_chromium, inspect_page
 
 TINY = """
 name = "tiny"

@@ -15,9 +15,9 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from fileformats import write_npz
 from nonsingular.models.checkpoint import _META_KEY, read_metadata
 from nonsingular.training import RunPaths, TrainConfig, Trainer
+from tests.support.fileformats import write_npz
 
 FACTORIES = textwrap.dedent(
     """

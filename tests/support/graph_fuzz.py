@@ -12,10 +12,10 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from bounds_support import attacked_logits, margins, tolerance, vertex_logits
 from nonsingular import ThreatModel
 from nonsingular.bounds import margin_bounds
 from nonsingular.models import Normalize
+from tests.support.threat_points import attacked_logits, margins, tolerance, vertex_logits
 
 #: Bound methods the fuzzer checks; "alpha-crown-final" is alpha-CROWN optimising the final margins' slopes only.
 METHODS = ("ibp", "crown", "alpha-crown", "alpha-crown-final")

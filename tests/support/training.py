@@ -1,11 +1,9 @@
-"""Helpers shared by the training tests: a tiny, fast configuration and a single-thread torch."""
+"""A tiny, fast training configuration shared by the training tests (their single-thread torch is the
+`one_thread` fixture of tests/conftest.py, used by every test under tests/training)."""
 
 from __future__ import annotations
 
 from typing import Any
-
-import pytest
-import torch
 
 from nonsingular.training import TrainConfig
 
@@ -22,12 +20,3 @@ def tiny_config(**overrides: Any) -> TrainConfig:
         "eval_steps": 0,
     }
     return TrainConfig(**{**base, **overrides})
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Small matmuls are fastest on one thread, and two threads thrash badly on a shared 2-core machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)

@@ -8,9 +8,7 @@ import torch
 from nonsingular.bounds import sensitivity_terms
 from nonsingular.threat import ThreatModel
 from nonsingular.training import BoundRegularized, Standard, StepContext, Trainer, build_objective
-from train_support import one_thread, tiny_config
-
-__all__ = ["one_thread"]
+from tests.support.training import tiny_config
 
 
 def _model(digits):
@@ -49,8 +47,8 @@ def test_hinge_option_reaches_the_objective_and_refuses_log_domain() -> None:
 
 
 def test_train_cli_margin_hinge_flag(monkeypatch, capsys, tmp_path) -> None:
-    from conftest import run_cli
     from nonsingular.models import load_checkpoint
+    from tests.support import run_cli
 
     out = tmp_path / "hinge.safetensors"
     args = ["train", "--objective", "bound-reg", "--margin-hinge", "--epochs", "1", "-o", str(out)]

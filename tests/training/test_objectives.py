@@ -24,9 +24,7 @@ from nonsingular.training import (
     training_threat,
     unregister_objective,
 )
-from train_support import one_thread, tiny_config
-
-__all__ = ["one_thread"]
+from tests.support.training import tiny_config
 
 CASES = {
     "standard": {},

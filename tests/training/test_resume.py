@@ -14,9 +14,7 @@ import torch
 
 from nonsingular.models import load_checkpoint
 from nonsingular.training import RunPaths, Trainer, TrainEvent, resolve_config
-from train_support import one_thread, tiny_config
-
-__all__ = ["one_thread"]
+from tests.support.training import tiny_config
 
 
 class Crash(Exception):
