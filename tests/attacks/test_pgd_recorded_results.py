@@ -1,4 +1,4 @@
-"""PGD's results did not move when the loop gained its loss and schedule hooks (issue 12 item 1).
+"""PGD reproduces results recorded from its loop as it was before it gained the loss and schedule hooks.
 
 The masks (attack's own prediction == label) and input sums were computed with the loop as it was before the
 hooks (commit 7f8a0bd), on a seeded MLP and a seeded random CNN, for ce and margin on every weight path.

@@ -2,7 +2,7 @@
 problem, no traceback, and no existing file changed (hashes of the whole workspace before and after).
 
 The files the cases read are made once by `bad_inputs.make_workspace`; `{ws}` is that folder and `{ck}` a good
-checkpoint in it. Cases run in-process through the console entry point (`conftest.run_cli`).
+checkpoint in it. Cases run in-process through the console entry point (`tests.support.run_cli`).
 """
 
 from __future__ import annotations

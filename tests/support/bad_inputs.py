@@ -1,7 +1,7 @@
 """The workspace of the bad-input table: broken and hostile files of every kind a command reads.
 
-`make_workspace(folder, checkpoint)` writes them once per session; `CASES` (in test_bad_input.py) refers to them
-by name through `{ws}` in its arguments.
+`make_workspace(folder, checkpoint)` writes them once per session; `CASES` (in tests/cli/test_bad_input.py) refers
+to them by name through `{ws}` in its arguments.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""A torchrun worker for tests/test_distributed.py: rank 1 dies, rank 0 must fail instead of hanging."""
+"""A torchrun worker for tests/runtime/test_distributed.py: rank 1 dies, rank 0 must fail instead of hanging."""
 
 import os
 import sys

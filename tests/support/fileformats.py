@@ -119,3 +119,9 @@ def write_npz(path: Path, **arrays: np.ndarray) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     np.savez(path, **arrays)
     return path
+
+
+def random_npz(path: Path, seed: int, n: int = 100) -> Path:
+    """An .npz of n random 8x8 one-channel images in [0, 1) with labels cycling through the 10 classes."""
+    rng = np.random.default_rng(seed)
+    return write_npz(path, x=rng.random((n, 1, 8, 8), dtype=np.float32), y=np.arange(n) % 10)

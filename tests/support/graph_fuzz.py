@@ -1,6 +1,6 @@
 """Random small graphs (conv, BatchNorm, residual add, concatenation, pooling) and random threats, and the check
 that no bound is beaten by a point of the threat set found with explicit per-example weights (checked PGD with
-margin and cross-entropy losses, and random vertices; bounds_support.py). Shared by tests/test_bounds_graph.py (a
+margin and cross-entropy losses, and random vertices; threat_points.py). Shared by tests/bounds/test_graphs.py (a
 few cases) and benchmarks/bound_fuzzer.py (>= 10,000 examples).
 """
 

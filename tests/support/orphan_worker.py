@@ -1,5 +1,5 @@
-"""For tests/test_study_workers.py: a process that spawns a child running `exit_with_parent`, then dies
-abruptly; the child must notice and exit. Usage: python orphan_support.py PID_FILE."""
+"""For tests/study/test_workers.py: a process that spawns a child running `exit_with_parent`, then dies
+abruptly; the child must notice and exit. Usage: python orphan_worker.py PID_FILE."""
 
 import multiprocessing
 import os
