@@ -1,5 +1,7 @@
 """Contract of every attack variant: inside the threat set, no better than clean, checker agrees."""
 
+import copy
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -224,17 +226,60 @@ def test_bad_attack_config(kwargs):
         PGD(**kwargs)
 
 
-def test_margin_loss_runs(small_mlp, batch):
-    x, y = batch
-    result = PGD(steps=3, loss="margin")(small_mlp, x, y, ThreatModel(eps_x=0.05, eps_w=0.001))
-    assert check_attack(small_mlp, x, y, result).passed
+def _fooled(model, x, y, result):
+    """(N,) mask of the examples the result misclassifies, as the independent checker recomputes it."""
+    check = check_attack(model, x, y, result)
+    assert check.passed, check.problems
+    return ~check.correct
 
 
-def test_attack_runs_inside_no_grad(small_mlp, batch):
+def test_margin_loss_finds_errors_where_cross_entropy_saturates(small_mlp, batch):
+    """With the last layer scaled by 2**14 the logits scale exactly (a power of two) and the softmax saturates:
+    cross-entropy's gradient underflows to zero on confidently classified examples, so PGD with it finds nothing
+    beyond the clean errors. The margin max_k z_k - z_y only scales, its sign steps are unchanged: it finds
+    bit for bit the points it finds on the unscaled model, among them every error cross-entropy finds there."""
     x, y = batch
+    scaled = copy.deepcopy(small_mlp)
     with torch.no_grad():
-        result = PGD(steps=2)(small_mlp, x, y, ThreatModel(eps_x=0.05, eps_w=0.001))
-    assert check_attack(small_mlp, x, y, result).passed
+        scaled[-1].weight.mul_(2.0**14)
+        scaled[-1].bias.mul_(2.0**14)
+    threat = ThreatModel(eps_x=0.05, eps_w=0.001, layers=["2", "4"])  # the scaled layer itself is not perturbed
+    with torch.no_grad():
+        clean_wrong = small_mlp(x).argmax(1) != y
+    ce, margin = PGD(steps=10, loss="ce"), PGD(steps=10, loss="margin")
+    ce_plain, margin_plain = ce(small_mlp, x, y, threat), margin(small_mlp, x, y, threat)
+    ce_scaled, margin_scaled = ce(scaled, x, y, threat), margin(scaled, x, y, threat)
+    fooled_ce = _fooled(small_mlp, x, y, ce_plain)
+    assert int(fooled_ce.sum()) >= int(clean_wrong.sum()) + 4  # cross-entropy works on the unscaled model
+    assert torch.equal(_fooled(scaled, x, y, ce_scaled), clean_wrong)  # and finds nothing once it saturates
+    assert torch.equal(margin_scaled.x_adv, margin_plain.x_adv)
+    fooled_margin = _fooled(scaled, x, y, margin_scaled)
+    assert torch.equal(fooled_margin, _fooled(small_mlp, x, y, margin_plain))
+    assert not (fooled_ce & ~fooled_margin).any(), "an error cross-entropy finds that the margin loss misses"
+
+
+@pytest.mark.parametrize(
+    "threat",
+    [
+        ThreatModel(eps_x=0.05, eps_w=0.002),  # the fused MLP path
+        ThreatModel(eps_x=0.05, eps_w=0.05, weight_ball="operator"),  # the hooked autograd path
+    ],
+    ids=["fused", "autograd"],
+)
+def test_attack_inside_no_grad_finds_the_errors_of_a_normal_call(small_mlp, batch, threat):
+    """Callers evaluate under torch.no_grad(); the attack enables gradients itself and finds, bit for bit, the
+    points (inputs and weights) a normal call finds: errors beyond the clean ones, confirmed by the checker."""
+    x, y = batch
+    attack = PGD(steps=5, seed=2)
+    normal = attack(small_mlp, x, y, threat)
+    with torch.no_grad():
+        quiet = attack(small_mlp, x, y, threat)
+        clean_wrong = small_mlp(x).argmax(1) != y
+    assert torch.equal(quiet.x_adv, normal.x_adv) and torch.equal(quiet.logits, normal.logits)
+    got, want = quiet.perturbed_weights(), normal.perturbed_weights()
+    assert got.keys() == want.keys() and all(torch.equal(got[k], want[k]) for k in got)
+    fooled = _fooled(small_mlp, x, y, quiet)
+    assert int(fooled.sum()) >= int(clean_wrong.sum()) + 3
 
 
 @pytest.mark.parametrize("eps_w", [0.0, 0.01])
