@@ -15,9 +15,9 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root, for tests.support
 
-from graph_fuzz_support import METHODS, run_case
+from tests.support.graph_fuzz import METHODS, run_case
 
 
 def main(argv: list[str] | None = None) -> int:

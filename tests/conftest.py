@@ -4,32 +4,15 @@ from __future__ import annotations
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from nonsingular.datasets import Dataset, load_digits
 from nonsingular.models import MLP
+from tests.support import train_mlp
 
 
 @pytest.fixture(scope="session")
 def digits() -> Dataset:
     return load_digits()
-
-
-def train_mlp(data: Dataset, widths: tuple[int, ...] = (32, 32), epochs: int = 8, seed: int = 0) -> MLP:
-    """A small MLP trained with Adam on the digits; about a second on one core."""
-    torch.manual_seed(seed)
-    model = MLP(data.input_shape, widths, data.num_classes, data.mean, data.std)
-    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
-    g = torch.Generator().manual_seed(seed)
-    for _ in range(epochs):
-        perm = torch.randperm(len(data.y_train), generator=g)
-        for i in range(0, len(perm), 64):
-            idx = perm[i : i + 64]
-            loss = F.cross_entropy(model(data.x_train[idx]), data.y_train[idx])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-    return model.eval()
 
 
 @pytest.fixture(scope="session")
@@ -60,17 +43,10 @@ def checkpoint(tmp_path_factory, small_mlp: MLP, digits: Dataset):
     return path
 
 
-def run_cli(monkeypatch, capsys, *args: str) -> tuple[int, str, str]:
-    """Run the console entry point in-process; returns (exit code, stdout, stderr)."""
-    import sys
-
-    from nonsingular.cli import main
-
-    monkeypatch.setattr(sys, "argv", ["nonsingular", *args])
-    code = 0
-    try:
-        main()
-    except SystemExit as exit_:
-        code = exit_.code if isinstance(exit_.code, int) else 1
-    out = capsys.readouterr()
-    return code, out.out, out.err
+@pytest.fixture
+def one_thread():
+    """Small matmuls are fastest on one thread, and two threads thrash badly on a shared 2-core machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -4,7 +4,7 @@
 respect to the input and each Lemma 1 coefficient t. For a model that is a plain chain
 `[Normalize] [Flatten] (Linear ReLU)* Linear` (`models.MLP`, or an nn.Sequential of those modules with no hooks)
 this module computes exactly what autograd computes for the hooked model (`perturbation.WeightBlock.hook`),
-with the same operations in the same order, so results are bit-identical (tests/test_fused_mlp.py), but:
+with the same operations in the same order, so results are bit-identical (tests/attacks/test_fused_mlp.py), but:
 
 - no autograd graph, hooks or engine bookkeeping per step (the per-step Python and dispatch cost that made
   small MLPs slower than torchattacks' loop);

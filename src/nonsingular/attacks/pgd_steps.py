@@ -42,11 +42,13 @@ def value_and_grad(
     if fused is not None:
         return fused.value_and_grad(x, blocks, objective, y, clean, input_grad, need_grad)
     xb = x.requires_grad_(input_grad and need_grad)
+    wrt = ([xb] if input_grad else []) + variables
+    # The whole graph, its sum included, is built with gradients on: a caller's torch.no_grad() must not cut it.
     with torch.enable_grad(), installed(blocks):
         logits = model(xb)
         losses = per_example(objective(logits, y, clean))
-    wrt = ([xb] if input_grad else []) + variables
-    grads = list(torch.autograd.grad(losses.sum(), wrt)) if need_grad and wrt else []
+        total = losses.sum()
+    grads = list(torch.autograd.grad(total, wrt)) if need_grad and wrt else []
     return logits.detach(), losses.detach(), grads
 
 
