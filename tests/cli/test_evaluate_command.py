@@ -32,11 +32,15 @@ def test_evaluate_round_trip(monkeypatch, capsys, checkpoint, tmp_path):
     assert joint["accuracy"] <= reference + 1 / 60
     assert report["cells"]["joint"]["per-example"]["paths"] == {"2": "lemma1", "4": "lemma1", "6": "lemma1"}
     assert report["cells"]["joint"]["per-example"]["accuracy"] <= report["cells"]["joint"]["shared"]["accuracy"]
-    # the default attack is the ensemble, its budget recorded; sanity flags are a list (printed when present)
+    # the default attack is the ensemble, its budget recorded; on this trained MLP no sanity check fires, and
+    # the table says which checks ran (test_evaluate_prints_and_records_sanity_flags: a model where they fire)
     assert report["attack"].startswith("AutoEnsemble(steps=5, restarts=1, targets=3")
     budget = {"steps": 5, "restarts": 1, "targets": 3, "shared_targets": 1, "max_gradient_steps_per_example": 20}
     assert report["attack_budget"] == budget
-    assert isinstance(report["flags"], list) and "sanity" in stdout
+    assert report["flags"] == []
+    assert "sanity checks (nested cells, random noise, gradients, train/eval mode): no flags" in " ".join(
+        stdout.split()
+    )
     fast = tmp_path / "fast.json"
     code, _, err = run_cli(monkeypatch, capsys, *args, "--attack", "pgd", "--n-examples", "60", "--out", str(fast))
     assert code == 0, err
@@ -107,3 +111,45 @@ def test_evaluate_user_model(monkeypatch, capsys, tmp_path):
     assert "1=lemma1, 3=lemma1" in stdout.replace("\n", " ")
     code, _, err = run_cli(monkeypatch, capsys, "evaluate", "--model", "no_such_module_xyz:make", "--eps-w", "0.001")
     assert code == 2 and "no_such_module_xyz" in err and len(err.strip().splitlines()) == 1
+
+
+STAIRCASE = """import torch
+from torch import nn
+
+
+class Staircase(nn.Module):
+    def forward(self, x):
+        return torch.round(x * 4) / 4  # a zero gradient almost everywhere: gradient masking
+
+
+def make():
+    return nn.Sequential(Staircase(), nn.Flatten(), nn.Linear(64, 10))
+"""
+
+
+def test_evaluate_prints_and_records_sanity_flags(monkeypatch, capsys, tmp_path):
+    """A model that masks its gradients: the gradient check fires, and the flag is both printed and recorded."""
+    import torch
+    from safetensors.torch import save_file
+
+    source = tmp_path / "staircase_net.py"
+    source.write_text(STAIRCASE)
+    data = load_digits()
+    torch.manual_seed(0)
+    linear = torch.nn.Linear(64, 10)
+    features = (torch.round(data.x_train * 4) / 4).flatten(1)
+    opt = torch.optim.Adam(linear.parameters(), lr=0.05)
+    for _ in range(50):  # a fit on the staircase features: most test examples correct, each with zero gradient
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(linear(features), data.y_train).backward()
+        opt.step()
+    save_file({f"2.{k}": v.detach() for k, v in linear.state_dict().items()}, str(tmp_path / "w.safetensors"))
+    out = tmp_path / "flags.json"
+    args = ["evaluate", "--model", f"{source}:make", "--weights", str(tmp_path / "w.safetensors"), "--eps-x", "0.1"]
+    code, stdout, err = run_cli(monkeypatch, capsys, *args, "--n-examples", "40", "--steps", "3", "--out", str(out))
+    assert code == 0, err
+    flags = {flag["check"]: flag for flag in json.loads(out.read_text())["flags"]}
+    assert "gradients" in flags and "exactly zero" in flags["gradients"]["message"]
+    printed = " ".join(stdout.split())
+    assert "sanity flag (gradients): " + " ".join(flags["gradients"]["message"].split()) in printed
+    assert "no flags" not in printed

@@ -1,8 +1,11 @@
+"""Radii along a ray by bisection: the search itself, the ray, and the attacked radius as an upper bound."""
+
 import pytest
 import torch
 
-from nonsingular import PGD, ThreatModel
-from nonsingular.evaluation.radius import Ray, attacked_radius, bisect
+from nonsingular import PGD, ThreatModel, check_attack
+from nonsingular.evaluation.certify import certified_mask
+from nonsingular.evaluation.radius import Ray, attacked_radius, bisect, certified_radius
 
 
 def test_bisect_finds_thresholds():
@@ -37,11 +40,47 @@ def test_ray_validation():
 
 
 def test_attacked_radius_is_an_upper_bound(small_mlp, digits):
-    x, y = digits.x_test[:12], digits.y_test[:12]
-    ray = Ray(1.0, 0.02)
-    out = attacked_radius(small_mlp, x, y, ray, PGD(steps=5), s_hi=0.3, iterations=5)
-    # at each example's radius (not censored) the attack does succeed: re-check one by one
-    for i in torch.nonzero(~out.censored & (out.radius > 0)).flatten().tolist()[:4]:
-        s = float(out.radius[i])
-        result = PGD(steps=5)(small_mlp, x[i : i + 1], y[i : i + 1], ray.threat(s))
-        assert result.logits.argmax(1).item() != y[i].item()
+    """At each example's attacked radius r the attack found a point of the threat set at r that the checker
+    confirms misclassified, so the true radius is at most r; one resolution below r it found none (r is the
+    bisection's first success, not any success); and the certified radius, a lower bound, never exceeds it."""
+    x, y = digits.x_test[:12], digits.y_test[:12].clone()
+    y[-1] = (y[-1] + 1) % 10  # a wrong label: the clean point is already an error, radius 0
+    ray, s_hi, iterations = Ray(1.0, 0.02), 0.3, 5
+    resolution = s_hi / 2**iterations
+    pgd, calls = PGD(steps=5), []
+
+    def recording(model, xs, ys, threat):
+        result = pgd(model, xs, ys, threat)
+        calls.append((xs, ys, threat, result))
+        return result
+
+    out = attacked_radius(small_mlp, x, y, ray, recording, s_hi=s_hi, iterations=iterations)
+    with torch.no_grad():
+        clean_wrong = small_mlp(x).argmax(1) != y
+    assert bool(clean_wrong[-1]) and bool((out.radius[clean_wrong] == 0).all()) and not out.censored[clean_wrong].any()
+    found = ~out.censored & ~clean_wrong
+    assert int(found.sum()) >= 8, "too few examples have an attacked radius for the test to mean anything"
+
+    def tried(i: int) -> list[tuple[float, bool]]:
+        """(s, misclassified) of every recorded attack on example i, checked independently of the search."""
+        seen = []
+        for xs, ys, threat, result in calls:
+            rows = [j for j in range(len(xs)) if torch.equal(xs[j], x[i])]
+            if rows:
+                s = threat.eps_x / ray.k_x
+                assert threat == ray.threat(s)
+                check = check_attack(small_mlp, xs, ys, result)
+                assert check.passed, check.problems
+                seen.append((s, not bool(check.correct[rows[0]])))
+        return seen
+
+    for i in torch.nonzero(found).flatten().tolist():
+        r, seen = float(out.radius[i]), tried(i)
+        assert (r, True) in seen, f"example {i}: no checked error at its attacked radius {r}"
+        below = [s for s, fooled in seen if s < r]
+        assert not any(fooled for s, fooled in seen if s < r), f"example {i}: an error below its radius {r}"
+        assert r - max(below, default=0.0) <= resolution * (1 + 1e-9), f"example {i}: {r} is not resolved"
+    certify = lambda a, b, t: certified_mask(small_mlp, a, b, t, "crown")  # noqa: E731
+    lower = certified_radius(x, y, ray, certify, s_hi=s_hi, iterations=8)
+    assert bool((lower.radius > 0).any()), "no certified radius to compare with"
+    assert bool((lower.radius <= out.radius).all()), (lower.radius, out.radius)
