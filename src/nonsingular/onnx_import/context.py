@@ -95,7 +95,7 @@ class NodeContext:
         self.conv = conv
         self.node = node
         self.opset = conv.spec.opset
-        self.label = node_label(node, self.opset)
+        self.label = f"{conv.spec.where}: {node_label(node, self.opset)}"
 
     # --- refusals -------------------------------------------------------------------------------------------
     def error(self, problem: str) -> OnnxImportError:

@@ -34,6 +34,7 @@ class GraphSpec:
         constants: initializers by name, decoded (float32 / int64 / int32).
         consumers: for each value name, how many nodes (plus the graph output) read it.
         model_dir: the folder of the model file (where external data may lie).
+        where: how messages name the model (its path).
     """
 
     opset: int
@@ -44,6 +45,7 @@ class GraphSpec:
     constants: dict[str, np.ndarray]
     consumers: dict[str, int]
     model_dir: Path
+    where: str
 
 
 def node_label(node: onnx.NodeProto, opset: int) -> str:
@@ -197,4 +199,4 @@ def read_graph(model: onnx.ModelProto, model_dir: Path, where: str) -> GraphSpec
         for i in n.input:
             if i:
                 consumers[i] = consumers.get(i, 0) + 1
-    return GraphSpec(opset, input_name, input_shape, output, nodes, constants, consumers, model_dir)
+    return GraphSpec(opset, input_name, input_shape, output, nodes, constants, consumers, model_dir, where)
