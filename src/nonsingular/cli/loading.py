@@ -79,11 +79,14 @@ def load_model_and_data(
     """The model (eval mode) and data a command works on.
 
     Either a nonsingular checkpoint (its data is the default, and must still be the data it was trained on
-    unless `accept_data_change`), or the user's own model: `model` is "package.module:factory" (or
+    unless `accept_data_change`), an ONNX file (a checkpoint path ending in .onnx; `data` is then required and
+    must have the model's input shape), or the user's own model: `model` is "package.module:factory" (or
     "path/to/file.py:factory") with optional safetensors `weights`, and `data` (default digits) names its data.
     """
     if (checkpoint is None) == (model is None):
         raise UserError("give either --checkpoint, or --model (with --weights) for a model trained elsewhere")
+    if checkpoint is not None and checkpoint.suffix.lower() == ".onnx":
+        return _load_onnx_and_data(checkpoint, data, weights)
     if model is not None:
         from ..user_models import load_user_model
 
@@ -104,6 +107,22 @@ def load_model_and_data(
         check_same_data(dataset, metadata["data"], checkpoint, accept_data_change)
     check_model_fits(net, dataset, source, metadata.get("architecture"))
     return Loaded(net, dataset, metadata)
+
+
+def _load_onnx_and_data(path: Path, data: str | None, weights: Path | None) -> Loaded:
+    """An ONNX model (imported as plain PyTorch) and the data the user names for it."""
+    from ..onnx_import import import_onnx
+
+    if weights is not None:
+        raise UserError("--weights goes with --model; an ONNX file holds its own weights")
+    if data is None:
+        raise UserError(f"{path}: an ONNX model has no data of its own; pass --data (e.g. --data mnist)")
+    imported = import_onnx(path)
+    dataset = load_data(data)
+    architecture = {"name": "onnx", "input_shape": list(imported.input_shape)}
+    check_model_fits(imported.model, dataset, data, architecture)
+    metadata = {"onnx": {"path": str(path), "opset": imported.opset}, "architecture": architecture}
+    return Loaded(imported.model, dataset, metadata)
 
 
 def check_same_data(dataset: Dataset, recorded: dict[str, Any], checkpoint: Path | None, accept: bool) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 from torch import nn
@@ -15,13 +16,36 @@ from .graph_module import build_module
 from .loader import read_model
 from .registry import find_converter
 
-__all__ = ["load_onnx"]
+__all__ = ["ImportedModel", "import_onnx", "load_onnx"]
 
 logger = logging.getLogger(__name__)
 
 
+@dataclass(frozen=True)
+class ImportedModel:
+    """An imported model and what the file says about it.
+
+    Attributes:
+        model: the module (eval mode): x (N, *input_shape) -> logits (N, K).
+        input_shape: the shape of one example: the ONNX input shape without its leading batch dimension.
+        opset: the model's default-domain opset.
+        input_name, output_name: the ONNX graph's input and output names.
+    """
+
+    model: nn.Module
+    input_shape: tuple[int, ...]
+    opset: int
+    input_name: str
+    output_name: str
+
+
 def load_onnx(path: str | Path) -> nn.Module:
-    """Import the ONNX model at `path` as a plain PyTorch module in eval mode.
+    """Import the ONNX model at `path` as a plain PyTorch module in eval mode (see `import_onnx`)."""
+    return import_onnx(path).model
+
+
+def import_onnx(path: str | Path) -> ImportedModel:
+    """Import the ONNX model at `path` as a plain PyTorch module in eval mode, with its input shape.
 
     The ONNX graph describes one example: its input has a leading batch dimension of 1 (or a symbolic one),
     e.g. (1, 784), (1, 784, 1), (1, 1, 28, 28). The module takes a batch x: (N, *input_shape), input_shape the
@@ -54,4 +78,5 @@ def load_onnx(path: str | Path) -> nn.Module:
         ctx = NodeContext(conv, spec.nodes[-1])
         output = ctx.emit(nn.Flatten(), [output], "flatten_output", output=flat)
     logger.debug("imported %s: %d modules", p, len(conv.steps))
-    return build_module(conv.steps, spec.input_name, output)
+    module = build_module(conv.steps, spec.input_name, output)
+    return ImportedModel(module, spec.input_shape, spec.opset, spec.input_name, spec.output_name)
