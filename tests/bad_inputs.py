@@ -131,8 +131,8 @@ def _onnx_files(ws: Path) -> None:
     (ws / "onnx-dangling.onnx").write_bytes(model([helper.make_node("Add", ["x", "ghost"], ["y"])]))
     soft = helper.make_node("Softsign", ["f"], ["y"], name="act1")
     (ws / "onnx-unsupported.onnx").write_bytes(model([flat, soft]))
-    (ws / "onnx-784.onnx").write_bytes(
-        model([flat, helper.make_node("MatMul", ["f", "w"], ["y"])], [w], shape=(1, 64, 1))
+    (ws / "onnx-32x2.onnx").write_bytes(
+        model([flat, helper.make_node("MatMul", ["f", "w"], ["y"])], [w], shape=(1, 32, 2))
     )
 
 

@@ -51,7 +51,7 @@ LOADING = [
     ("onnx-cycle", "-c {ws}/onnx-cycle.onnx --data digits", "cycle"),
     ("onnx-dangling", "-c {ws}/onnx-dangling.onnx --data digits", "'ghost'"),
     ("onnx-unsupported-op", "-c {ws}/onnx-unsupported.onnx --data digits", "op Softsign is not supported"),
-    ("onnx-input-shape", "-c {ws}/onnx-784.onnx --data digits", "takes inputs of shape (64, 1)"),
+    ("onnx-input-shape", "-c {ws}/onnx-32x2.onnx --data digits", "takes inputs of shape (32, 2)"),
     ("data-scheme", "-c {ck} --data nowhere:x", "unknown data source 'nowhere'"),
     ("data-npz-missing", "-c {ck} --data npz:{ws}/absent.npz", "file not found"),
     ("data-npz-empty", "-c {ck} --data npz:{ws}/empty.npz", "holds no examples"),

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from torch import nn
@@ -12,11 +13,12 @@ from . import converters  # noqa: F401  (fills the converter table)
 from .context import Conversion, NodeContext
 from .errors import OnnxImportError
 from .graph import node_label, read_graph
-from .graph_module import build_module
+from .graph_module import build_module, prepend
+from .layers import Reshape
 from .loader import read_model
 from .registry import find_converter
 
-__all__ = ["ImportedModel", "import_onnx", "load_onnx"]
+__all__ = ["ImportedModel", "import_onnx", "load_onnx", "reshape_input"]
 
 logger = logging.getLogger(__name__)
 
@@ -37,6 +39,24 @@ class ImportedModel:
     opset: int
     input_name: str
     output_name: str
+
+
+def reshape_input(imported: ImportedModel, input_shape: tuple[int, ...]) -> ImportedModel:
+    """The model fed examples of `input_shape` (same number of entries), reshaped in row-major order to the
+    file's input shape by a first module named 'input_reshape' (e.g. (1, 28, 28) images into a (784, 1) MLP).
+
+    Only the caller knows whether row-major order is the model's order (it is for a flattened single-channel
+    image; a channels-last model fed channels-first data has the same entry count and other values).
+    """
+    shape = tuple(int(s) for s in input_shape)
+    if math.prod(shape) != math.prod(imported.input_shape) or min(shape, default=1) < 1:
+        raise OnnxImportError(
+            f"inputs of shape {shape} cannot be reshaped to the model's input shape {imported.input_shape}"
+        )
+    if shape == imported.input_shape:
+        return imported
+    model = prepend(imported.model, "input_reshape", Reshape(imported.input_shape))
+    return replace(imported, model=model, input_shape=shape)
 
 
 def load_onnx(path: str | Path) -> nn.Module:
