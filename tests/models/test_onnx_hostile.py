@@ -288,3 +288,28 @@ def test_weights_that_are_not_float32(tmp_path: Path, dtype: type) -> None:
 def test_a_reshape_that_mixes_the_batch(tmp_path: Path) -> None:
     shape = onnx.numpy_helper.from_array(np.asarray([3, 2], np.int64), "s")
     _refused(save(_graph([helper.make_node("Reshape", ["x", "s"], ["y"])], [shape]), tmp_path), "batch dimension")
+
+
+@pytest.mark.parametrize(
+    ("node", "needle"),
+    [
+        (helper.make_node("Gemm", ["x", "w"], ["y"], alpha="big", transB=1), "malformed node"),
+        (helper.make_node("Gemm", ["x", "w"], ["y"], alpha=[1.0, 2.0], transB=1), "malformed node"),
+        (helper.make_node("Flatten", ["x"], ["y"], axis=1.5), "must be integers"),
+        (helper.make_node("Flatten", ["x"], ["y"], axis=7), "out of range"),
+        (helper.make_node("Transpose", ["x"], ["y"], perm=[0, 0]), "not a permutation"),
+        (helper.make_node("Unsqueeze", ["x"], ["y"], axes=[0]), "attribute 'axes'"),  # an input from opset 13
+    ],
+)
+def test_malformed_attributes(tmp_path: Path, node: onnx.NodeProto, needle: str) -> None:
+    model = _graph([node], [_w("w", 3, 6)])
+    _refused(save(model, tmp_path), needle)
+
+
+def test_a_used_extra_output(tmp_path: Path) -> None:
+    nodes = [helper.make_node("Relu", ["x"], ["r", "extra"]), helper.make_node("Add", ["r", "extra"], ["y"])]
+    _refused(save(_graph(nodes), tmp_path), "extra output 'extra' is used")
+
+
+def test_an_input_of_too_many_dimensions(tmp_path: Path) -> None:
+    _refused(save(_graph([helper.make_node("Relu", ["x"], ["y"])], shape=(1,) * 70), tmp_path), "dimensions")

@@ -86,10 +86,24 @@ def import_onnx(path: str | Path) -> ImportedModel:
     for node in spec.nodes:
         if id(node) in conv.absorbed:
             continue
-        label = node_label(node, spec.opset)
+        label = f"{p}: {node_label(node, spec.opset)}"
         if node.domain not in ("", "ai.onnx"):
-            raise OnnxImportError(f"{p}: {label}: op domain {node.domain!r} is not supported")
-        find_converter(node.op_type, spec.opset, f"{p}: {label}")(NodeContext(conv, node))
+            raise OnnxImportError(f"{label}: op domain {node.domain!r} is not supported")
+        if not node.output or not node.output[0]:
+            raise OnnxImportError(f"{label}: the node's first output has no name")
+        used = [o for o in node.output[1:] if o and o in conv.consumers_of]
+        if used or spec.output_name in node.output[1:]:
+            raise OnnxImportError(f"{label}: its extra output {(used or [spec.output_name])[0]!r} is used")
+        convert = find_converter(node.op_type, spec.opset, label)
+        try:
+            convert(NodeContext(conv, node))
+        except OnnxImportError:
+            raise
+        except (TypeError, ValueError, IndexError, KeyError, OverflowError) as err:
+            # A malformed attribute or constant (a string where a number belongs, a rank numpy refuses) that
+            # no converter check anticipated: still the file's fault, so one line naming the node.
+            detail = " ".join(str(err).split())
+            raise OnnxImportError(f"{label}: malformed node ({type(err).__name__}: {detail})") from None
     output = conv.resolve(spec.output_name)
     if output not in conv.values:
         raise OnnxImportError(f"{p}: the graph output {spec.output_name!r} does not depend on the input")

@@ -19,6 +19,8 @@ __all__ = ["MAX_OPSET", "MIN_OPSET", "GraphSpec", "node_label", "read_graph"]
 
 #: The default-domain opsets the converters are written and tested for.
 MIN_OPSET, MAX_OPSET = 9, 21
+#: The most dimensions a model input may have (images with a batch dimension have 4).
+MAX_RANK = 8
 
 
 @dataclass
@@ -81,6 +83,8 @@ def _input(graph: onnx.GraphProto, initializers: set[str], where: str) -> tuple[
     dims = list(value.type.tensor_type.shape.dim)
     if not dims:
         raise OnnxImportError(f"{where}: input {value.name!r} is a scalar; a leading batch dimension is needed")
+    if len(dims) > MAX_RANK:
+        raise OnnxImportError(f"{where}: input {value.name!r} has {len(dims)} dimensions (at most {MAX_RANK})")
     first = dims[0]
     if first.HasField("dim_value") and first.dim_value != 1:
         raise OnnxImportError(
