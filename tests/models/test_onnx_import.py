@@ -9,7 +9,7 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from onnx_graphs import Case, Graph, run_ort, save
+from onnx_graphs import ORT_ERRORS, Case, Graph, run_ort, save
 from torch import nn
 
 from nonsingular.models import Normalize
@@ -417,3 +417,60 @@ def test_torch_exported_mlp_and_cnn(opset: int, tmp_path: Path) -> None:
         with torch.no_grad():
             np.testing.assert_allclose(imported(x).numpy(), run_ort(path, x.numpy()), rtol=0, atol=1e-5)
             np.testing.assert_allclose(imported(x).numpy(), module(x).numpy(), rtol=0, atol=1e-5)
+
+
+def _random_window_op(rng: np.random.Generator) -> tuple[Graph, str, tuple[int, ...]]:
+    """A Conv / MaxPool / AveragePool with random kernel, strides, pads or auto_pad, dilations, ceil_mode,
+    count_include_pad, groups, on a random 1-D or 2-D input."""
+    kind = str(rng.choice(["MaxPool", "AveragePool", "Conv"]))
+    n = int(rng.choice([1, 2, 2]))
+    spatial = tuple(int(v) for v in rng.integers(3, 9, size=n))
+    shape = (1, 2, *spatial)
+    g = Graph(shape, int(rng.choice([10, 13, 17, 19, 21])))
+    kernel = [int(v) for v in rng.integers(1, 4, size=n)]
+    attrs: dict[str, object] = {"kernel_shape": kernel, "strides": [int(v) for v in rng.integers(1, 4, size=n)]}
+    auto = str(rng.choice(["NOTSET", "NOTSET", "SAME_UPPER", "SAME_LOWER", "VALID"]))
+    if auto == "NOTSET":
+        attrs["pads"] = [int(v) for v in rng.integers(0, 3, size=2 * n)]
+    else:
+        attrs["auto_pad"] = auto
+    if kind != "Conv" and rng.random() < 0.5:
+        attrs["ceil_mode"] = 1
+    if kind == "AveragePool":
+        attrs["count_include_pad"] = int(rng.integers(0, 2))
+    if kind != "AveragePool" and rng.random() < 0.4:
+        attrs["dilations"] = [int(v) for v in rng.integers(1, 3, size=n)]
+    inputs = ["x"]
+    if kind == "Conv":
+        group = int(rng.choice([1, 2]))
+        attrs["group"] = group
+        inputs += [g.weight(4, 2 // group, *kernel), g.weight(4)]
+    return g, g.op(kind, inputs, **attrs), shape
+
+
+def test_random_window_ops_match_onnxruntime_or_are_refused(tmp_path: Path) -> None:
+    """Seeded random pooling and convolution attributes: the import equals onnxruntime wherever onnxruntime
+    runs the node and the importer accepts it; the importer refuses only with its one-line error."""
+    from nonsingular.onnx_import import OnnxImportError
+
+    rng = np.random.default_rng(7)
+    compared = 0
+    for trial in range(150):
+        g, out, shape = _random_window_op(rng)
+        proto = g.model(out)
+        x = rng.normal(size=(2, *shape[1:])).astype(np.float32)
+        try:
+            ref = run_ort(proto, x)
+        except ORT_ERRORS:  # onnxruntime refuses some attribute combinations: nothing to compare
+            continue
+        try:
+            model = load_onnx(save(proto, tmp_path, f"m{trial}.onnx"))
+        except OnnxImportError as err:
+            assert "\n" not in str(err)
+            continue
+        with torch.no_grad():
+            got = model(torch.from_numpy(x)).numpy()
+        assert got.shape == ref.shape, (trial, g.nodes[-1])
+        np.testing.assert_allclose(got, ref, rtol=0, atol=1e-5, err_msg=str(g.nodes[-1]))
+        compared += 1
+    assert compared >= 60
