@@ -20,12 +20,14 @@ from torch import Tensor, nn
 
 from .errors import OnnxImportError
 from .graph import GraphSpec, node_label
-from .loader import MAX_ELEMENTS, tensor_array
+from .loader import MAX_ACTIVATION, MAX_ELEMENTS, tensor_array
 
 __all__ = ["Conversion", "NodeContext", "Step"]
 
 #: Examples carried through the conversion: enough to see a module mix the examples of a batch.
 _EXAMPLES = 3
+#: The most activation entries (all examples) alive at once during the conversion: 1 GiB of float32.
+MAX_LIVE = 2**28
 
 
 @dataclass
@@ -50,6 +52,19 @@ class Conversion:
     absorbed: set[int] = field(default_factory=set)  # id() of nodes a converter fused into an earlier module
     consumers_of: dict[str, list[onnx.NodeProto]] = field(default_factory=dict)
     aliases: dict[str, str] = field(default_factory=dict)  # value name -> the tensor value it equals
+    pending: dict[str, int] = field(default_factory=dict)  # value name -> reads not yet converted
+
+    def release(self, node: onnx.NodeProto) -> None:
+        """Drop the example activations no node still to be converted reads (the output is kept)."""
+        for name in node.input:
+            if name in self.pending:
+                self.pending[name] -= 1
+                if self.pending[name] <= 0 and name != self.spec.output_name:
+                    self.values.pop(name, None)
+
+    def live_entries(self) -> int:
+        """Entries of the example activations held now (a tensor held under two names counts once)."""
+        return sum(t.numel() for t in {id(t): t for t in self.values.values()}.values())
 
     def resolve(self, name: str) -> str:
         """The tensor value a name stands for (through Identity-like aliases)."""
@@ -66,6 +81,7 @@ class Conversion:
             for i in node.input:
                 if i:
                     conv.consumers_of.setdefault(i, []).append(node)
+                    conv.pending[i] = conv.pending.get(i, 0) + 1
         return conv
 
     def unique_name(self, hint: str) -> str:
@@ -110,7 +126,8 @@ class NodeContext:
             if a.name not in known:
                 raise self.error(f"attribute '{a.name}' is not supported")
             if a.type == onnx.AttributeProto.TENSOR:
-                out[a.name] = tensor_array(a.t, self.conv.spec.model_dir, f"{self.label}: attribute '{a.name}'")
+                what = f"{self.label}: attribute '{a.name}'"
+                out[a.name] = tensor_array(a.t, self.conv.spec.model_dir, what, self.conv.spec.budget)
             elif a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS):
                 raise self.error(f"attribute '{a.name}' holds a subgraph, which is not supported")
             else:
@@ -171,6 +188,7 @@ class NodeContext:
         """Fold the node: its output is the constant `array`."""
         if array.size > MAX_ELEMENTS:
             raise self.error(f"a constant of {array.size} elements is over the importer's limit")
+        self.conv.spec.budget.charge(array.nbytes, self.label)
         self.conv.constants[output or self.output] = array
 
     def alias(self, source: str, output: str | None = None) -> None:
@@ -182,10 +200,15 @@ class NodeContext:
         else:
             self.conv.constants[out] = self.conv.constants[source]
 
-    def check_size(self, shape: tuple[int, ...], what: str = "output") -> None:
-        """Refuse an example activation over the size limit before anything of that size is allocated."""
-        if math.prod(shape) > MAX_ELEMENTS:
-            raise self.error(f"{what} shape {list(shape)} is over the importer's limit of {MAX_ELEMENTS} entries")
+    def check_size(self, shape: tuple[int, ...], what: str = "output", limit: int = MAX_ACTIVATION) -> None:
+        """Refuse an example activation (or, with limit=MAX_ELEMENTS, a constant) over the size limit before
+        anything of that size is allocated."""
+        if math.prod(shape) > limit:
+            raise self.error(f"{what} shape {list(shape)} is over the importer's limit of {limit} entries")
+
+    def check_const_size(self, shape: tuple[int, ...]) -> None:
+        """Refuse a folded constant over the size limit before it is allocated."""
+        self.check_size(shape, "constant", MAX_ELEMENTS)
 
     def broadcast(self, *shapes: tuple[int, ...]) -> tuple[int, ...]:
         try:
@@ -223,6 +246,8 @@ class NodeContext:
         name = self.conv.unique_name(hint)
         self.conv.steps.append(Step(name, module, [self.conv.resolve(i) for i in inputs], out))
         self.conv.values[out] = batched
+        if self.conv.live_entries() > MAX_LIVE:
+            raise self.error(f"the graph's activations alive at once exceed the importer's limit of {MAX_LIVE} entries")
         return out
 
     # --- fusion ---------------------------------------------------------------------------------------------

@@ -104,13 +104,13 @@ def import_onnx(path: str | Path) -> ImportedModel:
             # no converter check anticipated: still the file's fault, so one line naming the node.
             detail = " ".join(str(err).split())
             raise OnnxImportError(f"{label}: malformed node ({type(err).__name__}: {detail})") from None
-    output = conv.resolve(spec.output_name)
-    if output not in conv.values:
+        conv.release(node)
+    if spec.output_name not in conv.values:
         raise OnnxImportError(f"{p}: the graph output {spec.output_name!r} does not depend on the input")
-    if conv.values[output].dim() != 2:
-        flat = f"{output}::flat"
+    output = conv.resolve(spec.output_name)
+    if conv.values[spec.output_name].dim() != 2:
         ctx = NodeContext(conv, spec.nodes[-1])
-        output = ctx.emit(nn.Flatten(), [output], "flatten_output", output=flat)
+        output = ctx.emit(nn.Flatten(), [spec.output_name], "flatten_output", output=f"{output}::flat")
     logger.debug("imported %s: %d modules", p, len(conv.steps))
     module = build_module(conv.steps, spec.input_name, output)
     return ImportedModel(module, spec.input_shape, spec.opset, spec.input_name, spec.output_name)

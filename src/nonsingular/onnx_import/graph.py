@@ -13,7 +13,7 @@ import numpy as np
 import onnx
 
 from .errors import OnnxImportError
-from .loader import MAX_ELEMENTS, tensor_array
+from .loader import MAX_ACTIVATION, Budget, tensor_array
 
 __all__ = ["MAX_OPSET", "MIN_OPSET", "GraphSpec", "node_label", "read_graph"]
 
@@ -37,6 +37,7 @@ class GraphSpec:
         consumers: for each value name, how many nodes (plus the graph output) read it.
         model_dir: the folder of the model file (where external data may lie).
         where: how messages name the model (its path).
+        budget: what the model's constants may still allocate.
     """
 
     opset: int
@@ -48,6 +49,7 @@ class GraphSpec:
     consumers: dict[str, int]
     model_dir: Path
     where: str
+    budget: Budget
 
 
 def node_label(node: onnx.NodeProto, opset: int) -> str:
@@ -99,8 +101,8 @@ def _input(graph: onnx.GraphProto, initializers: set[str], where: str) -> tuple[
                 f"dimension may be"
             )
         shape.append(int(d.dim_value))
-    if math.prod(shape) > MAX_ELEMENTS:
-        raise OnnxImportError(f"{where}: input shape {shape} is over the importer's limit of {MAX_ELEMENTS} entries")
+    if math.prod(shape) > MAX_ACTIVATION:
+        raise OnnxImportError(f"{where}: input shape {shape} is over the importer's limit of {MAX_ACTIVATION} entries")
     return value.name, tuple(shape)
 
 
@@ -175,6 +177,7 @@ def read_graph(model: onnx.ModelProto, model_dir: Path, where: str) -> GraphSpec
         model: the parsed model.
         model_dir: the model file's folder (external data must lie inside it).
         where: how messages name the model (its path).
+        budget: what the model's constants may still allocate.
     """
     opset = _opset(model, where)
     graph = model.graph
@@ -193,8 +196,9 @@ def read_graph(model: onnx.ModelProto, model_dir: Path, where: str) -> GraphSpec
         raise OnnxImportError(f"{where}: the graph output {output!r} is not computed by any node")
     nodes = _needed(_toposort(graph, producers, defined, where), output)
     needed = {i for n in nodes for i in n.input if i}
+    budget = Budget()
     constants = {
-        t.name: tensor_array(t, model_dir, f"{where}: initializer {t.name!r}")
+        t.name: tensor_array(t, model_dir, f"{where}: initializer {t.name!r}", budget)
         for t in graph.initializer
         if t.name in needed
     }
@@ -203,4 +207,4 @@ def read_graph(model: onnx.ModelProto, model_dir: Path, where: str) -> GraphSpec
         for i in n.input:
             if i:
                 consumers[i] = consumers.get(i, 0) + 1
-    return GraphSpec(opset, input_name, input_shape, output, nodes, constants, consumers, model_dir, where)
+    return GraphSpec(opset, input_name, input_shape, output, nodes, constants, consumers, model_dir, where, budget)

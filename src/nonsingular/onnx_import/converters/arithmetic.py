@@ -21,7 +21,7 @@ def _fold(ctx: NodeContext, op: str, a: np.ndarray, b: np.ndarray) -> np.ndarray
     if a.dtype != b.dtype:
         raise ctx.error(f"operands of types {a.dtype} and {b.dtype}")
     shape = ctx.broadcast(tuple(a.shape), tuple(b.shape))
-    ctx.check_size(shape)
+    ctx.check_const_size(shape)
     if op != "div":
         return np.asarray(_NUMPY[op](a, b), dtype=a.dtype)
     if a.dtype == np.float32:

@@ -60,7 +60,7 @@ def gather(ctx: NodeContext) -> None:
     size = data.shape[axis]
     if ((indices < -size) | (indices >= size)).any():
         raise ctx.error(f"indices out of range for a dimension of {size}")
-    ctx.check_size(tuple(indices.shape) + tuple(data.shape[:axis]) + tuple(data.shape[axis + 1 :]))
+    ctx.check_const_size(tuple(indices.shape) + tuple(data.shape[:axis]) + tuple(data.shape[axis + 1 :]))
     ctx.set_const(np.take(data, indices, axis=axis))
 
 

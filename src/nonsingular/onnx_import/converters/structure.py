@@ -137,7 +137,7 @@ def concat(ctx: NodeContext) -> None:
     if not 0 <= axis < rank or any(len(s) != rank for s in shapes):
         raise ctx.error(f"axis {axis} / shapes {[list(s) for s in shapes]} do not concatenate")
     if all(ctx.is_const(k) for k in range(n)):
-        ctx.check_size((*shapes[0][:axis], sum(s[axis] for s in shapes), *shapes[0][axis + 1 :]))
+        ctx.check_const_size((*shapes[0][:axis], sum(s[axis] for s in shapes), *shapes[0][axis + 1 :]))
         ctx.set_const(np.concatenate([ctx.const(k) for k in range(n)], axis=axis))
         return
     if any(ctx.is_const(k) for k in range(n)):
