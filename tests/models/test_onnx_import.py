@@ -16,7 +16,7 @@ from nonsingular.models import Normalize
 from nonsingular.onnx_import import OnnxGraphModule, load_onnx
 from nonsingular.onnx_import.layers import ConstantOp
 
-OPSETS = (9, 13, 17, 21)
+OPSETS = (7, 8, 9, 13, 17, 21)
 
 
 def _mlp_gemm(

@@ -18,7 +18,7 @@ from .loader import MAX_ACTIVATION, Budget, tensor_array
 __all__ = ["MAX_OPSET", "MIN_OPSET", "GraphSpec", "node_label", "read_graph"]
 
 #: The default-domain opsets the converters are written and tested for.
-MIN_OPSET, MAX_OPSET = 9, 21
+MIN_OPSET, MAX_OPSET = 7, 21
 #: The most dimensions a model input may have (images with a batch dimension have 4).
 MAX_RANK = 8
 

@@ -10,7 +10,7 @@ from ...models import Normalize
 from ..context import NodeContext
 from ..layers import Binary, ConstantOp
 from ..registry import converter
-from .common import MAX_OPSET, float_tensor, node_hint
+from .common import MAX_OPSET, MIN_OPSET, float_tensor, node_hint
 
 __all__: list[str] = []
 
@@ -83,21 +83,21 @@ def _arith(ctx: NodeContext, op: str) -> None:
     ctx.emit(ConstantOp(op if k == 0 or op in ("add", "mul") else f"r{op}", c_t), [x], node_hint(ctx))
 
 
-@converter("Add", since=9, until=MAX_OPSET)
+@converter("Add", since=MIN_OPSET, until=MAX_OPSET)
 def add(ctx: NodeContext) -> None:
     _arith(ctx, "add")
 
 
-@converter("Sub", since=9, until=MAX_OPSET)
+@converter("Sub", since=MIN_OPSET, until=MAX_OPSET)
 def sub(ctx: NodeContext) -> None:
     _arith(ctx, "sub")
 
 
-@converter("Mul", since=9, until=MAX_OPSET)
+@converter("Mul", since=MIN_OPSET, until=MAX_OPSET)
 def mul(ctx: NodeContext) -> None:
     _arith(ctx, "mul")
 
 
-@converter("Div", since=9, until=MAX_OPSET)
+@converter("Div", since=MIN_OPSET, until=MAX_OPSET)
 def div(ctx: NodeContext) -> None:
     _arith(ctx, "div")

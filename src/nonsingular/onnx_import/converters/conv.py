@@ -12,7 +12,7 @@ from torch import nn
 from ..context import NodeContext
 from ..layers import ConstantPad
 from ..registry import converter
-from .common import MAX_OPSET, float_tensor, ints, layer_hint
+from .common import MAX_OPSET, MIN_OPSET, float_tensor, ints, layer_hint
 
 __all__ = ["spatial_pads", "torch_pads", "window_geometry"]
 
@@ -67,7 +67,7 @@ def window_geometry(
     return strides, dilations, begin, end
 
 
-@converter("Conv", since=9, until=MAX_OPSET)
+@converter("Conv", since=MIN_OPSET, until=MAX_OPSET)
 def conv(ctx: NodeContext) -> None:
     """Conv over 1 or 2 spatial dimensions, any pads, strides, dilations and groups."""
     a = ctx.attrs("auto_pad", "dilations", "group", "kernel_shape", "pads", "strides")

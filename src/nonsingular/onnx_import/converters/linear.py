@@ -10,7 +10,7 @@ from torch import nn
 from ..context import NodeContext
 from ..layers import Permute, Reshape
 from ..registry import converter
-from .common import MAX_OPSET, float_tensor, layer_hint
+from .common import MAX_OPSET, MIN_OPSET, float_tensor, layer_hint
 
 __all__: list[str] = []
 
@@ -34,7 +34,7 @@ def _as_bias(c: np.ndarray, out_shape: tuple[int, ...]) -> np.ndarray | None:
     return np.ascontiguousarray(np.broadcast_to(c.reshape(-1)[:m] if c.size else c, (m,)), dtype=c.dtype)
 
 
-@converter("Gemm", since=9, until=MAX_OPSET)
+@converter("Gemm", since=MIN_OPSET, until=MAX_OPSET)
 def gemm(ctx: NodeContext) -> None:
     """Y = alpha * A' B' + beta * C with A the model's values (N, K), B and C constants."""
     a = ctx.attrs("alpha", "beta", "transA", "transB")
@@ -75,7 +75,7 @@ def _fused_bias(ctx: NodeContext, out_shape: tuple[int, ...]) -> tuple[np.ndarra
     return bias, add.output[0]
 
 
-@converter("MatMul", since=9, until=MAX_OPSET)
+@converter("MatMul", since=MIN_OPSET, until=MAX_OPSET)
 def matmul(ctx: NodeContext) -> None:
     """x @ W (W a constant matrix) as a Linear; W @ x (x's last two dimensions (K, P)) as a Linear between
     reshapes (P = 1) or transposes."""

@@ -21,7 +21,7 @@ from torch import nn
 from ..context import NodeContext
 from ..layers import ConstantOp, ConstantPad
 from ..registry import converter
-from .common import MAX_OPSET, ints, node_hint
+from .common import MAX_OPSET, MIN_OPSET, ints, node_hint
 from .conv import torch_pads, window_geometry
 
 __all__: list[str] = []
@@ -121,17 +121,17 @@ def _pool(ctx: NodeContext, kind: str) -> None:
     ctx.emit(ConstantOp("div", share), [x], f"{hint}_count")
 
 
-@converter("MaxPool", since=9, until=MAX_OPSET)
+@converter("MaxPool", since=MIN_OPSET, until=MAX_OPSET)
 def max_pool(ctx: NodeContext) -> None:
     _pool(ctx, "max")
 
 
-@converter("AveragePool", since=9, until=MAX_OPSET)
+@converter("AveragePool", since=MIN_OPSET, until=MAX_OPSET)
 def average_pool(ctx: NodeContext) -> None:
     _pool(ctx, "avg")
 
 
-@converter("GlobalAveragePool", since=9, until=MAX_OPSET)
+@converter("GlobalAveragePool", since=MIN_OPSET, until=MAX_OPSET)
 def global_average_pool(ctx: NodeContext) -> None:
     ctx.attrs()
     x = ctx.tensor(0)
