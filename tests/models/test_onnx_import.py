@@ -238,6 +238,15 @@ def shape_flatten_pattern(g: Graph) -> str:
     return g.op("MatMul", [h, g.weight(12, 4)])
 
 
+def channels_last_flatten(g: Graph) -> str:
+    """What tf2onnx writes: the feature map transposed to (H, W, C), flattened into a dense layer."""
+    h = g.op("Relu", [g.op("Conv", ["x", g.weight(4, 3, 3, 3), g.weight(4)], pads=[1, 1, 1, 1])])
+    h = g.op("Transpose", [h], perm=[0, 2, 3, 1])
+    h = g.op("Reshape", [h, g.const(np.asarray([1, -1], np.int64))])
+    h = g.op("Add", [g.op("MatMul", [h, g.weight(64, 5, name="dense/kernel")]), g.weight(5)])
+    return g.op("Relu", [h])
+
+
 IMAGE, FLAT, COLUMN = (1, 3, 4, 4), (1, 6), (1, 6, 1)
 CASES: dict[str, tuple[Case, tuple[int, ...]]] = {
     "gemm_trans_b": (gemm_trans_b, FLAT),
@@ -281,6 +290,7 @@ CASES: dict[str, tuple[Case, tuple[int, ...]]] = {
     "concat_branches": (concat_branches, IMAGE),
     "constant_identity_dropout": (constant_identity_dropout, FLAT),
     "shape_flatten_pattern": (shape_flatten_pattern, (1, 3, 2, 2)),
+    "channels_last_flatten": (channels_last_flatten, IMAGE),
 }
 
 
@@ -474,3 +484,13 @@ def test_random_window_ops_match_onnxruntime_or_are_refused(tmp_path: Path) -> N
         np.testing.assert_allclose(got, ref, rtol=0, atol=1e-5, err_msg=str(g.nodes[-1]))
         compared += 1
     assert compared >= 60
+
+
+def test_a_channels_last_flatten_folds_into_the_dense_layer(tmp_path: Path) -> None:
+    g = Graph(IMAGE, 13)
+    model = load_onnx(save(g.model(channels_last_flatten(g)), tmp_path))
+    from nonsingular.onnx_import.layers import Permute
+
+    assert not any(isinstance(m, Permute) for m in model.modules())
+    assert [type(m) for m in model.children()] == [nn.Conv2d, nn.ReLU, nn.Flatten, nn.Linear, nn.ReLU]
+    assert dict(model.named_children())["dense"].out_features == 5

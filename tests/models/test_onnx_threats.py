@@ -130,6 +130,7 @@ BOUNDABLE = [
     "concat_branches",
     "constant_identity_dropout",
     "shape_flatten_pattern",
+    "channels_last_flatten",
 ]
 #: ... and those the bounds refuse in one line (attacks still run).
 REFUSED = [

@@ -32,12 +32,14 @@ MAX_LIVE = 2**28
 
 @dataclass
 class Step:
-    """One module of the result: its name, the value names it reads, the value name it writes."""
+    """One module of the result: its name, the value names it reads, the value name it writes, and the shapes
+    of one example of each input (for rewrites after the conversion)."""
 
     name: str
     module: nn.Module
     inputs: list[str]
     output: str
+    shapes: list[tuple[int, ...]] = field(default_factory=list)
 
 
 @dataclass
@@ -244,7 +246,8 @@ class NodeContext:
         if not close:
             raise self.error("the op mixes the examples of a batch (it is not applied to each example alone)")
         name = self.conv.unique_name(hint)
-        self.conv.steps.append(Step(name, module, [self.conv.resolve(i) for i in inputs], out))
+        shapes = [tuple(a.shape[1:]) for a in args]
+        self.conv.steps.append(Step(name, module, [self.conv.resolve(i) for i in inputs], out, shapes))
         self.conv.values[out] = batched
         if self.conv.live_entries() > MAX_LIVE:
             raise self.error(f"the graph's activations alive at once exceed the importer's limit of {MAX_LIVE} entries")

@@ -17,6 +17,7 @@ from .graph_module import build_module, prepend
 from .layers import Reshape
 from .loader import read_model
 from .registry import find_converter
+from .rewrite import fold_permutations
 
 __all__ = ["ImportedModel", "import_onnx", "load_onnx", "reshape_input"]
 
@@ -112,5 +113,5 @@ def import_onnx(path: str | Path) -> ImportedModel:
         ctx = NodeContext(conv, spec.nodes[-1])
         output = ctx.emit(nn.Flatten(), [spec.output_name], "flatten_output", output=f"{output}::flat")
     logger.debug("imported %s: %d modules", p, len(conv.steps))
-    module = build_module(conv.steps, spec.input_name, output)
+    module = build_module(fold_permutations(conv.steps, output), spec.input_name, output)
     return ImportedModel(module, spec.input_shape, spec.opset, spec.input_name, spec.output_name)
