@@ -494,3 +494,65 @@ def test_a_channels_last_flatten_folds_into_the_dense_layer(tmp_path: Path) -> N
     assert not any(isinstance(m, Permute) for m in model.modules())
     assert [type(m) for m in model.children()] == [nn.Conv2d, nn.ReLU, nn.Flatten, nn.Linear, nn.ReLU]
     assert dict(model.named_children())["dense"].out_features == 5
+
+
+def _random_chain(rng: np.random.Generator) -> tuple[Graph, str, tuple[int, ...]]:
+    """A random chain of shape and element-wise ops (and a residual or concat branch), ending in a dense layer:
+    reshapes, transposes, (un)squeezes, flattens, constants broadcast from the left or the right."""
+    shape = [(1, 6), (1, 6, 1), (1, 2, 3, 4), (1, 1, 1, 5), (1, 3, 4)][int(rng.integers(0, 5))]
+    g = Graph(shape, int(rng.choice([9, 11, 13, 17, 21])))
+    h, cur = "x", list(shape)
+    for _ in range(int(rng.integers(2, 7))):
+        op = str(rng.choice(["relu", "const", "transpose", "reshape", "flatten", "unsqueeze", "squeeze", "branch"]))
+        rank = len(cur)
+        if op == "relu":
+            h = g.op(str(rng.choice(["Relu", "Sigmoid", "Tanh"])), [h])
+        elif op == "const":
+            # a constant of the trailing dims (some set to 1), broadcast against the value
+            k = int(rng.integers(0, rank))
+            cshape = [d if rng.random() < 0.6 else 1 for d in cur[rank - k :]]
+            c = g.const((rng.normal(size=cshape) + 2.0).astype(np.float32))
+            kind = str(rng.choice(["Add", "Sub", "Mul", "Div"]))
+            h = g.op(kind, [h, c] if kind == "Div" or rng.random() < 0.5 else [c, h])
+        elif op == "transpose" and rank > 2:
+            perm = [0, *(int(p) + 1 for p in rng.permutation(rank - 1))]
+            h, cur = g.op("Transpose", [h], perm=perm), [cur[p] for p in perm]
+        elif op == "reshape":
+            n = int(np.prod(cur[1:]))
+            split = [d for d in (2, 3) if n % d == 0]
+            target = [1, n] if not split or rng.random() < 0.3 else [1, split[0], n // split[0]]
+            spec = [0 if rng.random() < 0.3 else 1] + [-1 if i == 0 else t for i, t in enumerate(target[1:])]
+            h, cur = g.op("Reshape", [h, g.const(np.asarray(spec, np.int64))]), target
+        elif op == "flatten":
+            h, cur = g.op("Flatten", [h], axis=1), [1, int(np.prod(cur[1:]))]
+        elif op == "unsqueeze":
+            axis = int(rng.integers(1, rank + 1))
+            h, cur = g.axes_op("Unsqueeze", h, [axis]), [*cur[:axis], 1, *cur[axis:]]
+        elif op == "squeeze":
+            ones = [i for i in range(1, rank) if cur[i] == 1]
+            if ones:
+                h, cur = g.axes_op("Squeeze", h, [ones[0]]), [d for i, d in enumerate(cur) if i != ones[0]]
+        elif op == "branch":
+            other = g.op("Relu", [h])
+            if rng.random() < 0.5:
+                h = g.op(str(rng.choice(["Add", "Sub", "Mul"])), [h, other])
+            else:
+                axis = int(rng.integers(1, rank))
+                h = g.op("Concat", [h, other], axis=axis)
+                cur = [d * 2 if i == axis else d for i, d in enumerate(cur)]
+    if len(cur) != 2:
+        h, cur = g.op("Flatten", [h], axis=1), [1, int(np.prod(cur[1:]))]
+    h = g.op("Gemm", [h, g.weight(3, cur[1]), g.weight(3)], transB=1)
+    return g, h, shape
+
+
+def test_random_chains_of_shape_and_elementwise_ops_match_onnxruntime(tmp_path: Path) -> None:
+    rng = np.random.default_rng(3)
+    for trial in range(60):
+        g, out, shape = _random_chain(rng)
+        proto = g.model(out)
+        x = rng.normal(size=(3, *shape[1:])).astype(np.float32)
+        model = load_onnx(save(proto, tmp_path, f"m{trial}.onnx"))
+        with torch.no_grad():
+            got = model(torch.from_numpy(x)).numpy()
+        np.testing.assert_allclose(got, run_ort(proto, x), rtol=1e-5, atol=1e-5, err_msg=str(g.nodes))
