@@ -146,9 +146,6 @@ class NodeContext:
         """The name of input k ('' when absent)."""
         return self.node.input[k] if k < len(self.node.input) else ""
 
-    def n_inputs(self) -> int:
-        return sum(1 for i in self.node.input if i)
-
     def is_const(self, k: int) -> bool:
         return self.input(k) in self.conv.constants
 

@@ -81,8 +81,11 @@ def read_model(path: str | Path) -> onnx.ModelProto:
         raise OnnxImportError(f"{p}: the ONNX file is empty")
     if st.st_size > MAX_FILE_BYTES:
         raise OnnxImportError(f"{p}: {st.st_size} bytes is more than an ONNX protobuf can hold (2 GiB)")
-    with open(p, "rb") as f:
-        data = f.read(MAX_FILE_BYTES + 1)
+    try:
+        with open(p, "rb") as f:
+            data = f.read(MAX_FILE_BYTES + 1)
+    except OSError as err:
+        raise OnnxImportError(f"{p}: cannot read the ONNX file ({err.strerror or err})") from None
     model = onnx.ModelProto()
     try:
         model.ParseFromString(data)
