@@ -22,7 +22,7 @@ from .errors import OnnxImportError
 from .graph import GraphSpec, node_label
 from .loader import MAX_ACTIVATION, MAX_ELEMENTS, tensor_array
 
-__all__ = ["Conversion", "NodeContext", "Step"]
+__all__ = ["Conversion", "NodeContext", "ParamSource", "Step"]
 
 #: Examples carried through the conversion: enough to see a module mix the examples of a batch.
 _EXAMPLES = 3
@@ -43,6 +43,19 @@ class Step:
 
 
 @dataclass
+class ParamSource:
+    """Where a module parameter came from: parameter = (initializer, transposed if `transpose`) * `scale`, its
+    columns then reordered so that parameter[:, columns] is that (when `columns` is set); `dims` are the
+    initializer's. What an export of changed weights back into the file inverts."""
+
+    initializer: str
+    dims: tuple[int, ...]
+    transpose: bool = False
+    scale: float = 1.0
+    columns: Tensor | None = None
+
+
+@dataclass
 class Conversion:
     """What the converted part of the graph has produced so far."""
 
@@ -55,6 +68,7 @@ class Conversion:
     consumers_of: dict[str, list[onnx.NodeProto]] = field(default_factory=dict)
     aliases: dict[str, str] = field(default_factory=dict)  # value name -> the tensor value it equals
     pending: dict[str, int] = field(default_factory=dict)  # value name -> reads not yet converted
+    sources: dict[int, dict[str, ParamSource]] = field(default_factory=dict)  # id(module) -> param -> source
 
     def release(self, node: onnx.NodeProto) -> None:
         """Drop the example activations no node still to be converted reads (the output is kept)."""
@@ -249,6 +263,15 @@ class NodeContext:
         if self.conv.live_entries() > MAX_LIVE:
             raise self.error(f"the graph's activations alive at once exceed the importer's limit of {MAX_LIVE} entries")
         return out
+
+    def record(self, module: nn.Module, param: str, name: str, transpose: bool = False, scale: float = 1.0) -> None:
+        """Note that `module`'s `param` is initializer `name` (transposed, scaled); nothing when `name` is not an
+        initializer of the file (a Constant node's value, a folded constant)."""
+        array = self.conv.spec.constants.get(name)
+        if array is not None:
+            self.conv.sources.setdefault(id(module), {})[param] = ParamSource(
+                name, tuple(array.shape), transpose, scale
+            )
 
     # --- fusion ---------------------------------------------------------------------------------------------
     def sole_consumer(self, value: str | None = None) -> onnx.NodeProto | None:

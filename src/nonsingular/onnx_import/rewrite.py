@@ -14,7 +14,7 @@ import math
 import torch
 from torch import nn
 
-from .context import Step
+from .context import ParamSource, Step
 from .layers import Permute, Reshape
 
 __all__ = ["fold_permutations"]
@@ -28,9 +28,11 @@ def _flattens(step: Step) -> bool:
     return isinstance(m, Reshape) and len(m.shape) == 1
 
 
-def fold_permutations(steps: list[Step], output: str) -> list[Step]:
+def fold_permutations(
+    steps: list[Step], output: str, sources: dict[int, dict[str, ParamSource]] | None = None
+) -> list[Step]:
     """`steps` with every Permute -> flatten -> Linear chain (each value read once) replaced by flatten ->
-    Linear with permuted input columns."""
+    Linear with permuted input columns (noted in the Linear's weight source, if `sources` has it)."""
     reads: dict[str, int] = {output: 1}
     for s in steps:
         for i in s.inputs:
@@ -53,6 +55,9 @@ def fold_permutations(steps: list[Step], output: str) -> list[Step]:
             weight = torch.empty_like(lin.module.weight)
             weight[:, index] = lin.module.weight
             lin.module.weight.copy_(weight)
+        source = (sources or {}).get(id(lin.module), {}).get("weight")
+        if source is not None:  # the parameter's column index[j] holds what was column j
+            source.columns = index if source.columns is None else index[source.columns]
         flat.inputs = list(perm.inputs)
         flat.shapes = list(perm.shapes)
         drop.add(id(perm))

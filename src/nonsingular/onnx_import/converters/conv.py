@@ -110,4 +110,7 @@ def conv(ctx: NodeContext) -> None:
         layer.weight.copy_(float_tensor(ctx, w, "the kernel"))
         if bias is not None and layer.bias is not None:
             layer.bias.copy_(bias)
+    ctx.record(layer, "weight", ctx.input(1))
+    if bias is not None:
+        ctx.record(layer, "bias", ctx.input(2))
     ctx.emit(layer, [x], hint)
