@@ -342,3 +342,15 @@ def test_activations_alive_at_once_are_capped(tmp_path: Path, monkeypatch) -> No
     assert load_onnx(path) is not None
     monkeypatch.setattr(context, "MAX_LIVE", 3 * 64 * 4)
     _refused(path, "activations alive at once")
+
+
+def test_names_with_newlines_and_huge_names_stay_one_short_line(tmp_path: Path) -> None:
+    node = helper.make_node("Soft\nsign", ["x"], ["y"], name="evil\nname" + "x" * 100_000)
+    message = _refused(save(_graph([node]), tmp_path), "is not supported")
+    assert len(message) <= 1000
+
+
+def test_a_huge_name_makes_a_short_module_name(tmp_path: Path) -> None:
+    w = _w("w" * 10_000 + ".weight", 3, 6)
+    model = load_onnx(save(_graph([helper.make_node("Gemm", ["x", w.name], ["y"], transB=1)], [w]), tmp_path))
+    assert all(len(name) <= 64 for name, _ in model.named_modules())

@@ -18,7 +18,7 @@ import onnx
 import torch
 from torch import Tensor, nn
 
-from .errors import OnnxImportError
+from .errors import OnnxImportError, quote
 from .graph import GraphSpec, node_label
 from .loader import MAX_ACTIVATION, MAX_ELEMENTS, tensor_array
 
@@ -102,7 +102,7 @@ class Conversion:
 
     def unique_name(self, hint: str) -> str:
         """`hint` as a valid, unused module name (ONNX names may hold '.', '/', ':' or start with a digit)."""
-        base = re.sub(r"[^0-9A-Za-z_]", "_", hint).strip("_") or "layer"
+        base = re.sub(r"[^0-9A-Za-z_]", "_", hint[:64]).strip("_") or "layer"
         if base[0].isdigit():
             base = f"n{base}"
         name, k = base, 1
@@ -140,12 +140,12 @@ class NodeContext:
         out: dict[str, Any] = {}
         for a in self.node.attribute:
             if a.name not in known:
-                raise self.error(f"attribute '{a.name}' is not supported")
+                raise self.error(f"attribute {quote(a.name)} is not supported")
             if a.type == onnx.AttributeProto.TENSOR:
-                what = f"{self.label}: attribute '{a.name}'"
+                what = f"{self.label}: attribute {quote(a.name)}"
                 out[a.name] = tensor_array(a.t, self.conv.spec.model_dir, what, self.conv.spec.budget)
             elif a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS):
-                raise self.error(f"attribute '{a.name}' holds a subgraph, which is not supported")
+                raise self.error(f"attribute {quote(a.name)} holds a subgraph, which is not supported")
             else:
                 value = onnx.helper.get_attribute_value(a)
                 if isinstance(value, bytes):

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from .errors import OnnxImportError
+from .errors import OnnxImportError, quote, show
 from .loader import MAX_ACTIVATION, Budget, tensor_array
 
 __all__ = ["MAX_OPSET", "MIN_OPSET", "GraphSpec", "node_label", "read_graph"]
@@ -21,6 +21,8 @@ __all__ = ["MAX_OPSET", "MIN_OPSET", "GraphSpec", "node_label", "read_graph"]
 MIN_OPSET, MAX_OPSET = 7, 21
 #: The most dimensions a model input may have (images with a batch dimension have 4).
 MAX_RANK = 8
+#: The most nodes a graph may have (each is run on example inputs while importing; ResNet-50 has about 200).
+MAX_NODES = 2**16
 
 
 @dataclass
@@ -54,10 +56,10 @@ class GraphSpec:
 
 def node_label(node: onnx.NodeProto, opset: int) -> str:
     """How messages name a node: op type, node name (or its first output), opset."""
-    name = node.name or (f"output {node.output[0]!r}" if node.output else "unnamed")
-    return (
-        f"{node.op_type} node {name!r} (opset {opset})" if node.name else f"{node.op_type} node, {name} (opset {opset})"
-    )
+    if node.name:
+        return f"{show(node.op_type)} node {quote(node.name)} (opset {opset})"
+    name = f"output {quote(node.output[0])}" if node.output else "unnamed"
+    return f"{show(node.op_type)} node, {name} (opset {opset})"
 
 
 def _opset(model: onnx.ModelProto, where: str) -> int:
@@ -114,7 +116,7 @@ def _producers(graph: onnx.GraphProto, defined: set[str], where: str) -> dict[st
                 continue  # an optional output left unnamed
             if out in defined or out in producers:
                 raise OnnxImportError(
-                    f"{where}: value {out!r} is defined twice (again by {node.op_type} {node.name!r})"
+                    f"{where}: value {quote(out)} is defined twice (again by {show(node.op_type)} {quote(node.name)})"
                 )
             producers[out] = node
     return producers
@@ -137,7 +139,9 @@ def _toposort(
             raise OnnxImportError(f"{where}: value {name!r} read by {user} is defined by no node, input or initializer")
         mark = state.get(id(node), 0)
         if mark == 1:
-            raise OnnxImportError(f"{where}: the graph has a cycle through {node.op_type} {node.name!r} ({name!r})")
+            raise OnnxImportError(
+                f"{where}: the graph has a cycle through {show(node.op_type)} {quote(node.name)} ({quote(name)})"
+            )
         if mark == 0:
             state[id(node)] = 1
             stack.append((node, 0))
@@ -152,7 +156,7 @@ def _toposort(
             inputs = [i for i in node.input if i]
             if k < len(inputs):
                 stack.append((node, k + 1))
-                visit(inputs[k], f"{node.op_type} {node.name!r}")
+                visit(inputs[k], f"{show(node.op_type)} {quote(node.name)}")
             else:
                 state[id(node)] = 2
                 order.append(node)
@@ -181,6 +185,8 @@ def read_graph(model: onnx.ModelProto, model_dir: Path, where: str) -> GraphSpec
     """
     opset = _opset(model, where)
     graph = model.graph
+    if len(graph.node) > MAX_NODES:
+        raise OnnxImportError(f"{where}: {len(graph.node)} nodes is over the importer's limit of {MAX_NODES}")
     if len(graph.sparse_initializer):
         raise OnnxImportError(f"{where}: sparse initializers are not supported")
     init_names = [t.name for t in graph.initializer]
