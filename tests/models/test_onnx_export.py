@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import torch
 from onnx import TensorProto
+from onnx_cases import CASES
 from onnx_graphs import Graph, run_ort, save
-from test_onnx_import import CASES
 
 from nonsingular.onnx_import import OnnxImportError, export_onnx, import_onnx
 

@@ -147,7 +147,7 @@ REFUSED = [
 
 @pytest.mark.parametrize("case", BOUNDABLE)
 def test_crown_on_imported_graphs_is_exact_at_zero_radius_and_sound_beyond(case: str, tmp_path: Path) -> None:
-    from test_onnx_import import CASES
+    from onnx_cases import CASES
 
     build, shape = CASES[case]
     g = Graph(shape, 13)
@@ -171,7 +171,7 @@ def test_crown_on_imported_graphs_is_exact_at_zero_radius_and_sound_beyond(case:
 
 @pytest.mark.parametrize("case", REFUSED)
 def test_bounds_refuse_the_other_imported_graphs_in_one_line(case: str, tmp_path: Path) -> None:
-    from test_onnx_import import CASES
+    from onnx_cases import CASES
 
     build, shape = CASES[case]
     g = Graph(shape, 13)
