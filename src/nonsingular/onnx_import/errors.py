@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..errors import InputError
+from nonsingular.errors import InputError
 
 __all__ = ["OnnxImportError", "quote", "show"]
 

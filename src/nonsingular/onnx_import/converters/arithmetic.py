@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from ...models import Normalize
+from nonsingular.models import Normalize
+
 from ..context import NodeContext
 from ..layers import Binary, ConstantOp
 from ..registry import converter
