@@ -10,6 +10,15 @@ from nonsingular.models import MLP
 from tests.support import train_mlp
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--regenerate-references",
+        action="store_true",
+        help="recompute the stored graph bound references (tests/data/graph_margins_reference.json) and write "
+        "them before comparing; review the diff",
+    )
+
+
 @pytest.fixture(scope="session")
 def digits() -> Dataset:
     return load_digits()
