@@ -11,11 +11,15 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
+from ..formatting import percent
 from ..runtime import distributed as dist
-from ..study.report import HEADLINE_COLUMNS, headline_stats, summarise
+from ..study.report import HEADLINE_COLUMNS, headline_stats
 from ..study.runner import run_study
 from ..study.schema import default_config_path, load_study_config, shipped_studies
-from .common import DeviceOpt, UserError, console, err_console, progress_bar, resolve_device
+from ..study.selection import validation_choice
+from ..study.verdicts import FLOOR, Comparison, Z, claim_comparisons
+from . import options as opt
+from .common import UserError, console, err_console, progress_bar, resolve_device
 
 
 def progress_lines(t0: float, every: float = 30.0) -> Callable[[str, int, int], None]:
@@ -52,7 +56,7 @@ def study(
     fresh: Annotated[
         bool, typer.Option("--fresh/--resume", help="Discard finished evaluations in --out instead of resuming.")
     ] = False,
-    device: DeviceOpt = "auto",
+    device: opt.Device = "auto",
     workers: Annotated[
         int,
         typer.Option(
@@ -105,8 +109,53 @@ def study(
         table.add_column(short.get(column, column), justify="right", no_wrap=True)
     for name, _, stats in headline_stats(results):
         table.add_row(name, *(stats[c].text(compact=True) for c in HEADLINE_COLUMNS))
+    table.caption = f"attack: {results.get('headline_attack') or results['attack']}"
     console.print(table)
-    for line in summarise(results):
-        console.print(f"- {line}")
+    print_claims(claim_comparisons(results), seeds)
+    chosen = validation_choice(results)
+    if chosen is not None:
+        console.print(
+            f"claim 2 rests on '{chosen.model}', selected on the validation split "
+            f"({percent(chosen.mean_robust)} validation joint robust accuracy)"
+        )
     console.print(f"study finished in {time.perf_counter() - t0:.1f} s")
-    console.print(f"report: {report.resolve()}")
+    console.print(f"report: {report.resolve()}  (report.md: every verdict as a sentence with its per-seed numbers)")
+
+
+def print_claims(comparisons: list[Comparison], seeds: int) -> None:
+    """The paper's claims judged, one row per comparison (report.md has each as a full sentence)."""
+    if not comparisons:
+        console.print("The study's models do not include the objectives the paper's claims compare.")
+        return
+    if seeds < 2:
+        console.print(
+            "One seed: the rule below needs each difference's spread over seeds, so every claim is undecided; "
+            "give the study seeds = [0, 1, 2] to decide them."
+        )
+    console.print(claims_table(comparisons))
+    console.print(
+        "Claim 1: input-AT (pgd-at) is as or more fragile to weight-only attacks than standard training. "
+        "Claim 2: a bound-regularized model is more robust to joint attacks than its reference."
+    )
+    console.print(
+        f"Decided when every seed's difference has the same sign and |mean| > {Z:g} SE; cells where both models "
+        f"are below {100 * FLOOR:.0f}% are left out."
+    )
+
+
+def claims_table(comparisons: list[Comparison]) -> Table:
+    """claim x comparison x parametrization x scope -> verdict, mean difference ± standard error, seeds agreeing."""
+    table = Table(title="claims: subject - reference accuracy, points, mean over the claim's cells")
+    for column in ("claim", "subject vs reference", "parametrization", "scope", "verdict", "mean ± SE", "seeds"):
+        table.add_column(column, justify="right" if column in ("mean ± SE", "seeds") else "left")
+    for c in comparisons:
+        table.add_row(
+            str(c.claim),
+            f"{c.subject} vs {c.reference}",
+            c.parametrization or "-",
+            c.scope,
+            c.verdict,
+            c.mean_se_text(),
+            f"{c.seeds_agreeing}/{len(c.per_seed)}" if c.per_seed else "-",
+        )
+    return table

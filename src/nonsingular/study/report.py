@@ -13,6 +13,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from ..formatting import percent, points
 from ..models.checkpoint import atomic_write
 from .quantization_grid import COLUMNS as QUANTIZATION_COLUMNS
 from .quantization_grid import SURVIVAL_POINTS, quantization_rows, quantization_stats, quantization_summary
@@ -65,15 +66,6 @@ def headline_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
     return rows
 
 
-def _pct(v: float | None) -> str:
-    return "-" if v is None else f"{100 * v:.1f}%"
-
-
-def _points(v: float | None, spec: str) -> str:
-    """A fraction as percentage points in format `spec`, "-" for None."""
-    return "-" if v is None else format(100 * v, spec)
-
-
 def summarise(results: dict[str, Any]) -> list[str]:
     """Sentences stating, from the numbers and by the rule of study.verdicts, whether the paper's two claims hold
     in this study, each with the per-seed differences behind it."""
@@ -93,22 +85,22 @@ def summarise(results: dict[str, Any]) -> list[str]:
         best = max(against_standard, key=lambda c: c.mean)  # type: ignore[arg-type, return-value]
         lines.append(
             f"Best regularized variant against standard: '{best.subject}' ({best.scope} scope, mean joint difference "
-            f"{_points(best.mean, '+.2f')} points vs '{best.reference}', verdict: {best.verdict}; chosen on the "
+            f"{points(best.mean, '+.2f')} points vs '{best.reference}', verdict: {best.verdict}; chosen on the "
             "test cells, so optimistic: the validation choice below is the fair one)."
         )
     chosen = validation_choice(results)
     if chosen is not None:
         others = ", ".join(
-            f"'{c.model}' {_pct(c.mean_robust)}" for c in validation_candidates(results) if c.model != chosen.model
+            f"'{c.model}' {percent(c.mean_robust)}" for c in validation_candidates(results) if c.model != chosen.model
         )
         own = [c for c in comparisons if c.claim == 2 and c.subject == chosen.model]
         verdicts = "; ".join(
-            f"vs '{c.reference}' ({c.parametrization}, {c.scope}): {c.verdict} ({_points(c.mean, '+.2f')} points)"
+            f"vs '{c.reference}' ({c.parametrization}, {c.scope}): {c.verdict} ({points(c.mean, '+.2f')} points)"
             for c in own
         )
         lines.append(
             f"Regularized variant selected on the validation split (held out from the training set; highest mean "
-            f"validation joint robust accuracy): '{chosen.model}' at {_pct(chosen.mean_robust)} (others: {others}). "
+            f"validation joint robust accuracy): '{chosen.model}' at {percent(chosen.mean_robust)} (others: {others}). "
             f"Claim 2 rests on it: {verdicts}."
         )
     return lines
@@ -282,7 +274,7 @@ def _scale_markdown(results: dict[str, Any]) -> list[str]:
     for v in tables["scale_verdicts"]:
         lines.append(
             f"| {v['parametrization']} | {v['claim']} | {v['subject']} | {v['reference']} | {v['scope']} | "
-            f"{v['verdict']} | {_points(v['mean_difference'], '+.2f')} |"
+            f"{v['verdict']} | {points(v['mean_difference'], '+.2f')} |"
         )
     lines += ["", "| model | layer | max abs w | l_inf operator norm | Frobenius | mean input l1 |"]
     lines += ["| --- | --- | ---: | ---: | ---: | ---: |"]
@@ -363,7 +355,8 @@ def _model_lines(results: dict[str, Any]) -> list[str]:
             )
             seed = "" if run.get("seed") is None else f" seed {run['seed']}"
             lines.append(
-                f"{name}{seed}: clean {_pct(run['clean_accuracy'])}; {origin}; evaluated in {run['eval_seconds']:.1f} s"
+                f"{name}{seed}: clean {percent(run['clean_accuracy'])}; {origin}; "
+                f"evaluated in {run['eval_seconds']:.1f} s"
             )
     return lines
 
@@ -388,7 +381,7 @@ def _scale_html(results: dict[str, Any]) -> str:
                 v["reference"],
                 v["scope"],
                 v["verdict"],
-                _points(v["mean_difference"], "+.2f"),
+                points(v["mean_difference"], "+.2f"),
             ]
             for v in tables["scale_verdicts"]
         ],
@@ -424,8 +417,8 @@ def _html(results: dict[str, Any], folder: Path, figures: list[str], summary: li
     vbody = "".join(
         "<tr>"
         + "".join(f"<td>{html.escape(str(v[k]))}</td>" for k in keys)
-        + f"<td class='num'>{_points(v['mean_difference'], '+.2f')}</td>"
-        + f"<td class='num'>{_points(v['standard_error'], '.2f')}</td>"
+        + f"<td class='num'>{points(v['mean_difference'], '+.2f')}</td>"
+        + f"<td class='num'>{points(v['standard_error'], '.2f')}</td>"
         + f"<td class='num'>{v['seeds']}</td><td class='num'>{v['cells']} ({v['excluded']})</td>"
         + "</tr>"
         for v in verdicts
