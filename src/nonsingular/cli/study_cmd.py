@@ -138,23 +138,33 @@ def print_claims(comparisons: list[Comparison], seeds: int) -> None:
         "Claim 2: a bound-regularized model is more robust to joint attacks than its reference."
     )
     console.print(
-        f"Decided when every seed's difference has the same sign and |mean| > {Z:g} SE; cells where both models "
-        f"are below {100 * FLOOR:.0f}% are left out."
+        f"Decided when every seed's difference has the same sign ('seeds': how many share the mean's sign) and "
+        f"|mean| > {Z:g} SE, else within the noise; cells where both models are below {100 * FLOOR:.0f}% are left "
+        "out (no cells: none was left)."
     )
 
 
 def claims_table(comparisons: list[Comparison]) -> Table:
     """claim x comparison x parametrization x scope -> verdict, mean difference ± standard error, seeds agreeing."""
-    table = Table(title="claims: subject - reference accuracy, points, mean over the claim's cells")
-    for column in ("claim", "subject vs reference", "parametrization", "scope", "verdict", "mean ± SE", "seeds"):
-        table.add_column(column, justify="right" if column in ("mean ± SE", "seeds") else "left")
-    for c in comparisons:
+    table = Table(title="claims: subject - reference accuracy in points, mean over the claim's cells")
+    table.add_column("weight ball", min_width=11)
+    table.add_column("claim", min_width=5)
+    table.add_column("comparison", no_wrap=True)
+    table.add_column("scope", no_wrap=True)
+    table.add_column("verdict", no_wrap=True)
+    table.add_column("mean ± SE", justify="right", no_wrap=True)
+    table.add_column("seeds", justify="right", no_wrap=True)
+    why = {"no cells": " (no cells)", "one seed": " (1 seed)"}
+    for i, c in enumerate(comparisons):
+        first = i == 0 or c.parametrization != comparisons[i - 1].parametrization
+        if first and i > 0:
+            table.add_section()
         table.add_row(
+            (c.parametrization or "-") if first else "",
             str(c.claim),
             f"{c.subject} vs {c.reference}",
-            c.parametrization or "-",
             c.scope,
-            c.verdict,
+            c.verdict.removesuffix(" (within noise)") + why.get(c.outcome, ""),
             c.mean_se_text(),
             f"{c.seeds_agreeing}/{len(c.per_seed)}" if c.per_seed else "-",
         )

@@ -197,6 +197,16 @@ def _intro(results: dict[str, Any]) -> str:
     )
 
 
+def attack_note(results: dict[str, Any], headline: bool = False) -> str:
+    """Which attack a results table's robust accuracies come from (its repr), so that a number is never read
+    against another attack's (e.g. `nonsingular evaluate`'s default ensemble). `headline`: the headline
+    point's cells, which `headline_kind` may give their own attack."""
+    if headline:
+        return f"Attack: `{results.get('headline_attack') or results['attack']}`."
+    special = results.get("headline_attack")
+    return f"Attack: `{results['attack']}`" + (f" (headline point: `{special}`)." if special else ".")
+
+
 def _certify_scope(results: dict[str, Any]) -> str:
     """Where the certificates were computed, when not on every example at every grid point."""
     cert = results.get("config", {}).get("certify", {})
@@ -220,11 +230,13 @@ def _markdown(results: dict[str, Any], figures: list[str], summary: list[str]) -
         "",
         "## Summary",
         "",
-        rule_text(),
+        rule_text() + " " + attack_note(results),
         "",
         *[f"- {s}" for s in summary],
         "",
         f"## Headline (eps_x = {hx:g}, eps_w = {hw:g})",
+        "",
+        attack_note(results, headline=True),
         "",
         "| model | objective | " + " | ".join(HEADLINE_COLUMNS) + " |",
         "| --- | --- | " + " | ".join("---:" for _ in HEADLINE_COLUMNS) + " |",
@@ -267,7 +279,7 @@ def _scale_markdown(results: dict[str, Any]) -> list[str]:
     tables = scale_rows(results)
     if not tables["scale_layers"]:
         return []
-    lines = ["", "## Scale: parametrizations and rescaling", "", SCALE_INTRO, ""]
+    lines = ["", "## Scale: parametrizations and rescaling", "", SCALE_INTRO + " " + attack_note(results), ""]
     lines += [f"- {line}" for line in scale_summary(results)]
     lines += ["", "| parametrization | claim | subject | reference | scope | verdict | mean difference (points) |"]
     lines += ["| --- | --- | --- | --- | --- | --- | ---: |"]
@@ -315,7 +327,8 @@ def _quantization_markdown(results: dict[str, Any]) -> list[str]:
     header, rows = _quantization_table(results)
     if not rows:
         return []
-    lines = ["", "## Quantization: which defences survive deployment", "", _quantization_intro(results), ""]
+    intro = _quantization_intro(results) + " " + attack_note(results)
+    lines = ["", "## Quantization: which defences survive deployment", "", intro, ""]
     lines += [f"- {line}" for line in quantization_summary(results)]
     lines += [
         "",
@@ -332,7 +345,8 @@ def _quantization_html(results: dict[str, Any]) -> str:
         return ""
     items = "".join(f"<li>{html.escape(line)}</li>" for line in quantization_summary(results))
     return (
-        f"<h2>Quantization: which defences survive deployment</h2><p>{html.escape(_quantization_intro(results))}</p>"
+        "<h2>Quantization: which defences survive deployment</h2>"
+        f"<p>{html.escape(_quantization_intro(results) + ' ' + attack_note(results))}</p>"
         f"<ul>{items}</ul>{_table_html(header, rows)}"
     )
 
@@ -395,7 +409,8 @@ def _scale_html(results: dict[str, Any]) -> str:
     )
     items = "".join(f"<li>{html.escape(line)}</li>" for line in scale_summary(results))
     return (
-        f"<h2>Scale: parametrizations and rescaling</h2><p>{html.escape(SCALE_INTRO)}</p><ul>{items}</ul>"
+        "<h2>Scale: parametrizations and rescaling</h2>"
+        f"<p>{html.escape(SCALE_INTRO + ' ' + attack_note(results))}</p><ul>{items}</ul>"
         f"{verdicts}{layers}"
     )
 
@@ -440,10 +455,11 @@ figure {{ margin: 1.5em 0; }} img {{ max-width: 100%; border: 1px solid #eee; }}
 </style></head><body>
 <h1>Study: {html.escape(results["name"])}</h1>
 <p>{html.escape(_intro(results))}</p>
-<h2>Summary</h2><p>{html.escape(rule_text())}</p>
+<h2>Summary</h2><p>{html.escape(rule_text() + " " + attack_note(results))}</p>
 <table><thead><tr>{vhead}</tr></thead><tbody>{vbody}</tbody></table>
 <ul>{"".join(f"<li>{html.escape(s)}</li>" for s in summary)}</ul>
 <h2>Headline (eps_x = {hx:g}, eps_w = {hw:g}; mean ± sd over seeds)</h2>
+<p>{html.escape(attack_note(results, headline=True))}</p>
 <table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>
 <h2>Sanity flags</h2><ul>{flags}</ul>
 {_scale_html(results)}
