@@ -111,7 +111,10 @@ def study(
         table.add_row(name, *(stats[c].text(compact=True) for c in HEADLINE_COLUMNS))
     table.caption = f"attack: {results.get('headline_attack') or results['attack']}"
     console.print(table)
-    print_claims(claim_comparisons(results), seeds)
+    grid_attack = results["attack"] + (
+        f" (headline point: {results['headline_attack']})" if results.get("headline_attack") else ""
+    )
+    print_claims(claim_comparisons(results), seeds, grid_attack)
     chosen = validation_choice(results)
     if chosen is not None:
         console.print(
@@ -122,7 +125,7 @@ def study(
     console.print(f"report: {report.resolve()}  (report.md: every verdict as a sentence with its per-seed numbers)")
 
 
-def print_claims(comparisons: list[Comparison], seeds: int) -> None:
+def print_claims(comparisons: list[Comparison], seeds: int, attack: str) -> None:
     """The paper's claims judged, one row per comparison (report.md has each as a full sentence)."""
     if not comparisons:
         console.print("The study's models do not include the objectives the paper's claims compare.")
@@ -132,7 +135,7 @@ def print_claims(comparisons: list[Comparison], seeds: int) -> None:
             "One seed: the rule below needs each difference's spread over seeds, so every claim is undecided; "
             "give the study seeds = [0, 1, 2] to decide them."
         )
-    console.print(claims_table(comparisons))
+    console.print(claims_table(comparisons, attack))
     console.print(
         "Claim 1: input-AT (pgd-at) is as or more fragile to weight-only attacks than standard training. "
         "Claim 2: a bound-regularized model is more robust to joint attacks than its reference."
@@ -144,9 +147,12 @@ def print_claims(comparisons: list[Comparison], seeds: int) -> None:
     )
 
 
-def claims_table(comparisons: list[Comparison]) -> Table:
-    """claim x comparison x parametrization x scope -> verdict, mean difference ± standard error, seeds agreeing."""
-    table = Table(title="claims: subject - reference accuracy in points, mean over the claim's cells")
+def claims_table(comparisons: list[Comparison], attack: str) -> Table:
+    """claim x comparison x parametrization x scope -> verdict, mean difference ± standard error, seeds agreeing;
+    the caption names the attack of the cells."""
+    table = Table(
+        title="claims: subject - reference accuracy in points, mean over the claim's cells", caption=f"attack: {attack}"
+    )
     table.add_column("weight ball", min_width=11)
     table.add_column("claim", min_width=5)
     table.add_column("comparison", no_wrap=True)
