@@ -49,7 +49,7 @@ class Scope(str, Enum):
     SHARED = "shared"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # holds tensors: compared by identity
 class LayerRadii:
     """The radii the threat gives one weight layer, in the dtype of the weight they were derived from
     (`ThreatModel.layer_radii`).
