@@ -16,6 +16,7 @@ LAYERS = {
     "_version": 0,
     "threat": 0,
     "errors": 0,
+    "formatting": 0,
     "runtime": 1,
     "datasets": 1,
     "properties": 1,

@@ -1,21 +1,25 @@
 """The threat model T(eps_x, eps_w) of THEORY.md section 2: a validated, immutable description.
 
 Every attack, checker and bound reads the threat set from here and nowhere else, so the radii below
-(`input_bounds`, `weight_radius`, `operator_radius`, `bias_radius`) *are* the definition of the set.
+(`input_bounds`, `weight_radius`, `operator_radius`, `bias_radius`) *are* the definition of the set, and
+`layer_radii` is the one place that picks, per weight layer, which of them apply (the attack's weight blocks and
+the bounds' per-layer threat both call it; the checker derives its balls on its own, on purpose).
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from enum import Enum
+from functools import cached_property
 from typing import Any, TypeAlias
 
 import torch
 from pydantic import BaseModel, ConfigDict, field_validator, model_validator
 from torch import Tensor, nn
 
-__all__ = ["PERTURBABLE_TYPES", "EpsMode", "PerturbableLayer", "Scope", "ThreatModel", "WeightBall"]
+__all__ = ["PERTURBABLE_TYPES", "EpsMode", "LayerRadii", "PerturbableLayer", "Scope", "ThreatModel", "WeightBall"]
 
 #: Module types whose `weight` (and `bias`) the threat can perturb.
 PERTURBABLE_TYPES = (nn.Linear, nn.Conv1d, nn.Conv2d)
@@ -43,6 +47,39 @@ class Scope(str, Enum):
 
     PER_EXAMPLE = "per-example"
     SHARED = "shared"
+
+
+@dataclass(frozen=True, eq=False)  # holds tensors: compared by identity
+class LayerRadii:
+    """The radii the threat gives one weight layer, in the dtype of the weight they were derived from
+    (`ThreatModel.layer_radii`).
+
+    Attributes:
+        name: module name.
+        ball: element-wise box or operator-norm ball.
+        e: operator ball: ||D||_inf <= e (0-dim); None under the element-wise ball.
+        beta: |db_i| <= beta_i, (out,); None when biases are not perturbed or the layer has none.
+        uniform: element-wise absolute ball without per-channel radii: the one value of every rho_ij (attacks and
+            bounds then use a scalar); None otherwise.
+        row_eps: element-wise absolute ball with per-channel radii: rho_ij = row_eps_i, (out,); None otherwise.
+    """
+
+    name: str
+    ball: WeightBall
+    e: Tensor | None
+    beta: Tensor | None
+    uniform: float | None
+    row_eps: Tensor | None
+    threat: ThreatModel = field(repr=False)
+    weight: Tensor = field(repr=False)
+
+    @cached_property
+    def rho(self) -> Tensor | None:
+        """Element-wise ball: rho with |D_ij| <= rho_ij, the weight's shape (built on first use: a uniform or
+        per-row radius often makes it unnecessary); None under the operator ball."""
+        if self.ball is not WeightBall.ELEMENTWISE:
+            return None
+        return self.threat.weight_radius(self.name, self.weight)
 
 
 def _check_eps(name: str, value: float) -> float:
@@ -328,6 +365,23 @@ class ThreatModel(BaseModel):
         if self.weight_mode is EpsMode.RELATIVE:
             return eps * w.reshape(w.shape[0], -1).abs().sum(dim=1).max()
         return torch.tensor(eps, dtype=w.dtype, device=w.device)
+
+    def layer_radii(self, name: str, weight: Tensor, bias: Tensor | None) -> LayerRadii:
+        """Which of the radii above apply to weight layer `name`, derived from its `weight` and `bias` (in their
+        dtype): the operator radius or the element-wise one (scalar, per row, or per element), and the bias's."""
+        w = weight.detach()
+        elementwise = self.weight_ball is WeightBall.ELEMENTWISE
+        channels = dict(self.channel_eps).get(name) if elementwise and self.weight_mode is EpsMode.ABSOLUTE else None
+        return LayerRadii(
+            name=name,
+            ball=self.weight_ball,
+            e=None if elementwise else self.operator_radius(name, w),
+            beta=self.bias_radius(bias),
+            uniform=self.uniform_radius(name),
+            row_eps=None if channels is None else torch.tensor(channels, dtype=w.dtype, device=w.device),
+            threat=self,
+            weight=w,
+        )
 
     def bias_radius(self, bias: Tensor | None) -> Tensor | None:
         """|db[i]| <= bias_radius[i]; None when biases are not perturbed or the layer has none."""

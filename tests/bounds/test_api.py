@@ -10,11 +10,13 @@ from torch import nn
 
 from nonsingular import MLP, ThreatModel
 from nonsingular.bounds import (
-    IBP_RULES,
+    RULES,
+    IntervalOnlyRule,
     UnsupportedLayerError,
     margin_bounds,
     norm_bounds,
     register_ibp_rule,
+    register_rule,
     sensitivity_terms,
 )
 from nonsingular.models import Normalize
@@ -44,7 +46,7 @@ def test_non_relu_activation_is_refused_by_name(method, activation):
 
 def test_ibp_error_says_how_to_add_a_rule():
     x, y = _data()
-    with pytest.raises(UnsupportedLayerError, match="register_ibp_rule"):
+    with pytest.raises(UnsupportedLayerError, match=r"register_rule\(op, IntervalOnlyRule\(fn\)\)"):
         margin_bounds(_tiny(nn.Tanh()), x, y, THREAT, "ibp")
 
 
@@ -54,8 +56,8 @@ def test_registered_rule_extends_ibp(monkeypatch):
     def tanh_rule(module, lb, ub, layer_threat):
         return torch.tanh(lb), torch.tanh(ub)
 
-    monkeypatch.setitem(IBP_RULES, nn.Tanh, tanh_rule)
-    register_ibp_rule(nn.Tanh, tanh_rule)  # the public way; monkeypatch restores the table afterwards
+    monkeypatch.setitem(RULES, nn.Tanh, IntervalOnlyRule(tanh_rule))
+    register_rule(nn.Tanh, IntervalOnlyRule(tanh_rule))  # the public way; monkeypatch restores the table afterwards
     model = _tiny(nn.Tanh())
     x, y = _data()
     with torch.no_grad():
@@ -64,6 +66,22 @@ def test_registered_rule_extends_ibp(monkeypatch):
     assert (lower[None] <= found + tolerance(found)).all()
     with pytest.raises(UnsupportedLayerError):
         margin_bounds(model, x, y, THREAT, "crown")  # CROWN needs a relaxation, not a box rule
+
+
+def test_the_deprecated_interval_registration_warns_and_fills_the_one_table(monkeypatch):
+    """register_ibp_rule still works for code written before the two tables became one, and says what replaces it."""
+    import nonsingular.bounds.registry as registry
+
+    def tanh_rule(module, lb, ub, layer_threat):
+        return torch.tanh(lb), torch.tanh(ub)
+
+    monkeypatch.setattr(registry, "_warned_ibp_rule", False)
+    monkeypatch.setitem(RULES, nn.Tanh, IntervalOnlyRule(tanh_rule))
+    with pytest.warns(DeprecationWarning, match=r"register_rule\(layer_type, IntervalOnlyRule\(rule\)\)"):
+        register_ibp_rule(nn.Tanh, tanh_rule)
+    assert isinstance(RULES[nn.Tanh], IntervalOnlyRule) and RULES[nn.Tanh].fn is tanh_rule
+    x, y = _data()
+    assert margin_bounds(_tiny(nn.Tanh()), x, y, THREAT, "ibp").lower.shape == (5, 2)
 
 
 def test_subclass_with_its_own_forward_is_refused():

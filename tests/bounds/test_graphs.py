@@ -133,10 +133,9 @@ def test_a_small_memory_budget_chunks_without_changing_the_bounds():
 
 
 def test_an_interval_only_rule_is_refused_by_crown_with_the_file_to_edit(monkeypatch):
-    from nonsingular.bounds import IBP_RULES, register_ibp_rule
+    from nonsingular.bounds import RULES, IntervalOnlyRule
 
-    monkeypatch.setitem(IBP_RULES, nn.Tanh, lambda m, lb, ub, lt: (torch.tanh(lb), torch.tanh(ub)))
-    register_ibp_rule(nn.Tanh, IBP_RULES[nn.Tanh])
+    monkeypatch.setitem(RULES, nn.Tanh, IntervalOnlyRule(lambda m, lb, ub, lt: (torch.tanh(lb), torch.tanh(ub))))
     model = nn.Sequential(nn.Linear(3, 3), nn.Tanh(), nn.Linear(3, 2)).double()
     x, y = torch.rand(2, 3, dtype=torch.float64), torch.tensor([0, 1])
     margin_bounds(model, x, y, ThreatModel(eps_x=0.1), "ibp")

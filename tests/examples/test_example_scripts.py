@@ -44,3 +44,19 @@ def test_compare_scopes():
     acc = _load("compare_scopes").run(epochs=1, n_examples=30, steps=2, radii=(0.001, 0.004))
     for row in acc.values():
         assert row["per-example"] <= row["shared"]
+
+
+def test_readme_library_snippet_attacks_a_trained_model(capsys):
+    """The README's library example runs as printed, on a trained model: the check passes and the joint
+    accuracy it prints lies between 0 and the clean accuracy (an untrained model printed 0.0)."""
+    import re
+
+    readme = (EXAMPLES.parent / "README.md").read_text()
+    library = readme[readme.index("## The library") :]
+    (code,) = re.findall(r"```python\n(.*?)```", library, flags=re.S)[:1]
+    scope: dict = {}
+    exec(compile(code, "README.md", "exec"), scope)
+    check, model, data = scope["check"], scope["model"], scope["data"]
+    clean = float((model(data.x_test).argmax(1) == data.y_test).float().mean())
+    assert check.passed and 0.3 < check.accuracy < clean
+    assert capsys.readouterr().out.startswith("True ")

@@ -11,6 +11,7 @@ from pathlib import Path
 from nonsingular.study import load_study_config, run_study
 from nonsingular.study.verdicts import claim_comparisons, parametrization_views
 from tests.support import script
+from tests.support.processes import assert_succeeded
 
 CONFIG = """
 name = "workers"
@@ -116,7 +117,10 @@ def test_workers_exit_with_the_study_process(tmp_path):
     """A spawned worker whose study process dies without cleanup (killed) exits within seconds instead of
     running its unit to the end (a killed study left a worker burning a core for 35 minutes)."""
     pid_file = tmp_path / "child.pid"
-    subprocess.run([sys.executable, str(script("orphan_worker.py")), str(pid_file)], check=True, timeout=120)
+    done = subprocess.run(
+        [sys.executable, str(script("orphan_worker.py")), str(pid_file)], capture_output=True, text=True, timeout=120
+    )
+    assert_succeeded(done)
     pid = int(pid_file.read_text())
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline and _alive(pid):

@@ -5,7 +5,6 @@ starts are keyed by global example index, and a run resumed under torchrun conti
 tolerance covers float summation order (DDP averages two half-batch gradients; one process sums one batch).
 """
 
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -13,14 +12,17 @@ from pathlib import Path
 import pytest
 from safetensors.torch import load_file
 
-TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
-ENV = {**os.environ, "OMP_NUM_THREADS": "1"}  # two processes on two cores: one thread each
+from tests.support.processes import ENV, assert_ranks_succeeded, assert_succeeded, run_torchrun
 
 
-def _train(launcher: list[str], config: Path, out: Path, *extra: str) -> None:
+def _train(config: Path, out: Path, *extra: str, logs: Path | None = None) -> None:
+    """One process, or two under torchrun with each rank's stderr kept in `logs` for the failure report."""
     args = ["-m", "nonsingular", "train", "--config", str(config), "--out", str(out), "--device", "cpu", "-q"]
-    done = subprocess.run([*launcher, *args, *extra], capture_output=True, text=True, timeout=240, env=ENV)
-    assert done.returncode == 0, done.stderr[-2000:]
+    if logs is None:
+        done = subprocess.run([sys.executable, *args, *extra], capture_output=True, text=True, timeout=240, env=ENV)
+        assert_succeeded(done)
+    else:
+        assert_ranks_succeeded(run_torchrun([*args, *extra], logs), logs)
 
 
 def _max_difference(a: Path, b: Path) -> float:
@@ -41,10 +43,10 @@ def config(tmp_path: Path) -> Path:
 def test_two_processes_train_like_one(tmp_path: Path, config: Path, objective: str) -> None:
     one, two = tmp_path / "one.safetensors", tmp_path / "two.safetensors"
     flags = ["--objective", objective, "--epochs", "2"]
-    _train([sys.executable], config, one, *flags)
+    _train(config, one, *flags)
     if objective == "awp":  # stop after one epoch and resume under torchrun
-        _train(TORCHRUN, config, two, "--objective", objective, "--epochs", "1")
-        _train(TORCHRUN, config, two, *flags, "--resume")
+        _train(config, two, "--objective", objective, "--epochs", "1", logs=tmp_path / "logs-first")
+        _train(config, two, *flags, "--resume", logs=tmp_path / "logs-resumed")
     else:
-        _train(TORCHRUN, config, two, *flags)
+        _train(config, two, *flags, logs=tmp_path / "logs")
     assert _max_difference(one, two) < 1e-5

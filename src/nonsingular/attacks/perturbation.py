@@ -15,7 +15,6 @@ checker re-runs through the ordinary module.
 from __future__ import annotations
 
 import contextlib
-import functools
 from collections.abc import Callable, Iterator, Sequence
 from enum import Enum
 from typing import Any
@@ -24,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..threat import PERTURBABLE_TYPES, EpsMode, PerturbableLayer, Scope, ThreatModel, WeightBall
+from ..threat import PERTURBABLE_TYPES, PerturbableLayer, Scope, ThreatModel, WeightBall
 
 __all__ = ["LayerPath", "WeightBlock", "build_weight_blocks", "installed", "layer_paths", "per_row"]
 
@@ -184,17 +183,13 @@ class WeightBlock:
         weight = module.weight.detach()
         self.weight = weight
         self.bias: Tensor | None = None if module.bias is None else module.bias.detach()
-        self._threat = threat
-        self.e = threat.operator_radius(name, weight) if self.ball is WeightBall.OPERATOR else None
-        self.bias_rho = threat.bias_radius(self.bias)
+        self.radii = threat.layer_radii(name, weight, self.bias)
+        self.e = self.radii.e
+        self.bias_rho = self.radii.beta
         # Absolute element-wise radius is one number: r = eps * ||h||_1 needs no matmul (Lemma 1).
-        elementwise_absolute = self.ball is WeightBall.ELEMENTWISE and threat.weight_mode is EpsMode.ABSOLUTE
-        self.uniform_eps = threat.uniform_radius(name) if elementwise_absolute else None
+        self.uniform_eps = self.radii.uniform
         # Absolute per-channel radii (quantization grids) are one number per row: r = ||h||_1 * eps_row.
-        channels = dict(threat.channel_eps).get(name) if elementwise_absolute else None
-        self.row_eps = (
-            None if channels is None else torch.tensor(channels, dtype=weight.dtype, device=weight.device)[None, :]
-        )
+        self.row_eps = None if self.radii.row_eps is None else self.radii.row_eps[None, :]
         self.h_seen: Tensor | None = None
         self.input_nonnegative = False  # set by build_weight_blocks when a ReLU feeds this layer
         out_features = weight.shape[0]
@@ -209,12 +204,10 @@ class WeightBlock:
                 self.delta_b = torch.zeros(*lead, out_features, dtype=weight.dtype, device=weight.device)
                 self.variables.append(self.delta_b)
 
-    @functools.cached_property
+    @property
     def rho(self) -> Tensor | None:
         """Element-wise radius matrix (None for the operator ball); built on first use only."""
-        if self.ball is not WeightBall.ELEMENTWISE:
-            return None
-        return self._threat.weight_radius(self.name, self.weight)
+        return self.radii.rho
 
     def _radius(self) -> Tensor:
         """rho (element-wise ball) or e (operator ball): the one the threat defines for this block."""

@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..formatting import percent
 from .pgd import PGD, _Constant
 
 __all__ = ["RandomNoise", "SanityFlag", "gradient_flag", "nested_flag", "noise_flag", "train_eval_flag"]
@@ -76,7 +77,7 @@ def nested_flag(accuracy: Mapping[str, float | None], pairs: Sequence[tuple[str,
             bad.append((inner, outer, a, b))
     if not bad:
         return None
-    text = "; ".join(f"{o} {100 * b:.1f}% > {i} {100 * a:.1f}%" for i, o, a, b in bad)
+    text = "; ".join(f"{o} {percent(b)} > {i} {percent(a)}" for i, o, a, b in bad)
     return SanityFlag(
         "nested",
         sorted({o for _, o, _, _ in bad}),
@@ -170,7 +171,7 @@ def train_eval_flag(model: nn.Module, x: Tensor, y: Tensor, label: str = "model"
     return SanityFlag(
         "train-eval",
         [label],
-        f"{label}: clean accuracy {100 * eval_acc:.1f}% in eval() mode but {100 * train_acc:.1f}% in train() "
+        f"{label}: clean accuracy {percent(eval_acc)} in eval() mode but {percent(train_acc)} in train() "
         "mode (BatchNorm/dropout); every attack and check here uses eval() mode",
         {"eval_accuracy": eval_acc, "train_accuracy": train_acc},
     )

@@ -13,18 +13,26 @@ r_x, r_w, _ = sensitivity_terms(model, x, threat)                  # Theorem 2's
 
 from .api import DEFAULT_ALPHA_STEPS, margin_bounds, supported_methods
 from .crown import alpha_crown_margin_bounds, crown_margin_bounds
-from .ibp import IBP_RULES, IntervalRule, ibp_margin_bounds, register_ibp_rule
+from .ibp import ibp_margin_bounds
 from .layer_threat import UnsupportedLayerError
 from .margins import BoundMethod, MarginBounds, loss_bound_from_margins
 from .norm import NormBounds, SensitivityTerms, norm_bounds, norm_margin_bounds, sensitivity_terms
-from .registry import DEFAULT_MEMORY_MB, RULES, Rule, register_rule
+from .registry import (
+    DEFAULT_MEMORY_MB,
+    RULES,
+    IntervalOnlyRule,
+    IntervalRule,
+    Rule,
+    register_ibp_rule,
+    register_rule,
+)
 
 __all__ = [
     "DEFAULT_ALPHA_STEPS",
     "DEFAULT_MEMORY_MB",
-    "IBP_RULES",
     "RULES",
     "BoundMethod",
+    "IntervalOnlyRule",
     "IntervalRule",
     "MarginBounds",
     "NormBounds",

@@ -1,7 +1,7 @@
 """Interval bound propagation under the joint threat (THEORY.md section 5), over the traced graph (engine.py).
 
 Every op has one rule in the registry (registry.py); a weight layer's box adds the Lemma 1 term maximised over
-the input box. `register_ibp_rule` adds an interval-only rule for a module type.
+the input box.
 """
 
 from __future__ import annotations
@@ -17,9 +17,9 @@ from ..threat import ThreatModel
 from .layer_threat import LayerThreat, UnsupportedLayerError
 from .margin_driver import graph_margin_bounds
 from .margins import BoundMethod, MarginBounds
-from .registry import IBP_RULES, Box, IntervalRule, register_ibp_rule
+from .registry import Box
 
-__all__ = ["IBP_RULES", "Box", "IntervalRule", "ibp_margin_bounds", "register_ibp_rule"]
+__all__ = ["ibp_margin_bounds"]
 
 
 def ibp_margin_bounds(model: nn.Module, x: Tensor, y: Tensor, threat: ThreatModel) -> MarginBounds:

@@ -3,8 +3,8 @@ about a chain layer by layer) its layers in execution order.
 
 The norm bound accepts `nn.Sequential` models (nested Sequentials are flattened) whose containers keep
 `nn.Sequential.forward`; IBP and CROWN trace any graph (graph.py).
-The per-layer radii come from `ThreatModel` (`weight_radius`, `operator_radius`, `bias_radius`), the one
-definition of the threat set.
+The per-layer radii come from `ThreatModel.layer_radii`, the one derivation of the threat set's radii that the
+attacks use too.
 """
 
 from __future__ import annotations
@@ -131,30 +131,23 @@ def layer_threats(model: nn.Module, threat: ThreatModel, dtype: torch.dtype) -> 
     relative = threat.weight_mode is EpsMode.RELATIVE
     for name, module in threat.weight_layers(model):
         weight = module.weight.to(dtype)
+        bias = None if module.bias is None else module.bias.to(dtype)
+        radii = threat.layer_radii(name, weight, bias)
         eps = threat.eps_w_for(name)
-        rho = e = None
-        if threat.weight_ball is WeightBall.ELEMENTWISE:
-            rho = threat.weight_radius(name, weight)
-            if relative:
-                rho = _straight_through(rho, eps, weight.abs())
-        else:
-            e = threat.operator_radius(name, weight)
-            if relative:
-                e = _straight_through(e, eps, weight.reshape(weight.shape[0], -1).abs().sum(dim=1).max())
-        beta = None
-        if module.bias is not None:
-            bias = module.bias.to(dtype)
-            beta = threat.bias_radius(bias)
-            if beta is not None and relative:
-                beta = _straight_through(beta, threat.eps_b, bias.abs())
-        uniform = threat.uniform_radius(name)
+        rho, e, beta = radii.rho, radii.e, radii.beta
+        if relative and rho is not None:
+            rho = _straight_through(rho, eps, weight.abs())
+        if relative and e is not None:
+            e = _straight_through(e, eps, weight.reshape(weight.shape[0], -1).abs().sum(dim=1).max())
+        if relative and beta is not None and bias is not None:
+            beta = _straight_through(beta, threat.eps_b, bias.abs())
         out[name] = LayerThreat(
             name=name,
-            ball=threat.weight_ball,
+            ball=radii.ball,
             rho=rho,
             e=e,
             beta=beta,
-            uniform=uniform,
+            uniform=radii.uniform,
             out_features=int(weight.shape[0]),
         )
     return out

@@ -4,12 +4,13 @@ An op is a module type (looked up along the class hierarchy; a subclass that ove
 rule), a function (operator.add, torch.cat, F.relu, ...) or a tensor method ("Tensor.view"). Rules live in
 ops_affine.py (weight layers and element-wise affine maps), ops_structure.py (shape ops, sums, concatenation,
 average pooling) and ops_nonlinear.py (ReLU, max-pooling); add a rule next to its kind and `register_rule` it.
-`register_ibp_rule` (the older, IBP-only interface) is kept: such ops get IBP but not CROWN.
+A box function alone is registered the same way, wrapped in `IntervalOnlyRule`: such ops get IBP but not CROWN.
 """
 
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -22,11 +23,11 @@ from .layer_threat import LayerThreat, UnsupportedLayerError
 
 __all__ = [
     "DEFAULT_MEMORY_MB",
-    "IBP_RULES",
     "RULES",
     "Backward",
     "Box",
     "Input",
+    "IntervalOnlyRule",
     "IntervalRule",
     "Node",
     "Rule",
@@ -210,8 +211,10 @@ class Rule:
         return self.backward(node, spec.reshape(n, 2 * r, *node.shape), boxes, lt, ctx)
 
 
-class _IntervalOnly(Rule):
-    """A rule registered through `register_ibp_rule`: IBP only."""
+class IntervalOnlyRule(Rule):
+    """The rule of a module type known only by a box function `fn(module, lb, ub, layer_threat) -> (lb, ub)`
+    (e.g. a monotone activation: `(torch.tanh(lb), torch.tanh(ub))`): IBP bounds it, CROWN refuses it (it has no
+    linear relaxation) with the error that names the file to add one to."""
 
     def __init__(self, fn: IntervalRule) -> None:
         self.fn = fn
@@ -221,20 +224,31 @@ class _IntervalOnly(Rule):
         return self.fn(module, *boxes[0], lt)
 
 
-#: op -> rule: module types, functions and "Tensor.<method>" names.
+#: op -> rule: module types, functions and "Tensor.<method>" names. The one table every bound reads.
 RULES: dict[Any, Rule] = {}
-#: Module type -> IBP-only interval rule, registered by `register_ibp_rule` (kept for existing users).
-IBP_RULES: dict[type[nn.Module], IntervalRule] = {}
 
 
 def register_rule(op: Any, rule: Rule) -> None:
-    """Bound `op` (a module type, a function, or "Tensor.<method>") with `rule` in IBP and CROWN."""
+    """Bound `op` (a module type, a function, or "Tensor.<method>") with `rule`: IBP through `rule.ibp`, CROWN
+    and alpha-CROWN through `rule.backward`. A box function alone: `register_rule(op, IntervalOnlyRule(fn))`."""
     RULES[op] = rule
 
 
+_warned_ibp_rule = False
+
+
 def register_ibp_rule(layer_type: type[nn.Module], rule: IntervalRule) -> None:
-    """Make IBP bound `layer_type` with `rule(module, lb, ub, layer_threat)` (no CROWN rule: CROWN refuses it)."""
-    IBP_RULES[layer_type] = rule
+    """Deprecated: `register_rule(layer_type, IntervalOnlyRule(rule))`, which this calls (warning once)."""
+    global _warned_ibp_rule
+    if not _warned_ibp_rule:  # once per process, as nonsingular's other deprecated names do
+        _warned_ibp_rule = True
+        warnings.warn(
+            "nonsingular.bounds.register_ibp_rule is deprecated: use "
+            "register_rule(layer_type, IntervalOnlyRule(rule)), the one table of bound rules",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+    register_rule(layer_type, IntervalOnlyRule(rule))
 
 
 def _kind(node: Node) -> str:
@@ -243,16 +257,16 @@ def _kind(node: Node) -> str:
 
 def _module_rule(module: nn.Module) -> Rule | None:
     for cls in type(module).__mro__:
-        if cls in IBP_RULES or cls in RULES:
+        if cls in RULES:
             if type(module).forward is not getattr(cls, "forward", None):
                 return None
-            return _IntervalOnly(IBP_RULES[cls]) if cls in IBP_RULES else RULES[cls]
+            return RULES[cls]
     return None
 
 
 def has_module_rule(module: nn.Module) -> bool:
     """Whether tracing should keep `module` as one node (it or a base class it does not override has a rule)."""
-    return any(cls in RULES or cls in IBP_RULES for cls in type(module).__mro__[:-1])
+    return any(cls in RULES for cls in type(module).__mro__[:-1])
 
 
 def find_rule(op: Any, name: str, kind: str) -> Rule:
@@ -271,5 +285,5 @@ def find_rule(op: Any, name: str, kind: str) -> Rule:
         hint = ""
     raise UnsupportedLayerError(
         f"no bound rule for op '{name}' ({kind}){hint}; add a Rule for it in {_WHERE} and register it with "
-        f"nonsingular.bounds.register_rule (or an interval-only rule with register_ibp_rule)"
+        f"nonsingular.bounds.register_rule (a box function alone: register_rule(op, IntervalOnlyRule(fn)))"
     )

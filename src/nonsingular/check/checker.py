@@ -123,6 +123,9 @@ class _Ball:
     has the box of radius 0), the operator ball as its row radius e."""
 
     def __init__(self, threat: ThreatModel, layer: str, kind: str, base: Tensor) -> None:
+        # Deliberately not ThreatModel.layer_radii, which the attack and the bounds share: the checker picks the
+        # ball from the threat's definitions on its own, so a slip in that shared derivation makes checks fail
+        # instead of agreeing with the attack that made the same slip.
         self.base = base
         self.operator = kind == "weight" and threat.weight_ball is WeightBall.OPERATOR
         if self.operator:

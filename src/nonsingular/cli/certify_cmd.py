@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from enum import Enum
 from typing import Annotated
@@ -13,37 +12,18 @@ from rich.text import Text
 
 from ..attacks import AttackKind
 from ..bounds import DEFAULT_ALPHA_STEPS, DEFAULT_MEMORY_MB, BoundMethod, supported_methods
-from ..deployment import Rounding, quantization_threat
+from ..deployment import Rounding
 from ..evaluation import CertifyReport
 from ..evaluation import certify as run_certify
+from ..formatting import percent
 from ..runtime import distributed as dist
 from ..threat import EpsMode, WeightBall
+from . import options as opt
 from .common import (
-    AcceptDataOpt,
-    AttackOpt,
-    BallOpt,
-    CheckpointOpt,
-    DataOpt,
-    DeviceOpt,
-    EpsBOpt,
-    EpsWOpt,
-    EpsXOpt,
-    ForceOpt,
-    JsonOutOpt,
-    LayersOpt,
-    ModelOpt,
-    ModeOpt,
-    NExamplesOpt,
-    PerChannelOpt,
-    QuantizeOpt,
-    RoundingOpt,
-    SymmetricOpt,
     UserError,
-    WeightsOpt,
     build_attack,
     check_writable,
     console,
-    grid_lines,
     make_threat,
     progress_bar,
     quantization_spec,
@@ -79,15 +59,15 @@ def parse_methods(values: list[str]) -> list[BoundMethod]:
 
 
 def certify(
-    checkpoint: CheckpointOpt = None,
-    model: ModelOpt = None,
-    weights: WeightsOpt = None,
-    eps_x: EpsXOpt = 0.0,
-    eps_w: EpsWOpt = 0.0,
-    weight_ball: BallOpt = WeightBall.ELEMENTWISE,
-    weight_mode: ModeOpt = EpsMode.ABSOLUTE,
-    eps_b: EpsBOpt = 0.0,
-    layers: LayersOpt = None,
+    checkpoint: opt.Checkpoint = None,
+    model: opt.Model = None,
+    weights: opt.Weights = None,
+    eps_x: opt.EpsX = 0.0,
+    eps_w: opt.EpsW = 0.0,
+    weight_ball: opt.Ball = WeightBall.ELEMENTWISE,
+    weight_mode: opt.Mode = EpsMode.ABSOLUTE,
+    eps_b: opt.EpsB = 0.0,
+    layers: opt.Layers = None,
     method: Annotated[
         list[str],
         typer.Option(
@@ -97,10 +77,10 @@ def certify(
             "separate by commas.",
         ),
     ] = ["all"],  # noqa: B006 - typer reads the default, nothing mutates it
-    data: DataOpt = None,
-    accept_data_change: AcceptDataOpt = False,
-    n_examples: NExamplesOpt = None,
-    attack: AttackOpt = AttackKind.AUTO,
+    data: opt.Data = None,
+    accept_data_change: opt.AcceptDataChange = False,
+    n_examples: opt.NExamples = None,
+    attack: opt.Attack = AttackKind.AUTO,
     steps: Annotated[
         int | None,
         typer.Option(help="Attack steps for the attacked accuracy and tightness (0: no attack) [default: 50]."),
@@ -108,10 +88,10 @@ def certify(
     restarts: Annotated[int, typer.Option(help="Attack restarts; each example keeps its worst.")] = 1,
     batch_size: Annotated[int, typer.Option(help="Examples per bound computation and attack batch.")] = 256,
     seed: Annotated[int, typer.Option(help="Attack random-start seed.")] = 0,
-    quantize: QuantizeOpt = None,
-    per_channel: PerChannelOpt = False,
-    symmetric: SymmetricOpt = True,
-    rounding: RoundingOpt = Rounding.NEAREST,
+    quantize: opt.Quantize = None,
+    per_channel: opt.PerChannel = False,
+    symmetric: opt.Symmetric = True,
+    rounding: opt.Rounding = Rounding.NEAREST,
     alpha_steps: Annotated[
         int, typer.Option(help="alpha-crown: projected gradient steps on the ReLU slopes per batch.")
     ] = DEFAULT_ALPHA_STEPS,
@@ -132,9 +112,9 @@ def certify(
             "about 0.55 GB per small-CNN example, and memory the C allocator keeps come on top; BENCHMARKS.md).",
         ),
     ] = DEFAULT_MEMORY_MB,
-    device: DeviceOpt = "auto",
-    out: JsonOutOpt = None,
-    force: ForceOpt = False,
+    device: opt.Device = "auto",
+    out: opt.JsonOut = None,
+    force: opt.Force = False,
 ) -> None:
     """Certify a checkpoint: per bound method the certified accuracy (a lower bound on robust accuracy), the
     distribution of margin lower bounds, and the tightness ratio (bound on the loss increase / the largest loss
@@ -157,11 +137,7 @@ def certify(
     run_device = resolve_device(device)
     dist.init_from_env(run_device)
     lead = dist.rank() == 0
-    work = load_workload(checkpoint, data, model, weights, threat, n_examples, run_device, accept_data_change)
-    grids = None
-    if spec is not None:  # the box holding every rounding of the weights to the grid, with eps_x
-        quantized, grids = quantization_threat(work.model, spec, work.threat)
-        work = dataclasses.replace(work, threat=quantized)
+    work = load_workload(checkpoint, data, model, weights, threat, n_examples, run_device, accept_data_change, spec)
     if any(part.strip().lower() == "all" for value in method for part in value.split(",")):
         supported = supported_methods(work.model, work.x, work.threat)
         skipped = [m.value for m in methods if m not in supported]
@@ -190,25 +166,21 @@ def certify(
     if dist.is_distributed():
         console.print(f"{dist.world_size()} processes, each bounding and attacking a contiguous share of the batches")
     console.print(render_table(report, title=f"{work.name} on {work.data.name} ({len(work.y)} test examples)"))
-    console.print(f"threat: {work.threat}    attack: {report.attack or 'none'}")
-    if spec is not None and grids is not None:
-        for line in grid_lines(spec, grids):
+    console.print(f"threat: {work.threat}")
+    if work.grid is not None:
+        for line in work.grid.lines():
             console.print(line)
-        what = "any rounding to" if spec.rounding is Rounding.ANY else "round-to-nearest onto"
+        what = "any rounding to" if work.grid.spec.rounding is Rounding.ANY else "round-to-nearest onto"
         console.print(f"certified: no {what} this grid, with eps_x={work.threat.eps_x:g} input noise, changes them")
     for problem in report.problems:
         console.print(Text("problem: ", style="red") + Text(problem))
     console.print(f"certified in {elapsed:.2f} s")
     if out is not None:
         payload = {**report.to_json(), **work.source_fields()}
-        if spec is not None and grids is not None:
-            payload["quantization"] = {"grid": spec.describe(), "layers": {n: g.describe() for n, g in grids.items()}}
+        if work.grid is not None:
+            payload["quantization"] = work.grid.describe()
         write_json(out, payload)
         console.print(f"wrote {out}")
-
-
-def _pct(value: float | None) -> str:
-    return "-" if value is None else f"{100 * value:.1f}%"
 
 
 def _num(value: float | None) -> str:
@@ -217,19 +189,20 @@ def _num(value: float | None) -> str:
 
 def render_table(report: CertifyReport, title: str) -> Table:
     """Accuracy per row (clean, attacked upper bound, certified lower bound per method), margin lower bound
-    quantiles and tightness ratios (median over examples, and mean bound / mean attack increase)."""
-    table = Table(title=title)
+    quantiles and tightness ratios (median over examples, and mean bound / mean attack increase); the caption
+    names the attack behind the upper bound and the tightness."""
+    table = Table(title=title, caption=f"attack: {report.attack or 'none'}")
     table.add_column("")
     for name in ("accuracy", "margin lb p5", "p50", "p95", "tight med", "tight mean", "s"):
         table.add_column(name, justify="right")
-    table.add_row("clean", _pct(report.clean_accuracy), *["-"] * 6)
+    table.add_row("clean", percent(report.clean_accuracy), *["-"] * 6)
     if report.attacked_accuracy is not None:
-        table.add_row("attack (upper)", _pct(report.attacked_accuracy), *["-"] * 6)
+        table.add_row("attack (upper)", percent(report.attacked_accuracy), *["-"] * 6)
     for name, res in report.methods.items():
         q, tight = res.margin_quantiles, res.tightness
         table.add_row(
             Text(name) + (Text(" (broken!)", style="red") if res.broken else Text("")),
-            _pct(res.certified_accuracy),
+            percent(res.certified_accuracy),
             _num(q["5%"]),
             _num(q["50%"]),
             _num(q["95%"]),

@@ -1,4 +1,5 @@
-"""Pieces every command shares: threat options, safe output writing, progress bars, one-line errors."""
+"""Pieces every command shares: the objects its options build (threat, grid, attack, device), safe output
+writing, progress bars, one-line errors. The options themselves are declared in `options`."""
 
 from __future__ import annotations
 
@@ -7,10 +8,9 @@ import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Any, NoReturn, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import torch
-import typer
 from pydantic import ValidationError
 from rich.console import Console
 from rich.progress import (
@@ -24,7 +24,7 @@ from rich.progress import (
 from rich.text import Text
 
 from ..attacks import PGD, AttackKind, AutoEnsemble, make_attack
-from ..deployment import LayerGrid, QuantizationSpec, Rounding, Scheme
+from ..deployment import QuantizationSpec, Rounding, Scheme
 from ..errors import InputError, describe
 from ..models.checkpoint import atomic_write, check_output_path
 from ..runtime import devices
@@ -46,27 +46,7 @@ def fail(message: str, code: int = 2) -> NoReturn:
     sys.exit(code)
 
 
-# ---------------------------------------------------------------------- threat options
-EpsXOpt = Annotated[float, typer.Option("--eps-x", help="Input l_inf radius, in data units (inputs lie in [0, 1]).")]
-EpsWOpt = Annotated[
-    float,
-    typer.Option(
-        "--eps-w",
-        help="Weight radius. elementwise ball: per element, |D_ij| <= eps_w (absolute, weight units) or "
-        "eps_w |W_ij| (relative); operator ball: ||D||_inf <= eps_w (absolute) or eps_w ||W||_inf (relative).",
-    ),
-]
-BallOpt = Annotated[
-    WeightBall, typer.Option("--weight-ball", help="elementwise: |D_ij| <= rho_ij; operator: ||D||_inf <= e.")
-]
-ModeOpt = Annotated[EpsMode, typer.Option("--weight-mode", help="absolute radius, or relative to the weights' size.")]
-EpsBOpt = Annotated[float, typer.Option("--eps-b", help="Bias radius (same mode as weights); 0 leaves biases alone.")]
-LayersOpt = Annotated[
-    str | None,
-    typer.Option("--layers", help="Comma-separated module names to perturb (default: every Linear/Conv weight)."),
-]
-
-
+# ---------------------------------------------------------------------- what the options build
 def layer_names(layers: str | None) -> list[str] | None:
     """--layers "a, b" -> ["a", "b"]; None (all weight layers) when not given."""
     return [n.strip() for n in layers.split(",") if n.strip()] if layers else None
@@ -106,32 +86,6 @@ def make_threat(
     )
 
 
-QuantizeOpt = Annotated[
-    str | None,
-    typer.Option(
-        "--quantize",
-        help="intN (int8, int4, ...): the weight threat becomes the model's own N-bit integer grid, an element-wise "
-        "box of radius s/2 (--rounding nearest) or s (any) per weight, s the grid step of its tensor or channel; "
-        "replaces --eps-w.",
-    ),
-]
-PerChannelOpt = Annotated[
-    bool, typer.Option("--per-channel/--per-tensor", help="With --quantize: one grid scale per output channel.")
-]
-SymmetricOpt = Annotated[
-    bool,
-    typer.Option(
-        "--symmetric/--asymmetric",
-        help="With --quantize: symmetric grid (zero point 0, s = max|W| / (2^(N-1)-1)) or asymmetric "
-        "(s = (max W - min W) / (2^N - 1), zero point from the range).",
-    ),
-]
-RoundingOpt = Annotated[
-    Rounding,
-    typer.Option("--rounding", help="With --quantize: nearest (radius s/2) or any rounding direction (radius s)."),
-]
-
-
 def quantization_spec(
     quantize: str | None, per_channel: bool, symmetric: bool, rounding: Rounding, eps_w: float, ball: WeightBall
 ) -> QuantizationSpec | None:
@@ -146,69 +100,12 @@ def quantization_spec(
     return QuantizationSpec.parse(quantize, per_channel=per_channel, scheme=scheme, rounding=rounding)
 
 
-def grid_lines(spec: QuantizationSpec, grids: dict[str, LayerGrid]) -> list[str]:
-    """What grid was assumed, per layer, so a user can match it to their deployment tool."""
-    lines = [f"grid: {spec.describe()} (codes {spec.qmin}..{spec.qmax}); W_q = (q - zero_point) * scale"]
-    for name, grid in grids.items():
-        d = grid.describe()
-        lines.append(
-            f"  layer {name}: scale {d['scale_min']:.4g}..{d['scale_max']:.4g} over {d['channels']} scale(s), "
-            f"zero point {d['zero_point_range'][0]}..{d['zero_point_range'][1]}"
-        )
-    return lines
-
-
-AttackOpt = Annotated[
-    AttackKind,
-    typer.Option(
-        "--attack",
-        help="auto: APGD-CE then APGD-T on the examples still standing (the strong default); pgd: fixed-step PGD "
-        "(fast).",
-    ),
-]
-
-
 def build_attack(kind: AttackKind, **options: Any) -> PGD | AutoEnsemble:
     """apgd.make_attack with a one-line error for options the chosen attack does not take."""
     try:
         return make_attack(kind, **options)
     except ValueError as err:
         raise UserError(f"--attack {kind.value}: {err}") from None
-
-
-CheckpointOpt = Annotated[
-    Path | None,
-    typer.Option(
-        "--checkpoint",
-        "-c",
-        help="Checkpoint (.safetensors) written by nonsingular train, or an ONNX model (.onnx, with --data).",
-    ),
-]
-ModelOpt = Annotated[
-    str | None,
-    typer.Option("--model", help="Your own model instead of a checkpoint: package.module:factory or file.py:factory."),
-]
-WeightsOpt = Annotated[Path | None, typer.Option("--weights", help="safetensors state dict for --model.")]
-DeviceOpt = Annotated[str, typer.Option("--device", help="auto (CUDA when present), cpu, cuda or cuda:N.")]
-DataOpt = Annotated[
-    str | None,
-    typer.Option(
-        "--data",
-        help="digits, mnist-sample, mnist:PATH, fashion-mnist:PATH, cifar10:PATH or npz:FILE "
-        "(default: the checkpoint's own).",
-    ),
-]
-NExamplesOpt = Annotated[int | None, typer.Option("--n-examples", help="Use the first N test examples (default: all).")]
-AcceptDataOpt = Annotated[
-    bool,
-    typer.Option(
-        "--accept-data-change/--no-accept-data-change",
-        help="Use the checkpoint's data source even when its files no longer hold the data the checkpoint was "
-        "trained on (their fingerprint changed).",
-    ),
-]
-JsonOutOpt = Annotated[Path | None, typer.Option("--out", "-o", help="Also write the results as JSON to this file.")]
-ForceOpt = Annotated[bool, typer.Option("--force/--no-force", help="Overwrite --out if it exists.")]
 
 
 def resolve_device(name: str) -> torch.device:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from pathlib import Path
 from typing import Annotated
@@ -19,40 +18,20 @@ from ..deployment import (
     Rounding,
     bit_flip_accuracies,
     evaluate_quantization,
-    quantization_threat,
     save_quantized,
     summarise,
     uniform_box_accuracies,
 )
 from ..evaluation import KINDS, SCOPES, RobustnessReport, evaluate_robustness
+from ..formatting import percent
 from ..runtime import distributed as dist
 from ..threat import EpsMode, WeightBall
+from . import options as opt
 from .common import (
-    AcceptDataOpt,
-    AttackOpt,
-    BallOpt,
-    CheckpointOpt,
-    DataOpt,
-    DeviceOpt,
-    EpsBOpt,
-    EpsWOpt,
-    EpsXOpt,
-    ForceOpt,
-    JsonOutOpt,
-    LayersOpt,
-    ModelOpt,
-    ModeOpt,
-    NExamplesOpt,
-    PerChannelOpt,
-    QuantizeOpt,
-    RoundingOpt,
-    SymmetricOpt,
     UserError,
-    WeightsOpt,
     build_attack,
     check_writable,
     console,
-    grid_lines,
     layer_names,
     make_threat,
     progress_bar,
@@ -64,19 +43,19 @@ from .loading import load_workload
 
 
 def evaluate(
-    checkpoint: CheckpointOpt = None,
-    model: ModelOpt = None,
-    weights: WeightsOpt = None,
-    eps_x: EpsXOpt = 0.0,
-    eps_w: EpsWOpt = 0.0,
-    weight_ball: BallOpt = WeightBall.ELEMENTWISE,
-    weight_mode: ModeOpt = EpsMode.ABSOLUTE,
-    eps_b: EpsBOpt = 0.0,
-    layers: LayersOpt = None,
-    data: DataOpt = None,
-    accept_data_change: AcceptDataOpt = False,
-    n_examples: NExamplesOpt = None,
-    attack: AttackOpt = AttackKind.AUTO,
+    checkpoint: opt.Checkpoint = None,
+    model: opt.Model = None,
+    weights: opt.Weights = None,
+    eps_x: opt.EpsX = 0.0,
+    eps_w: opt.EpsW = 0.0,
+    weight_ball: opt.Ball = WeightBall.ELEMENTWISE,
+    weight_mode: opt.Mode = EpsMode.ABSOLUTE,
+    eps_b: opt.EpsB = 0.0,
+    layers: opt.Layers = None,
+    data: opt.Data = None,
+    accept_data_change: opt.AcceptDataChange = False,
+    n_examples: opt.NExamples = None,
+    attack: opt.Attack = AttackKind.AUTO,
     steps: Annotated[
         int | None, typer.Option(help="Gradient steps per restart (per APGD run for auto) [default: auto 50, pgd 20].")
     ] = None,
@@ -90,10 +69,10 @@ def evaluate(
     ] = Loss.CE,
     batch_size: Annotated[int, typer.Option(help="Examples per forward pass.")] = 256,
     seed: Annotated[int, typer.Option(help="Random-start seed.")] = 0,
-    quantize: QuantizeOpt = None,
-    per_channel: PerChannelOpt = False,
-    symmetric: SymmetricOpt = True,
-    rounding: RoundingOpt = Rounding.NEAREST,
+    quantize: opt.Quantize = None,
+    per_channel: opt.PerChannel = False,
+    symmetric: opt.Symmetric = True,
+    rounding: opt.Rounding = Rounding.NEAREST,
     export_worst: Annotated[
         Path | None,
         typer.Option(
@@ -122,9 +101,9 @@ def evaluate(
     fault_bits: Annotated[
         str, typer.Option("--fault-bits", help="Bits of the int8 code to flip, comma-separated (7: the sign bit).")
     ] = "7",
-    device: DeviceOpt = "auto",
-    out: JsonOutOpt = None,
-    force: ForceOpt = False,
+    device: opt.Device = "auto",
+    out: opt.JsonOut = None,
+    force: opt.Force = False,
 ) -> None:
     """Attack a checkpoint under input-only, weight-only and joint threats, per-example and shared scope.
 
@@ -148,13 +127,9 @@ def evaluate(
     run_device = resolve_device(device)
     dist.init_from_env(run_device)
     lead = dist.rank() == 0
-    work = load_workload(checkpoint, data, model, weights, threat, n_examples, run_device, accept_data_change)
-    grids = None
-    if spec is not None:
-        if dist.is_distributed():
-            raise UserError("--quantize runs in one process (leave out torchrun)")
-        quantized, grids = quantization_threat(work.model, spec, work.threat)
-        work = dataclasses.replace(work, threat=quantized)
+    if spec is not None and dist.is_distributed():
+        raise UserError("--quantize runs in one process (leave out torchrun)")
+    work = load_workload(checkpoint, data, model, weights, threat, n_examples, run_device, accept_data_change, spec)
 
     t0 = time.perf_counter()
     with progress_bar("attacking", enabled=lead) as update:
@@ -167,7 +142,7 @@ def evaluate(
     if dist.is_distributed():
         console.print(f"{dist.world_size()} processes, each attacking a contiguous share of the batches")
     console.print(render_table(report, title=f"{work.name} on {work.data.name} ({len(work.y)} test examples)"))
-    console.print(f"threat: {work.threat}    attack: {report.attack}")
+    console.print(f"threat: {work.threat}")
     joint = report.cells["joint"]["per-example"] or report.cells["weight"]["per-example"]
     if joint is not None:
         paths = ", ".join(f"{layer}={path}" for layer, path in joint.paths.items())
@@ -182,15 +157,16 @@ def evaluate(
     if not report.flags:
         console.print("sanity checks (nested cells, random noise, gradients, train/eval mode): no flags")
     payload = {**report.to_json(), **work.source_fields()}
-    if spec is not None and grids is not None:
-        for line in grid_lines(spec, grids):
+    if work.grid is not None:
+        grid = work.grid
+        for line in grid.lines():
             console.print(line)
         with progress_bar("quantized models", enabled=lead):
             quant = evaluate_quantization(
                 work.model,
                 work.x,
                 work.y,
-                spec,
+                grid.spec,
                 chosen,
                 eps_x,
                 work.data.domain,
@@ -198,10 +174,10 @@ def evaluate(
                 certify_method=bound,
                 seed=seed,
             )
-        console.print(render_quantization(quant))
+        console.print(render_quantization(quant, report.attack))
         payload["quantization"] = quant.to_json()
         if export_worst is not None:
-            save_quantized(export_worst, grids, quant.worst_codes, spec)
+            save_quantized(export_worst, grid.layers, quant.worst_codes, grid.spec)
             console.print(f"wrote the shared worst-case rounding to {export_worst}")
     if random_faults:
         worst = report.cells["joint"]["shared"] or report.cells["weight"]["shared"] or report.cells["input"]["shared"]
@@ -215,7 +191,7 @@ def evaluate(
                 )
             ),
         }
-        console.print(render_faults(faults, None if worst is None else worst.accuracy, random_faults))
+        console.print(render_faults(faults, None if worst is None else worst.accuracy, random_faults, report.attack))
         payload["random_faults"] = {label: f.to_json() for label, f in faults.items()}
     if out is not None:
         write_json(out, payload)
@@ -236,16 +212,13 @@ def _certify_method(text: str) -> str | None:
     return method.value
 
 
-def _fmt(value: float | None) -> str:
-    return "-" if value is None else f"{100 * value:.1f}%"
-
-
 def render_table(report: RobustnessReport, title: str) -> Table:
-    table = Table(title=title)
+    """Clean and checked robust accuracy per threat kind and scope; the caption names the attack behind them."""
+    table = Table(title=title, caption=f"attack: {report.attack}")
     table.add_column("accuracy")
     for scope in SCOPES:
         table.add_column(scope, justify="right")
-    table.add_row("clean", _fmt(report.clean_accuracy), _fmt(report.clean_accuracy))
+    table.add_row("clean", percent(report.clean_accuracy), percent(report.clean_accuracy))
     for kind in KINDS:
         row = []
         for scope in SCOPES:
@@ -253,20 +226,20 @@ def render_table(report: RobustnessReport, title: str) -> Table:
             if cell is not None and not cell.checked:
                 row.append(Text("unchecked", style="red"))
             else:
-                row.append(_fmt(None if cell is None else cell.accuracy))
+                row.append(percent(None if cell is None else cell.accuracy))
         table.add_row(f"{kind}-only" if kind != "joint" else "joint", *row)
     return table
 
 
-def render_quantization(report: QuantizationReport) -> Table:
-    """Accuracy of the model's quantizations, one column per input radius."""
+def render_quantization(report: QuantizationReport, attack: str) -> Table:
+    """Accuracy of the model's quantizations, one column per input radius; `attack` found the worst roundings."""
     radii = sorted({0.0, report.eps_x})
-    table = Table(title=f"quantized to {report.spec.describe()} ({report.seconds:.1f} s)")
+    table = Table(title=f"quantized to {report.spec.describe()} ({report.seconds:.1f} s)", caption=f"attack: {attack}")
     table.add_column("model")
     for ex in radii:
         table.add_column(f"eps_x={ex:g}", justify="right")
     for label, row in report.rows.items():
-        table.add_row(label, *(_fmt(row.get(ex)) for ex in radii))
+        table.add_row(label, *(percent(row.get(ex)) for ex in radii))
     return table
 
 
@@ -282,14 +255,20 @@ def _fault_bits(text: str, rate: float) -> tuple[int, ...]:
     return bits
 
 
-def render_faults(faults: dict[str, FaultSummary], worst: float | None, draws: int) -> Table:
-    """Nature next to the adversary: random shared faults and the worst shared perturbation the attack found."""
-    table = Table(title=f"random faults ({draws} draws, one fault shared by all inputs) vs the worst case")
+def render_faults(faults: dict[str, FaultSummary], worst: float | None, draws: int, attack: str) -> Table:
+    """Nature next to the adversary: random shared faults and the worst shared perturbation `attack` found."""
+    table = Table(
+        title=f"random faults ({draws} draws, one fault shared by all inputs) vs the worst case",
+        caption=f"attack: {attack}",
+    )
     for column in ("fault", "mean accuracy", "95% interval of the mean", "2.5%..97.5% of draws"):
         table.add_column(column, justify="left" if column == "fault" else "right")
     for label, f in faults.items():
         table.add_row(
-            label, _fmt(f.mean), f"{_fmt(f.mean_low)}..{_fmt(f.mean_high)}", f"{_fmt(f.q025)}..{_fmt(f.q975)}"
+            label,
+            percent(f.mean),
+            f"{percent(f.mean_low)}..{percent(f.mean_high)}",
+            f"{percent(f.q025)}..{percent(f.q975)}",
         )
-    table.add_row("worst case found by the attack (shared)", _fmt(worst), "-", "-")
+    table.add_row("worst case found by the attack (shared)", percent(worst), "-", "-")
     return table

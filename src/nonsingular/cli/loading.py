@@ -1,7 +1,8 @@
-"""Load the model and data a command works on, with one-line errors for everything that can be wrong."""
+"""Load the model, data and threat a command works on, with one-line errors for everything that can be wrong."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,6 +12,7 @@ import torch
 from torch import Tensor, nn
 
 from ..datasets import Dataset, canonical_source, load_data
+from ..deployment import LayerGrid, QuantizationSpec, quantization_threat
 from ..errors import NonFiniteError, blame
 from ..models import load_checkpoint
 from ..threat import ThreatModel
@@ -24,10 +26,36 @@ class Loaded:
     metadata: dict[str, Any]
 
 
+@dataclass(frozen=True)
+class GridThreat:
+    """The integer grid `--quantize` put in place of the weight threat: what was assumed, per layer, so that a
+    user can match it to their deployment tool."""
+
+    spec: QuantizationSpec
+    layers: dict[str, LayerGrid]
+
+    def lines(self) -> list[str]:
+        """The grid and each layer's scales and zero points, one line each."""
+        spec = self.spec
+        lines = [f"grid: {spec.describe()} (codes {spec.qmin}..{spec.qmax}); W_q = (q - zero_point) * scale"]
+        for name, grid in self.layers.items():
+            d = grid.describe()
+            lines.append(
+                f"  layer {name}: scale {d['scale_min']:.4g}..{d['scale_max']:.4g} over {d['channels']} scale(s), "
+                f"zero point {d['zero_point_range'][0]}..{d['zero_point_range'][1]}"
+            )
+        return lines
+
+    def describe(self) -> dict[str, Any]:
+        """The JSON record of the grid: its description and each layer's."""
+        return {"grid": self.spec.describe(), "layers": {n: g.describe() for n, g in self.layers.items()}}
+
+
 @dataclass
 class Workload:
     """What an attack or certificate command runs on: model and examples on the device, the threat fitted
-    to the data's domain, and where the model came from (for the title and the JSON output)."""
+    to the data's domain (with `--quantize`, the box of every rounding of the weights to `grid`), and where the
+    model came from (for the title and the JSON output)."""
 
     model: nn.Module
     data: Dataset
@@ -36,6 +64,13 @@ class Workload:
     y: Tensor
     checkpoint: Path | None
     model_spec: str | None
+    grid: GridThreat | None = None
+
+    def on_grid(self, spec: QuantizationSpec) -> Workload:
+        """The same workload with its weight threat replaced by the element-wise box holding every rounding of the
+        weights to `spec`'s grid (eps_x, domain, scope and the layer selection kept)."""
+        threat, layers = quantization_threat(self.model, spec, self.threat)
+        return dataclasses.replace(self, threat=threat, grid=GridThreat(spec, layers))
 
     @property
     def name(self) -> str:
@@ -59,15 +94,18 @@ def load_workload(
     n_examples: int | None,
     device: torch.device,
     accept_data_change: bool = False,
+    grid: QuantizationSpec | None = None,
 ) -> Workload:
-    """Load the model and data, move them to `device`, give the threat the data's domain, check --layers."""
+    """Load the model and data, move them to `device`, give the threat the data's domain, check --layers; with
+    `grid` (--quantize), the weight threat becomes that grid's box (`Workload.on_grid`)."""
     select_count(n_examples)
     loaded = load_model_and_data(checkpoint, data, model, weights, accept_data_change)
     net = loaded.model.to(device)
     threat = threat.model_copy(update={"domain": loaded.data.domain})
     threat.check_resolvable(net)  # fail early on --layers the model does not have, or radii past float range
     x, y = select_examples(loaded.data, n_examples)
-    return Workload(net, loaded.data, threat, x.to(device), y.to(device), checkpoint, model)
+    work = Workload(net, loaded.data, threat, x.to(device), y.to(device), checkpoint, model)
+    return work if grid is None else work.on_grid(grid)
 
 
 def load_model_and_data(

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Annotated
 
 import typer
@@ -10,32 +9,16 @@ from rich.table import Table
 
 from ..attacks import AttackKind
 from ..bounds import BoundMethod
-from ..deployment import Rounding, quantization_threat
+from ..deployment import Rounding
 from ..evaluation import certified_mask
 from ..evaluation.radius import QUANTILES, RadiusReport, RadiusSettings, Ray, measure_radii
 from ..threat import EpsMode, ThreatModel, WeightBall
+from . import options as opt
 from .common import (
-    AcceptDataOpt,
-    AttackOpt,
-    BallOpt,
-    CheckpointOpt,
-    DataOpt,
-    DeviceOpt,
-    ForceOpt,
-    JsonOutOpt,
-    LayersOpt,
-    ModelOpt,
-    ModeOpt,
-    PerChannelOpt,
-    QuantizeOpt,
-    RoundingOpt,
-    SymmetricOpt,
     UserError,
-    WeightsOpt,
     build_attack,
     check_writable,
     console,
-    grid_lines,
     layer_names,
     progress_bar,
     quantization_spec,
@@ -52,9 +35,9 @@ _QUANTIZED = RadiusSettings(k_x=0.0, k_w=1.0, s_max=16.0)
 
 
 def radius(
-    checkpoint: CheckpointOpt = None,
-    model: ModelOpt = None,
-    weights: WeightsOpt = None,
+    checkpoint: opt.Checkpoint = None,
+    model: opt.Model = None,
+    weights: opt.Weights = None,
     k_x: Annotated[
         float | None,
         typer.Option(
@@ -87,11 +70,11 @@ def radius(
     iterations: Annotated[
         int, typer.Option(help="Bisection steps (1-30): resolution s_max / 2**iterations.")
     ] = _DEFAULTS.iterations,
-    weight_ball: BallOpt = WeightBall.ELEMENTWISE,
-    weight_mode: ModeOpt = EpsMode.ABSOLUTE,
-    layers: LayersOpt = None,
+    weight_ball: opt.Ball = WeightBall.ELEMENTWISE,
+    weight_mode: opt.Mode = EpsMode.ABSOLUTE,
+    layers: opt.Layers = None,
     method: Annotated[BoundMethod, typer.Option(help="Certificate for the lower bound.")] = BoundMethod.CROWN,
-    attack: AttackOpt = AttackKind.AUTO,
+    attack: opt.Attack = AttackKind.AUTO,
     steps: Annotated[
         int | None, typer.Option(help="Attack steps for the upper bound (>= 1) [default: auto 50, pgd 20].")
     ] = None,
@@ -99,15 +82,15 @@ def radius(
     batch_size: Annotated[int, typer.Option(help="Examples per attack batch.")] = 256,
     seed: Annotated[int, typer.Option(help="Attack random-start seed.")] = 0,
     n_examples: Annotated[int, typer.Option("--n-examples", help="First N test examples.")] = _DEFAULTS.n_examples,
-    quantize: QuantizeOpt = None,
-    per_channel: PerChannelOpt = False,
-    symmetric: SymmetricOpt = True,
-    rounding: RoundingOpt = Rounding.NEAREST,
-    data: DataOpt = None,
-    accept_data_change: AcceptDataOpt = False,
-    device: DeviceOpt = "auto",
-    out: JsonOutOpt = None,
-    force: ForceOpt = False,
+    quantize: opt.Quantize = None,
+    per_channel: opt.PerChannel = False,
+    symmetric: opt.Symmetric = True,
+    rounding: opt.Rounding = Rounding.NEAREST,
+    data: opt.Data = None,
+    accept_data_change: opt.AcceptDataChange = False,
+    device: opt.Device = "auto",
+    out: opt.JsonOut = None,
+    force: opt.Force = False,
 ) -> None:
     """Bisect each example's robustness radius along (eps_x, eps_w, eps_b) = s (k_x, k_w, k_b): the smallest s
     where the attack finds a checked error (upper bound) and the largest s a certificate proves (lower bound).
@@ -133,12 +116,10 @@ def radius(
     chosen = build_attack(attack, steps=steps, restarts=restarts, batch_size=batch_size, seed=seed)
     run_device = resolve_device(device)
     base = validated(ThreatModel, weight_ball=weight_ball, weight_mode=weight_mode, layers=layer_names(layers))
-    work = load_workload(checkpoint, data, model, weights, base, n_examples, run_device, accept_data_change)
-    grids = None
-    if spec is not None:  # the ray's weight direction: every rounding of the weights to the grid
-        quantized, grids = quantization_threat(work.model, spec, work.threat)
-        work = dataclasses.replace(work, threat=quantized)
-        for line in grid_lines(spec, grids):
+    # With --quantize the ray's weight direction is the grid: every rounding of the weights to it.
+    work = load_workload(checkpoint, data, model, weights, base, n_examples, run_device, accept_data_change, spec)
+    if work.grid is not None:
+        for line in work.grid.lines():
             console.print(line, highlight=False)
     ray = Ray(settings.k_x, settings.k_w, work.threat, k_b=settings.k_b)
     ray.threat(min(settings.s_max, ray.s_max)).check_resolvable(work.model)
@@ -161,7 +142,7 @@ def radius(
         f"certified <= attacked for every example: {report.consistent}; took {report.seconds:.1f} s", highlight=False
     )
     payload = {**report.to_json(), **work.source_fields()}
-    if spec is not None and grids is not None:
+    if work.grid is not None:
         at_grid = 1.0 / settings.k_w  # the s where the box is the grid
         certified = float((report.certified.radius >= at_grid).double().mean())
         broken = float((report.attacked.radius <= at_grid).double().mean())
@@ -171,8 +152,7 @@ def radius(
             highlight=False,
         )
         payload["quantization"] = {
-            "grid": spec.describe(),
-            "layers": {n: g.describe() for n, g in grids.items()},
+            **work.grid.describe(),
             "s_at_grid": at_grid,
             "certified_at_grid": certified,
             "attacked_at_grid": broken,
@@ -183,7 +163,8 @@ def radius(
 
 
 def render_table(report: RadiusReport, title: str) -> Table:
-    table = Table(title=title)
+    """Quantiles of the attacked (upper) and certified (lower) radii; the caption names attack and certificate."""
+    table = Table(title=title, caption=f"attack: {report.attack}; certificate: {report.method}")
     table.add_column("bound")
     for q in (*QUANTILES, "censored"):
         table.add_column(q, justify="right")

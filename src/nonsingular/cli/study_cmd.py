@@ -11,11 +11,15 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
+from ..formatting import percent
 from ..runtime import distributed as dist
-from ..study.report import HEADLINE_COLUMNS, headline_stats, summarise
+from ..study.report import HEADLINE_COLUMNS, headline_stats
 from ..study.runner import run_study
 from ..study.schema import default_config_path, load_study_config, shipped_studies
-from .common import DeviceOpt, UserError, console, err_console, progress_bar, resolve_device
+from ..study.selection import validation_choice
+from ..study.verdicts import FLOOR, Comparison, Z, claim_comparisons
+from . import options as opt
+from .common import UserError, console, err_console, progress_bar, resolve_device
 
 
 def progress_lines(t0: float, every: float = 30.0) -> Callable[[str, int, int], None]:
@@ -52,7 +56,7 @@ def study(
     fresh: Annotated[
         bool, typer.Option("--fresh/--resume", help="Discard finished evaluations in --out instead of resuming.")
     ] = False,
-    device: DeviceOpt = "auto",
+    device: opt.Device = "auto",
     workers: Annotated[
         int,
         typer.Option(
@@ -105,8 +109,69 @@ def study(
         table.add_column(short.get(column, column), justify="right", no_wrap=True)
     for name, _, stats in headline_stats(results):
         table.add_row(name, *(stats[c].text(compact=True) for c in HEADLINE_COLUMNS))
+    table.caption = f"attack: {results.get('headline_attack') or results['attack']}"
     console.print(table)
-    for line in summarise(results):
-        console.print(f"- {line}")
+    grid_attack = results["attack"] + (
+        f" (headline point: {results['headline_attack']})" if results.get("headline_attack") else ""
+    )
+    print_claims(claim_comparisons(results), seeds, grid_attack)
+    chosen = validation_choice(results)
+    if chosen is not None:
+        console.print(
+            f"claim 2 rests on '{chosen.model}', selected on the validation split "
+            f"({percent(chosen.mean_robust)} validation joint robust accuracy)"
+        )
     console.print(f"study finished in {time.perf_counter() - t0:.1f} s")
-    console.print(f"report: {report.resolve()}")
+    console.print(f"report: {report.resolve()}  (report.md: every verdict as a sentence with its per-seed numbers)")
+
+
+def print_claims(comparisons: list[Comparison], seeds: int, attack: str) -> None:
+    """The paper's claims judged, one row per comparison (report.md has each as a full sentence)."""
+    if not comparisons:
+        console.print("The study's models do not include the objectives the paper's claims compare.")
+        return
+    if seeds < 2:
+        console.print(
+            "One seed: the rule below needs each difference's spread over seeds, so every claim is undecided; "
+            "give the study seeds = [0, 1, 2] to decide them."
+        )
+    console.print(claims_table(comparisons, attack))
+    console.print(
+        "Claim 1: input-AT (pgd-at) is as or more fragile to weight-only attacks than standard training. "
+        "Claim 2: a bound-regularized model is more robust to joint attacks than its reference."
+    )
+    console.print(
+        f"Decided when every seed's difference has the same sign ('seeds': how many share the mean's sign) and "
+        f"|mean| > {Z:g} SE, else within the noise; cells where both models are below {100 * FLOOR:.0f}% are left "
+        "out (no cells: none was left)."
+    )
+
+
+def claims_table(comparisons: list[Comparison], attack: str) -> Table:
+    """claim x comparison x parametrization x scope -> verdict, mean difference ± standard error, seeds agreeing;
+    the caption names the attack of the cells."""
+    table = Table(
+        title="claims: subject - reference accuracy in points, mean over the claim's cells", caption=f"attack: {attack}"
+    )
+    table.add_column("weight ball", min_width=11)
+    table.add_column("claim", min_width=5)
+    table.add_column("comparison", no_wrap=True)
+    table.add_column("scope", no_wrap=True)
+    table.add_column("verdict", no_wrap=True)
+    table.add_column("mean ± SE", justify="right", no_wrap=True)
+    table.add_column("seeds", justify="right", no_wrap=True)
+    why = {"no cells": " (no cells)", "one seed": " (1 seed)"}
+    for i, c in enumerate(comparisons):
+        first = i == 0 or c.parametrization != comparisons[i - 1].parametrization
+        if first and i > 0:
+            table.add_section()
+        table.add_row(
+            (c.parametrization or "-") if first else "",
+            str(c.claim),
+            f"{c.subject} vs {c.reference}",
+            c.scope,
+            c.verdict.removesuffix(" (within noise)") + why.get(c.outcome, ""),
+            c.mean_se_text(),
+            f"{c.seeds_agreeing}/{len(c.per_seed)}" if c.per_seed else "-",
+        )
+    return table

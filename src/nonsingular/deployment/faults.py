@@ -79,6 +79,7 @@ def uniform_box_accuracies(
     generator = torch.Generator().manual_seed(seed)
     lb, ub = threat.input_bounds(x)
     layers = threat.weight_layers(model)
+    radii = {name: threat.layer_radii(name, module.weight, module.bias) for name, module in layers}
     was_training = model.training
     model.eval()
     out = []
@@ -87,10 +88,9 @@ def uniform_box_accuracies(
             replaced: dict[str, Tensor] = {}
             for name, module in layers:
                 w = module.weight.detach()
-                rho = threat.weight_radius(name, w)
                 u = torch.rand(w.shape, generator=generator, dtype=w.dtype).to(w.device)
-                replaced[f"{name}.weight"] = w + (2 * u - 1) * rho
-                beta = threat.bias_radius(module.bias)
+                replaced[f"{name}.weight"] = w + (2 * u - 1) * radii[name].rho
+                beta = radii[name].beta
                 if beta is not None and module.bias is not None:
                     b = module.bias.detach()
                     ub_ = torch.rand(b.shape, generator=generator, dtype=b.dtype).to(b.device)

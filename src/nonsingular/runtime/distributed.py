@@ -8,6 +8,7 @@ these helpers are no-ops. Collectives carry a bounded timeout so a dead rank end
 from __future__ import annotations
 
 import datetime
+import gc
 import os
 from collections.abc import Sequence
 
@@ -106,11 +107,18 @@ def barrier() -> None:
 
 
 def shutdown() -> None:
-    """Leave the process group after a successful run: wait for every rank, then destroy it.
+    """Leave the process group after a successful run: release what still holds it, wait for every rank, then
+    destroy it.
 
     A rank that exits while another still talks to it can abort in gloo's destructor ("terminate called
-    without an active exception"); the barrier makes every rank finish its collectives first.
+    without an active exception"); the barrier makes every rank finish its collectives first. The garbage
+    collection comes first because a DistributedDataParallel wrapper is a reference cycle: after training it
+    stays alive until the collector happens to run, and its reducer keeps the process group, gloo's threads and
+    their last buffers alive past `destroy_process_group` into interpreter finalization, where tearing them down
+    can abort the process (SIGABRT). Whether the collector ran first depends on how much a rank allocated after
+    training, so the rank that returns at once (not rank 0) was the exposed one.
     """
     if is_distributed():
+        gc.collect()
         dist.barrier()
         dist.destroy_process_group()

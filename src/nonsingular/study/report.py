@@ -13,6 +13,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from ..formatting import percent, points
 from ..models.checkpoint import atomic_write
 from .quantization_grid import COLUMNS as QUANTIZATION_COLUMNS
 from .quantization_grid import SURVIVAL_POINTS, quantization_rows, quantization_stats, quantization_summary
@@ -65,15 +66,6 @@ def headline_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
     return rows
 
 
-def _pct(v: float | None) -> str:
-    return "-" if v is None else f"{100 * v:.1f}%"
-
-
-def _points(v: float | None, spec: str) -> str:
-    """A fraction as percentage points in format `spec`, "-" for None."""
-    return "-" if v is None else format(100 * v, spec)
-
-
 def summarise(results: dict[str, Any]) -> list[str]:
     """Sentences stating, from the numbers and by the rule of study.verdicts, whether the paper's two claims hold
     in this study, each with the per-seed differences behind it."""
@@ -93,22 +85,22 @@ def summarise(results: dict[str, Any]) -> list[str]:
         best = max(against_standard, key=lambda c: c.mean)  # type: ignore[arg-type, return-value]
         lines.append(
             f"Best regularized variant against standard: '{best.subject}' ({best.scope} scope, mean joint difference "
-            f"{_points(best.mean, '+.2f')} points vs '{best.reference}', verdict: {best.verdict}; chosen on the "
+            f"{points(best.mean, '+.2f')} points vs '{best.reference}', verdict: {best.verdict}; chosen on the "
             "test cells, so optimistic: the validation choice below is the fair one)."
         )
     chosen = validation_choice(results)
     if chosen is not None:
         others = ", ".join(
-            f"'{c.model}' {_pct(c.mean_robust)}" for c in validation_candidates(results) if c.model != chosen.model
+            f"'{c.model}' {percent(c.mean_robust)}" for c in validation_candidates(results) if c.model != chosen.model
         )
         own = [c for c in comparisons if c.claim == 2 and c.subject == chosen.model]
         verdicts = "; ".join(
-            f"vs '{c.reference}' ({c.parametrization}, {c.scope}): {c.verdict} ({_points(c.mean, '+.2f')} points)"
+            f"vs '{c.reference}' ({c.parametrization}, {c.scope}): {c.verdict} ({points(c.mean, '+.2f')} points)"
             for c in own
         )
         lines.append(
             f"Regularized variant selected on the validation split (held out from the training set; highest mean "
-            f"validation joint robust accuracy): '{chosen.model}' at {_pct(chosen.mean_robust)} (others: {others}). "
+            f"validation joint robust accuracy): '{chosen.model}' at {percent(chosen.mean_robust)} (others: {others}). "
             f"Claim 2 rests on it: {verdicts}."
         )
     return lines
@@ -205,6 +197,16 @@ def _intro(results: dict[str, Any]) -> str:
     )
 
 
+def attack_note(results: dict[str, Any], headline: bool = False) -> str:
+    """Which attack a results table's robust accuracies come from (its repr), so that a number is never read
+    against another attack's (e.g. `nonsingular evaluate`'s default ensemble). `headline`: the headline
+    point's cells, which `headline_kind` may give their own attack."""
+    if headline:
+        return f"Attack: `{results.get('headline_attack') or results['attack']}`."
+    special = results.get("headline_attack")
+    return f"Attack: `{results['attack']}`" + (f" (headline point: `{special}`)." if special else ".")
+
+
 def _certify_scope(results: dict[str, Any]) -> str:
     """Where the certificates were computed, when not on every example at every grid point."""
     cert = results.get("config", {}).get("certify", {})
@@ -228,11 +230,13 @@ def _markdown(results: dict[str, Any], figures: list[str], summary: list[str]) -
         "",
         "## Summary",
         "",
-        rule_text(),
+        rule_text() + " " + attack_note(results),
         "",
         *[f"- {s}" for s in summary],
         "",
         f"## Headline (eps_x = {hx:g}, eps_w = {hw:g})",
+        "",
+        attack_note(results, headline=True),
         "",
         "| model | objective | " + " | ".join(HEADLINE_COLUMNS) + " |",
         "| --- | --- | " + " | ".join("---:" for _ in HEADLINE_COLUMNS) + " |",
@@ -275,14 +279,14 @@ def _scale_markdown(results: dict[str, Any]) -> list[str]:
     tables = scale_rows(results)
     if not tables["scale_layers"]:
         return []
-    lines = ["", "## Scale: parametrizations and rescaling", "", SCALE_INTRO, ""]
+    lines = ["", "## Scale: parametrizations and rescaling", "", SCALE_INTRO + " " + attack_note(results), ""]
     lines += [f"- {line}" for line in scale_summary(results)]
     lines += ["", "| parametrization | claim | subject | reference | scope | verdict | mean difference (points) |"]
     lines += ["| --- | --- | --- | --- | --- | --- | ---: |"]
     for v in tables["scale_verdicts"]:
         lines.append(
             f"| {v['parametrization']} | {v['claim']} | {v['subject']} | {v['reference']} | {v['scope']} | "
-            f"{v['verdict']} | {_points(v['mean_difference'], '+.2f')} |"
+            f"{v['verdict']} | {points(v['mean_difference'], '+.2f')} |"
         )
     lines += ["", "| model | layer | max abs w | l_inf operator norm | Frobenius | mean input l1 |"]
     lines += ["| --- | --- | ---: | ---: | ---: | ---: |"]
@@ -323,7 +327,8 @@ def _quantization_markdown(results: dict[str, Any]) -> list[str]:
     header, rows = _quantization_table(results)
     if not rows:
         return []
-    lines = ["", "## Quantization: which defences survive deployment", "", _quantization_intro(results), ""]
+    intro = _quantization_intro(results) + " " + attack_note(results)
+    lines = ["", "## Quantization: which defences survive deployment", "", intro, ""]
     lines += [f"- {line}" for line in quantization_summary(results)]
     lines += [
         "",
@@ -340,7 +345,8 @@ def _quantization_html(results: dict[str, Any]) -> str:
         return ""
     items = "".join(f"<li>{html.escape(line)}</li>" for line in quantization_summary(results))
     return (
-        f"<h2>Quantization: which defences survive deployment</h2><p>{html.escape(_quantization_intro(results))}</p>"
+        "<h2>Quantization: which defences survive deployment</h2>"
+        f"<p>{html.escape(_quantization_intro(results) + ' ' + attack_note(results))}</p>"
         f"<ul>{items}</ul>{_table_html(header, rows)}"
     )
 
@@ -363,7 +369,8 @@ def _model_lines(results: dict[str, Any]) -> list[str]:
             )
             seed = "" if run.get("seed") is None else f" seed {run['seed']}"
             lines.append(
-                f"{name}{seed}: clean {_pct(run['clean_accuracy'])}; {origin}; evaluated in {run['eval_seconds']:.1f} s"
+                f"{name}{seed}: clean {percent(run['clean_accuracy'])}; {origin}; "
+                f"evaluated in {run['eval_seconds']:.1f} s"
             )
     return lines
 
@@ -388,7 +395,7 @@ def _scale_html(results: dict[str, Any]) -> str:
                 v["reference"],
                 v["scope"],
                 v["verdict"],
-                _points(v["mean_difference"], "+.2f"),
+                points(v["mean_difference"], "+.2f"),
             ]
             for v in tables["scale_verdicts"]
         ],
@@ -402,7 +409,8 @@ def _scale_html(results: dict[str, Any]) -> str:
     )
     items = "".join(f"<li>{html.escape(line)}</li>" for line in scale_summary(results))
     return (
-        f"<h2>Scale: parametrizations and rescaling</h2><p>{html.escape(SCALE_INTRO)}</p><ul>{items}</ul>"
+        "<h2>Scale: parametrizations and rescaling</h2>"
+        f"<p>{html.escape(SCALE_INTRO + ' ' + attack_note(results))}</p><ul>{items}</ul>"
         f"{verdicts}{layers}"
     )
 
@@ -424,8 +432,8 @@ def _html(results: dict[str, Any], folder: Path, figures: list[str], summary: li
     vbody = "".join(
         "<tr>"
         + "".join(f"<td>{html.escape(str(v[k]))}</td>" for k in keys)
-        + f"<td class='num'>{_points(v['mean_difference'], '+.2f')}</td>"
-        + f"<td class='num'>{_points(v['standard_error'], '.2f')}</td>"
+        + f"<td class='num'>{points(v['mean_difference'], '+.2f')}</td>"
+        + f"<td class='num'>{points(v['standard_error'], '.2f')}</td>"
         + f"<td class='num'>{v['seeds']}</td><td class='num'>{v['cells']} ({v['excluded']})</td>"
         + "</tr>"
         for v in verdicts
@@ -447,10 +455,11 @@ figure {{ margin: 1.5em 0; }} img {{ max-width: 100%; border: 1px solid #eee; }}
 </style></head><body>
 <h1>Study: {html.escape(results["name"])}</h1>
 <p>{html.escape(_intro(results))}</p>
-<h2>Summary</h2><p>{html.escape(rule_text())}</p>
+<h2>Summary</h2><p>{html.escape(rule_text() + " " + attack_note(results))}</p>
 <table><thead><tr>{vhead}</tr></thead><tbody>{vbody}</tbody></table>
 <ul>{"".join(f"<li>{html.escape(s)}</li>" for s in summary)}</ul>
 <h2>Headline (eps_x = {hx:g}, eps_w = {hw:g}; mean ± sd over seeds)</h2>
+<p>{html.escape(attack_note(results, headline=True))}</p>
 <table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>
 <h2>Sanity flags</h2><ul>{flags}</ul>
 {_scale_html(results)}

@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ..formatting import points
 from ..threat import PERTURBABLE_TYPES, EpsMode, WeightBall
 
 __all__ = ["PARAMETRIZATIONS", "layer_stats", "rescaled"]
@@ -193,7 +194,8 @@ def scale_summary(results: dict[str, Any]) -> list[str]:
                 )
                 lines.append(
                     f"Rescaling (first layer x c, second / c; {moved}): {mode.value}-mode weight-only accuracies "
-                    f"move by up to {100 * max(changes):.1f} points (mean {100 * sum(changes) / len(changes):.1f})."
+                    f"move by up to {points(max(changes), '.1f')} points "
+                    f"(mean {points(sum(changes) / len(changes), '.1f')})."
                 )
     by_pair: dict[tuple, dict[str, str]] = {}
     for v in tables["scale_verdicts"]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..formatting import percent, points
 from .verdicts import mean_sd, seed_values
 
 __all__ = ["Stat", "cell_stat", "certified_stat", "runs"]
@@ -51,5 +52,5 @@ class Stat:
         if self.mean is None:
             return "-"
         if compact:
-            return f"{100 * self.mean:.1f}" + ("%" if self.sd is None else f"±{100 * self.sd:.1f}")
-        return f"{100 * self.mean:.1f}%" + ("" if self.sd is None else f" ± {100 * self.sd:.1f}")
+            return points(self.mean, ".1f") + ("%" if self.sd is None else "±" + points(self.sd, ".1f"))
+        return percent(self.mean) + ("" if self.sd is None else " ± " + points(self.sd, ".1f"))

@@ -21,6 +21,8 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+from ..formatting import points
+
 __all__ = ["FLOOR", "Comparison", "Z", "claim_comparisons", "mean_sd"]
 
 #: Cells where both models are below this accuracy are excluded (the attack saturates there).
@@ -93,6 +95,19 @@ class Comparison:
         }
 
     @property
+    def seeds_agreeing(self) -> int:
+        """Seeds whose difference has the sign of the mean (the rule decides only when that is every seed)."""
+        if self.mean is None or self.mean == 0:
+            return 0
+        return sum(1 for d in self.per_seed.values() if (d > 0) == (self.mean > 0) and d != 0)
+
+    def mean_se_text(self) -> str:
+        """The mean difference and its standard error in points, "+1.23 ± 0.45" ("+1.23 ± n/a" with one seed)."""
+        if self.mean is None:
+            return "-"
+        return f"{points(self.mean)} ± {'n/a' if self.se is None else points(self.se, '.2f')}"
+
+    @property
     def verdict(self) -> str:
         """What the outcome means for the claim."""
         if self.outcome in ("no cells", "one seed"):
@@ -109,14 +124,14 @@ class Comparison:
                 f"Claim {self.claim} ({where}), {self.subject} vs {self.reference}: undecided, no {what} cell "
                 f"above the {100 * FLOOR:.0f}% floor ({self.excluded} excluded)."
             )
-        seeds = ", ".join(f"seed {s}: {100 * d:+.1f}" for s, d in self.per_seed.items())
-        se = "n/a (one seed)" if self.se is None else f"{100 * self.se:.2f}"
+        seeds = ", ".join(f"seed {s}: {points(d, '+.1f')}" for s, d in self.per_seed.items())
+        se = "n/a (one seed)" if self.se is None else points(self.se, ".2f")
         cells = ", ".join(f"{ew:g}" if self.claim == 1 else f"({ex:g}, {ew:g})" for ex, ew in self.cells)
         return (
             f"Claim {self.claim} ({where}), {self.subject} vs {self.reference}: {self.verdict}. "
             f"{what} accuracy difference {self.subject} - {self.reference} (points, mean over "
             f"{'eps_w' if self.claim == 1 else '(eps_x, eps_w)'} in {cells}; {self.excluded} cell(s) excluded): "
-            f"{seeds}; mean {100 * self.mean:+.2f}, standard error {se}; decided when every seed has the same sign "
+            f"{seeds}; mean {points(self.mean)}, standard error {se}; decided when every seed has the same sign "
             f"and |mean| > {Z:g} SE."  # type: ignore[operator]
         )
 

@@ -16,6 +16,7 @@ docs/distributed.md for what matches a 1-process run exactly.
 
 from __future__ import annotations
 
+import gc
 import logging
 import math
 import time
@@ -289,6 +290,11 @@ class Trainer:
         finally:
             if logs is not None:
                 logs.close()
+            if train_model is not self.model:
+                # The DDP wrapper is a reference cycle that holds the process group: collected now, not whenever
+                # the collector next runs (possibly in interpreter finalization, where freeing it aborts).
+                del train_model
+                gc.collect()
         self.model.eval()
         return TrainResult(self.model, self.metadata(), self.metrics)
 
