@@ -1,0 +1,131 @@
+"""Units as Ray tasks: a study or a campaign on a Ray cluster (`--executor ray [--ray-address ADDR]`).
+
+Each unit is one task declaring its resources (CPUs, a GPU when its device is CUDA, a memory estimate), so a
+mixed cluster places it. A unit that needs another's result gets that task's object reference as an argument:
+Ray starts it when the result exists and hands it over, with no polling by the driver. A worker killed in the
+middle of a unit (its process, or its node) costs that unit only: Ray runs it again (`max_retries`). An
+exception raised by the unit is not retried: the run stops with the unit named. Messages come back through a
+Ray queue (an actor that takes no CPU) and reach the driver's `on_message` as they arrive, so the driver keeps
+recording every piece into its resumable cache exactly as with the local executors.
+
+Ray is an optional extra (`pip install 'nonsingular[ray]'`); this module imports it only when an executor is
+made.
+"""
+
+from __future__ import annotations
+
+import logging
+from types import ModuleType
+from typing import Any
+
+from ...errors import InputError
+from .base import Event, Executor, Failed, Finished, OnMessage, Started, StartMark, Unit
+from .local import run_in_worker
+
+__all__ = ["RayExecutor", "import_ray"]
+
+log = logging.getLogger(__name__)
+
+INSTALL_HINT = "pip install 'nonsingular[ray]'"
+
+
+def import_ray() -> ModuleType:
+    """The `ray` module, or a one-line InputError saying how to install it."""
+    try:
+        import ray
+    except ImportError:
+        raise InputError(f"--executor ray needs Ray, which is not installed: {INSTALL_HINT}") from None
+    return ray
+
+
+class RayExecutor(Executor):
+    """Units as Ray tasks on the cluster at `address`.
+
+    Args:
+        address: "auto" joins the cluster running on this machine, "HOST:PORT" a given one, None starts a local
+            one for this run (or joins the one RAY_ADDRESS names).
+        max_retries: how often a unit whose worker died is run again before the run fails.
+    """
+
+    kind = "ray"
+    assigns_devices = True
+
+    def __init__(self, address: str | None = None, max_retries: int = 3) -> None:
+        ray = import_ray()
+        from ray.util.queue import Queue
+
+        self._ray = ray
+        self._owns = not ray.is_initialized()
+        if self._owns:
+            try:
+                ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
+            except ConnectionError as err:
+                raise InputError(f"--ray-address {address}: cannot join the Ray cluster ({err})") from None
+        self.max_retries = max_retries
+        self._queue = Queue(actor_options={"num_cpus": 0})
+        self._task = ray.remote(run_in_worker)
+        self._refs: dict[Any, str] = {}  # pending object reference -> unit
+        self._by_name: dict[str, Any] = {}
+
+    def nodes(self) -> int:
+        """Live nodes of the cluster."""
+        return sum(1 for node in self._ray.nodes() if node.get("Alive"))
+
+    def submit(self, unit: Unit) -> None:
+        r = unit.resources
+        options: dict[str, Any] = {
+            "num_cpus": r.cpus,
+            "num_gpus": r.gpus,
+            "max_retries": self.max_retries,
+            "retry_exceptions": False,
+            "name": unit.name,
+        }
+        if r.memory:
+            options["memory"] = r.memory
+        inputs = [self._by_name[name] for name in unit.after]  # top-level references: Ray resolves them first
+        threads = max(1, int(r.cpus))
+        ref = self._task.options(**options).remote(self._queue, unit.name, unit.fn, threads, unit.args, *inputs)
+        self._refs[ref] = unit.name
+        self._by_name[unit.name] = ref
+
+    def _drain(self, on_message: OnMessage, events: list[Event]) -> None:
+        while True:
+            count = self._queue.qsize()
+            if not count:
+                return
+            for unit, message in self._queue.get_nowait_batch(count):
+                if isinstance(message, StartMark):
+                    events.append(Started(unit, message.node, message.pid))
+                else:
+                    on_message(unit, message)
+
+    def poll(self, on_message: OnMessage, timeout: float) -> list[Event]:
+        ray = self._ray
+        events: list[Event] = []
+        ready: list[Any] = []
+        if self._refs:
+            ready, _ = ray.wait(list(self._refs), num_returns=1, timeout=timeout)
+            if ready:  # whatever else finished meanwhile
+                ready, _ = ray.wait(list(self._refs), num_returns=len(self._refs), timeout=0)
+        self._drain(on_message, events)
+        for ref in ready:
+            name = self._refs.pop(ref)
+            try:
+                result = ray.get(ref)
+            except ray.exceptions.RayTaskError as err:  # the unit raised: its own exception, not Ray's wrapper
+                events.append(Failed(name, err.cause if isinstance(err.cause, BaseException) else err))
+                continue
+            except ray.exceptions.RayError as err:  # retries spent on dead workers, a lost node, a cancel
+                events.append(Failed(name, RuntimeError(str(err).strip().splitlines()[0])))
+                continue
+            events.append(Finished(name, result))
+        return events
+
+    def cancel_queued(self) -> None:
+        for ref in self._refs:
+            self._ray.cancel(ref)
+
+    def close(self) -> None:
+        self._queue.shutdown()
+        if self._owns:
+            self._ray.shutdown()
