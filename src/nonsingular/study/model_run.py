@@ -228,7 +228,8 @@ class _ModelRun:
 
         accuracy = {label(c["eps_x"], c["eps_w"], c["scope"]): c["accuracy"] for c in cells}
         pairs = []
-        for scope in {c["scope"] for c in cells}:
+        present = {c["scope"] for c in cells}
+        for scope in [s.value for s in self.grid.scopes if s.value in present]:  # an order that hashing cannot change
             accuracy[label(0.0, 0.0, scope)] = clean
             for i, ex in enumerate(self.grid.eps_x):
                 for j, ew in enumerate(self.grid.eps_w):

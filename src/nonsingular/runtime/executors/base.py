@@ -124,7 +124,7 @@ class StartMark:
 
     @classmethod
     def here(cls) -> StartMark:
-        return cls(os.environ.get("NONSINGULAR_NODE") or socket.gethostname(), os.getpid())
+        return cls(socket.gethostname(), os.getpid())
 
 
 class Executor(ABC):
@@ -169,20 +169,30 @@ class UnitProgress:
     total: int
     done: int = 0
     running: dict[str, str] = field(default_factory=dict)  # unit -> node
+    started: set[str] = field(default_factory=set)
+    restarts: int = 0  # units that started again (their worker died; the executor ran them anew)
+
+    def start(self, unit: str, node: str) -> None:
+        if unit in self.started:
+            self.restarts += 1
+        self.started.add(unit)
+        self.running[unit] = node
 
     @property
     def queued(self) -> int:
         return self.total - self.done - len(self.running)
 
     def label(self) -> str:
-        """'units (2 running, 3 queued)', with the running units per node when they run on several."""
+        """'units (2 running, 3 queued)', with restarts if any and the running units per node when they run on
+        several."""
         nodes: dict[str, int] = {}
         for node in self.running.values():
             nodes[node] = nodes.get(node, 0) + 1
         where = ""
         if len(nodes) > 1:
             where = "; " + ", ".join(f"{node}: {count}" for node, count in sorted(nodes.items()))
-        return f"units ({len(self.running)} running, {self.queued} queued{where})"
+        again = f", {self.restarts} restarted" if self.restarts else ""
+        return f"units ({len(self.running)} running, {self.queued} queued{again}{where})"
 
 
 def unit_error(unit: str, node: str | None, error: BaseException) -> Exception:
@@ -234,7 +244,7 @@ def run_units(
         events = executor.poll(on_message, poll_seconds)
         for event in events:
             if isinstance(event, Started):
-                progress.running[event.unit] = event.node
+                progress.start(event.unit, event.node)
             elif isinstance(event, Finished):
                 progress.running.pop(event.unit, None)
                 results[event.unit] = event.result

@@ -18,7 +18,7 @@ from typing import Any
 
 from .base import Event, Executor, Failed, Finished, OnMessage, Started, StartMark, Unit
 
-__all__ = ["ProcessPool", "exit_with_parent", "run_in_worker"]
+__all__ = ["ProcessPool", "QueueOutbox", "exit_with_parent", "run_in_worker", "start_unit"]
 
 
 def exit_with_parent(poll_seconds: float = 1.0) -> None:
@@ -46,12 +46,19 @@ class QueueOutbox:
 
 
 def run_in_worker(queue: Any, unit: str, fn: Any, threads: int, args: tuple[Any, ...], *inputs: Any) -> Any:
-    """A unit's entry point in a worker process: torch threads, the start mark, then the unit."""
+    """A unit's entry point in a pool worker: torch threads, the start mark, then the unit."""
+    return start_unit(StartMark.here(), queue, unit, fn, threads, args, inputs)
+
+
+def start_unit(
+    mark: StartMark, queue: Any, unit: str, fn: Any, threads: int, args: tuple[Any, ...], inputs: tuple[Any, ...]
+) -> Any:
+    """Run `unit` in this worker: `threads` torch threads, its start mark to the driver, then fn(outbox, ...)."""
     import torch  # here, not at import: the executor package itself needs no torch
 
     torch.set_num_threads(max(1, threads))
     outbox = QueueOutbox(queue, unit)
-    outbox.send(StartMark.here())
+    outbox.send(mark)
     return fn(outbox, *args, *inputs)
 
 

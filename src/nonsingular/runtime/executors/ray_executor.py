@@ -20,7 +20,7 @@ from typing import Any
 
 from ...errors import InputError
 from .base import Event, Executor, Failed, Finished, OnMessage, Started, StartMark, Unit
-from .local import run_in_worker
+from .local import start_unit
 
 __all__ = ["RayExecutor", "import_ray"]
 
@@ -36,6 +36,17 @@ def import_ray() -> ModuleType:
     except ImportError:
         raise InputError(f"--executor ray needs Ray, which is not installed: {INSTALL_HINT}") from None
     return ray
+
+
+def run_on_ray(queue: Any, unit: str, fn: Any, threads: int, args: tuple[Any, ...], *inputs: Any) -> Any:
+    """A unit's entry point in a Ray worker; its start mark names the Ray node (several may share a host)."""
+    import os
+    import socket
+
+    import ray
+
+    node = f"{socket.gethostname()}:{ray.get_runtime_context().get_node_id()[:6]}"
+    return start_unit(StartMark(node, os.getpid()), queue, unit, fn, threads, args, inputs)
 
 
 class RayExecutor(Executor):
@@ -63,7 +74,7 @@ class RayExecutor(Executor):
                 raise InputError(f"--ray-address {address}: cannot join the Ray cluster ({err})") from None
         self.max_retries = max_retries
         self._queue = Queue(actor_options={"num_cpus": 0})
-        self._task = ray.remote(run_in_worker)
+        self._task = ray.remote(run_on_ray)
         self._refs: dict[Any, str] = {}  # pending object reference -> unit
         self._by_name: dict[str, Any] = {}
 
