@@ -104,24 +104,29 @@ def with_robust(cell: Cell, robust: Tensor) -> Cell:
     return replace(cell, robust=robust, accuracy=float(robust.float().mean()))
 
 
+def _masks(cells: list[Cell]) -> list[Tensor]:
+    """The robust-example masks of `cells` (the nesting helpers receive checked cells, which all have one)."""
+    return [c.robust for c in cells if c.robust is not None]
+
+
 def misses(cell: Cell, smaller: list[Cell]) -> bool:
     """Whether a smaller cell's checked attack broke an example this cell's attack left standing."""
-    return cell.robust is not None and any(
-        bool((cell.robust & ~other.robust.to(cell.robust.device)).any()) for other in smaller
-    )
+    own = cell.robust
+    return own is not None and any(bool((own & ~m.to(own.device)).any()) for m in _masks(smaller))
 
 
 def carry(cell: Cell, smaller: list[Cell], scope: Scope) -> tuple[Cell, int]:
     """`cell` with the checked results of the nested `smaller` cells carried in; (cell, carried count)."""
-    if not smaller or cell.robust is None or not cell.checked:
+    own, masks = cell.robust, _masks(smaller)
+    if not masks or own is None or not cell.checked:
         return cell, 0
     if scope is Scope.SHARED:  # one perturbation for all: keep the one with the lowest accuracy
-        worst = min(smaller, key=lambda c: float(c.robust.float().mean()))
-        if float(worst.robust.float().mean()) < float(cell.robust.float().mean()):
-            return with_robust(cell, worst.robust.to(cell.robust.device).clone()), 1
+        worst = min(masks, key=lambda m: float(m.float().mean()))
+        if float(worst.float().mean()) < float(own.float().mean()):
+            return with_robust(cell, worst.to(own.device).clone()), 1
         return cell, 0
-    robust = cell.robust.clone()
-    for other in smaller:
-        robust &= other.robust.to(robust.device)
-    carried = int((cell.robust & ~robust).sum())
+    robust = own.clone()
+    for m in masks:
+        robust &= m.to(robust.device)
+    carried = int((own & ~robust).sum())
     return (with_robust(cell, robust), carried) if carried else (cell, 0)
