@@ -4,17 +4,11 @@ continues on the cluster and finishes here again. A unit that raises on a worker
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import json
 import os
-import shutil
 import signal
-import socket
-import subprocess
 import sys
-import tempfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -23,6 +17,7 @@ import pytest
 ray = pytest.importorskip("ray", reason="ray is not installed: pip install 'nonsingular[ray]' (make test does)")
 
 from nonsingular.runtime.executors import Unit, UnitError, run_units  # noqa: E402
+from nonsingular.runtime.executors.ray_cluster import LocalRayCluster  # noqa: E402
 from nonsingular.runtime.executors.ray_executor import RayExecutor  # noqa: E402
 from nonsingular.study import load_study_config, run_study  # noqa: E402
 
@@ -58,82 +53,20 @@ name = "standard"
 """
 
 
-def _processes() -> dict[int, tuple[int, int, str]]:
-    """pid -> (parent pid, process group, title) of every process on this machine."""
-    found = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-            title = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
-        except OSError:  # ended meanwhile
-            continue
-        found[int(entry.name)] = (int(stat[1]), int(stat[2]), title)
-    return found
-
-
-def _cluster_processes(groups: set[int]) -> dict[int, str]:
-    """The processes of the clusters started in `groups` (their daemons) and every descendant (Ray's workers
-    start sessions of their own): pid -> title."""
-    table = _processes()
-    mine = {pid for pid, (_, group, _) in table.items() if group in groups}
-    grown = True
-    while grown:
-        more = {pid for pid, (parent, _, _) in table.items() if parent in mine} - mine
-        mine |= more
-        grown = bool(more)
-    return {pid: table[pid][2] for pid in mine}
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _ray_start(args: list[str], env: dict[str, str]) -> int:
-    """Run `ray start ARGS` in a session of its own; returns that session's process group."""
-    command = [str(Path(sys.executable).with_name("ray")), "start", "--num-cpus", "1", "--disable-usage-stats", *args]
-    process = subprocess.Popen(
-        command, env=env, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-    )
-    out, _ = process.communicate(timeout=120)
-    if process.returncode != 0:
-        raise RuntimeError(f"{' '.join(command)} failed:\n{out[-3000:]}")
-    return process.pid
-
-
 @pytest.fixture(scope="module")
-def cluster() -> Iterator[tuple[str, set[int]]]:
+def cluster() -> Iterator[LocalRayCluster]:
     """A two-node Ray cluster on this machine (1 CPU per node, a temporary folder of its own), joined by this
-    process; stopped (every process it started, workers included) however the tests end."""
-    temp = Path(tempfile.mkdtemp(prefix="ns-ray-", dir="/tmp"))  # Ray's socket paths must stay short
-    port = _free_port()
-    address = f"127.0.0.1:{port}"
+    process; every process it started is stopped however the tests end."""
     env = {
-        **os.environ,
         "PYTHONPATH": os.pathsep.join([str(SRC), *filter(None, [os.environ.get("PYTHONPATH")])]),
         "OMP_NUM_THREADS": "1",
-        "RAY_USAGE_STATS_ENABLED": "0",
     }
-    groups: set[int] = set()
-    try:
-        head = ["--head", "--port", str(port), "--node-ip-address", "127.0.0.1", "--temp-dir", str(temp)]
-        groups.add(_ray_start([*head, "--include-dashboard", "false"], env))
-        groups.add(_ray_start(["--address", address], env))
-        ray.init(address=address, log_to_driver=False, logging_level="warning")
-        deadline = time.monotonic() + 60
-        while sum(n["Alive"] for n in ray.nodes()) < 2 and time.monotonic() < deadline:
-            time.sleep(0.2)
-        assert sum(n["Alive"] for n in ray.nodes()) == 2, "the second node did not join"
-        yield address, groups
-    finally:
-        ray.shutdown()
-        for pid in _cluster_processes(groups):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-        shutil.rmtree(temp, ignore_errors=True)
+    with LocalRayCluster(nodes=2, cpus=1, env=env) as started:
+        ray.init(address=started.address, log_to_driver=False, logging_level="warning")
+        try:
+            yield started
+        finally:
+            ray.shutdown()
 
 
 PROVENANCE = {"cache_file", "cached"}
@@ -173,7 +106,6 @@ def local_run(tmp_path_factory) -> tuple[Path, Path]:
 
 
 def test_ray_study_matches_local_with_a_worker_killed(cluster, local_run, tmp_path):
-    _, groups = cluster
     config_path, local_out = local_run
     config = load_study_config(config_path)
     killed: list[tuple[str, str]] = []  # (the killed unit's progress label, its process title)
@@ -183,7 +115,7 @@ def test_ray_study_matches_local_with_a_worker_killed(cluster, local_run, tmp_pa
         ticks.append((label, done))
         if killed or label.startswith("units") or done != 1:
             return
-        for pid, title in _cluster_processes(groups).items():  # a worker in the middle of a unit
+        for pid, title in cluster.processes().items():  # a worker in the middle of a unit
             if title.startswith(("ray::train", "ray::evaluate")):
                 os.kill(pid, signal.SIGKILL)
                 killed.append((label, title))
