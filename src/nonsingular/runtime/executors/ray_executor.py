@@ -133,10 +133,16 @@ class RayExecutor(Executor):
         return events
 
     def cancel_queued(self) -> None:
+        """Cancel every unit not finished (running ones too: the run has failed and their results would be
+        thrown away)."""
         for ref in self._refs:
             self._ray.cancel(ref)
+        self._refs.clear()
 
     def close(self) -> None:
+        """Cancel what still runs (a run stopped by an error or Ctrl-C leaves nothing busy on the cluster), then
+        release the queue and, if this executor started Ray, Ray itself."""
+        self.cancel_queued()
         self._queue.shutdown()
         if self._owns:
             self._ray.shutdown()
