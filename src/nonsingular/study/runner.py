@@ -33,7 +33,7 @@ from .records import ModelResult, StudyResults, UnitResult
 from .report import write_report
 from .scale import rescaled
 from .schema import StudyConfig
-from .units import StudyJob, TrainedModel, evaluate_name, plan_units
+from .units import StudyJob, TrainedModel, evaluate_name, evaluate_unit, plan_units
 
 __all__ = ["GridCell", "StudyState", "check_study", "run_study"]
 
@@ -159,12 +159,15 @@ def _run_units(
         if progress is not None:
             progress(counts.label(), counts.done, counts.total)
 
+    evaluations = {u.name for u in units if u.fn is evaluate_unit}  # what the results need; models go when used
+
     def between_units() -> None:
         """Between units' events: where a stop request or a lock on the cache is checked."""
 
     try:
-        done = run_units(executor, units, on_message, on_result, on_progress, between_units)
+        keep = evaluations.__contains__
+        done = run_units(executor, units, on_message, on_result, on_progress, between_units, keep=keep)
     finally:
         if own:
             executor.close()
-    return {name: r for name, r in done.items() if isinstance(r, UnitResult)}
+    return done

@@ -211,9 +211,10 @@ def run_units(
     on_result: Callable[[str, Any], None] | None = None,
     on_progress: Callable[[UnitProgress], None] | None = None,
     between: Callable[[], None] | None = None,
+    keep: Callable[[str], bool] | None = None,
     poll_seconds: float = 0.5,
 ) -> dict[str, Any]:
-    """Run `units` on `executor`; returns every unit's result by name.
+    """Run `units` on `executor`; returns the results by unit name (of the units `keep` accepts; default all).
 
     Args:
         on_message: every message of every unit, in the order each unit sent them, as they arrive.
@@ -222,6 +223,8 @@ def run_units(
         on_progress: called with the unit counts whenever a unit starts or finishes.
         between: called between events (after each poll): the place to honour a stop request; whatever it
             raises stops the run.
+        keep: which units' results to return (the others, e.g. trained models that later units consumed, are
+            let go as soon as `on_result` has seen them).
 
     Raises:
         InputError, NonFiniteError, UnitError: a unit raised (named, with where it ran and its one-line error);
@@ -240,14 +243,17 @@ def run_units(
     results: dict[str, Any] = {}
     for unit in units:
         executor.submit(unit)
-    while len(results) < len(units):
+    finished = 0
+    while finished < len(units):
         events = executor.poll(on_message, poll_seconds)
         for event in events:
             if isinstance(event, Started):
                 progress.start(event.unit, event.node)
             elif isinstance(event, Finished):
                 progress.running.pop(event.unit, None)
-                results[event.unit] = event.result
+                if keep is None or keep(event.unit):
+                    results[event.unit] = event.result
+                finished += 1
                 progress.done += 1
                 if on_result is not None:
                     on_result(event.unit, event.result)

@@ -97,16 +97,24 @@ class ProcessPool(Executor):
         self._queue = self._manager.Queue()
         self._futures: dict[Future[Any], str] = {}
         self._waiting: list[Unit] = []
-        self._results: dict[str, Any] = {}
+        self._results: dict[str, Any] = {}  # finished units' results that a submitted unit still needs
+        self._needed: dict[str, int] = {}
+        self._finished: set[str] = set()
 
     def submit(self, unit: Unit) -> None:
-        if all(name in self._results for name in unit.after):
+        for name in unit.after:
+            self._needed[name] = self._needed.get(name, 0) + 1
+        if all(name in self._finished for name in unit.after):
             self._launch(unit)
         else:
             self._waiting.append(unit)
 
     def _launch(self, unit: Unit) -> None:
         inputs = [self._results[name] for name in unit.after]
+        for name in unit.after:  # a dependency's result (a trained model) goes once its last user has it
+            self._needed[name] -= 1
+            if not self._needed[name]:
+                del self._results[name]
         future = self._pool.submit(run_in_worker, self._queue, unit.name, unit.fn, self.threads, unit.args, *inputs)
         self._futures[future] = unit.name
 
@@ -122,10 +130,12 @@ class ProcessPool(Executor):
             if error is not None:
                 events.append(Failed(name, error))
                 continue
-            self._results[name] = future.result()
-            events.append(Finished(name, self._results[name]))
+            self._finished.add(name)
+            if self._needed.get(name):
+                self._results[name] = future.result()
+            events.append(Finished(name, future.result()))
         if finished:
-            ready = [u for u in self._waiting if all(name in self._results for name in u.after)]
+            ready = [u for u in self._waiting if all(name in self._finished for name in u.after)]
             self._waiting = [u for u in self._waiting if u not in ready]
             for unit in ready:
                 self._launch(unit)
