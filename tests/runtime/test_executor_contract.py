@@ -1,6 +1,6 @@
 """The executor contract, on the local executors: a unit gets the results it depends on, its messages reach the
 driver in order and before its result, a failing unit stops the run naming it, and the progress line counts
-units per node. (The Ray executor is held to the same contract by tests/study/test_executors.py.)"""
+units per node. (The Ray executor is held to the same contract by tests/study/test_study_on_ray.py.)"""
 
 from __future__ import annotations
 
