@@ -16,7 +16,7 @@ from multiprocessing.managers import SyncManager
 from queue import Empty
 from typing import Any
 
-from .base import Event, Executor, Failed, Finished, OnMessage, Started, StartMark, Unit
+from .base import Event, Executor, Failed, Finished, OnMessage, Outbox, Started, StartMark, Unit
 
 __all__ = ["ProcessPool", "QueueOutbox", "exit_with_parent", "run_in_worker", "start_unit"]
 
@@ -47,17 +47,16 @@ class QueueOutbox:
 
 def run_in_worker(queue: Any, unit: str, fn: Any, threads: int, args: tuple[Any, ...], *inputs: Any) -> Any:
     """A unit's entry point in a pool worker: torch threads, the start mark, then the unit."""
-    return start_unit(StartMark.here(), queue, unit, fn, threads, args, inputs)
+    return start_unit(StartMark.here(), QueueOutbox(queue, unit), fn, threads, args, inputs)
 
 
 def start_unit(
-    mark: StartMark, queue: Any, unit: str, fn: Any, threads: int, args: tuple[Any, ...], inputs: tuple[Any, ...]
+    mark: StartMark, outbox: Outbox, fn: Any, threads: int, args: tuple[Any, ...], inputs: tuple[Any, ...]
 ) -> Any:
-    """Run `unit` in this worker: `threads` torch threads, its start mark to the driver, then fn(outbox, ...)."""
+    """Run a unit in this worker: `threads` torch threads, its start mark to the driver, then fn(outbox, ...)."""
     import torch  # here, not at import: the executor package itself needs no torch
 
     torch.set_num_threads(max(1, threads))
-    outbox = QueueOutbox(queue, unit)
     outbox.send(mark)
     return fn(outbox, *args, *inputs)
 

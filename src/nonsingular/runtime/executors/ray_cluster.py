@@ -53,7 +53,15 @@ class LocalRayCluster:
             raise ValueError(f"a cluster needs nodes >= 1 and cpus >= 1, got {nodes} and {cpus}")
         import_ray()
         self.nodes, self.cpus = nodes, cpus
-        self.env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", **(env or {})}
+        # Ray ends idle workers beyond one per CPU; the Ray executor's inbox is an actor with a process of
+        # its own, which on a 1-CPU node would make every unit start a new worker (and import torch again).
+        soft_limit = str(cpus + 1)
+        self.env = {
+            **os.environ,
+            "RAY_USAGE_STATS_ENABLED": "0",
+            "RAY_num_workers_soft_limit": soft_limit,
+            **(env or {}),
+        }
         self.address = ""
         self._groups: set[int] = set()
         self._temp: Path | None = None

@@ -4,8 +4,8 @@ Each unit is one task declaring its resources (CPUs, a GPU when its device is CU
 mixed cluster places it. A unit that needs another's result gets that task's object reference as an argument:
 Ray starts it when the result exists and hands it over, with no polling by the driver. A worker killed in the
 middle of a unit (its process, or its node) costs that unit only: Ray runs it again (`max_retries`). An
-exception raised by the unit is not retried: the run stops with the unit named. Messages come back through a
-Ray queue (an actor that takes no CPU) and reach the driver's `on_message` as they arrive, so the driver keeps
+exception raised by the unit is not retried: the run stops with the unit named. Messages come back through an
+inbox (an actor that takes no CPU) and reach the driver's `on_message` as they arrive, so the driver keeps
 recording every piece into its resumable cache exactly as with the local executors.
 
 Ray is an optional extra (`pip install 'nonsingular[ray]'`); this module imports it only when an executor is
@@ -15,6 +15,7 @@ made.
 from __future__ import annotations
 
 import logging
+import os
 from types import ModuleType
 from typing import Any
 
@@ -38,15 +39,52 @@ def import_ray() -> ModuleType:
     return ray
 
 
-def run_on_ray(queue: Any, unit: str, fn: Any, threads: int, args: tuple[Any, ...], *inputs: Any) -> Any:
+class Inbox:
+    """The units' messages, in the order they arrive: a plain actor (its methods run one at a time) that takes no
+    CPU; units add to it without waiting, the driver takes everything at each poll."""
+
+    def __init__(self) -> None:
+        self.items: list[tuple[str, Any]] = []
+
+    def put(self, item: tuple[str, Any]) -> None:
+        self.items.append(item)
+
+    def take(self) -> list[tuple[str, Any]]:
+        items, self.items = self.items, []
+        return items
+
+
+class RayOutbox:
+    """A Ray worker's outbox. Sending does not wait (a task blocked on `ray.get` hands its CPU back to Ray, which
+    would start another unit on it); `flush` waits until the inbox holds everything sent, so a unit's messages
+    reach the driver before its result does."""
+
+    def __init__(self, inbox: Any, unit: str) -> None:
+        self.inbox, self.unit = inbox, unit
+        self._last: Any = None
+
+    def send(self, message: Any) -> None:
+        self._last = self.inbox.put.remote((self.unit, message))
+
+    def flush(self) -> None:
+        if self._last is not None:
+            import ray
+
+            ray.get(self._last)
+
+
+def run_on_ray(inbox: Any, unit: str, fn: Any, threads: int, args: tuple[Any, ...], *inputs: Any) -> Any:
     """A unit's entry point in a Ray worker; its start mark names the Ray node (several may share a host)."""
-    import os
     import socket
 
     import ray
 
     node = f"{socket.gethostname()}:{ray.get_runtime_context().get_node_id()[:6]}"
-    return start_unit(StartMark(node, os.getpid()), queue, unit, fn, threads, args, inputs)
+    outbox = RayOutbox(inbox, unit)
+    try:
+        return start_unit(StartMark(node, os.getpid()), outbox, fn, threads, args, inputs)
+    finally:
+        outbox.flush()
 
 
 class RayExecutor(Executor):
@@ -63,17 +101,26 @@ class RayExecutor(Executor):
 
     def __init__(self, address: str | None = None, max_retries: int = 3) -> None:
         ray = import_ray()
-        from ray.util.queue import Queue
-
         self._ray = ray
         self._owns = not ray.is_initialized()
         if self._owns:
             try:
-                ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
+                options: dict[str, Any] = {}
+                if address is None and not os.environ.get("RAY_ADDRESS"):  # a Ray of our own for this run
+                    # Ray ends idle workers beyond one per CPU, and the inbox actor holds a worker
+                    # process: without one more, units would keep starting new workers (each importing torch).
+                    options["_system_config"] = {"num_workers_soft_limit": (os.cpu_count() or 1) + 1}
+                ray.init(
+                    address=address,
+                    include_dashboard=False,
+                    log_to_driver=False,
+                    logging_level=logging.WARNING,
+                    **options,
+                )
             except ConnectionError as err:
                 raise InputError(f"--ray-address {address}: cannot join the Ray cluster ({err})") from None
         self.max_retries = max_retries
-        self._queue = Queue(actor_options={"num_cpus": 0})
+        self._inbox = ray.remote(num_cpus=0)(Inbox).remote()
         self._task = ray.remote(run_on_ray)
         self._refs: dict[Any, str] = {}  # pending object reference -> unit
         self._by_name: dict[str, Any] = {}
@@ -95,20 +142,16 @@ class RayExecutor(Executor):
             options["memory"] = r.memory
         inputs = [self._by_name[name] for name in unit.after]  # top-level references: Ray resolves them first
         threads = max(1, int(r.cpus))
-        ref = self._task.options(**options).remote(self._queue, unit.name, unit.fn, threads, unit.args, *inputs)
+        ref = self._task.options(**options).remote(self._inbox, unit.name, unit.fn, threads, unit.args, *inputs)
         self._refs[ref] = unit.name
         self._by_name[unit.name] = ref
 
     def _drain(self, on_message: OnMessage, events: list[Event]) -> None:
-        while True:
-            count = self._queue.qsize()
-            if not count:
-                return
-            for unit, message in self._queue.get_nowait_batch(count):
-                if isinstance(message, StartMark):
-                    events.append(Started(unit, message.node, message.pid))
-                else:
-                    on_message(unit, message)
+        for unit, message in self._ray.get(self._inbox.take.remote()):
+            if isinstance(message, StartMark):
+                events.append(Started(unit, message.node, message.pid))
+            else:
+                on_message(unit, message)
 
     def poll(self, on_message: OnMessage, timeout: float) -> list[Event]:
         ray = self._ray
@@ -116,9 +159,15 @@ class RayExecutor(Executor):
         ready: list[Any] = []
         if self._refs:
             ready, _ = ray.wait(list(self._refs), num_returns=1, timeout=timeout)
-            if ready:  # whatever else finished meanwhile
-                ready, _ = ray.wait(list(self._refs), num_returns=len(self._refs), timeout=0)
         self._drain(on_message, events)
+        # Units that finished meanwhile: their messages reached the inbox before they returned (their outbox
+        # flushes), so a second drain brings them, and a successor's start is not counted before their end.
+        rest = [ref for ref in self._refs if ref not in ready]
+        if rest:
+            more, _ = ray.wait(rest, num_returns=len(rest), timeout=0)
+            if more:
+                self._drain(on_message, events)
+                ready += more
         for ref in ready:
             name = self._refs.pop(ref)
             try:
@@ -141,8 +190,8 @@ class RayExecutor(Executor):
 
     def close(self) -> None:
         """Cancel what still runs (a run stopped by an error or Ctrl-C leaves nothing busy on the cluster), then
-        release the queue and, if this executor started Ray, Ray itself."""
+        release the inbox and, if this executor started Ray, Ray itself."""
         self.cancel_queued()
-        self._queue.shutdown()
+        self._ray.kill(self._inbox)
         if self._owns:
             self._ray.shutdown()
