@@ -4,8 +4,9 @@ per node), each from an empty model cache, and whether all three give the same n
 Usage: python benchmarks/study_ray_nodes.py [STUDY]
 
 STUDY is a shipped study's name (mnist-mlp-quick: about 300 s of CPU per run on an idle machine), a study file,
-or `tiny` (the default): 2 models x 2 seeds on 24 digits, 1 epoch, PGD-2, the grid of the workers test
-(tests/test_study_workers.py), a measurement that fits a loaded machine.
+`tiny` (the default): 2 models x 2 seeds on 24 digits, 1 epoch, PGD-2, the grid of the workers test
+(tests/test_study_workers.py), a measurement that fits a loaded machine, or `small`: the same with 4 seeds,
+5 epochs and 120 examples (about four times the work).
 
 The three runs alternate with nothing else of ours running; on a machine shared with other jobs only the ratios
 of runs made together mean anything, and even they move with the other jobs' load (print `uptime` beside them).
@@ -76,9 +77,14 @@ def _numbers(results: dict) -> dict:
 def main() -> None:
     name = sys.argv[1] if len(sys.argv) > 1 else "tiny"
     root = Path(tempfile.mkdtemp(prefix="ns-bench-"))
-    if name == "tiny":
-        (root / "tiny.toml").write_text(TINY)
-    config = load_study_config(root / "tiny.toml" if name == "tiny" else name)
+    if name in ("tiny", "small"):
+        text = TINY
+        if name == "small":
+            text = text.replace("n_examples = 24", "n_examples = 120").replace("seeds = [0, 1]", "seeds = [0, 1, 2, 3]")
+            text = text.replace("epochs = 1", "epochs = 5")
+        (root / f"{name}.toml").write_text(text)
+        name = str(root / f"{name}.toml")
+    config = load_study_config(name)
     print(f"study {name}: {len(config.models)} models x {len(config.run_seeds)} seeds; load {os.getloadavg()}")
     timings, numbers = {}, {}
     t0 = time.perf_counter()
