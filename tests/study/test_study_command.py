@@ -12,7 +12,9 @@ from nonsingular.datasets import load_digits
 from nonsingular.evaluation import Cell
 from nonsingular.models import load_checkpoint
 from nonsingular.study import load_study_config, run_study
-from nonsingular.study.runner import GridCell, _carry, _misses
+from nonsingular.study.cells import GridCell
+from nonsingular.study.cells import carry as _carry
+from nonsingular.study.cells import misses as _misses
 from nonsingular.threat import Scope
 from tests.support import run_cli
 from tests.support.browser import find_chromium, inspect_page
@@ -177,8 +179,9 @@ def test_report_renders_in_headless_chromium(fresh_study, tmp_path):
 def test_study_nested_grid_flag(small_mlp, digits, tmp_path):
     """A grid where robust accuracy rises from eps_x 0.02 to 0.05 (and shared undercuts per-example) is flagged,
     naming the cells; the flag reaches the report."""
+    from nonsingular.study.cache import StudyState
+    from nonsingular.study.model_run import _ModelRun
     from nonsingular.study.report import all_flags
-    from nonsingular.study.runner import StudyState, _ModelRun
     from nonsingular.study.schema import StudyConfig
 
     config = StudyConfig.model_validate(
@@ -317,7 +320,8 @@ def test_progress_lines_throttle_interleaved_workers(monkeypatch, capsys):
 def test_certify_subset_and_points(small_mlp, digits, tmp_path):
     """[certify] n_examples and points: certificates only at the given points, as fractions of the first N
     examples, next to the checked attack's accuracy on those same examples; a point off the grid is refused."""
-    from nonsingular.study.runner import StudyState, _ModelRun
+    from nonsingular.study.cache import StudyState
+    from nonsingular.study.model_run import _ModelRun
     from nonsingular.study.schema import StudyConfig
 
     settings = {
@@ -340,7 +344,7 @@ def test_certify_subset_and_points(small_mlp, digits, tmp_path):
         assert r["attacked_accuracy"] == pytest.approx(float(robust.float().mean()))
         assert r["certified_accuracy"] <= r["attacked_accuracy"] and r["bounded_examples"] == int(robust.sum())
     # The radii's bound method: [radius] method, else the last of certify.methods.
-    from nonsingular.study.runner import _radii
+    from nonsingular.study.units import _radii
 
     radius = {"k_x": 1.0, "k_w": 0.01, "s_max": 0.05, "n_examples": 5, "iterations": 2}
     for chosen, expected in ((None, "crown"), ("ibp", "ibp")):

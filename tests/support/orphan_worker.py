@@ -7,7 +7,7 @@ import sys
 import time
 from pathlib import Path
 
-from nonsingular.study.runner import exit_with_parent
+from nonsingular.runtime.executors import exit_with_parent
 
 
 def child(pid_file: str) -> None:

@@ -13,6 +13,7 @@ from rich.table import Table
 
 from ..formatting import percent
 from ..runtime import distributed as dist
+from ..runtime.executors import ExecutorKind, make_executor
 from ..study.report import HEADLINE_COLUMNS, headline_stats
 from ..study.runner import run_study
 from ..study.schema import default_config_path, load_study_config, shipped_studies
@@ -66,6 +67,22 @@ def study(
             "the CPUs as threads (e.g. 2 on a 2-core machine); not with torchrun.",
         ),
     ] = 1,
+    executor: Annotated[
+        ExecutorKind,
+        typer.Option(
+            "--executor",
+            help="Where the units run: local (this process, or --workers processes) or ray (a Ray cluster; "
+            "needs pip install 'nonsingular[ray]'; see docs/distributed.md).",
+        ),
+    ] = ExecutorKind.LOCAL,
+    ray_address: Annotated[
+        str | None,
+        typer.Option(
+            "--ray-address",
+            help="With --executor ray: the cluster to join, 'auto' (the one started on this machine with `ray "
+            "start`) or HOST:PORT; without it a local Ray is started for this run.",
+        ),
+    ] = None,
 ) -> None:
     """Train the comparison's models (or reuse them from the cache), attack them on the eps_x x eps_w grid in
     both scopes, certify them, measure per-example radii, and write the report.
@@ -82,14 +99,24 @@ def study(
         raise UserError(f"--out {out} is a non-empty folder that holds no study; choose another folder")
     if fresh and state.exists() and dist.rank() == 0:
         state.unlink()
+    if executor is ExecutorKind.RAY and workers != 1:
+        raise UserError("--workers sets the local executor's processes; Ray places units on the cluster's CPUs")
     t0 = time.perf_counter()
-    if err_console.is_terminal or dist.rank() != 0:
-        with progress_bar("study", enabled=dist.rank() == 0) as update:
+    with make_executor(executor, workers, ray_address) as runner:
+        if err_console.is_terminal or dist.rank() != 0:
+            with progress_bar("study", enabled=dist.rank() == 0) as update:
+                report, results = run_study(
+                    cfg,
+                    out,
+                    cache,
+                    progress=lambda label, d, t: update(d, t, label),
+                    device=run_device,
+                    executor=runner,
+                )
+        else:  # a log file or pipe: plain lines a reader of the log can follow while the study runs
             report, results = run_study(
-                cfg, out, cache, progress=lambda label, d, t: update(d, t, label), device=run_device, workers=workers
+                cfg, out, cache, progress=progress_lines(t0), device=run_device, executor=runner
             )
-    else:  # a log file or pipe: plain lines a reader of the log can follow while the study runs
-        report, results = run_study(cfg, out, cache, progress=progress_lines(t0), device=run_device, workers=workers)
     if dist.rank() != 0:
         return
     hx, hw = results["headline"]["eps_x"], results["headline"]["eps_w"]

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import platform
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
@@ -26,11 +26,14 @@ from ..threat import Scope, ThreatModel
 
 __all__ = [
     "KINDS",
+    "NOISE_SEED",
     "SCOPES",
     "Cell",
     "CheckedAttack",
+    "NoiseCheck",
     "RobustnessReport",
     "attack_and_check",
+    "collect_flags",
     "evaluate_cell",
     "evaluate_robustness",
     "sanity_flags",
@@ -228,6 +231,45 @@ NESTED_CELLS = (
 )
 
 
+#: Seed of the noise check's random points: fixed, so a flag is reproducible, in `evaluate` and in the study alike.
+NOISE_SEED = 7919
+
+
+@dataclass(frozen=True)
+class NoiseCheck:
+    """A cell the noise check re-attacks with random points: its label, threat and (N,) bool examples correct
+    after the checked gradient attack."""
+
+    label: str
+    threat: ThreatModel
+    robust: Tensor
+
+
+def collect_flags(
+    model: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    accuracy: Mapping[str, float | None],
+    pairs: Sequence[tuple[str, str]],
+    noise: Sequence[NoiseCheck],
+    attack: Attack,
+    noise_samples: int = 4,
+    label: str = "model",
+) -> list[SanityFlag]:
+    """The sanity checks of `attacks.sanity` in one place (evaluate and the study both call this): nesting over
+    `pairs` of labelled accuracies, the model's gradients and train/eval modes (named `label`), and random points
+    at each cell of `noise` (`noise_samples` per example; 0 skips them), in that order.
+    """
+    found = [nested_flag(accuracy, pairs), gradient_flag(model, x, y, label), train_eval_flag(model, x, y, label)]
+    if noise_samples > 0:
+        random_points = RandomNoise(restarts=noise_samples, batch_size=attack.batch_size, seed=NOISE_SEED)
+        for check in noise:
+            checked = attack_and_check(model, x, y, check.threat, random_points)
+            if checked.passed:
+                found.append(noise_flag(check.label, check.robust, checked.correct))
+    return [f for f in found if f is not None]
+
+
 def sanity_flags(
     model: nn.Module,
     x: Tensor,
@@ -238,7 +280,7 @@ def sanity_flags(
     attack: Attack,
     noise_samples: int = 4,
 ) -> list[SanityFlag]:
-    """The sanity checks of `sanity` over evaluated cells (labels "<kind> <scope>").
+    """The sanity checks of `sanity` over evaluated cells (labels "<kind> <scope>"), see collect_flags.
 
     Args:
         robust: label -> (N,) bool correct after the checked attack, for the cells the noise check re-attacks.
@@ -246,14 +288,8 @@ def sanity_flags(
         noise_samples: random points per example for the noise check (0 skips it).
     """
     accuracy = {f"{k} {s}": (c.accuracy if c is not None else None) for k, row in cells.items() for s, c in row.items()}
-    found = [nested_flag(accuracy, NESTED_CELLS), gradient_flag(model, x, y), train_eval_flag(model, x, y)]
-    if noise_samples > 0:
-        noise = RandomNoise(restarts=noise_samples, batch_size=attack.batch_size, seed=7919)
-        for label, mask in robust.items():
-            checked = attack_and_check(model, x, y, threats[label], noise)
-            if checked.passed:
-                found.append(noise_flag(label, mask, checked.correct))
-    return [f for f in found if f is not None]
+    noise = [NoiseCheck(label, threats[label], mask) for label, mask in robust.items()]
+    return collect_flags(model, x, y, accuracy, NESTED_CELLS, noise, attack, noise_samples)
 
 
 def attack_cell(model, x, y, threat, attack, clean_correct, tick) -> tuple[Cell, Tensor]:

@@ -17,6 +17,7 @@ from ..formatting import percent, points
 from ..models.checkpoint import atomic_write
 from .quantization_grid import COLUMNS as QUANTIZATION_COLUMNS
 from .quantization_grid import SURVIVAL_POINTS, quantization_rows, quantization_stats, quantization_summary
+from .records import StudyResults
 from .scale import scale_rows, scale_summary
 from .selection import validation_candidates, validation_choice
 from .stats import Stat, cell_stat, certified_stat, runs
@@ -471,8 +472,10 @@ figure {{ margin: 1.5em 0; }} img {{ max-width: 100%; border: 1px solid #eee; }}
 """
 
 
-def write_report(results: dict[str, Any], folder: Path) -> Path:
+def write_report(results: StudyResults | dict[str, Any], folder: Path) -> Path:
     """Write results.json, CSVs, PNGs, report.md and report.html into `folder`; returns report.html's path."""
+    if isinstance(results, StudyResults):
+        results = results.to_json()
     folder.mkdir(parents=True, exist_ok=True)
     summary = summarise(results)
     results = {**results, "summary": summary, "verdicts": verdict_rows(results)}

@@ -1,0 +1,138 @@
+"""A Ray cluster of several nodes on this machine, for trying `--executor ray`, tests and measurements.
+
+Each node is one `ray start` (the first the head), limited to `cpus` CPUs, all in a temporary folder of their
+own. The cluster owns every process it started, and only those: stopping it ends each `ray start` session's
+processes and their descendants (Ray's workers run in sessions of their own), never another Ray on the machine.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from types import TracebackType
+
+from .ray_executor import import_ray
+
+__all__ = ["LocalRayCluster"]
+
+
+def _processes() -> dict[int, tuple[int, int, str]]:
+    """pid -> (parent pid, process group, command line) of every process on this machine (Linux /proc)."""
+    found = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            title = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
+        except OSError:  # ended meanwhile
+            continue
+        found[int(entry.name)] = (int(stat[1]), int(stat[2]), title)
+    return found
+
+
+class LocalRayCluster:
+    """`nodes` Ray nodes on this machine with `cpus` CPUs each.
+
+    Args:
+        nodes: how many `ray start`s (the first is the head).
+        cpus: CPUs each node offers to tasks.
+        env: extra environment of the nodes (their workers inherit it), e.g. PYTHONPATH.
+    """
+
+    def __init__(self, nodes: int = 2, cpus: int = 1, env: dict[str, str] | None = None) -> None:
+        if nodes < 1 or cpus < 1:
+            raise ValueError(f"a cluster needs nodes >= 1 and cpus >= 1, got {nodes} and {cpus}")
+        import_ray()
+        self.nodes, self.cpus = nodes, cpus
+        # Ray ends idle workers beyond one per CPU; the Ray executor's inbox is an actor with a process of
+        # its own, which on a 1-CPU node would make every unit start a new worker (and import torch again).
+        soft_limit = str(cpus + 1)
+        self.env = {
+            **os.environ,
+            "RAY_USAGE_STATS_ENABLED": "0",
+            "RAY_num_workers_soft_limit": soft_limit,
+            **(env or {}),
+        }
+        self.address = ""
+        self._groups: set[int] = set()
+        self._temp: Path | None = None
+
+    def _ray_start(self, args: list[str]) -> None:
+        command = [str(Path(sys.executable).with_name("ray")), "start", "--num-cpus", str(self.cpus), *args]
+        command.append("--disable-usage-stats")
+        process = subprocess.Popen(
+            command, env=self.env, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        )
+        self._groups.add(process.pid)  # its daemons stay in the session it leads
+        out, _ = process.communicate(timeout=180)
+        if process.returncode != 0:
+            raise RuntimeError(f"{' '.join(command)} failed: {out.strip().splitlines()[-1] if out.strip() else ''}")
+
+    def start(self) -> LocalRayCluster:
+        """Start the nodes and wait until all have joined; returns self (its `address` set)."""
+        self._temp = Path(tempfile.mkdtemp(prefix="ns-ray-", dir="/tmp"))  # Ray's socket paths must stay short
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = int(s.getsockname()[1])
+        self.address = f"127.0.0.1:{port}"
+        try:
+            head = ["--head", "--port", str(port), "--node-ip-address", "127.0.0.1", "--temp-dir", str(self._temp)]
+            self._ray_start([*head, "--include-dashboard", "false"])
+            for _ in range(self.nodes - 1):
+                self._ray_start(["--address", self.address])
+            deadline = time.monotonic() + 60
+            while self.alive() < self.nodes:
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"only {self.alive()} of {self.nodes} Ray nodes joined within 60 s")
+                time.sleep(0.2)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def alive(self) -> int:
+        """Nodes alive, as the cluster's head counts them (joins the cluster for a moment if not joined)."""
+        ray = import_ray()
+        if ray.is_initialized():
+            return sum(1 for n in ray.nodes() if n.get("Alive"))
+        ray.init(address=self.address, log_to_driver=False, logging_level="warning")
+        try:
+            return sum(1 for n in ray.nodes() if n.get("Alive"))
+        finally:
+            ray.shutdown()
+
+    def processes(self) -> dict[int, str]:
+        """pid -> command line of every process of this cluster (daemons and workers)."""
+        table = _processes()
+        mine = {pid for pid, (_, group, _) in table.items() if group in self._groups}
+        grown = True
+        while grown:
+            more = {pid for pid, (parent, _, _) in table.items() if parent in mine} - mine
+            mine |= more
+            grown = bool(more)
+        return {pid: table[pid][2] for pid in mine}
+
+    def stop(self) -> None:
+        """Kill every process of this cluster and remove its folder."""
+        for pid in self.processes():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        self._groups.clear()
+        if self._temp is not None:
+            shutil.rmtree(self._temp, ignore_errors=True)
+            self._temp = None
+
+    def __enter__(self) -> LocalRayCluster:
+        return self.start()
+
+    def __exit__(self, kind: type[BaseException] | None, err: BaseException | None, tb: TracebackType | None) -> None:
+        self.stop()

@@ -1,0 +1,173 @@
+"""A study on a Ray cluster gives the numbers of a one-process run: on a two-node cluster (two `ray start`s on
+this machine, one CPU each), with a worker SIGKILLed in the middle of a unit, and when a study started here
+continues on the cluster and finishes here again. A unit that raises on a worker stops the run naming it."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+ray = pytest.importorskip("ray", reason="ray is not installed: pip install 'nonsingular[ray]' (make test does)")
+
+from nonsingular.runtime.executors import Unit, UnitError, run_units  # noqa: E402
+from nonsingular.runtime.executors.ray_cluster import LocalRayCluster  # noqa: E402
+from nonsingular.runtime.executors.ray_executor import RayExecutor  # noqa: E402
+from nonsingular.study import load_study_config, run_study  # noqa: E402
+
+SRC = Path(__file__).resolve().parents[2] / "src"
+
+CONFIG = """
+name = "executors"
+n_examples = 16
+seeds = [0, 1]
+[training]
+epochs = 1
+widths = [16]
+[architecture]
+name = "mlp"
+widths = [16]
+[attack]
+kind = "pgd"
+steps = 2
+[grid]
+eps_x = [0.05]
+eps_w = [0.0, 0.002]
+[certify]
+methods = ["ibp"]
+[radius]
+enabled = false
+[scale]
+enabled = false
+[headline]
+eps_x = 0.05
+eps_w = 0.002
+[[models]]
+name = "standard"
+"""
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[LocalRayCluster]:
+    """A two-node Ray cluster on this machine (1 CPU per node, a temporary folder of its own), joined by this
+    process; every process it started is stopped however the tests end."""
+    env = {
+        "PYTHONPATH": os.pathsep.join([str(SRC), *filter(None, [os.environ.get("PYTHONPATH")])]),
+        "OMP_NUM_THREADS": "1",
+    }
+    with LocalRayCluster(nodes=2, cpus=1, env=env) as started:
+        ray.init(address=started.address, log_to_driver=False, logging_level="warning")
+        try:
+            yield started
+        finally:
+            ray.shutdown()
+
+
+PROVENANCE = {"cache_file", "cached"}
+
+
+def _numbers(folder: Path) -> tuple[dict, dict[str, list[dict]]]:
+    """results.json and every CSV without what may differ between runs with the same numbers: timings, and
+    whether (and from where) a model came from the cache."""
+
+    def strip(value):
+        if isinstance(value, dict):
+            return {k: strip(v) for k, v in value.items() if not k.endswith("seconds") and k not in PROVENANCE}
+        if isinstance(value, list):
+            return [strip(v) for v in value]
+        return value
+
+    results = strip(json.loads((folder / "results.json").read_text()))
+    tables = {
+        path.name: [strip(row) for row in csv.DictReader(path.read_text().splitlines())]
+        for path in sorted(folder.glob("*.csv"))
+    }
+    return results, tables
+
+
+class _Stop(Exception):
+    """Ends a study from its progress callback, as a killed driver would (its pieces so far are kept)."""
+
+
+@pytest.fixture(scope="module")
+def local_run(tmp_path_factory) -> tuple[Path, Path]:
+    """The study run in this process (the reference numbers); (config file, output folder)."""
+    root = tmp_path_factory.mktemp("local")
+    config = root / "study.toml"
+    config.write_text(CONFIG)
+    run_study(load_study_config(config), root / "out", root / "cache")
+    return config, root / "out"
+
+
+def test_ray_study_matches_local_with_a_worker_killed(cluster, local_run, tmp_path):
+    config_path, local_out = local_run
+    config = load_study_config(config_path)
+    killed: list[tuple[str, str]] = []  # (the killed unit's progress label, its process title)
+    ticks: list[tuple[str, int]] = []
+
+    def progress(label: str, done: int, total: int) -> None:
+        ticks.append((label, done))
+        if killed or label.startswith("units") or done != 1:
+            return
+        for pid, title in cluster.processes().items():  # a worker in the middle of a unit
+            if title.startswith(("ray::train", "ray::evaluate")):
+                os.kill(pid, signal.SIGKILL)
+                killed.append((label, title))
+                return
+
+    with RayExecutor() as executor:
+        assert executor.nodes() == 2
+        run_study(config, tmp_path / "ray", tmp_path / "cache", progress=progress, executor=executor)
+    assert killed, "no worker was found in the middle of a unit"
+    assert _numbers(tmp_path / "ray") == _numbers(local_out)
+    # Two nodes ran units at once, and the killed unit ran again from its start.
+    assert any("; " in t for t, _ in ticks if t.startswith("units")), ticks
+    assert any("1 restarted" in t for t, _ in ticks), (killed, ticks)
+
+
+def test_study_moves_between_local_and_ray(cluster, local_run, tmp_path):
+    """Started here, stopped; resumed on the cluster, stopped again; finished here: the numbers of one run."""
+    config_path, local_out = local_run
+    config = load_study_config(config_path)
+    out, cache = tmp_path / "out", tmp_path / "cache"
+
+    def stop_after(units: int):
+        def progress(label: str, done: int, total: int) -> None:
+            if label.startswith("units") and done >= units:
+                raise _Stop
+
+        return progress
+
+    with pytest.raises(_Stop):
+        run_study(config, out, cache, progress=stop_after(1))  # seed 0 trained (and cached) only
+    with RayExecutor() as executor, pytest.raises(_Stop):
+        run_study(config, out, cache, progress=stop_after(3), executor=executor)
+    pieces = json.loads((out / "state.json").read_text())["values"]
+    assert any(k.startswith("cell/standard/0/") for k in pieces)
+    _, results = run_study(config, out, cache)
+    assert results["models"]["standard"]["runs"][0]["cached"]
+    assert _numbers(out) == _numbers(local_out)
+
+
+def _fails(outbox, text: str) -> None:
+    raise ZeroDivisionError(text)
+
+
+def _works(outbox) -> int:
+    return 1
+
+
+def test_a_unit_that_raises_stops_the_run_naming_it(cluster):
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # this module is not importable on workers
+    units = [Unit("fine", _works), Unit("broken", _fails, ("no luck",))]
+    with (
+        RayExecutor() as executor,
+        pytest.raises(UnitError, match=r"unit 'broken' failed on .*: ZeroDivisionError: no"),
+    ):
+        run_units(executor, units, lambda unit, message: None)
