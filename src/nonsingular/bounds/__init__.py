@@ -8,6 +8,7 @@ must not depend on what an attack found) or anything above.
 ```python
 lower = margin_bounds(model, x, y, threat, method="crown").lower   # (N, K) margin lower bounds, any traced model
 r_x, r_w, _ = sensitivity_terms(model, x, threat)                  # Theorem 2's regulariser terms
+err = forward_error_bound(model, lb, ub, threat)                    # (N, K) float32 execution error per logit
 ```
 """
 
@@ -18,6 +19,7 @@ from .layer_threat import UnsupportedLayerError
 from .margins import BoundMethod, MarginBounds, loss_bound_from_margins
 from .norm import NormBounds, SensitivityTerms, norm_bounds, norm_margin_bounds, sensitivity_terms
 from .registry import DEFAULT_MEMORY_MB, RULES, Rule, register_rule
+from .rounding import Execution, execution_of, forward_error_bound, margin_error_bound
 
 __all__ = [
     "DEFAULT_ALPHA_STEPS",
@@ -25,6 +27,7 @@ __all__ = [
     "IBP_RULES",
     "RULES",
     "BoundMethod",
+    "Execution",
     "IntervalRule",
     "MarginBounds",
     "NormBounds",
@@ -33,8 +36,11 @@ __all__ = [
     "UnsupportedLayerError",
     "alpha_crown_margin_bounds",
     "crown_margin_bounds",
+    "execution_of",
+    "forward_error_bound",
     "ibp_margin_bounds",
     "loss_bound_from_margins",
+    "margin_error_bound",
     "margin_bounds",
     "norm_bounds",
     "norm_margin_bounds",

@@ -14,6 +14,7 @@ from .margin_driver import graph_margin_bounds
 from .margins import BoundMethod, MarginBounds
 from .norm import norm_margin_bounds
 from .registry import DEFAULT_MEMORY_MB, Rule
+from .rounding import forward_error_bound, margin_error_bound
 
 __all__ = ["DEFAULT_ALPHA_STEPS", "margin_bounds", "supported_methods"]
 
@@ -32,7 +33,9 @@ def margin_bounds(
     alpha_steps: int = DEFAULT_ALPHA_STEPS,
     alpha_final_only: bool = False,
 ) -> MarginBounds:
-    """Lower bounds on every margin z'_y - z'_k over the per-example joint threat set.
+    """Lower bounds on every margin z'_y - z'_k over the per-example joint threat set, with a bound on how far the
+    model as executed (its own dtype, any summation order, TF32 where torch allows it) can be from them
+    (`MarginBounds.execution_error`; `worst` and `certified` speak of the executed model; bounds/rounding.py).
 
     Computed in x's dtype (pass float64 inputs for certificates whose rounding is negligible; the weights are
     cast, the model is never modified) and differentiable in the model's parameters (except alpha-crown): call it
@@ -69,7 +72,10 @@ def margin_bounds(
     if alpha_steps < 0:
         raise ValueError(f"alpha_steps must be >= 0, got {alpha_steps}")
     if method is BoundMethod.NORM:
-        return norm_margin_bounds(model, x, y, threat)
+        bounds = norm_margin_bounds(model, x, y, threat)
+        lb, ub = threat.input_bounds(x)
+        bounds.execution_error = margin_error_bound(forward_error_bound(model, lb, ub, threat), y).to(x.dtype)
+        return bounds
     return graph_margin_bounds(
         model, x, y, threat, method, memory_mb=memory_mb, alpha_steps=alpha_steps, alpha_final_only=alpha_final_only
     )
