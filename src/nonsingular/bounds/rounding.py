@@ -39,6 +39,7 @@ itself to absorb the float64 rounding of this module's own arithmetic).
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -63,6 +64,8 @@ __all__ = [
     "graph_forward_error",
     "margin_error_bound",
 ]
+
+log = logging.getLogger(__name__)
 
 #: Unit roundoff u (half the machine epsilon) of the formats a network may execute in.
 UNIT_ROUNDOFF: dict[torch.dtype, float] = {
@@ -146,7 +149,7 @@ def _magnitude(box: Box, err: Tensor) -> Tensor:
     return torch.maximum(box[0].abs(), box[1].abs()) + err
 
 
-def _abs_weight_apply(module: nn.Module, v: Tensor, lt: LayerThreat | None) -> Tensor:
+def _abs_weight_apply(module: nn.Linear | nn.Conv1d | nn.Conv2d, v: Tensor, lt: LayerThreat | None) -> Tensor:
     """|W'| v for v >= 0 and every W' the threat allows (no bias)."""
     w = module.weight.detach().to(v.dtype)
     out = apply_weight(module, v, w.abs())
@@ -179,10 +182,10 @@ def _weight_layer(node: Node, box: Box, err: Tensor, lt: LayerThreat | None, ex:
 def _channel_affine(node: Node, rule: ChannelAffineRule, box: Box, err: Tensor, ex: Execution) -> Tensor:
     scale, _ = rule.scale_shift(node.module, err.dtype)
     module = node.module
-    mean = getattr(module, "running_mean", None)
-    if mean is None:
-        mean = module.mean  # Normalize: y = (x - mean) / std, shift = -mean / std
-    bias = getattr(module, "bias", None)
+    # BatchNorm: y = (x - running_mean) s + bias; Normalize: y = (x - mean) / std (scale_shift refused the rest)
+    found = getattr(module, "running_mean", None)
+    mean: Tensor = found if found is not None else getattr(module, "mean")  # noqa: B009  (module: nn.Module)
+    bias: Tensor | None = getattr(module, "bias", None)
     dims = err.dim()
 
     def shaped(t: Tensor) -> Tensor:
@@ -214,8 +217,11 @@ def _pool_window(node: Node, box: Box) -> int:
     return math.prod(box[0].shape[2:])
 
 
-def _node_error(node: Node, boxes: list[Box], errs: list[Tensor], lt: LayerThreat | None, ex: Execution) -> Tensor:
-    """The error bound of one node's executed output, from its inputs' boxes (exact values) and errors."""
+def _node_error(
+    node: Node, boxes: list[Box], errs: list[Tensor], lt: LayerThreat | None, ex: Execution
+) -> Tensor | None:
+    """The error bound of one node's executed output, from its inputs' boxes (exact values) and errors; None for
+    an op without a rounding rule (e.g. one registered with register_ibp_rule)."""
     rule = node.rule
     if isinstance(rule, _AffineRule):
         return _weight_layer(node, boxes[0], errs[0], lt, ex)
@@ -241,17 +247,14 @@ def _node_error(node: Node, boxes: list[Box], errs: list[Tensor], lt: LayerThrea
     if isinstance(rule, PoolRule):
         m = _pool_window(node, boxes[0])
         return call(node, [errs[0]]) + gamma(m + 2, ex.u) * call(node, [_magnitude(boxes[0], errs[0])])
-    raise UnsupportedLayerError(
-        f"no rounding rule for op '{node.name}' ({node.kind}): the floating-point error of executing it is "
-        f"unknown, so no certificate can be given for the executed model; add a rule in "
-        f"src/nonsingular/bounds/rounding.py"
-    )
+    return None
 
 
 def graph_forward_error(
     graph: Graph, threats: dict[str, LayerThreat], boxes: dict[str, Box], execution: Execution
 ) -> Tensor:
-    """(N, *output shape) bound on |executed output - exact output| over the boxes' input set and the threat.
+    """(N, *output shape) bound on |executed output - exact output| over the boxes' input set and the threat;
+    infinite downstream of an op without a rounding rule (logged), which no certificate may then rely on.
 
     Args:
         graph: the traced model.
@@ -267,9 +270,17 @@ def graph_forward_error(
             if node.name == graph.input:
                 continue
             lt = threats.get(node.name) if node.module is not None else None
-            errs[node.name] = _node_error(
-                node, [boxes[i] for i in node.inputs], [errs[i] for i in node.inputs], lt, execution
-            )
+            err = _node_error(node, [boxes[i] for i in node.inputs], [errs[i] for i in node.inputs], lt, execution)
+            if err is None:
+                # Unknown rounding: no bound, so nothing downstream can be certified for the executed model.
+                log.warning(
+                    "no rounding rule for op '%s' (%s): its floating-point error is unknown, so no certificate is "
+                    "given for the executed model; add a rule in src/nonsingular/bounds/rounding.py",
+                    node.name,
+                    node.kind,
+                )
+                err = torch.full((lb.shape[0], *node.shape), math.inf, dtype=lb.dtype, device=lb.device)
+            errs[node.name] = err
     out = errs[graph.output] * _SLACK
     return torch.where(out.isnan(), torch.full_like(out, math.inf), out)
 
@@ -307,20 +318,19 @@ def forward_error_bound(
         dtype: the execution dtype (default: the model's parameters'; TF32 and matmul precision as `execution_of`).
         boxes: boxes(graph, threats, lower, upper) -> every node's box (default: IBP in float64).
 
+    Outputs downstream of an op without a rounding rule get an infinite bound (and a logged warning).
+
     Raises:
-        UnsupportedLayerError: an op without a bound or rounding rule (the message names it).
+        UnsupportedLayerError: an op without a bound rule (the message names it).
         ValueError: mismatched box shapes, or a dtype with no known unit roundoff.
     """
     from .engine import GraphBounds  # the engine imports nothing from here; kept local to keep this module light
 
     if lower.shape != upper.shape:
         raise ValueError(f"lower {tuple(lower.shape)} and upper {tuple(upper.shape)} differ in shape")
-    execution = execution_of(model, dtype=dtype, device=lower.device)
+    execution = execution_of(model, dtype=dtype)
     lo, hi = lower.to(torch.float64), upper.to(torch.float64)
     graph, _ = trace(model, lo)
     threats = layer_threats(model, threat, torch.float64) if threat is not None else {}
-    if boxes is None:
-        found = GraphBounds(graph, threats, lo, hi).boxes
-    else:
-        found = boxes(graph, threats, lo, hi)
+    found = GraphBounds(graph, threats, lo, hi).boxes if boxes is None else boxes(graph, threats, lo, hi)
     return graph_forward_error(graph, threats, found, execution)
