@@ -184,3 +184,14 @@ def test_the_certify_command_reports_the_removed_certificates(monkeypatch, capsy
     code, stdout, err = run_cli(monkeypatch, capsys, *args, "--n-examples", "8")
     assert code == 0, err
     assert "rounding: certificates hold for the model executed in float32 (u = 2^-24); ibp 0 removed" in stdout
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_float32_random_graphs_are_never_beaten_by_their_own_execution(seed):
+    """The soundness fuzzer's cases run in float32: checked attacks and vertices compute the margins the executed
+    model really has, and no bound for the executed model may exceed them, with no rounding allowance."""
+    from graph_fuzz_support import run_case
+
+    result = run_case(seed, n=4, steps=10, alpha_steps=3, execution="float32")
+    assert result.violations == {"ibp": 0, "crown": 0, "alpha-crown": 0, "alpha-crown-final": 0}, result
+    assert result.looser == 0, result
