@@ -29,6 +29,7 @@ from ..attacks import Attack
 from ..bounds import DEFAULT_ALPHA_STEPS, DEFAULT_MEMORY_MB, BoundMethod, execution_of, margin_bounds, norm_bounds
 from ..errors import NonFiniteError
 from ..runtime import distributed as dist
+from ..runtime.signals import check_stop
 from ..threat import ThreatModel
 from .evaluate import attack_and_check
 
@@ -267,6 +268,7 @@ def certified_mask(
     start, stop = dist.shard_range(len(index), batch_size)
     parts = [torch.zeros(0, dtype=torch.bool, device=y.device)]
     for s in range(start, stop, batch_size):
+        check_stop()  # SIGINT/SIGTERM between batches (runtime/signals.py)
         rows = index[s : min(s + batch_size, stop)]
         worst = example_bounds(model, x[rows], y[rows], threat, method).worst
         # -inf is a sound (empty) bound at a huge threat; NaN means the arithmetic broke and nothing may be read.
@@ -400,6 +402,7 @@ def _run_method(
     exact = [torch.zeros(0, dtype=torch.float64, device=y.device)]
     spans = list(range(start, stop, batch_size))
     for i, s in enumerate(spans):
+        check_stop()  # SIGINT/SIGTERM between batches (runtime/signals.py)
         e = min(s + batch_size, stop)
         part = example_bounds(model, x[s:e], y[s:e], threat, method, **options)
         worst.append(part.worst)

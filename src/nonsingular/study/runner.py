@@ -16,6 +16,7 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from contextlib import nullcontext
 from dataclasses import dataclass, fields, replace
 from multiprocessing.managers import SyncManager
 from pathlib import Path
@@ -44,6 +45,8 @@ from ..evaluation import (
 from ..models import build_model
 from ..models.checkpoint import atomic_write, check_output_path, load_checkpoint, save_checkpoint
 from ..runtime import distributed as dist
+from ..runtime.locks import FileLock
+from ..runtime.signals import check_stop, stop_requested
 from ..threat import EpsMode, Scope, ThreatModel, WeightBall
 from ..training.trainer import architecture_spec
 from .model_units import train_config, train_for_study
@@ -100,6 +103,7 @@ class StudyState:
             payload = {"schema": STATE_SCHEMA, "fingerprint": self.fingerprint, "values": self.values}
             text = json.dumps(payload, allow_nan=False)
             atomic_write(self.path, lambda tmp: Path(tmp).write_text(text))
+        check_stop()  # trust: SIGINT/SIGTERM stop here, between pieces, with this one kept (runtime/signals.py)
 
 
 def _train_or_load(
@@ -115,15 +119,22 @@ def _train_or_load(
     was_cached)."""
     key = config.model_key(entry, data.fingerprint, seed)
     path = cache_dir / f"{entry.name.replace('/', '_')}-{key}.safetensors"
-    if path.exists():
-        ckpt = load_checkpoint(path)
-        if ckpt.metadata.get("data", {}).get("fingerprint") not in (None, data.fingerprint):
-            raise InputError(f"{path} was trained on other data than its cache key says; delete it to retrain")
-        log.info("model %s seed %d: reusing %s", entry.name, seed, path)
-        return ckpt.model.to(device), {**ckpt.metadata, "cache_file": str(path)}, True
-    model, metadata = train_for_study(config, entry, data, progress, str(device), seed)
-    if dist.rank() == 0:
-        save_checkpoint(path, model, metadata)
+    # trust: one trainer per cache entry; a second run waits and then reuses it (torchrun ranks train together)
+    lock = (
+        nullcontext()
+        if dist.is_distributed()
+        else FileLock(path.with_suffix(".lock"), f"cache entry {path}", wait=None)
+    )
+    with lock:
+        if path.exists():
+            ckpt = load_checkpoint(path)
+            if ckpt.metadata.get("data", {}).get("fingerprint") not in (None, data.fingerprint):
+                raise InputError(f"{path} was trained on other data than its cache key says; delete it to retrain")
+            log.info("model %s seed %d: reusing %s", entry.name, seed, path)
+            return ckpt.model.to(device), {**ckpt.metadata, "cache_file": str(path)}, True
+        model, metadata = train_for_study(config, entry, data, progress, str(device), seed)
+        if dist.rank() == 0:
+            save_checkpoint(path, model, metadata)
     return model.eval(), metadata, False
 
 
@@ -230,6 +241,17 @@ def run_study(
     }
     report = write_report(results, out_dir) if dist.rank() == 0 else out_dir / "report.html"
     return report, results
+
+
+def _stop_workers(pool: ProcessPoolExecutor, pending: set[Any]) -> None:
+    """trust: on a stop request, cancel the units not started and end the running workers (their unfinished
+    piece is lost, every finished one is in the state), then raise Stopped."""
+    for future in pending:
+        future.cancel()
+    for process in list(getattr(pool, "_processes", {}).values()):  # no public API ends running workers
+        process.terminate()
+    pool.shutdown(wait=False, cancel_futures=True)
+    check_stop()
 
 
 @dataclass(frozen=True)
@@ -450,6 +472,8 @@ def _run_parallel(
         while pending:
             finished, pending = wait(pending, timeout=0.5, return_when=FIRST_COMPLETED)
             drain(block=not finished)
+            if stop_requested():  # trust: stop the workers; their finished pieces are already in the state
+                _stop_workers(pool, pending)
             for future in finished:
                 if future.exception() is not None:  # e.g. an InputError: raised here, in the parent
                     for other in pending:
