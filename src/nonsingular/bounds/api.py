@@ -7,6 +7,7 @@ import math
 import torch
 from torch import Tensor, nn
 
+from ..runtime.memory import within_memory
 from ..threat import ThreatModel
 from .graph import trace
 from .layer_threat import UnsupportedLayerError
@@ -50,7 +51,9 @@ def margin_bounds(
         y: (N,) labels.
         threat: the threat set; bounds are per-example, hence also valid for the shared scope.
         method: "norm" (Theorem 2), "ibp", "crown" or "alpha-crown".
-        memory_mb: CROWN's budget for one chunk's coefficient tensors, MiB (default 256).
+        memory_mb: CROWN's budget for one chunk's coefficient tensors, MiB (default 256); when an allocation
+            fails anyway (a memory limit below the budget), the bound is recomputed with half the budget, down
+            to 1 MiB, then fails with a one-line ResourceError (runtime/memory.py).
         alpha_steps: alpha-CROWN's gradient steps on the ReLU slopes (default 20).
         alpha_final_only: alpha-CROWN optimises only the final margins' slopes on CROWN's intermediate boxes
             (auto_LiRPA's default; one backward pass per step) instead of every pass's (default; tighter).
@@ -76,9 +79,15 @@ def margin_bounds(
         lb, ub = threat.input_bounds(x)
         bounds.execution_error = margin_error_bound(forward_error_bound(model, lb, ub, threat), y).to(x.dtype)
         return bounds
-    return graph_margin_bounds(
-        model, x, y, threat, method, memory_mb=memory_mb, alpha_steps=alpha_steps, alpha_final_only=alpha_final_only
-    )
+    chosen = method
+
+    def run(budget: float) -> MarginBounds:
+        return graph_margin_bounds(
+            model, x, y, threat, chosen, memory_mb=budget, alpha_steps=alpha_steps, alpha_final_only=alpha_final_only
+        )
+
+    # Out of memory (an address-space limit, a busy GPU): smaller chunks, then a one-line ResourceError.
+    return within_memory(run, memory_mb, f"the {method.value} bound")
 
 
 def supported_methods(model: nn.Module, x: Tensor, threat: ThreatModel) -> list[BoundMethod]:

@@ -15,6 +15,7 @@ from typer.exceptions import TyperException
 from .._version import __version__
 from ..errors import describe
 from ..runtime import distributed as dist
+from ..runtime.memory import is_out_of_memory
 from ..runtime.signals import Stopped
 from .certify_cmd import certify
 from .common import fail
@@ -90,9 +91,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         if debug:
             raise
         fail(describe(err), 2)
-    except RuntimeError as err:
+    except (RuntimeError, MemoryError) as err:
         if debug:
             raise
+        if is_out_of_memory(err):  # an allocation failed: not a bug, and one line is enough
+            fail("out of memory; use fewer examples per batch, a smaller --bound-memory-mb, or more memory", 2)
         if dist.is_distributed() and "closed by peer" in str(err):
             # A peer process failed (its own error is printed by it): say so in one line instead of gloo's trace.
             fail("another process of this torchrun job stopped; its error is above", 1)
