@@ -236,6 +236,31 @@ def test_two_concurrent_studies_on_one_cache_train_once_and_agree(tmp_path):
         assert sorted(cached) == [False, True], (name, cached)
 
 
+def test_sigint_stops_a_study_between_pieces_and_the_printed_command_resumes_it(tmp_path):
+    config = tmp_path / "tiny.toml"
+    config.write_text(TINY)
+    out, cache = tmp_path / "out", tmp_path / "cache"
+    cmd = [sys.executable, "-m", "nonsingular", "study", "--config", str(config), "--out", str(out), "--cache"]
+    proc = subprocess.Popen([*cmd, str(cache)], env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 300
+    while not (out / "state.json").exists():  # the first piece is recorded
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.05)
+    sent = time.monotonic()
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and time.monotonic() - sent < 10, err
+    (line,) = [s for s in err.splitlines() if s.startswith("stopped by SIGINT")]
+    kept = len(json.loads((out / "state.json").read_text())["values"])
+    assert f"kept {kept} finished piece(s) in {out / 'state.json'}" in line and kept >= 1
+    assert not (out / ".lock").exists() and not (out / "results.json").exists() and _no_temporaries(tmp_path)
+    resume = line.split("resume with: ", 1)[1].split()
+    assert resume[:2] == ["nonsingular", "study"]
+    done = subprocess.run([sys.executable, "-m", *resume], env=ENV, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    assert (out / "results.json").exists()
+
+
 # ---------------------------------------------------------------------------------------------------- full disks
 @pytest.mark.parametrize("where", ["write", "replace"])
 @pytest.mark.parametrize("code", [errno.ENOSPC, errno.EIO])
