@@ -313,7 +313,8 @@ def forward_error_bound(
 
     Args:
         model: a traceable model whose ops have bound and rounding rules.
-        lower, upper: (N, *input_shape) the input box.
+        lower: (N, *input_shape) the input box's lower end.
+        upper: (N, *input_shape) its upper end.
         threat: the weight threat (its input radius is ignored: the box is given); None for the model as is.
         dtype: the execution dtype (default: the model's parameters'; TF32 and matmul precision as `execution_of`).
         boxes: boxes(graph, threats, lower, upper) -> every node's box (default: IBP in float64).
