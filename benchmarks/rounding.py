@@ -29,7 +29,8 @@ from nonsingular.models import SmallCNN
 
 from .attacks import build
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "bounds"))
+_TESTS = Path(__file__).resolve().parents[1] / "tests"
+sys.path[:0] = [str(_TESTS), str(_TESTS / "bounds")]  # the constructions are the tests' own networks
 
 THREATS = ((0.01, 0.0005), (0.02, 0.001), (0.05, 0.0))
 METHODS = ("ibp", "crown")
