@@ -150,19 +150,46 @@ def test_trained_models_lose_no_certificate_to_rounding(small_mlp, batch):
     assert int(bounds.removed_by_rounding.sum()) == 0 and int(bounds.certified.sum()) > 0
 
 
+def _tf32(t: Tensor) -> Tensor:
+    """float32 values rounded to TF32's 10-bit mantissa (nearest, ties away: within u = 2^-11 relative)."""
+    bits = t.contiguous().view(torch.int32)
+    return ((bits + 0x1000) & ~0x1FFF).view(torch.float32)
+
+
+def _tf32_forward(model: nn.Sequential, x: Tensor) -> Tensor:
+    """The network as TF32 tensor cores run it: operands rounded to TF32, products accumulated in float32."""
+    h = x
+    for layer in model:
+        if isinstance(layer, nn.ReLU):
+            h = torch.relu(h)
+        else:
+            h = (_tf32(h)[:, None, :] * _tf32(layer.weight)[None]).sum(-1) + layer.bias
+    return h
+
+
 def test_reduced_precision_products_use_their_roundoff():
-    model = _random_mlp(0, 1.0)
+    model = _random_mlp(0, 30.0)
     assert execution_of(model).u_matmul == 2.0**-24
+    g = torch.Generator().manual_seed(0)
+    lower = torch.rand((4, 20), generator=g)
+    upper = lower + 0.1
+    x = lower + 0.1 * torch.rand((16, 4, 20), generator=g)
     previous = torch.get_float32_matmul_precision()
     try:
         torch.set_float32_matmul_precision("high")  # TF32 products where the backend has them
         tf32 = execution_of(model)
         assert tf32.u_matmul == 2.0**-11 and tf32.reduced and "reduced" in tf32.describe()
-        lower, upper = torch.zeros(1, 20), torch.ones(1, 20)
         loose = forward_error_bound(model, lower, upper)
     finally:
         torch.set_float32_matmul_precision(previous)
-    assert bool((loose > 1000 * forward_error_bound(model, lower, upper)).all())
+    tight = forward_error_bound(model, lower, upper)
+    assert bool((loose > 10 * tight).all())
+    exact_model = _random_mlp(0, 30.0).double()
+    with torch.no_grad():
+        exact = torch.stack([_forward(exact_model, p.double(), "torch", torch.float64) for p in x])
+        got = torch.stack([_tf32_forward(model, p) for p in x]).double()
+    assert float(((got - exact).abs() - loose[None]).max()) <= 0  # the emulated TF32 execution is covered
+    assert float(((got - exact).abs() - tight[None]).max()) > 0  # ... and the float32 bound alone would not be
     assert execution_of(model.double()).u == 2.0**-53
 
 

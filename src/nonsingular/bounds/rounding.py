@@ -12,8 +12,10 @@ has a classical bound that needs only the boxes the engine already has:
   reductions and fused multiply-adds are summation orders (or fewer roundings), so the bound covers them; adding
   the bias is one more term (gamma_{n+1}).
 - Reduced-precision matmuls (TF32 on CUDA, or float32 matmul precision "high"/"medium") round both operands to
-  the short format first: two more roundings per product at the short format's u, covered by gamma_{n+3} with
-  that u (the float32 accumulation rounds less than the short u).
+  the short format (unit roundoff s) and accumulate in float32, as tensor cores do: the rounded operands are
+  within s of the originals, so |fl(w.h) - w.h| <= ((1 + s)^2 (1 + gamma_{n+1}) - 1) |w|.|h|, about
+  2 s + (n + 1) u: the short format costs a constant, not a factor n. (A kernel that accumulated in the short
+  format would break this assumption; PyTorch's TF32 and bf16-reduced float32 matmuls do not.)
 - If the executed layer input differs from the exact one by at most e_in (element-wise) and the exact input lies
   in the box [lb, ub], then |h_exec| <= max(|lb|, |ub|) + e_in =: A, and
   |fl(W'h_exec + b') - (W'h + b')| <= |W'| e_in + gamma_{n+1} (|W'| A + |b'|),
@@ -99,7 +101,7 @@ class Execution:
         u: unit roundoff of element-wise ops (the dtype's).
         u_matmul: unit roundoff of Linear layers' products.
         u_conv: unit roundoff of convolutions.
-        reduced: the products round their operands to a shorter format first (two more roundings per product).
+        reduced: the products round their operands to a shorter format first (then accumulate in `dtype`).
     """
 
     dtype: torch.dtype
@@ -167,8 +169,13 @@ def _weight_layer(node: Node, box: Box, err: Tensor, lt: LayerThreat | None, ex:
         raise UnsupportedLayerError(f"no rounding rule for weight layer '{node.name}' ({node.kind})")
     linear = isinstance(module, nn.Linear)
     n = math.prod(module.weight.shape[1:])  # terms of one dot product (in features, or in/groups x kernel)
-    u = ex.u_matmul if linear else ex.u_conv
-    k = n + (1 if module.bias is not None else 0) + (2 if u > ex.u else 0)
+    short = ex.u_matmul if linear else ex.u_conv
+    k = n + (1 if module.bias is not None else 0)
+    rel = gamma(k, ex.u)  # n products and sums, and the bias, in the model's dtype (any order)
+    if short > ex.u:
+        # Operands rounded to the short format (|w' - w| <= short |w|, likewise h), then the same accumulation:
+        # |fl - w.h| <= ((1 + short)^2 (1 + gamma_k) - 1) |w|.|h|.
+        rel = (1 + short) ** 2 * (1 + rel) - 1
     mag = _abs_weight_apply(module, _magnitude(box, err), lt)
     if module.bias is not None:
         shape = (-1,) if linear else (-1, *([1] * (mag.dim() - 2)))
@@ -176,7 +183,7 @@ def _weight_layer(node: Node, box: Box, err: Tensor, lt: LayerThreat | None, ex:
         if lt is not None and lt.beta is not None:
             b = b + lt.beta.detach().to(mag.dtype)
         mag = mag + b.reshape(shape)
-    return _abs_weight_apply(module, err, lt) + gamma(k, u) * mag
+    return _abs_weight_apply(module, err, lt) + rel * mag
 
 
 def _channel_affine(node: Node, rule: ChannelAffineRule, box: Box, err: Tensor, ex: Execution) -> Tensor:
