@@ -236,12 +236,14 @@ def test_two_concurrent_studies_on_one_cache_train_once_and_agree(tmp_path):
         assert sorted(cached) == [False, True], (name, cached)
 
 
-def test_sigint_stops_a_study_between_pieces_and_the_printed_command_resumes_it(tmp_path):
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_sigint_stops_a_study_between_pieces_and_the_printed_command_resumes_it(tmp_path, workers):
     config = tmp_path / "tiny.toml"
     config.write_text(TINY)
     out, cache = tmp_path / "out", tmp_path / "cache"
-    cmd = [sys.executable, "-m", "nonsingular", "study", "--config", str(config), "--out", str(out), "--cache"]
-    proc = subprocess.Popen([*cmd, str(cache)], env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    cmd = [sys.executable, "-m", "nonsingular", "study", "--config", str(config), "--out", str(out), "--workers"]
+    cmd += [workers, "--cache", str(cache)]  # with 2 workers the stop also ends the worker processes
+    proc = subprocess.Popen(cmd, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 300
     while not (out / "state.json").exists():  # the first piece is recorded
         assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
@@ -249,7 +251,7 @@ def test_sigint_stops_a_study_between_pieces_and_the_printed_command_resumes_it(
     sent = time.monotonic()
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=60)
-    assert proc.returncode == 130 and time.monotonic() - sent < 10, err
+    assert proc.returncode == 130 and time.monotonic() - sent < 10, err  # 3 s grace, then the exit
     (line,) = [s for s in err.splitlines() if s.startswith("stopped by SIGINT")]
     kept = len(json.loads((out / "state.json").read_text())["values"])
     assert f"kept {kept} finished piece(s) in {out / 'state.json'}" in line and kept >= 1

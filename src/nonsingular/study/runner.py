@@ -14,9 +14,9 @@ import os
 import platform
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, fields, replace
 from multiprocessing.managers import SyncManager
 from pathlib import Path
@@ -46,7 +46,7 @@ from ..models import build_model
 from ..models.checkpoint import atomic_write, check_output_path, load_checkpoint, save_checkpoint
 from ..runtime import distributed as dist
 from ..runtime.locks import FileLock
-from ..runtime.signals import check_stop, stop_requested
+from ..runtime.signals import Stopped, check_stop, stop_requested
 from ..threat import EpsMode, Scope, ThreatModel, WeightBall
 from ..training.trainer import architecture_spec
 from .model_units import train_config, train_for_study
@@ -243,15 +243,18 @@ def run_study(
     return report, results
 
 
-def _stop_workers(pool: ProcessPoolExecutor, pending: set[Any]) -> None:
-    """trust: on a stop request, cancel the units not started and end the running workers (their unfinished
-    piece is lost, every finished one is in the state), then raise Stopped."""
-    for future in pending:
-        future.cancel()
-    for process in list(getattr(pool, "_processes", {}).values()):  # no public API ends running workers
-        process.terminate()
-    pool.shutdown(wait=False, cancel_futures=True)
-    check_stop()
+@contextmanager
+def _workers_end_on_stop(pool: ProcessPoolExecutor) -> Iterator[None]:
+    """trust: on SIGINT/SIGTERM (Stopped), cancel the units not started and end the running workers, whose
+    finished pieces are already in the state (the pool's own exit would wait for their units to finish)."""
+    try:
+        yield
+    except Stopped:
+        workers = list((getattr(pool, "_processes", None) or {}).values())  # no public API ends running workers
+        pool.shutdown(wait=False, cancel_futures=True)
+        for process in workers:
+            process.terminate()
+        raise
 
 
 @dataclass(frozen=True)
@@ -447,7 +450,7 @@ def _run_parallel(
     manager = SyncManager(ctx=context)
     manager.start(exit_with_parent)
     pool = ProcessPoolExecutor(workers, mp_context=context, initializer=exit_with_parent)
-    with manager, pool:
+    with manager, pool, _workers_end_on_stop(pool):  # trust: a stop ends the workers instead of awaiting them
         queue = manager.Queue()
         futures = {}
         for k, seed in units:
@@ -472,8 +475,8 @@ def _run_parallel(
         while pending:
             finished, pending = wait(pending, timeout=0.5, return_when=FIRST_COMPLETED)
             drain(block=not finished)
-            if stop_requested():  # trust: stop the workers; their finished pieces are already in the state
-                _stop_workers(pool, pending)
+            if stop_requested():  # trust: stop now (_workers_end_on_stop ends the workers)
+                check_stop()
             for future in finished:
                 if future.exception() is not None:  # e.g. an InputError: raised here, in the parent
                     for other in pending:
