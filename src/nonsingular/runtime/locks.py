@@ -149,14 +149,14 @@ class FileLock:
             LockedError: a live holder kept it past `wait`.
             InputError: the lock file cannot be created (its folder refuses files).
         """
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         start, told = time.monotonic(), False
         while True:
             try:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
                 if self._try_create():
                     break
-            except OSError as err:
-                raise InputError(f"cannot lock {self.what} ({self.path}): {err.strerror or err}") from None
+            except OSError as err:  # the folder cannot be made or refuses files: the user's path
+                raise InputError(f"cannot write {self.path} (the lock of {self.what}): {err.strerror or err}") from None
             info = self.holder()
             if info is None:
                 continue  # released between our attempt and the look
