@@ -236,7 +236,7 @@ def test_two_concurrent_studies_on_one_cache_train_once_and_agree(tmp_path):
         assert sorted(cached) == [False, True], (name, cached)
 
 
-@pytest.mark.parametrize("workers", ["1", "2"])
+@pytest.mark.parametrize("workers", ["1", pytest.param("2", marks=pytest.mark.slow)])  # 2: about a minute
 def test_sigint_stops_a_study_between_pieces_and_the_printed_command_resumes_it(tmp_path, workers):
     config = tmp_path / "tiny.toml"
     config.write_text(TINY)
