@@ -22,7 +22,8 @@ has a classical bound that needs only the boxes the engine already has:
   with |W'| <= |W| + rho (element-wise threat) or |W'| v <= |W| v + e max(v) (operator threat), |b'| <= |b| + beta.
 - ReLU and max-pooling are 1-Lipschitz in the l_inf sense and rounded exactly: the error passes through
   (max-pooling takes the largest error of its window). Reshapes and concatenation move errors with the values.
-- Sums of two tensors: one rounding, e = e_a + e_b + u (A_a + A_b). Scaling by a constant k: the executed op may
+- Sums of two tensors: one rounding, and one more where an operand is a Python number rounded to the model's
+  dtype: e = e_a + e_b + gamma_2 (A_a + A_b). Scaling by a constant k: the executed op may
   round k to the model's dtype, take its reciprocal and multiply (three roundings): e = |k| e_in + gamma_3 |k| A.
 - Average pooling over windows of at most m entries: e = pool(e_in) + gamma_{m+2} pool(A).
 - Element-wise affine maps with statistics (BatchNorm in eval mode, Normalize): y = s x + t with s = w / sqrt(v +
