@@ -5,6 +5,8 @@ the margins reached by checked PGD (margin and cross-entropy losses, explicit pe
 vertices of the threat set. Any violation is a bug.
 
     python -m benchmarks.bound_fuzzer --examples 10000 [--per-case 8] [--steps 20] [--out fuzz.json]
+    python -m benchmarks.bound_fuzzer --execution float32 ...   # float32 networks run in float32: the bound
+                                                                # for the executed model (rounding included)
 """
 
 from __future__ import annotations
@@ -27,6 +29,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=20, help="PGD steps per attack (default 20)")
     parser.add_argument("--alpha-steps", type=int, default=10, help="alpha-CROWN steps (default 10)")
     parser.add_argument("--first-seed", type=int, default=1000, help="seed of the first graph (default 1000)")
+    parser.add_argument(
+        "--execution",
+        choices=["float64", "float32"],
+        default="float64",
+        help="dtype the networks and attacks run in; float32 checks the executed-model bound (default float64)",
+    )
     parser.add_argument("--out", type=Path, default=None, help="write the totals as JSON here")
     args = parser.parse_args(argv)
     totals = {"examples": 0, "cases": 0, "looser": 0, "closest": float("inf")}
@@ -36,7 +44,9 @@ def main(argv: list[str] | None = None) -> int:
     start = time.perf_counter()
     seed = args.first_seed
     while totals["examples"] < args.examples:
-        result = run_case(seed, n=args.per_case, steps=args.steps, alpha_steps=args.alpha_steps)
+        result = run_case(
+            seed, n=args.per_case, steps=args.steps, alpha_steps=args.alpha_steps, execution=args.execution
+        )
         totals["examples"] += result.examples
         totals["cases"] += 1
         totals["looser"] += result.looser
@@ -61,6 +71,7 @@ def main(argv: list[str] | None = None) -> int:
         "per_case": args.per_case,
         "pgd_steps": args.steps,
         "alpha_steps": args.alpha_steps,
+        "execution": args.execution,
     }
     print(json.dumps(report, indent=1))
     if args.out is not None:

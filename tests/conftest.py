@@ -17,6 +17,17 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="recompute the stored graph bound references (tests/data/graph_margins_reference.json) and write "
         "them before comparing; review the diff",
     )
+    parser.addoption("--runslow", action="store_true", default=False, help="also run tests marked slow")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests marked slow (pyproject's marker) are skipped unless --runslow is given."""
+    if config.getoption("--runslow"):
+        return
+    skip = pytest.mark.skip(reason="slow: run with --runslow")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)
 
 
 @pytest.fixture(scope="session")

@@ -14,11 +14,16 @@ from contextlib import contextmanager
 
 from pydantic import ValidationError
 
-__all__ = ["InputError", "NonFiniteError", "blame", "describe", "require_finite"]
+__all__ = ["InputError", "NonFiniteError", "ResourceError", "blame", "describe", "require_finite"]
 
 
 class InputError(ValueError):
     """Something the user supplied is wrong; the message names it."""
+
+
+class ResourceError(OSError):
+    """The machine ran out of something (disk space, memory) or its storage failed; the message says what was
+    kept. An OSError, so the CLI prints it as one line (exit status 2)."""
 
 
 class NonFiniteError(ValueError):

@@ -8,6 +8,7 @@ must not depend on what an attack found) or anything above.
 ```python
 lower = margin_bounds(model, x, y, threat, method="crown").lower   # (N, K) margin lower bounds, any traced model
 r_x, r_w, _ = sensitivity_terms(model, x, threat)                  # Theorem 2's regulariser terms
+err = forward_error_bound(model, lb, ub, threat)                    # (N, K) float32 execution error per logit
 ```
 """
 
@@ -26,12 +27,14 @@ from .registry import (
     register_ibp_rule,
     register_rule,
 )
+from .rounding import Execution, execution_of, forward_error_bound, margin_error_bound
 
 __all__ = [
     "DEFAULT_ALPHA_STEPS",
     "DEFAULT_MEMORY_MB",
     "RULES",
     "BoundMethod",
+    "Execution",
     "IntervalOnlyRule",
     "IntervalRule",
     "MarginBounds",
@@ -41,9 +44,12 @@ __all__ = [
     "UnsupportedLayerError",
     "alpha_crown_margin_bounds",
     "crown_margin_bounds",
+    "execution_of",
+    "forward_error_bound",
     "ibp_margin_bounds",
     "loss_bound_from_margins",
     "margin_bounds",
+    "margin_error_bound",
     "norm_bounds",
     "norm_margin_bounds",
     "register_ibp_rule",

@@ -7,6 +7,7 @@ import math
 import torch
 from torch import Tensor, nn
 
+from ..runtime.memory import within_memory
 from ..threat import ThreatModel
 from .graph import trace
 from .layer_threat import UnsupportedLayerError
@@ -14,6 +15,7 @@ from .margin_driver import graph_margin_bounds
 from .margins import BoundMethod, MarginBounds
 from .norm import norm_margin_bounds
 from .registry import DEFAULT_MEMORY_MB, Rule
+from .rounding import forward_error_bound, margin_error_bound
 
 __all__ = ["DEFAULT_ALPHA_STEPS", "margin_bounds", "supported_methods"]
 
@@ -32,7 +34,9 @@ def margin_bounds(
     alpha_steps: int = DEFAULT_ALPHA_STEPS,
     alpha_final_only: bool = False,
 ) -> MarginBounds:
-    """Lower bounds on every margin z'_y - z'_k over the per-example joint threat set.
+    """Lower bounds on every margin z'_y - z'_k over the per-example joint threat set, with a bound on how far the
+    model as executed (its own dtype, any summation order, TF32 where torch allows it) can be from them
+    (`MarginBounds.execution_error`; `worst` and `certified` speak of the executed model; bounds/rounding.py).
 
     Computed in x's dtype (pass float64 inputs for certificates whose rounding is negligible; the weights are
     cast, the model is never modified) and differentiable in the model's parameters (except alpha-crown): call it
@@ -47,7 +51,9 @@ def margin_bounds(
         y: (N,) labels.
         threat: the threat set; bounds are per-example, hence also valid for the shared scope.
         method: "norm" (Theorem 2), "ibp", "crown" or "alpha-crown".
-        memory_mb: CROWN's budget for one chunk's coefficient tensors, MiB (default 256).
+        memory_mb: CROWN's budget for one chunk's coefficient tensors, MiB (default 256); when an allocation
+            fails anyway (a memory limit below the budget), the bound is recomputed with half the budget, down
+            to 1 MiB, then fails with a one-line ResourceError (runtime/memory.py).
         alpha_steps: alpha-CROWN's gradient steps on the ReLU slopes (default 20).
         alpha_final_only: alpha-CROWN optimises only the final margins' slopes on CROWN's intermediate boxes
             (auto_LiRPA's default; one backward pass per step) instead of every pass's (default; tighter).
@@ -69,10 +75,19 @@ def margin_bounds(
     if alpha_steps < 0:
         raise ValueError(f"alpha_steps must be >= 0, got {alpha_steps}")
     if method is BoundMethod.NORM:
-        return norm_margin_bounds(model, x, y, threat)
-    return graph_margin_bounds(
-        model, x, y, threat, method, memory_mb=memory_mb, alpha_steps=alpha_steps, alpha_final_only=alpha_final_only
-    )
+        bounds = norm_margin_bounds(model, x, y, threat)
+        lb, ub = threat.input_bounds(x)
+        bounds.execution_error = margin_error_bound(forward_error_bound(model, lb, ub, threat), y).to(x.dtype)
+        return bounds
+    chosen = method
+
+    def run(budget: float) -> MarginBounds:
+        return graph_margin_bounds(
+            model, x, y, threat, chosen, memory_mb=budget, alpha_steps=alpha_steps, alpha_final_only=alpha_final_only
+        )
+
+    # Out of memory (an address-space limit, a busy GPU): smaller chunks, then a one-line ResourceError.
+    return within_memory(run, memory_mb, f"the {method.value} bound")
 
 
 def supported_methods(model: nn.Module, x: Tensor, threat: ThreatModel) -> list[BoundMethod]:

@@ -22,7 +22,9 @@ from .registry import Box
 __all__ = ["ibp_margin_bounds"]
 
 
-def ibp_margin_bounds(model: nn.Module, x: Tensor, y: Tensor, threat: ThreatModel) -> MarginBounds:
+def ibp_margin_bounds(
+    model: nn.Module, x: Tensor, y: Tensor, threat: ThreatModel, *, rounding: bool = True
+) -> MarginBounds:
     """Margin lower bounds by interval propagation, the last Linear layer folded into the margin.
 
     Args:
@@ -30,8 +32,10 @@ def ibp_margin_bounds(model: nn.Module, x: Tensor, y: Tensor, threat: ThreatMode
         x: (N, *input_shape) in threat.domain; bounds are computed in x's dtype.
         y: (N,) labels.
         threat: per-example joint threat (a shared-scope threat is a subset, so the bounds hold for it too).
+        rounding: also bound the executed model's floating-point error (MarginBounds.execution_error); off for
+            training losses, which certify nothing.
     """
-    return graph_margin_bounds(model, x, y, threat, BoundMethod.IBP)
+    return graph_margin_bounds(model, x, y, threat, BoundMethod.IBP, rounding=rounding)
 
 
 def finish_margins(lower: Tensor, y: Tensor) -> Tensor:

@@ -16,6 +16,7 @@ from .graph import Graph, trace
 from .layer_threat import UnsupportedLayerError, layer_threats
 from .margins import BoundMethod, MarginBounds, margin_spec
 from .registry import DEFAULT_MEMORY_MB
+from .rounding import execution_of, graph_forward_error, margin_error_bound
 
 __all__ = ["graph_margin_bounds"]
 
@@ -52,6 +53,7 @@ def graph_margin_bounds(
     memory_mb: float = DEFAULT_MEMORY_MB,
     alpha_steps: int = 20,
     alpha_final_only: bool = False,
+    rounding: bool = True,
 ) -> MarginBounds:
     """Margin lower bounds by IBP, CROWN or alpha-CROWN over the traced model (see the module docstring).
 
@@ -64,6 +66,8 @@ def graph_margin_bounds(
         memory_mb: CROWN's budget for one chunk's coefficient tensors, MiB.
         alpha_steps: alpha-CROWN's projected gradient steps per chunk.
         alpha_final_only: alpha-CROWN optimises only the final margins' slopes (alpha.optimise_margins).
+        rounding: also bound the execution's floating-point error on every margin from the same boxes
+            (MarginBounds.execution_error; rounding.py); training objectives, which certify nothing, skip it.
     """
     if memory_mb <= 0 or not math.isfinite(memory_mb):
         raise ValueError(f"memory_mb must be a positive number of MiB, got {memory_mb}")
@@ -71,8 +75,13 @@ def graph_margin_bounds(
     _check_logits(graph)
     threats = layer_threats(model, threat, x.dtype)
     lb, ub = threat.input_bounds(x)
+    execution = execution_of(model) if rounding else None
+    errors: list[Tensor] = []
     if method is BoundMethod.IBP:
-        lower = GraphBounds(graph, threats, lb, ub).ibp_margins(y)
+        bounds = GraphBounds(graph, threats, lb, ub)
+        lower = bounds.ibp_margins(y)
+        if execution is not None:
+            errors.append(graph_forward_error(graph, threats, bounds.boxes, execution))
     else:
         # GraphBounds chunks every backward pass by the budget; alpha-CROWN also keeps its slopes and their
         # autograd graph (every pass's coefficients) per chunk of examples, so it takes fewer examples at once.
@@ -90,6 +99,9 @@ def graph_margin_bounds(
             if method is BoundMethod.ALPHA_CROWN:
                 lower = torch.maximum(lower, optimise_margins(bounds, spec, alpha_steps, alpha_final_only))
             parts.append(lower)
+            if execution is not None:  # CROWN's tightened boxes: any sound boxes bound the error soundly
+                errors.append(graph_forward_error(graph, threats, bounds.boxes, execution))
         lower = torch.cat(parts)
     lower = lower.masked_fill(torch.nn.functional.one_hot(y, lower.shape[1]).bool(), 0.0)
-    return MarginBounds(lower=lower, y=y, clean_logits=logits, method=method)
+    error = margin_error_bound(torch.cat(errors).to(lower.dtype), y) if errors else None
+    return MarginBounds(lower=lower, y=y, clean_logits=logits, method=method, execution_error=error)

@@ -32,28 +32,52 @@ class MarginBounds:
         y: (N,) labels the margins are taken to.
         clean_logits: (N, K) logits of the unperturbed model, in the dtype the bound was computed in.
         method: which bound produced `lower`.
+        execution_error: (N, K) bound on how far each margin of the model as executed (its own dtype, any
+            summation order; bounds/rounding.py) can be from the exact-arithmetic margin; 0 at y. None when it
+            was not computed (then `worst` and `certified` speak of exact arithmetic only).
     """
 
     lower: Tensor
     y: Tensor
     clean_logits: Tensor
     method: BoundMethod
+    execution_error: Tensor | None = None
+
+    @property
+    def executed_lower(self) -> Tensor:
+        """(N, K) lower bounds on the margins of the model as executed: lower - execution_error."""
+        return self.lower if self.execution_error is None else self.lower - self.execution_error
 
     @property
     def worst(self) -> Tensor:
-        """(N,) smallest margin lower bound over the wrong classes; > 0 means certified."""
-        others = self.lower.masked_fill(F.one_hot(self.y, self.lower.shape[1]).bool(), float("inf"))
-        return others.amin(dim=1)
+        """(N,) smallest margin lower bound of the executed model over the wrong classes; > 0 means certified."""
+        return _worst(self.executed_lower, self.y)
+
+    @property
+    def worst_exact(self) -> Tensor:
+        """(N,) smallest exact-arithmetic margin lower bound (ignoring the execution's rounding)."""
+        return _worst(self.lower, self.y)
 
     @property
     def certified(self) -> Tensor:
-        """(N,) bool: every margin is provably positive, so no (x', W') in the threat set changes the prediction."""
+        """(N,) bool: every margin of the executed model is provably positive, so no (x', W') in the threat set
+        changes its prediction."""
         return self.worst > 0
+
+    @property
+    def removed_by_rounding(self) -> Tensor:
+        """(N,) bool: certified in exact arithmetic, but not once the execution's rounding is accounted for."""
+        return (self.worst_exact > 0) & ~self.certified
 
     def loss_increase_bound(self) -> Tensor:
         """(N,) upper bound on l(z', y) - l(z, y) for the cross-entropy loss (see `loss_bound_from_margins`)."""
         clean = F.cross_entropy(self.clean_logits, self.y, reduction="none")
-        return loss_bound_from_margins(self.lower, self.y) - clean
+        return loss_bound_from_margins(self.executed_lower, self.y) - clean
+
+
+def _worst(lower: Tensor, y: Tensor) -> Tensor:
+    others = lower.masked_fill(F.one_hot(y, lower.shape[1]).bool(), float("inf"))
+    return others.amin(dim=1)
 
 
 def margin_spec(y: Tensor, num_classes: int, dtype: torch.dtype) -> Tensor:

@@ -15,10 +15,13 @@ from typer.exceptions import TyperException
 from .._version import __version__
 from ..errors import describe
 from ..runtime import distributed as dist
+from ..runtime.memory import is_out_of_memory
+from ..runtime.signals import Stopped
 from .certify_cmd import certify
 from .common import fail
 from .evaluate_cmd import evaluate
 from .radius_cmd import radius
+from .stopping import graceful
 from .study_cmd import study
 from .train_cmd import train
 
@@ -49,11 +52,12 @@ def _root(
     """Attack, certify and train neural networks against joint input + weight perturbations."""
 
 
-app.command("evaluate")(evaluate)
-app.command("certify")(certify)
-app.command("radius")(radius)
-app.command("study")(study)
-app.command("train")(train)
+# SIGINT/SIGTERM stop these with a note of what was kept and the command that resumes (cli/stopping.py)
+app.command("evaluate")(graceful("evaluate", evaluate))
+app.command("certify")(graceful("certify", certify))
+app.command("radius")(graceful("radius", radius))
+app.command("study")(graceful("study", study))
+app.command("train")(graceful("train", train))
 
 #: Bad input: every ValueError (pydantic's ValidationError, InputError, CheckpointError, ...) and OSError.
 USER_ERRORS = (ValueError, OSError)
@@ -78,15 +82,20 @@ def main(argv: Sequence[str] | None = None) -> None:
         command = next((a for a in args if a in {c.name for c in app.registered_commands}), None)
         hint = f" (see nonsingular {command} --help)" if command else " (see nonsingular --help)"
         fail(message + hint, err.exit_code)
+    except Stopped as stop:  # a graceful stop on SIGINT/SIGTERM: what was kept and how to resume
+        print(str(stop), file=sys.stderr, flush=True)  # not an error: one line, the exit status says which signal
+        sys.exit(stop.exit_code)
     except (KeyboardInterrupt, typer.Abort):
         fail("interrupted", 130)
     except USER_ERRORS as err:
         if debug:
             raise
         fail(describe(err), 2)
-    except RuntimeError as err:
+    except (RuntimeError, MemoryError) as err:
         if debug:
             raise
+        if is_out_of_memory(err):  # an allocation failed: not a bug, and one line is enough
+            fail("out of memory; use fewer examples per batch, a smaller --bound-memory-mb, or more memory", 2)
         if dist.is_distributed() and "closed by peer" in str(err):
             # A peer process failed (its own error is printed by it): say so in one line instead of gloo's trace.
             fail("another process of this torchrun job stopped; its error is above", 1)

@@ -172,6 +172,12 @@ def certify(
             console.print(line)
         what = "any rounding to" if work.grid.spec.rounding is Rounding.ANY else "round-to-nearest onto"
         console.print(f"certified: no {what} this grid, with eps_x={work.threat.eps_x:g} input noise, changes them")
+    removed = {name: res.removed_by_rounding for name, res in report.methods.items()}
+    console.print(
+        f"rounding: certificates hold for the model executed in {report.execution}; "
+        + ", ".join(f"{name} {n}" for name, n in removed.items())
+        + " removed because their margin is below the execution's floating-point error"
+    )
     for problem in report.problems:
         console.print(Text("problem: ", style="red") + Text(problem))
     console.print(f"certified in {elapsed:.2f} s")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 import time
 from collections.abc import Callable
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Annotated
 
@@ -14,6 +15,7 @@ from rich.table import Table
 from ..formatting import percent
 from ..runtime import distributed as dist
 from ..runtime.executors import ExecutorKind, make_executor
+from ..runtime.locks import FileLock
 from ..study.report import HEADLINE_COLUMNS, headline_stats
 from ..study.runner import run_study
 from ..study.schema import default_config_path, load_study_config, shipped_studies
@@ -95,14 +97,16 @@ def study(
     state = out / "state.json"
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} is a file, not a folder")
-    if out.exists() and any(out.iterdir()) and not state.exists():
+    if out.exists() and any(p.name != ".lock" for p in out.iterdir()) and not state.exists():
         raise UserError(f"--out {out} is a non-empty folder that holds no study; choose another folder")
-    if fresh and state.exists() and dist.rank() == 0:
-        state.unlink()
     if executor is ExecutorKind.RAY and workers != 1:
         raise UserError("--workers sets the local executor's processes; Ray places units on the cluster's CPUs")
-    t0 = time.perf_counter()
-    with make_executor(executor, workers, ray_address) as runner:
+    # One study writes a folder at a time: a second one (or a --fresh one) refuses instead of mixing states.
+    lock = FileLock(out / ".lock", f"study output folder {out}") if dist.rank() == 0 else nullcontext()
+    with lock, make_executor(executor, workers, ray_address) as runner:
+        if fresh and state.exists() and dist.rank() == 0:
+            state.unlink()
+        t0 = time.perf_counter()
         if err_console.is_terminal or dist.rank() != 0:
             with progress_bar("study", enabled=dist.rank() == 0) as update:
                 report, results = run_study(

@@ -6,6 +6,7 @@ Launched with torchrun it trains data-parallel (DistributedDataParallel); rank 0
 from __future__ import annotations
 
 import time
+from contextlib import nullcontext
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any
@@ -16,6 +17,7 @@ import typer
 from ..errors import describe
 from ..models.checkpoint import check_output_path, read_metadata
 from ..runtime import distributed as dist
+from ..runtime.locks import FileLock
 from ..threat import EpsMode, Scope, WeightBall
 from ..training import RunPaths, TrainConfig, Trainer, TrainEvent, load_config_file, resolve_config
 from ..training.config import LRSchedule, OptimizerName
@@ -232,7 +234,9 @@ def train(
         torch.set_num_threads(threads)
     lead = _join_process_group(cfg)
     started = time.perf_counter()
-    with progress_bar("training", total=None, enabled=lead and not quiet) as update:
+    # One run writes a checkpoint at a time: a second one refuses instead of interleaving epochs (trust).
+    lock = FileLock(f"{paths.checkpoint}.lock", f"training run {paths.checkpoint}") if lead else nullcontext()
+    with lock, progress_bar("training", total=None, enabled=lead and not quiet) as update:
 
         def on_event(event: TrainEvent) -> None:
             update(event.step, event.steps, f"epoch {event.epoch}/{event.epochs}")

@@ -6,7 +6,16 @@ Each returns a typed report that round-trips to JSON. May import the vocabulary,
 `attacks` and `bounds`; the CLI and the study sit above it.
 """
 
-from .certify import Certificate, CertifyReport, MethodResult, Tightness, certified_mask, certify, example_bounds
+from .certify import (
+    Certificate,
+    CertifyReport,
+    ExampleBounds,
+    MethodResult,
+    Tightness,
+    certified_mask,
+    certify,
+    example_bounds,
+)
 from .evaluate import (
     KINDS,
     SCOPES,
@@ -29,6 +38,7 @@ __all__ = [
     "Certificate",
     "CertifyReport",
     "CheckedAttack",
+    "ExampleBounds",
     "MethodResult",
     "NoiseCheck",
     "RadiusReport",

@@ -6,8 +6,10 @@ found, checked with explicit weights): 1 is perfect, larger is looser. Certifica
 accuracy and the attack's robust accuracy an upper bound, so every certified example must survive the attack;
 an example that does not is counted in `broken` and flagged in `problems` (a bug in a bound, never expected).
 
-Bounds are computed in float64 (the model's weights are cast, not modified) so that rounding is negligible
-against the margins they certify.
+Bounds are computed in float64 (the model's weights are cast, not modified), and every certificate is for the
+model as executed: a margin counts only if its exact-arithmetic lower bound exceeds the a-priori bound on the
+floating-point error of running the model in its own dtype (bounds/rounding.py, THEORY.md section 13); the
+certificates that this removes are counted in `MethodResult.removed_by_rounding`.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, fields
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -24,15 +26,17 @@ from torch import Tensor, nn
 
 from .._version import __version__
 from ..attacks import Attack
-from ..bounds import DEFAULT_ALPHA_STEPS, DEFAULT_MEMORY_MB, BoundMethod, margin_bounds, norm_bounds
+from ..bounds import DEFAULT_ALPHA_STEPS, DEFAULT_MEMORY_MB, BoundMethod, execution_of, margin_bounds, norm_bounds
 from ..errors import NonFiniteError
 from ..runtime import distributed as dist
+from ..runtime.signals import check_stop
 from ..threat import ThreatModel
 from .evaluate import attack_and_check
 
 __all__ = [
     "Certificate",
     "CertifyReport",
+    "ExampleBounds",
     "MethodResult",
     "Tightness",
     "certified_mask",
@@ -78,6 +82,8 @@ class MethodResult:
         tightness: loss_bound against the attack's loss increase (None without an attack).
         broken: certified examples the attack misclassified: must be 0.
         seconds: time the bound took.
+        removed_by_rounding: examples certified in exact arithmetic whose margin is below the bound on the
+            floating-point error of the executed model (not certified, and not in n_certified).
     """
 
     method: str
@@ -89,6 +95,7 @@ class MethodResult:
     tightness: Tightness | None
     broken: int
     seconds: float
+    removed_by_rounding: int = 0
 
 
 @dataclass
@@ -155,6 +162,7 @@ class CertifyReport:
         attack_loss_increase: per example, the checked loss increase the attack reached.
         methods: results by method name.
         problems: sanity flags; empty when everything is consistent.
+        execution: the arithmetic the certificates hold for (e.g. "float32 (u = 2^-24)": bounds/rounding.py).
     """
 
     threat: ThreatModel
@@ -165,6 +173,7 @@ class CertifyReport:
     attack_loss_increase: list[float] | None
     methods: dict[str, MethodResult]
     problems: list[str] = field(default_factory=list)
+    execution: str = ""
 
     def to_json(self) -> dict[str, Any]:
         """Plain JSON: numbers as numbers, the threat in full, versions and the bounds' dtype."""
@@ -181,8 +190,23 @@ class CertifyReport:
             ],
             "problems": list(self.problems),
             "bound_dtype": "float64",
+            "execution": self.execution,
             "versions": {"nonsingular": __version__, "torch": torch.__version__},
         }
+
+
+class ExampleBounds(NamedTuple):
+    """One chunk's bounds, each (N,) float64.
+
+    Attributes:
+        worst: the smallest margin lower bound of the model as executed (> 0: certified).
+        loss: an upper bound on the loss increase.
+        worst_exact: the same margin bound in exact arithmetic (ignoring the execution's rounding).
+    """
+
+    worst: Tensor
+    loss: Tensor
+    worst_exact: Tensor
 
 
 def example_bounds(
@@ -195,8 +219,9 @@ def example_bounds(
     alpha_steps: int = DEFAULT_ALPHA_STEPS,
     alpha_final_only: bool = False,
     memory_mb: float = DEFAULT_MEMORY_MB,
-) -> tuple[Tensor, Tensor]:
-    """(worst margin lower bound, upper bound on the loss increase), both (N,) float64, one chunk of examples.
+) -> ExampleBounds:
+    """(worst margin lower bound of the executed model, upper bound on the loss increase, worst exact margin
+    lower bound), each (N,) float64, for one chunk of examples.
 
     For the norm method the loss bound is the smaller of Theorem 2's 2 E_L and the bound its margins imply.
     alpha_steps, alpha_final_only and memory_mb are passed to `margin_bounds` (alpha-CROWN's steps and which
@@ -218,7 +243,7 @@ def example_bounds(
         loss = bounds.loss_increase_bound()
         if method is BoundMethod.NORM:
             loss = torch.minimum(loss, norm_bounds(model, x64, threat).loss_change)
-    return bounds.worst, loss
+    return ExampleBounds(bounds.worst, loss, bounds.worst_exact)
 
 
 def certified_mask(
@@ -243,8 +268,9 @@ def certified_mask(
     start, stop = dist.shard_range(len(index), batch_size)
     parts = [torch.zeros(0, dtype=torch.bool, device=y.device)]
     for s in range(start, stop, batch_size):
+        check_stop()  # SIGINT/SIGTERM between batches (runtime/signals.py)
         rows = index[s : min(s + batch_size, stop)]
-        worst = example_bounds(model, x[rows], y[rows], threat, method)[0]
+        worst = example_bounds(model, x[rows], y[rows], threat, method).worst
         # -inf is a sound (empty) bound at a huge threat; NaN means the arithmetic broke and nothing may be read.
         if bool(worst.isnan().any()):
             raise NonFiniteError(f"the {BoundMethod(method).value} bound is NaN at {threat}; use smaller epsilons")
@@ -352,6 +378,7 @@ def certify(
         attack_loss_increase=increase.tolist() if increase is not None else None,
         methods=results,
         problems=problems,
+        execution=execution_of(model).describe(),
     )
 
 
@@ -372,16 +399,20 @@ def _run_method(
     start, stop = dist.shard_range(len(y), batch_size)
     worst = [torch.zeros(0, dtype=torch.float64, device=y.device)]
     loss = [torch.zeros(0, dtype=torch.float64, device=y.device)]
+    exact = [torch.zeros(0, dtype=torch.float64, device=y.device)]
     spans = list(range(start, stop, batch_size))
     for i, s in enumerate(spans):
+        check_stop()  # SIGINT/SIGTERM between batches (runtime/signals.py)
         e = min(s + batch_size, stop)
-        w, lb = example_bounds(model, x[s:e], y[s:e], threat, method, **options)
-        worst.append(w)
-        loss.append(lb)
+        part = example_bounds(model, x[s:e], y[s:e], threat, method, **options)
+        worst.append(part.worst)
+        loss.append(part.loss)
+        exact.append(part.worst_exact)
         if progress is not None:
             progress(method.value, i + 1, len(spans))
     worst_t = dist.gather_cat(torch.cat(worst), start, len(y)).cpu()
     loss_t = dist.gather_cat(torch.cat(loss), start, len(y)).cpu()
+    exact_t = dist.gather_cat(torch.cat(exact), start, len(y)).cpu()
     if not bool(torch.isfinite(worst_t).all() and torch.isfinite(loss_t).all()):
         # Every rank holds the gathered bounds, so every rank stops here together.
         raise NonFiniteError(
@@ -400,4 +431,5 @@ def _run_method(
         tightness=_tightness(loss_t, increase.cpu()) if increase is not None else None,
         broken=broken,
         seconds=time.perf_counter() - t0,
+        removed_by_rounding=int(((exact_t > 0) & ~certified).sum()),
     )

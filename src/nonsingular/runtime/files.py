@@ -8,16 +8,19 @@ killed process from a temporary another live process is still writing, and remov
 
 from __future__ import annotations
 
+import errno
 import os
 import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 
-from ..errors import InputError
+from ..errors import InputError, ResourceError
 
 __all__ = ["atomic_write", "check_output_path", "make_folder"]
 
+#: Write failures that come from the storage (full disk, quota, I/O error, read-only), not from the path given.
+_RESOURCE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EROFS, errno.EFBIG})
 #: Temporaries without a process id (written by older versions) are removed once they are this old.
 _LEGACY_TMP_AGE_S = 3600.0
 
@@ -97,6 +100,8 @@ def atomic_write(path: str | Path, write: Callable[[str], object]) -> None:
 
     Raises:
         InputError: the folder cannot be made or refuses the file (names `path`, not the temporary).
+        ResourceError: the storage failed (ENOSPC, EDQUOT, EIO, EROFS, EFBIG) while writing: one line naming
+            `path` and saying that its previous version (if any) is unchanged; the temporary is removed.
     """
     path = Path(path)
     make_folder(path.parent)
@@ -112,6 +117,12 @@ def atomic_write(path: str | Path, write: Callable[[str], object]) -> None:
         with open(tmp, "rb") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp, path)
+    except OSError as err:
+        Path(tmp).unlink(missing_ok=True)
+        if err.errno in _RESOURCE_ERRNOS:  # the disk, not the user: say what is kept, in one line
+            kept = f"the previous {path.name} is unchanged" if path.exists() else f"no {path.name} was written"
+            raise ResourceError(f"cannot write {path}: {os.strerror(err.errno)}; {kept}") from err
+        raise
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

@@ -17,8 +17,9 @@ from typing import Any
 from .._version import __version__
 from ..datasets import Dataset
 from ..errors import InputError, describe
-from ..models.checkpoint import atomic_write
 from ..runtime import distributed as dist
+from ..runtime.files import atomic_write
+from ..runtime.signals import check_stop
 from .schema import ModelEntry, StudyConfig
 
 __all__ = ["STATE_SCHEMA", "StudyState", "model_path", "study_fingerprint", "unit_keys"]
@@ -65,6 +66,7 @@ class StudyState:
             payload = {"schema": STATE_SCHEMA, "fingerprint": self.fingerprint, "values": self.values}
             text = json.dumps(payload, allow_nan=False)
             atomic_write(self.path, lambda tmp: Path(tmp).write_text(text))
+        check_stop()  # SIGINT/SIGTERM stop here, between pieces, with this one kept (runtime/signals.py)
 
 
 def study_fingerprint(config: StudyConfig) -> str:

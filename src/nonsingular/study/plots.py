@@ -16,10 +16,16 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 
+from ..runtime import atomic_write
 from .stats import Stat, cell_stat, certified_stat, runs
 from .verdicts import parametrization_views
 
 __all__ = ["write_figures"]
+
+
+def _save(fig: Any, path: Path) -> None:
+    """Write the figure atomically (a full disk leaves the previous image, never half of one)."""
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, format=path.suffix.lstrip(".") or "png"))
 
 
 def _stat(model: dict[str, Any], ex: float, ew: float, scope: str) -> Stat:
@@ -54,7 +60,7 @@ def heatmaps(results: dict[str, Any], path: Path) -> None:
             if row == len(scopes) - 1:
                 ax.set_xlabel("eps_w")
     fig.colorbar(im, ax=axes, shrink=0.8, label="robust accuracy (%, mean over seeds)")
-    fig.savefig(path, dpi=110)
+    _save(fig, path)
     plt.close(fig)
 
 
@@ -86,7 +92,7 @@ def curves(results: dict[str, Any], path: Path, axis: str) -> None:
             ax.set_ylim(0, 100)
             ax.grid(alpha=0.3)
             ax.legend(fontsize=8)
-    fig.savefig(path, dpi=110)
+    _save(fig, path)
     plt.close(fig)
 
 
@@ -117,7 +123,7 @@ def certified_vs_attacked(results: dict[str, Any], path: Path) -> None:
         ax.grid(alpha=0.3)
     axes[0][0].set_ylabel("accuracy (%): attacked solid, certified dashed")
     axes[0][0].legend(fontsize=7)
-    fig.savefig(path, dpi=110)
+    _save(fig, path)
     plt.close(fig)
 
 
@@ -173,7 +179,7 @@ def pareto(results: dict[str, Any], path: Path) -> None:
         ax.set_title(f"clean vs joint robust, {scope} scope (small: one seed each)", fontsize=10)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
-    fig.savefig(path, dpi=110)
+    _save(fig, path)
     plt.close(fig)
 
 
@@ -199,7 +205,7 @@ def radius_distributions(results: dict[str, Any], path: Path) -> bool:
         ax.set_ylabel("fraction of examples with radius <= s")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-    fig.savefig(path, dpi=110)
+    _save(fig, path)
     plt.close(fig)
     return True
 
@@ -243,7 +249,7 @@ def quantization(results: dict[str, Any], path: Path) -> bool:
         ax.grid(alpha=0.3)
     axes[0][-1].legend(fontsize=6, loc="center left", bbox_to_anchor=(1.01, 0.5))
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    _save(fig, path)
     plt.close(fig)
     return True
 

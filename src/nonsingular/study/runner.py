@@ -24,6 +24,7 @@ from ..models import build_model
 from ..models.checkpoint import check_output_path, save_checkpoint
 from ..runtime import distributed as dist
 from ..runtime.executors import Executor, UnitProgress, make_executor, run_units
+from ..runtime.signals import check_stop, stop_requested
 from ..training.trainer import architecture_spec
 from .cache import StudyState, study_fingerprint
 from .cells import GridCell
@@ -162,7 +163,10 @@ def _run_units(
     evaluations = {u.name for u in units if u.fn is evaluate_unit}  # what the results need; models go when used
 
     def between_units() -> None:
-        """Between units' events: where a stop request or a lock on the cache is checked."""
+        """Between units' events: a SIGINT/SIGTERM stop request ends the run here (the executor's close then
+        ends running workers, whose finished pieces are already in the state)."""
+        if stop_requested():
+            check_stop()
 
     try:
         keep = evaluations.__contains__

@@ -7,6 +7,7 @@ and send every finished piece of evaluation to the driver, which records it in t
 from __future__ import annotations
 
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,8 +20,10 @@ from ..attacks.sanity import SanityFlag
 from ..datasets import Dataset, load_data
 from ..errors import InputError
 from ..evaluation import Ray, attacked_radius, certified_mask, certified_radius
-from ..models.checkpoint import load_checkpoint
+from ..models.checkpoint import load_checkpoint, save_checkpoint
+from ..runtime import distributed as dist
 from ..runtime.executors import Outbox, Resources, Unit
+from ..runtime.locks import FileLock
 from ..threat import ThreatModel
 from .cache import model_path, unit_keys
 from .cells import extra_axes
@@ -107,14 +110,24 @@ def train_unit(outbox: Outbox, job: StudyJob, k: int, seed: int) -> TrainedModel
     entry = config.models[k]
     path = model_path(config, entry, data, seed, Path(job.cache_dir))
     t0 = time.perf_counter()
-    if path.exists():
-        ckpt = load_checkpoint(path)
-        if ckpt.metadata.get("data", {}).get("fingerprint") not in (None, data.fingerprint):
-            raise InputError(f"{path} was trained on other data than its cache key says; delete it to retrain")
-        metadata = {**ckpt.metadata, "cache_file": str(path)}
-        return TrainedModel(ckpt.model.cpu(), metadata, True, _seconds(metadata, t0), None)
-    model, metadata = train_for_study(config, entry, data, _progress(outbox), str(device), seed)
-    return TrainedModel(model.eval().cpu(), metadata, False, _seconds(metadata, t0), str(path))
+    # One trainer per cache entry: a second study sharing the cache waits for the first's model and reuses it.
+    # The entry is saved under its lock (not by the driver afterwards), so a waiter never finds it missing.
+    lock = (
+        nullcontext()
+        if dist.is_distributed()
+        else FileLock(path.with_suffix(".lock"), f"cache entry {path}", wait=None)
+    )
+    with lock:
+        if path.exists():
+            ckpt = load_checkpoint(path)
+            if ckpt.metadata.get("data", {}).get("fingerprint") not in (None, data.fingerprint):
+                raise InputError(f"{path} was trained on other data than its cache key says; delete it to retrain")
+            metadata = {**ckpt.metadata, "cache_file": str(path)}
+            return TrainedModel(ckpt.model.cpu(), metadata, True, _seconds(metadata, t0), None)
+        model, metadata = train_for_study(config, entry, data, _progress(outbox), str(device), seed)
+        if dist.rank() == 0:
+            save_checkpoint(path, model, metadata)
+    return TrainedModel(model.eval().cpu(), metadata, False, _seconds(metadata, t0), None)
 
 
 def _seconds(metadata: dict[str, Any], t0: float) -> float:

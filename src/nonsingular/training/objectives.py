@@ -186,7 +186,7 @@ class IBPCertified:
         threat = scaled_threat(self.threat, ctx.scale)
         if threat.kind == "none":
             return {"loss": ce, "logits": logits, "robust_ce": ce.detach()}
-        bounds = ibp_margin_bounds(parallel.inner(model), x, y, threat)
+        bounds = ibp_margin_bounds(parallel.inner(model), x, y, threat, rounding=False)  # a loss, not a certificate
         robust = loss_bound_from_margins(bounds.lower, y).mean()
         kappa = 1.0 - ctx.scale * (1.0 - self.kappa)
         return {"loss": kappa * ce + (1 - kappa) * robust, "logits": logits, "robust_ce": robust.detach()}

@@ -35,6 +35,7 @@ from ..models import build_model
 from ..models.checkpoint import CheckpointError, atomic_write, load_checkpoint, save_checkpoint
 from ..runtime import distributed as dist
 from ..runtime import resolve_device
+from ..runtime.signals import check_stop
 from ..threat import ThreatModel
 from . import parallel
 from .config import LRSchedule, OptimizerName, TrainConfig
@@ -314,6 +315,7 @@ class Trainer:
         n_seen = n_correct = 0
         scale = 1.0
         for b in range(steps):
+            check_stop()  # SIGINT/SIGTERM: stop between batches; the last finished epoch's checkpoint is kept
             batch = perm[b * c.batch_size : (b + 1) * c.batch_size]
             idx, first = parallel.batch_share(batch)
             idx = idx.to(self.device)

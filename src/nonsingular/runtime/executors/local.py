@@ -14,8 +14,10 @@ import time
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from multiprocessing.managers import SyncManager
 from queue import Empty
+from types import TracebackType
 from typing import Any
 
+from ..signals import Stopped
 from .base import Event, Executor, Failed, Finished, OnMessage, Outbox, Started, StartMark, Unit
 
 __all__ = ["ProcessPool", "QueueOutbox", "exit_with_parent", "run_in_worker", "start_unit"]
@@ -148,3 +150,11 @@ class ProcessPool(Executor):
     def close(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)
         self._manager.shutdown()
+
+    def __exit__(self, kind: type[BaseException] | None, err: BaseException | None, tb: TracebackType | None) -> None:
+        if isinstance(err, Stopped):  # a stop ends the running workers instead of awaiting their units
+            workers = list((getattr(self._pool, "_processes", None) or {}).values())  # no public API for this
+            self._pool.shutdown(wait=False, cancel_futures=True)
+            for process in workers:
+                process.terminate()
+        self.close()
