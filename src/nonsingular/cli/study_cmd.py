@@ -103,7 +103,7 @@ def study(
         raise UserError("--workers sets the local executor's processes; Ray places units on the cluster's CPUs")
     # One study writes a folder at a time: a second one (or a --fresh one) refuses instead of mixing states.
     lock = FileLock(out / ".lock", f"study output folder {out}") if dist.rank() == 0 else nullcontext()
-    with lock, make_executor(executor, workers, ray_address) as runner:
+    with make_executor(executor, workers, ray_address) as runner, lock:  # a refused executor creates nothing
         if fresh and state.exists() and dist.rank() == 0:
             state.unlink()
         t0 = time.perf_counter()
