@@ -17,6 +17,7 @@ from ..deployment import Rounding, quantization_threat
 from ..evaluation import CertifyReport
 from ..evaluation import certify as run_certify
 from ..runtime import distributed as dist
+from ..runtime.allocator import limit_heap_retention
 from ..threat import EpsMode, WeightBall
 from .common import (
     AcceptDataOpt,
@@ -129,7 +130,8 @@ def certify(
         typer.Option(
             "--bound-memory-mb",
             help="crown / alpha-crown: MiB budget for one chunk's coefficient tensors (alpha-crown's autograd graph, "
-            "about 0.55 GB per small-CNN example, and memory the C allocator keeps come on top; BENCHMARKS.md).",
+            "about 0.55 GB per small-CNN example, comes on top; the command sets the C allocator to return freed "
+            "blocks over 1 MiB to the system, unless MALLOC_MMAP_THRESHOLD_ is set; BENCHMARKS.md).",
         ),
     ] = DEFAULT_MEMORY_MB,
     device: DeviceOpt = "auto",
@@ -150,6 +152,9 @@ def certify(
         raise UserError(
             f"--alpha-steps must be >= 0 and --bound-memory-mb a positive number (got {alpha_steps}, {memory_mb})"
         )
+    # Without it glibc's heap keeps the freed coefficient chunks and RSS outgrows --bound-memory-mb many times
+    # over (runtime/allocator.py); set before the workload is loaded so that every bound pass runs under it.
+    limit_heap_retention()
     threat = make_threat(eps_x, eps_w, weight_ball, weight_mode, eps_b, layers)
     chosen = None
     if steps > 0:
