@@ -14,6 +14,7 @@ from torch import nn
 from nonsingular import ThreatModel
 from nonsingular.bounds import margin_bounds
 from nonsingular.bounds.plan_cache import PLAN_CACHE, PlanCache
+from nonsingular.models import build_model
 
 THREAT = ThreatModel(eps_x=0.02, eps_w=0.01, eps_b=0.01)
 
@@ -152,3 +153,27 @@ def test_mixed_training_modes_are_restored():
     _assert_same(model, x, y)
     _assert_same(model, x, y)
     assert model.training and model.conv2.training and not model.conv1.training
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        {"name": "cnn", "channels": [3, 4], "hidden": 12},
+        {"name": "lenet", "channels": [2, 3], "hidden": [10, 8], "pool": "max"},
+        {"name": "resnet", "channels": [3, 4], "hidden": 10, "pooled": 2},
+    ],
+    ids=["cnn", "lenet", "resnet"],
+)
+def test_the_model_builders_follow_batch_norm_statistics_updated_in_place(spec):
+    torch.manual_seed(0)
+    model = build_model({**spec, "input_shape": [1, 6, 6], "num_classes": 4}).eval()
+    x, y = _data(4)
+    before = _assert_same(model, x, y)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.5, 0.5)
+                m.running_var.uniform_(0.5, 2.0)
+    after = _assert_same(model, x, y)
+    if any(isinstance(m, nn.BatchNorm2d) for m in model.modules()):
+        assert not torch.equal(before, after)
