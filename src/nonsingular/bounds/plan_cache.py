@@ -15,7 +15,9 @@ is cached per model (weakly: the cache never keeps a model alive) under a finger
 
 A graph whose static arguments hold a copy of a parameter (a cast to float64, `self.weight.t()` computed at
 trace time) would not follow in-place updates: graph.py marks it not reusable and it is traced every call.
-Clean logits are recomputed on every call (they read the live parameters).
+Clean logits are recomputed on every call (they read the live parameters). What the forward reads from outside
+the model (a global variable, a closure) is baked in by fx and not fingerprinted: after changing such a value,
+call `PLAN_CACHE.clear()`.
 """
 
 from __future__ import annotations
