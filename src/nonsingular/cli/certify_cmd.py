@@ -130,10 +130,18 @@ def certify(
         typer.Option(
             "--bound-memory-mb",
             help="crown / alpha-crown: MiB budget for one chunk's coefficient tensors (alpha-crown's autograd graph, "
-            "about 0.55 GB per small-CNN example, comes on top; the command sets the C allocator to return freed "
-            "blocks over 1 MiB to the system, unless MALLOC_MMAP_THRESHOLD_ is set; BENCHMARKS.md).",
+            "about 0.55 GB per small-CNN example, comes on top; see --release-memory; BENCHMARKS.md).",
         ),
     ] = DEFAULT_MEMORY_MB,
+    release_memory: Annotated[
+        bool,
+        typer.Option(
+            "--release-memory/--keep-memory",
+            help="Return memory the bounds free to the system at once (glibc: a fixed 1 MiB mmap threshold), so "
+            "that peak RSS follows --bound-memory-mb, at up to 2x the CPU time on CNNs; --keep-memory lets the C "
+            "heap keep freed blocks (faster; several times the budget). MALLOC_MMAP_THRESHOLD_, if set, wins.",
+        ),
+    ] = True,
     device: DeviceOpt = "auto",
     out: JsonOutOpt = None,
     force: ForceOpt = False,
@@ -154,7 +162,8 @@ def certify(
         )
     # Without it glibc's heap keeps the freed coefficient chunks and RSS outgrows --bound-memory-mb many times
     # over (runtime/allocator.py); set before the workload is loaded so that every bound pass runs under it.
-    limit_heap_retention()
+    if release_memory:
+        limit_heap_retention()
     threat = make_threat(eps_x, eps_w, weight_ball, weight_mode, eps_b, layers)
     chosen = None
     if steps > 0:
