@@ -270,8 +270,9 @@ class GraphBounds:
             if width == 0:
                 continue
             # Widths rounded up to four sizes per octave (at most 25% padded rows, written to the dummy column):
-            # chunks of repeating sizes let the C heap reuse freed blocks instead of fragmenting (SmallCNN, weight
-            # threat, 10 examples: 3.3 GB -> 1.1 GB peak RSS under the 256 MiB budget; BENCHMARKS.md).
+            # chunks of repeating sizes let the C heap reuse more freed blocks (SmallCNN, weight threat, 256 MiB
+            # budget: 3.3 -> 1.1 GB peak RSS for 10 examples, 6.0 -> 5.4 GB for 20; runtime/allocator.py does
+            # the rest; BENCHMARKS.md).
             step = 1 << max(0, width.bit_length() - 3)
             width = min(r1 - r0, -(-width // step) * step)
             sel = sel[:, :width]
