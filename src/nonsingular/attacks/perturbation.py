@@ -341,7 +341,12 @@ class WeightBlock:
             h, t = self.h_seen[rows], self.t[rows]
             sign = torch.where(h >= 0, 1.0, -1.0).to(W.dtype)
             if self.ball is WeightBall.ELEMENTWISE:
-                delta = t[:, :, None] * (self._radius()[None] * sign[:, None, :])
+                # W + (t rho) sign(h)^T in one pass writing one (n, out, in) buffer: the product with +-1 is
+                # exact, so addcmul gives the values of W + D with D built apart (fused multiply-add or not).
+                rho = self._radius()
+                if self.uniform_eps is not None:  # one radius: (n, out, 1) factors, no (n, out, in) temporary
+                    rho = rho.reshape(-1)[:1]
+                perturbed = torch.addcmul(W, t[:, :, None] * rho, sign[:, None, :])
             else:
                 j = h.abs().argmax(dim=1)
                 delta = torch.zeros(h.shape[0], *W.shape, dtype=W.dtype, device=W.device)
@@ -355,7 +360,8 @@ class WeightBlock:
         # No clamping into the ball: the checker must see what the attack applied. Element-wise boxes need
         # none (|D| <= rho implies W + D lies in [W - rho, W + rho] as the dtype rounds, rounding being
         # monotone); operator rows are settled only where rounding alone took them out.
-        perturbed = W + delta
+        if not (self.path is LayerPath.LEMMA1 and self.ball is WeightBall.ELEMENTWISE):
+            perturbed = delta.add_(W) if self.path is LayerPath.LEMMA1 else W + delta  # Lemma 1's delta is ours
         if self.e is not None:
             perturbed = settle_operator_rounding(W, perturbed, self.e)
         out = {f"{self.name}.weight": perturbed}

@@ -82,6 +82,8 @@ class AttackResult:
             parts.append(_merge([b.materialise(rows) for b in chunk.blocks]))
         if not parts:
             return {}
+        if len(parts) == 1:  # the common case: one chunk holds the range; a cat would copy every weight once more
+            return parts[0]
         return {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
 
     def _scattered_weights(self, start: int, stop: int) -> dict[str, Tensor]:

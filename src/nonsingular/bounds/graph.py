@@ -34,6 +34,9 @@ class Graph:
     nodes: list[Node]
     input: str
     output: str
+    #: every static argument reads the model's live tensors (no cast or derived copy of a parameter or buffer
+    #: was baked in), so the graph stays right after in-place parameter updates and may be reused (plan_cache.py)
+    reusable: bool = True
     by_name: dict[str, Node] = field(init=False)
     users: dict[str, list[str]] = field(init=False)
 
@@ -115,9 +118,13 @@ def trace(model: nn.Module, x: Tensor) -> tuple[Graph, Tensor]:
     }
     env: dict[fx.Node, Any] = {}
     tensor_nodes: set[fx.Node] = set()  # nodes whose value depends on the input tensor's values
+    # Static nodes whose value is a copy of, or derived from, a parameter, buffer or attribute: baked into a node's
+    # arguments they would not follow later in-place updates of the model (the graph is then not reusable).
+    stale: set[fx.Node] = set()
     nodes: list[Node] = []
     output_name = ""
-    was_training = model.training
+    reusable = True
+    modes = [(m, m.training) for m in model.modules()]  # restored one by one: submodules may differ
     model.eval()
     try:
         for n in fx_graph.nodes:
@@ -134,6 +141,8 @@ def trace(model: nn.Module, x: Tensor) -> tuple[Graph, Tensor]:
                 continue
             if n.op == "get_attr":
                 env[n] = _get_attr(root, state, n.target)
+                if env[n] is not _get_attr(root, {}, n.target):
+                    stale.add(n)
                 continue
             args = _map(n.args, lambda a: env[a] if isinstance(a, fx.Node) else a)
             kwargs = _map(n.kwargs, lambda a: env[a] if isinstance(a, fx.Node) else a)
@@ -147,6 +156,8 @@ def trace(model: nn.Module, x: Tensor) -> tuple[Graph, Tensor]:
             env[n] = value
             deps = [a for a in n.all_input_nodes if a in tensor_nodes]
             if not deps:
+                if any(a in stale or a.op == "get_attr" for a in n.all_input_nodes):
+                    stale.add(n)
                 continue  # static: shapes, sizes, constants
             if not isinstance(value, Tensor):
                 if _shape_query(n):
@@ -162,9 +173,11 @@ def trace(model: nn.Module, x: Tensor) -> tuple[Graph, Tensor]:
                 )
             tensor_nodes.add(n)
             nodes.append(_make_node(n, modules, env, tensor_nodes, value))
+            reusable = reusable and not any(a in stale for a in n.all_input_nodes)
     finally:
-        model.train(was_training)
-    return Graph(nodes, placeholders[0].name, output_name), env[out]
+        for m, mode in modes:
+            m.training = mode
+    return Graph(nodes, placeholders[0].name, output_name, reusable), env[out]
 
 
 def _shape_query(n: fx.Node) -> bool:

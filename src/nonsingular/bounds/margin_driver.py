@@ -12,9 +12,10 @@ from torch import Tensor, nn
 from ..threat import ThreatModel
 from .alpha import optimise_margins
 from .engine import GraphBounds
-from .graph import Graph, trace
+from .graph import Graph
 from .layer_threat import UnsupportedLayerError, layer_threats
 from .margins import BoundMethod, MarginBounds, margin_spec
+from .plan_cache import traced
 from .registry import DEFAULT_MEMORY_MB
 from .rounding import execution_of, graph_forward_error, margin_error_bound
 
@@ -71,7 +72,7 @@ def graph_margin_bounds(
     """
     if memory_mb <= 0 or not math.isfinite(memory_mb):
         raise ValueError(f"memory_mb must be a positive number of MiB, got {memory_mb}")
-    graph, logits = trace(model, x)
+    graph, logits = traced(model, x)  # traced once per model and input shape (plan_cache.py)
     _check_logits(graph)
     threats = layer_threats(model, threat, x.dtype)
     lb, ub = threat.input_bounds(x)

@@ -17,6 +17,7 @@ from ..evaluation import CertifyReport
 from ..evaluation import certify as run_certify
 from ..formatting import percent
 from ..runtime import distributed as dist
+from ..runtime.allocator import limit_heap_retention
 from ..threat import EpsMode, WeightBall
 from . import options as opt
 from .common import (
@@ -109,9 +110,18 @@ def certify(
         typer.Option(
             "--bound-memory-mb",
             help="crown / alpha-crown: MiB budget for one chunk's coefficient tensors (alpha-crown's autograd graph, "
-            "about 0.55 GB per small-CNN example, and memory the C allocator keeps come on top; BENCHMARKS.md).",
+            "about 0.55 GB per small-CNN example, comes on top; see --release-memory; BENCHMARKS.md).",
         ),
     ] = DEFAULT_MEMORY_MB,
+    release_memory: Annotated[
+        bool,
+        typer.Option(
+            "--release-memory/--keep-memory",
+            help="Return memory the bounds free to the system at once (glibc: a fixed 1 MiB mmap threshold), so "
+            "that peak RSS follows --bound-memory-mb, at up to 2x the CPU time on CNNs; --keep-memory lets the C "
+            "heap keep freed blocks (faster; several times the budget). MALLOC_MMAP_THRESHOLD_, if set, wins.",
+        ),
+    ] = True,
     device: opt.Device = "auto",
     out: opt.JsonOut = None,
     force: opt.Force = False,
@@ -130,6 +140,10 @@ def certify(
         raise UserError(
             f"--alpha-steps must be >= 0 and --bound-memory-mb a positive number (got {alpha_steps}, {memory_mb})"
         )
+    # Without it glibc's heap keeps the freed coefficient chunks and RSS outgrows --bound-memory-mb many times
+    # over (runtime/allocator.py); set before the workload is loaded so that every bound pass runs under it.
+    if release_memory:
+        limit_heap_retention()
     threat = make_threat(eps_x, eps_w, weight_ball, weight_mode, eps_b, layers)
     chosen = None
     if steps > 0:
