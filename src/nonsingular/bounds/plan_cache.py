@@ -30,7 +30,7 @@ import torch
 from torch import Tensor, nn
 
 from .graph import Graph, trace
-from .registry import IBP_RULES, RULES
+from .registry import RULES
 
 __all__ = ["PLAN_CACHE", "PlanCache", "traced"]
 
@@ -94,7 +94,7 @@ def _fingerprint(model: nn.Module) -> tuple[tuple[Any, ...], list[Tensor], bool]
             if t is not None
         )
         parts.append((name, ident, type(module), attrs, tensors))
-    parts.append((tuple(map(_Same, RULES.values())), tuple(map(_Same, IBP_RULES.values()))))
+    parts.append((tuple(RULES), tuple(map(_Same, RULES.values()))))
     return tuple(parts), held, training
 
 
