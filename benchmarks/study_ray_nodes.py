@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -109,6 +110,7 @@ def main() -> None:
         ratio = timings["1 process"] / seconds
         print(f"{label:>14}: {seconds:7.1f} s  (1 process / this = {ratio:.2f}x)  same numbers: {same}")
     print(json.dumps({k: round(v, 1) for k, v in timings.items()}))
+    shutil.rmtree(root, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -56,10 +56,10 @@ def start_unit(
     mark: StartMark, outbox: Outbox, fn: Any, threads: int, args: tuple[Any, ...], inputs: tuple[Any, ...]
 ) -> Any:
     """Run a unit in this worker: `threads` torch threads, its start mark to the driver, then fn(outbox, ...)."""
+    outbox.send(mark)  # first: the driver counts the unit as running from here (a fresh worker imports torch next)
     import torch  # here, not at import: the executor package itself needs no torch
 
     torch.set_num_threads(max(1, threads))
-    outbox.send(mark)
     return fn(outbox, *args, *inputs)
 
 

@@ -80,6 +80,9 @@ class LocalRayCluster:
     def start(self) -> LocalRayCluster:
         """Start the nodes and wait until all have joined; returns self (its `address` set)."""
         self._temp = Path(tempfile.mkdtemp(prefix="ns-ray-", dir="/tmp"))  # Ray's socket paths must stay short
+        # A home of its own: a `ray.init()` run before on this machine leaves ~/.ray/auth_token, which a head
+        # started from the same home enforces on the nodes that join it (Ray 2.60), and they have no token.
+        self.env["HOME"] = str(self._temp)
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             port = int(s.getsockname()[1])
@@ -110,8 +113,9 @@ class LocalRayCluster:
         finally:
             ray.shutdown()
 
-    def processes(self) -> dict[int, str]:
-        """pid -> command line of every process of this cluster (daemons and workers)."""
+    def processes(self) -> dict[int, tuple[int, str]]:
+        """pid -> (parent pid, command line) of every process of this cluster (daemons and workers; a worker's
+        parent is its node's raylet)."""
         table = _processes()
         mine = {pid for pid, (_, group, _) in table.items() if group in self._groups}
         grown = True
@@ -119,7 +123,7 @@ class LocalRayCluster:
             more = {pid for pid, (parent, _, _) in table.items() if parent in mine} - mine
             mine |= more
             grown = bool(more)
-        return {pid: table[pid][2] for pid in mine}
+        return {pid: (table[pid][0], table[pid][2]) for pid in mine}
 
     def stop(self) -> None:
         """Kill every process of this cluster and remove its folder."""
