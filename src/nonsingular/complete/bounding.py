@@ -217,21 +217,34 @@ def crown_intermediate(chain: Chain, lo0: Tensor, hi0: Tensor) -> DomainBoxes:
     return boxes
 
 
-def refine_intermediate(chain: Chain, boxes: DomainBoxes, first: int = 1) -> DomainBoxes:
+def refine_intermediate(
+    chain: Chain, boxes: DomainBoxes, first: int = 1, deadline: float = float("inf")
+) -> DomainBoxes:
     """Tighten the pre-activation bounds of ReLU layers first.. (0-based) over each domain, in place.
 
     After a split the split neuron's relaxation is exact on the child, so CROWN bounds of the layers above it
     (adaptive slopes, no multipliers) can beat the inherited ones; both are sound on the child, so the
-    intersection is kept. Split neurons stay split: their clamped bound is part of the inherited one.
+    intersection is kept. Only neurons unstable on some domain of the batch are recomputed (a stable neuron's
+    relaxation is already exact). Stops early, with the bounds so far (all sound), at the deadline.
     """
     batch = boxes.lo0.shape[0]
     for j in range(max(first, 1), len(chain.layers) - 1):
-        n = chain.layers[j].weight.shape[0]
-        eye = torch.eye(n, dtype=boxes.lo0.dtype)
-        a = torch.cat([eye, -eye], dim=0).expand(batch, 2 * n, n)
-        lower, _ = backward_bound(chain, a, torch.zeros(batch, 2 * n, dtype=a.dtype), j, boxes)
-        boxes.lbs[j] = torch.maximum(boxes.lbs[j], lower[:, :n])
-        boxes.ubs[j] = torch.minimum(boxes.ubs[j], -lower[:, n:])
+        if time.monotonic() > deadline:
+            break
+        lb, ub = boxes.lbs[j], boxes.ubs[j]
+        idx = ((lb < 0) & (ub > 0)).any(dim=0).nonzero().flatten()
+        if idx.numel() == 0:
+            continue
+        n, k = lb.shape[1], idx.numel()
+        rows = torch.zeros(2 * k, n, dtype=boxes.lo0.dtype)
+        rows[torch.arange(k), idx] = 1.0
+        rows[torch.arange(k, 2 * k), idx] = -1.0
+        a = rows.expand(batch, 2 * k, n)
+        lower, _ = backward_bound(chain, a, torch.zeros(batch, 2 * k, dtype=a.dtype), j, boxes)
+        lb, ub = lb.clone(), ub.clone()
+        lb[:, idx] = torch.maximum(lb[:, idx], lower[:, :k])
+        ub[:, idx] = torch.minimum(ub[:, idx], -lower[:, k:])
+        boxes.lbs[j], boxes.ubs[j] = lb, ub
     return boxes
 
 
@@ -249,62 +262,73 @@ def optimise_bounds(
     lr_beta: float = 0.05,
     deadline: float = float("inf"),
     groups: Tensor | None = None,
+    work_chain: Chain | None = None,
 ) -> BoundResult:
     """alpha/beta-CROWN lower bounds of spec f(x) - offset over B domains, by projected Adam on the multipliers.
 
     spec: (R, K); offset: (R,). alphas/betas: per ReLU layer (B, R, n_l), the start point (inherited from the
     parent); signs: per ReLU layer (B, n_l). groups: (G, R) bool, the rows of each disjunct (default: one
-    conjunction of every row); a domain is settled once each disjunct has a positive row, and the optimisation
-    stops when all are. Every iterate is sound; the best per row is returned, and per domain the multipliers of
-    the best total.
+    conjunction of every row); the optimisation stops once every domain has a positive row in each disjunct.
+    work_chain: a copy of the chain in a cheaper dtype (float32) for the gradient steps; None: float64 throughout.
+
+    Only the multipliers come from the optimisation: the returned bound is one float64 backward pass with the
+    best multipliers found (alpha in [0, 1], beta >= 0, so sound whatever the steps did); rounding in the
+    cheaper dtype can only make those multipliers less good, never the bound wrong.
     """
     batch = boxes.lo0.shape[0]
     if groups is None:
         groups = torch.ones(1, spec.shape[0], dtype=torch.bool)
-    a_top = spec.to(torch.float64).expand(batch, *spec.shape)
-    c_top = (-offset.to(torch.float64)).expand(batch, spec.shape[0]).clone()
-    al = [x.detach().clone().requires_grad_(True) for x in alphas]
-    be = [x.detach().clone().requires_grad_(True) for x in betas]
-    params = al + be
-    optim = torch.optim.Adam([{"params": al, "lr": lr_alpha}, {"params": be, "lr": lr_beta}]) if params else None
-    best = torch.full((batch, spec.shape[0]), -torch.inf, dtype=torch.float64)
-    best_total = torch.full((batch,), -torch.inf, dtype=torch.float64)
+    work = work_chain if work_chain is not None else chain
+    wd = work.layers[0].weight.dtype
+    w_boxes = DomainBoxes(
+        boxes.lo0.to(wd), boxes.hi0.to(wd), [x.to(wd) for x in boxes.lbs], [x.to(wd) for x in boxes.ubs]
+    )
+    a_top = spec.to(wd).expand(batch, *spec.shape)
+    c_top = (-offset.to(wd)).expand(batch, spec.shape[0]).clone()
+    al = [x.detach().to(wd).clone().requires_grad_(True) for x in alphas]
+    be = [x.detach().to(wd).clone().requires_grad_(True) for x in betas]
+    best_total = torch.full((batch,), -torch.inf, dtype=wd)
     best_al = [x.detach().clone() for x in al]
     best_be = [x.detach().clone() for x in be]
-    coefs: list[Tensor] = []
-    a0 = torch.zeros(0)
     timed_out = False
     top = len(chain.layers) - 1
-    for step in range(max(steps, 0) + 1):
-        coefs = []
-        lower, a0 = backward_bound(chain, a_top, c_top, top, boxes, al, be, signs, coefs)
-        with torch.no_grad():
-            best = torch.maximum(best, lower.detach())
-            total = _group_max(lower.detach(), groups).clamp(max=0).sum(dim=-1)  # proven disjuncts stop mattering
-            better = total > best_total
-            best_total = torch.where(better, total, best_total)
-            for kept, cur in zip(best_al + best_be, al + be, strict=True):
-                kept[better] = cur.detach()[better]
-        if step == steps or optim is None:
-            break
-        if bool((_group_max(best, groups) > 0).all()):
-            break
-        if time.monotonic() > deadline:
-            timed_out = True
-            break
-        optim.zero_grad(set_to_none=True)
-        (-lower.clamp(max=0).sum()).backward()
-        optim.step()
-        with torch.no_grad():
-            for x in al:
-                x.clamp_(0.0, 1.0)
-            for x in be:
-                x.clamp_(min=0.0)
-    return BoundResult(
-        lower=best,
-        alphas=best_al,
-        betas=best_be,
-        coefs=[c.detach() for c in coefs],
-        a0=a0.detach(),
-        timed_out=timed_out,
-    )
+    if steps > 0 and al:
+        optim = torch.optim.Adam([{"params": al, "lr": lr_alpha}, {"params": be, "lr": lr_beta}])
+        for step in range(steps + 1):
+            lower, _ = backward_bound(work, a_top, c_top, top, w_boxes, al, be, signs)
+            with torch.no_grad():
+                group_best = _group_max(lower.detach(), groups)
+                total = group_best.clamp(max=0).sum(dim=-1)  # proven disjuncts stop mattering
+                better = total > best_total
+                best_total = torch.where(better, total, best_total)
+                for kept, cur in zip(best_al + best_be, al + be, strict=True):
+                    kept[better] = cur.detach()[better]
+            if step == steps or bool((best_total >= 0).all()):
+                break
+            if time.monotonic() > deadline:
+                timed_out = True
+                break
+            optim.zero_grad(set_to_none=True)
+            (-lower.clamp(max=0).sum()).backward()
+            optim.step()
+            with torch.no_grad():
+                for x in al:
+                    x.clamp_(0.0, 1.0)
+                for x in be:
+                    x.clamp_(min=0.0)
+    final_al = [x.to(torch.float64).clamp(0.0, 1.0) for x in best_al]
+    final_be = [x.to(torch.float64).clamp(min=0.0) for x in best_be]
+    coefs: list[Tensor] = []
+    with torch.no_grad():
+        lower, a0 = backward_bound(
+            chain,
+            spec.to(torch.float64).expand(batch, *spec.shape),
+            (-offset.to(torch.float64)).expand(batch, spec.shape[0]).clone(),
+            top,
+            boxes,
+            final_al,
+            final_be,
+            signs,
+            coefs,
+        )
+    return BoundResult(lower=lower, alphas=final_al, betas=final_be, coefs=coefs, a0=a0, timed_out=timed_out)

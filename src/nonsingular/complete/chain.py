@@ -14,7 +14,7 @@ Anything else is an UnsupportedLayerError naming the node.
 from __future__ import annotations
 
 import operator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import torch.fx as fx
@@ -83,6 +83,20 @@ class Chain:
     @property
     def perturbs_weights(self) -> bool:
         return any(layer.threat is not None for layer in self.layers)
+
+    def cast(self, dtype: torch.dtype) -> Chain:
+        """A copy with every weight, bias and radius in `dtype` (for cheap gradient steps; bounds use float64)."""
+
+        def conv(t: Tensor | None) -> Tensor | None:
+            return None if t is None else t.to(dtype)
+
+        layers = []
+        for layer in self.layers:
+            lt = layer.threat
+            if lt is not None:
+                lt = replace(lt, rho=conv(lt.rho), e=conv(lt.e), beta=conv(lt.beta))
+            layers.append(ChainLayer(layer.name, layer.weight.to(dtype), layer.bias.to(dtype), lt))
+        return Chain(self.pre, tuple(layers), self.input_shape)
 
     def h0(self, x: Tensor) -> Tensor:
         """(N, *input_shape) -> (N, n_0): the input map, in x's dtype. Element-wise increasing, so a box

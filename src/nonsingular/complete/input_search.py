@@ -46,6 +46,7 @@ def _bound(search: Search, lo: Tensor, hi: Tensor, steps: int) -> tuple[BoundRes
         lr_alpha=search.options.lr_alpha,
         deadline=search.deadline,
         groups=search.groups,
+        work_chain=search.work_chain,
     )
     search.stats.time_bounding += time.monotonic() - t0
     search.stats.domains_visited += lo.shape[0]

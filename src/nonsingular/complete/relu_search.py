@@ -48,23 +48,47 @@ def _bound(
     )
     t0 = time.monotonic()
     if refine and search.options.refine_intermediate:
-        refine_intermediate(search.chain, boxes, first=int(rows["layer"].clamp(min=0).min()) + 1)
+        refine_intermediate(
+            search.chain, boxes, first=int(rows["layer"].clamp(min=0).min()) + 1, deadline=search.deadline
+        )
         for i in range(n_relu):
             rows[f"lb{i}"], rows[f"ub{i}"] = boxes.lbs[i], boxes.ubs[i]
+    # Rows proven on the parent stay proven on the child (its domain is a subset): skip rows proven on every
+    # domain of the batch, and keep the parent's bound as a floor for the others.
+    parent = rows.get("lower")
+    r = search.spec.shape[0]
+    active = torch.ones(r, dtype=torch.bool) if parent is None else ~(parent > 0).all(dim=0)
+    idx = active.nonzero().flatten()
+    groups = search.groups[:, idx]
+    groups = groups[groups.any(dim=1)]
     res = optimise_bounds(
         search.chain,
-        search.spec,
-        search.offset,
+        search.spec[idx],
+        search.offset[idx],
         boxes,
-        [rows[f"alpha{i}"].to(torch.float64) for i in range(n_relu)],
-        [rows[f"beta{i}"].to(torch.float64) for i in range(n_relu)],
+        [rows[f"alpha{i}"][:, idx].to(torch.float64) for i in range(n_relu)],
+        [rows[f"beta{i}"][:, idx].to(torch.float64) for i in range(n_relu)],
         [rows[f"s{i}"] for i in range(n_relu)],
         steps=steps,
         lr_alpha=search.options.lr_alpha,
         lr_beta=search.options.lr_beta,
         deadline=search.deadline,
-        groups=search.groups,
+        groups=groups,
+        work_chain=search.work_chain,
     )
+    if parent is not None and not bool(active.all()):
+        lower = parent.clone()
+        lower[:, idx] = torch.maximum(parent[:, idx], res.lower)
+        alphas = [rows[f"alpha{i}"].to(torch.float64) for i in range(n_relu)]
+        betas = [rows[f"beta{i}"].to(torch.float64) for i in range(n_relu)]
+        coefs = [torch.zeros_like(a) for a in alphas]
+        for full, part in zip(alphas + betas + coefs, res.alphas + res.betas + res.coefs, strict=True):
+            full[:, idx] = part
+        a0 = res.a0.new_zeros(batch, r, res.a0.shape[2])
+        a0[:, idx] = res.a0
+        res = BoundResult(lower, alphas, betas, coefs, a0, res.timed_out)
+    elif parent is not None:
+        res.lower = torch.maximum(parent, res.lower)
     search.stats.time_bounding += time.monotonic() - t0
     search.stats.domains_visited += batch
     return res
