@@ -46,8 +46,10 @@ def main(argv: list[str] | None = None) -> int:
             failing.append(seed)
             print(f"DISAGREEMENT seed {seed}: {outcome}", flush=True)
         if (i + 1) % 100 == 0:
-            print(f"{i + 1} instances, {counts}, {len(failing)} disagreements, "
-                  f"{time.perf_counter() - start:.0f} s", flush=True)
+            print(
+                f"{i + 1} instances, {counts}, {len(failing)} disagreements, {time.perf_counter() - start:.0f} s",
+                flush=True,
+            )
     report = {
         "instances": args.instances,
         "first_seed": args.first_seed,

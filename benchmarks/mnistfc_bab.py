@@ -11,8 +11,8 @@ Y_j >= Y_label). Prints one line per instance and a JSON summary.
 from __future__ import annotations
 
 import argparse
-import csv
 import cProfile
+import csv
 import io
 import json
 import pstats

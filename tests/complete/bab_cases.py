@@ -61,9 +61,9 @@ def random_case(seed: int) -> Case:
     layers.append(nn.Linear(prev, k))
     model = nn.Sequential(*layers).eval()
     centre = torch.rand(n0, generator=g, dtype=torch.float64) * 2 - 1
-    radius = (0.1 + 0.9 * torch.rand(n0, generator=g, dtype=torch.float64)) * (
-        torch.rand(n0, generator=g) > 0.1
-    ).to(torch.float64)
+    radius = (0.1 + 0.9 * torch.rand(n0, generator=g, dtype=torch.float64)) * (torch.rand(n0, generator=g) > 0.1).to(
+        torch.float64
+    )
     lower, upper = centre - radius, centre + radius
     rows = randint(1, 3)
     spec = torch.randn(rows, k, generator=g, dtype=torch.float64)

@@ -293,7 +293,12 @@ def optimise_bounds(
     timed_out = False
     top = len(chain.layers) - 1
     if steps > 0 and al:
-        optim = torch.optim.Adam([{"params": al, "lr": lr_alpha}, {"params": be, "lr": lr_beta}])
+        # Adam by hand: torch.optim's first step imports the compiler stack (seconds), which a 1 s budget
+        # cannot afford; the update is the textbook one, element-wise, so domains stay independent.
+        params = al + be
+        lrs = [lr_alpha] * len(al) + [lr_beta] * len(be)
+        m1 = [torch.zeros_like(p) for p in params]
+        m2 = [torch.zeros_like(p) for p in params]
         for step in range(steps + 1):
             lower, _ = backward_bound(work, a_top, c_top, top, w_boxes, al, be, signs)
             with torch.no_grad():
@@ -301,17 +306,20 @@ def optimise_bounds(
                 total = group_best.clamp(max=0).sum(dim=-1)  # proven disjuncts stop mattering
                 better = total > best_total
                 best_total = torch.where(better, total, best_total)
-                for kept, cur in zip(best_al + best_be, al + be, strict=True):
+                for kept, cur in zip(best_al + best_be, params, strict=True):
                     kept[better] = cur.detach()[better]
             if step == steps or bool((best_total >= 0).all()):
                 break
             if time.monotonic() > deadline:
                 timed_out = True
                 break
-            optim.zero_grad(set_to_none=True)
-            (-lower.clamp(max=0).sum()).backward()
-            optim.step()
+            grads = torch.autograd.grad(-lower.clamp(max=0).sum(), params)
             with torch.no_grad():
+                k = step + 1
+                for p, g, a, v, lr in zip(params, grads, m1, m2, lrs, strict=True):
+                    a.mul_(0.9).add_(g, alpha=0.1)
+                    v.mul_(0.999).addcmul_(g, g, value=0.001)
+                    p.sub_(lr * (a / (1 - 0.9**k)) / ((v / (1 - 0.999**k)).sqrt() + 1e-8))
                 for x in al:
                     x.clamp_(0.0, 1.0)
                 for x in be:

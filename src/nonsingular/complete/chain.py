@@ -166,7 +166,17 @@ def chain_from_model(model: nn.Module, input_shape: tuple[int, ...], threat: Thr
         gm = fx.symbolic_trace(model)
     except Exception as err:  # fx raises many types for untraceable code; report it in one line
         raise UnsupportedLayerError(f"branch and bound could not trace the model: {err}") from err
-    threats = layer_threats(model, threat, torch.float64) if threat is not None else {}
+    with torch.no_grad():  # relative radii would otherwise carry the weights' autograd graph into every bound
+        threats = layer_threats(model, threat, torch.float64) if threat is not None else {}
+    threats = {
+        name: replace(
+            lt,
+            rho=None if lt.rho is None else lt.rho.detach(),
+            e=None if lt.e is None else lt.e.detach(),
+            beta=None if lt.beta is None else lt.beta.detach(),
+        )
+        for name, lt in threats.items()
+    }
     pre: list[nn.Module] = []
     layers: list[ChainLayer] = []
     expect_linear = True
