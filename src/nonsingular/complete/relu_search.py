@@ -16,6 +16,7 @@ import time
 import torch
 from torch import Tensor
 
+from .attack import Witness
 from .bounding import BoundResult, DomainBoxes, crown_intermediate, optimise_bounds, refine_intermediate
 from .branching import Branching, relu_split_choice
 from .domains import DomainStore, MemoryBudgetExceeded
@@ -112,7 +113,9 @@ def _children(rows: dict[str, Tensor], n_relu: int) -> dict[str, Tensor]:
     return out
 
 
-def _settle_leaves(search: Search, lo0: Tensor, hi0: Tensor, rows: dict[str, Tensor], n_relu: int, leaf: Tensor):
+def _settle_leaves(
+    search: Search, lo0: Tensor, hi0: Tensor, rows: dict[str, Tensor], n_relu: int, leaf: Tensor
+) -> tuple[Tensor, Witness | None]:
     """Decide fully split domains. Returns (mask of leaves proven, a checked witness or None)."""
     proven = torch.zeros_like(leaf)
     if search.chain.perturbs_weights:
