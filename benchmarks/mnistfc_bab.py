@@ -131,7 +131,7 @@ def throughput(args: argparse.Namespace) -> None:
     prof = cProfile.Profile()
     t0 = time.perf_counter()
     prof.enable()
-    opts = BaBOptions(refine_intermediate=not args.no_refine)
+    opts = BaBOptions(refine_neurons=0 if args.no_refine else BaBOptions().refine_neurons)
     res = branch_and_bound(
         model, lo, hi, c, d, groups=g, timeout=args.throughput, batch_domains=args.batch, options=opts
     )

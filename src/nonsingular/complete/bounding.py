@@ -27,6 +27,7 @@ from .chain import Chain, ChainLayer
 __all__ = [
     "BoundResult",
     "DomainBoxes",
+    "alpha_intermediate",
     "backward_bound",
     "crown_intermediate",
     "optimise_bounds",
@@ -218,23 +219,29 @@ def crown_intermediate(chain: Chain, lo0: Tensor, hi0: Tensor) -> DomainBoxes:
 
 
 def refine_intermediate(
-    chain: Chain, boxes: DomainBoxes, first: int = 1, deadline: float = float("inf")
+    chain: Chain, boxes: DomainBoxes, first: int = 1, deadline: float = float("inf"), max_neurons: int = 32
 ) -> DomainBoxes:
     """Tighten the pre-activation bounds of ReLU layers first.. (0-based) over each domain, in place.
 
     After a split the split neuron's relaxation is exact on the child, so CROWN bounds of the layers above it
     (adaptive slopes, no multipliers) can beat the inherited ones; both are sound on the child, so the
     intersection is kept. Only neurons unstable on some domain of the batch are recomputed (a stable neuron's
-    relaxation is already exact). Stops early, with the bounds so far (all sound), at the deadline.
+    relaxation is already exact), at most max_neurons per layer (the widest summed over the batch): each costs
+    two backward passes to the input per domain, which on a 784-input MLP outweighs the final bound itself.
+    Stops early, with the bounds so far (all sound), at the deadline.
     """
     batch = boxes.lo0.shape[0]
     for j in range(max(first, 1), len(chain.layers) - 1):
         if time.monotonic() > deadline:
             break
         lb, ub = boxes.lbs[j], boxes.ubs[j]
-        idx = ((lb < 0) & (ub > 0)).any(dim=0).nonzero().flatten()
-        if idx.numel() == 0:
+        unstable = (lb < 0) & (ub > 0)
+        idx = unstable.any(dim=0).nonzero().flatten()
+        if idx.numel() == 0 or max_neurons <= 0:
             continue
+        if idx.numel() > max_neurons:
+            width = torch.where(unstable, ub - lb, torch.zeros_like(lb)).sum(dim=0)
+            idx = torch.topk(width, max_neurons).indices.sort().values
         n, k = lb.shape[1], idx.numel()
         rows = torch.zeros(2 * k, n, dtype=boxes.lo0.dtype)
         rows[torch.arange(k), idx] = 1.0
@@ -244,6 +251,60 @@ def refine_intermediate(
         lb, ub = lb.clone(), ub.clone()
         lb[:, idx] = torch.maximum(lb[:, idx], lower[:, :k])
         ub[:, idx] = torch.minimum(ub[:, idx], -lower[:, k:])
+        boxes.lbs[j], boxes.ubs[j] = lb, ub
+    return boxes
+
+
+def alpha_intermediate(
+    chain: Chain,
+    boxes: DomainBoxes,
+    *,
+    steps: int,
+    lr_alpha: float = 0.1,
+    deadline: float = float("inf"),
+    work_chain: Chain | None = None,
+) -> DomainBoxes:
+    """Tighten every ReLU layer's unstable pre-activation bounds (layers 1.. upward, 0-based) by alpha-CROWN: the
+    slopes of the layers below optimised for each bound separately (rows z_k and -z_k). For the root, where the
+    cost is paid once. Each result is a float64 pass with slopes in [0, 1], intersected with the old bounds."""
+    for j in range(1, len(chain.layers) - 1):
+        if time.monotonic() > deadline:
+            break
+        lb, ub = boxes.lbs[j], boxes.ubs[j]
+        unstable = (lb < 0) & (ub > 0)
+        idx = unstable.any(dim=0).nonzero().flatten()
+        if idx.numel() == 0:
+            continue
+        n, k, batch = lb.shape[1], idx.numel(), lb.shape[0]
+        rows = torch.zeros(2 * k, n, dtype=torch.float64)
+        rows[torch.arange(k), idx] = 1.0
+        rows[torch.arange(k, 2 * k), idx] = -1.0
+        alphas = [
+            (boxes.ubs[i] > -boxes.lbs[i]).to(torch.float64)[:, None, :].expand(batch, 2 * k, -1).clone()
+            for i in range(j)
+        ]
+        signs = [torch.zeros_like(boxes.lbs[i], dtype=torch.int8) for i in range(j)]
+        res = optimise_bounds(
+            chain,
+            rows,
+            torch.zeros(2 * k, dtype=torch.float64),
+            boxes,
+            alphas,
+            [torch.zeros_like(a) for a in alphas],
+            signs,
+            steps=steps,
+            lr_alpha=lr_alpha,
+            lr_beta=0.0,
+            deadline=deadline,
+            groups=torch.eye(2 * k, dtype=torch.bool),
+            work_chain=work_chain,
+            top=j,
+        )
+        if res.timed_out:
+            break
+        lb, ub = lb.clone(), ub.clone()
+        lb[:, idx] = torch.maximum(lb[:, idx], res.lower[:, :k])
+        ub[:, idx] = torch.minimum(ub[:, idx], -res.lower[:, k:])
         boxes.lbs[j], boxes.ubs[j] = lb, ub
     return boxes
 
@@ -263,6 +324,7 @@ def optimise_bounds(
     deadline: float = float("inf"),
     groups: Tensor | None = None,
     work_chain: Chain | None = None,
+    top: int | None = None,
 ) -> BoundResult:
     """alpha/beta-CROWN lower bounds of spec f(x) - offset over B domains, by projected Adam on the multipliers.
 
@@ -270,6 +332,8 @@ def optimise_bounds(
     parent); signs: per ReLU layer (B, n_l). groups: (G, R) bool, the rows of each disjunct (default: one
     conjunction of every row); the optimisation stops once every domain has a positive row in each disjunct.
     work_chain: a copy of the chain in a cheaper dtype (float32) for the gradient steps; None: float64 throughout.
+    top: bound rows over the output of chain.layers[top] (spec: (R, its width)); default the last layer. The
+    multiplier lists then cover the ReLU layers below it.
 
     Only the multipliers come from the optimisation: the returned bound is one float64 backward pass with the
     best multipliers found (alpha in [0, 1], beta >= 0, so sound whatever the steps did); rounding in the
@@ -290,9 +354,9 @@ def optimise_bounds(
     best_total = torch.full((batch,), -torch.inf, dtype=wd)
     best_al = [x.detach().clone() for x in al]
     best_be = [x.detach().clone() for x in be]
-    timed_out = False
-    top = len(chain.layers) - 1
-    if steps > 0 and al:
+    timed_out = time.monotonic() > deadline
+    top = len(chain.layers) - 1 if top is None else top
+    if steps > 0 and al and not timed_out:
         # Adam by hand: torch.optim's first step imports the compiler stack (seconds), which a 1 s budget
         # cannot afford; the update is the textbook one, element-wise, so domains stay independent.
         params = al + be
@@ -324,6 +388,10 @@ def optimise_bounds(
                     x.clamp_(0.0, 1.0)
                 for x in be:
                     x.clamp_(min=0.0)
+    if timed_out or time.monotonic() > deadline:
+        # The caller discards a timed-out batch: skip the float64 pass and say so.
+        nothing = torch.full((batch, spec.shape[0]), -torch.inf, dtype=torch.float64)
+        return BoundResult(nothing, alphas, betas, [], boxes.lo0.new_zeros(batch, spec.shape[0], 0), True)
     final_al = [x.to(torch.float64).clamp(0.0, 1.0) for x in best_al]
     final_be = [x.to(torch.float64).clamp(min=0.0) for x in best_be]
     coefs: list[Tensor] = []
