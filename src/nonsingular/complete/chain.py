@@ -138,6 +138,13 @@ def lemma1_radius(layer: ChainLayer, h: Tensor) -> Tensor:
     return r
 
 
+class _Tracer(fx.Tracer):
+    """Keeps the project's Normalize a single node (fx would trace into its sub and div)."""
+
+    def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
+        return isinstance(m, Normalize) or super().is_leaf_module(m, module_qualified_name)
+
+
 def _node_module(gm: fx.GraphModule, node: fx.Node) -> nn.Module | str:
     """The module a node stands for, 'relu' / 'flatten' for functional forms, or raise naming the node."""
     if node.op == "call_module":
@@ -163,7 +170,7 @@ def chain_from_model(model: nn.Module, input_shape: tuple[int, ...], threat: Thr
         ValueError: the threat names layers the model does not have.
     """
     try:
-        gm = fx.symbolic_trace(model)
+        gm = fx.GraphModule(model, _Tracer().trace(model))
     except Exception as err:  # fx raises many types for untraceable code; report it in one line
         raise UnsupportedLayerError(f"branch and bound could not trace the model: {err}") from err
     with torch.no_grad():  # relative radii would otherwise carry the weights' autograd graph into every bound
