@@ -151,7 +151,6 @@ def run_joint_case(seed: int, timeout: float = 2.0, examples: int = 4) -> JointO
     it proves robust must stay correctly classified under verified PGD (inputs and weights) and at random
     vertices of the threat set (tests/bounds_support.py, both evaluated by the ordinary module)."""
     import bounds_support
-
     from nonsingular import PGD, ThreatModel, verify
 
     g = torch.Generator().manual_seed(seed)
