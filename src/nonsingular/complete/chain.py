@@ -104,9 +104,9 @@ class Chain:
         out = x
         for module in self.pre:
             if isinstance(module, Normalize):
-                out = (out - module._shape(out, module.mean.to(out.dtype))) / module._shape(
-                    out, module.std.to(out.dtype)
-                )
+                mean = module.mean.to(device=out.device, dtype=out.dtype)
+                std = module.std.to(device=out.device, dtype=out.dtype)
+                out = (out - module._shape(out, mean)) / module._shape(out, std)
         return out.reshape(out.shape[0], -1)
 
     def forward(self, h0: Tensor, t: list[Tensor] | None = None) -> Tensor:
@@ -207,9 +207,9 @@ def chain_from_model(model: nn.Module, input_shape: tuple[int, ...], threat: Thr
             if not expect_linear:
                 raise UnsupportedLayerError(f"branch and bound: two Linear layers without a ReLU at '{node.name}'")
             name = str(node.target)
-            w = kind.weight.detach().to(torch.float64).clone()
+            w = kind.weight.detach().to("cpu", torch.float64).clone()
             b = (
-                kind.bias.detach().to(torch.float64).clone()
+                kind.bias.detach().to("cpu", torch.float64).clone()
                 if kind.bias is not None
                 else torch.zeros(w.shape[0], dtype=torch.float64)
             )
