@@ -67,9 +67,9 @@ def test_memory_budget_ends_with_unknown_not_a_crash() -> None:
 def test_progress_reports_domains_and_time_left() -> None:
     model, lo, hi, c, d = _hard_case()
     seen: list[Progress] = []
-    branch_and_bound(model, lo, hi, c, d, timeout=1.5, progress=seen.append)
+    branch_and_bound(model, lo, hi, c, d, timeout=4.0, progress=seen.append)
     assert seen
-    assert all(p.seconds_left <= 1.5 for p in seen)
+    assert all(p.seconds_left <= 4.0 for p in seen)
     assert seen[-1].domains_visited >= seen[0].domains_visited
     assert "domains" in seen[-1].line()
 

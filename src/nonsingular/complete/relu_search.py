@@ -192,6 +192,7 @@ def relu_search(search: Search) -> BaBResult:
     res = _bound(search, lo0, hi0, rows, n_relu, opts.root_steps)
     score = search.score(res.lower)
     search.stats.root_lower_bound = float(score[0])
+    search.report(1, float(score[0]))
     closed_min = float("inf")
     if float(score[0]) > 0:
         search.stats.domains_verified = 1
