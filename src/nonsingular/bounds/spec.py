@@ -60,6 +60,7 @@ def spec_bounds(
     *,
     memory_mb: float = DEFAULT_MEMORY_MB,
     alpha_steps: int = 20,
+    executed_roundoff: float | None = None,
 ) -> Tensor:
     """(N, S) lower bounds on (C f'(x) - d) over every x in [lower, upper] and every weight in the threat's ball.
 
@@ -76,6 +77,8 @@ def spec_bounds(
         method: "ibp", "crown" or "alpha-crown" (never looser than crown, itself never looser than ibp).
         memory_mb: budget for one chunk's coefficient tensors, MiB.
         alpha_steps: alpha-CROWN's gradient steps on the ReLU slopes.
+        executed_roundoff: bound the model as executed in a precision with this unit roundoff (float32: 2^-24,
+            rounding.FLOAT32_UNIT_ROUNDOFF) instead of in exact arithmetic (rounding.py; THEORY.md section 13).
 
     Raises:
         ValueError: mismatched shapes, an empty or non-finite box, eps_x > 0, the norm method, or an op the
@@ -121,13 +124,22 @@ def spec_bounds(
     spec = spec.expand(n, -1, -1)
     threats = layer_threats(model, threat, dtype)
     if method is BoundMethod.IBP:
-        return _spec_ibp(GraphBounds(graph, threats, lower, upper, memory_mb=memory_mb), spec) - rhs
+        bounds = GraphBounds(graph, threats, lower, upper, memory_mb=memory_mb, roundoff=executed_roundoff)
+        return _spec_ibp(bounds, spec) - rhs
     step = n
     if method is BoundMethod.ALPHA_CROWN:
         step = _alpha_examples(graph, n, lower.element_size(), memory_mb)
     parts = []
     for s in range(0, n, step):
-        bounds = GraphBounds(graph, threats, lower[s : s + step], upper[s : s + step], crown=True, memory_mb=memory_mb)
+        bounds = GraphBounds(
+            graph,
+            threats,
+            lower[s : s + step],
+            upper[s : s + step],
+            crown=True,
+            memory_mb=memory_mb,
+            roundoff=executed_roundoff,
+        )
         rows = spec[s : s + step]
         best = torch.maximum(bounds.backward(graph.output, rows), _spec_ibp(bounds, rows))
         if method is BoundMethod.ALPHA_CROWN:
