@@ -1,0 +1,17 @@
+"""ONNX models in, as ordinary nn.Modules (Linear, Conv2d, ReLU, ...), so every threat, attack and bound applies.
+
+    from nonsingular.onnx_import import load_onnx
+    model = load_onnx("mnist-net_256x2.onnx")   # eval mode; x: (N, *input_shape) -> logits (N, K)
+
+A small importer over the `onnx` package: one converter per op in one table (registry.py), an untrusting reader
+(loader.py) and the resulting module (graph_module.py). See docs/onnx.md for the ops, the input-shape convention
+and the refusals.
+"""
+
+from __future__ import annotations
+
+from .convert import load_onnx
+from .errors import OnnxImportError
+from .graph_module import OnnxGraphModule
+
+__all__ = ["OnnxGraphModule", "OnnxImportError", "load_onnx"]
