@@ -17,6 +17,7 @@ from .evaluate_cmd import evaluate
 from .radius_cmd import radius
 from .study_cmd import study
 from .train_cmd import train
+from .verify_cmd import verify
 
 app = typer.Typer(
     name="nonsingular",
@@ -50,6 +51,7 @@ app.command("certify")(certify)
 app.command("radius")(radius)
 app.command("study")(study)
 app.command("train")(train)
+app.command("verify")(verify)
 
 #: Bad input: every ValueError (pydantic's ValidationError, InputError, CheckpointError, ...) and OSError.
 USER_ERRORS = (ValueError, OSError)

@@ -1,56 +1,42 @@
 """`verify_property`: decide a property on a model within a wall-clock budget (THEORY.md section 12).
 
 The loop reads like the method: falsify (the attack on every disjunct's own objective), bound every (box,
-conjunction) piece with interval propagation, CROWN and alpha-CROWN until each is proven empty, hand what is left
-to branch and bound when `nonsingular.complete` is present, and attack again with the time that remains. A piece
-is empty when some row r of its conjunction has a lower bound of C_r f(x) - d_r above zero over the box (and the
-weight ball); the property is `unsat` when every piece is. `sat` only with a counterexample that
-`witness.try_witness` re-checked with the reference runtime. The clock is checked between attack rounds and
-bound calls, and a bound call is skipped when the last one of its kind would not fit in the time left; the CLI
-enforces the hard limit by running this in a worker process it stops at the deadline.
+conjunction) piece with interval propagation, CROWN and alpha-CROWN until each is proven empty (bounding.py),
+and attack again with some of the time that remains. `unsat` when every piece is proven; `sat` only with a
+counterexample re-checked by the reference runtime (witness.py; joint ones also by the independent checker,
+joint.py); `unknown` when the bounds stay inconclusive and the attack finds nothing; `timeout` when the clock
+runs out first. The clock is read between attack rounds and bound calls; the CLI enforces the hard limit by
+running this in a worker process it stops at the deadline (instance.py).
 """
 
 from __future__ import annotations
 
-import logging
 import math
 import time
 from collections.abc import Sequence
 from pathlib import Path
 
 import torch
-from torch import Tensor, nn
+from torch import nn
 
 from ..bounds import BoundMethod
-from ..bounds.layers import UnsupportedLayerError
-from ..bounds.rounding import FLOAT32_UNIT_ROUNDOFF
-from ..bounds.spec import spec_bounds
-from ..properties import Case, Property, PropertyError
+from ..errors import blame
+from ..properties import Property, PropertyError
 from ..threat import ThreatModel
+from .bounding import prove_pieces
 from .falsify import falsify_case
+from .joint import joint_witness
 from .result import Counterexample, Status, VerificationResult
 from .witness import Executor, onnx_executor, torch_executor, try_witness
 
 __all__ = ["DEFAULT_METHODS", "verify_property"]
 
-log = logging.getLogger(__name__)
-
 #: Bound methods tried in turn on the pieces still open.
 DEFAULT_METHODS = (BoundMethod.IBP, BoundMethod.CROWN, BoundMethod.ALPHA_CROWN)
 #: Candidates per case handed to the reference runtime after each attack round (best first).
 _CHECKED = 4
-
-
-class _Clock:
-    def __init__(self, timeout: float) -> None:
-        self.start = time.monotonic()
-        self.deadline = self.start + timeout
-
-    def left(self) -> float:
-        return self.deadline - time.monotonic()
-
-    def spent(self) -> float:
-        return time.monotonic() - self.start
+#: (restarts per conjunction, steps) of the first attack rounds, and of the rounds after inconclusive bounds.
+_FIRST, _LATER = (8, 50), (16, 100)
 
 
 def _check_shapes(model: nn.Module, prop: Property, input_shape: tuple[int, ...]) -> None:
@@ -60,8 +46,9 @@ def _check_shapes(model: nn.Module, prop: Property, input_shape: tuple[int, ...]
             f"(shape {input_shape})"
         )
     dtype = next(iter(model.parameters())).dtype
-    with torch.no_grad():
-        out = model(((prop.cases[0].lower + prop.cases[0].upper) / 2).to(dtype).reshape(1, *input_shape))
+    centre = ((prop.cases[0].lower + prop.cases[0].upper) / 2).to(dtype).reshape(1, *input_shape)
+    with torch.no_grad(), blame(f"the model on the property's {prop.num_inputs} inputs (shape {input_shape})"):
+        out = model(centre)
     if out.numel() != prop.num_outputs:
         raise PropertyError(f"the property has {prop.num_outputs} outputs but the model gives {out.numel()}")
 
@@ -69,29 +56,24 @@ def _check_shapes(model: nn.Module, prop: Property, input_shape: tuple[int, ...]
 def _attack(
     model: nn.Module,
     prop: Property,
-    input_shape: tuple[int, ...],
+    shape: tuple[int, ...],
     threat: ThreatModel | None,
     run: Executor,
     checked_by: str,
-    open_cases: Sequence[int],
-    restarts: int,
-    steps: int,
+    cases: Sequence[int],
+    budget: tuple[int, int],
     seed: int,
 ) -> Counterexample | None:
-    for i in open_cases:
+    restarts, steps = budget
+    for i in cases:
         case = prop.cases[i]
-        found = falsify_case(model, case, input_shape, threat=threat, restarts=restarts, steps=steps, seed=seed)
-        head = found.x[:_CHECKED]
-        if threat is None or not threat.perturbs_weights:
-            cex = try_witness(head, case, i, run, input_shape, checked_by)
-            if cex is not None:
-                return cex
+        found = falsify_case(model, case, shape, threat=threat, restarts=restarts, steps=steps, seed=seed)
+        if threat is not None and threat.perturbs_weights:
+            cex = joint_witness(model, found, case, i, shape, threat, _CHECKED)
         else:
-            from .joint import joint_witness
-
-            cex = joint_witness(model, found, case, i, input_shape, threat, _CHECKED)
-            if cex is not None:
-                return cex
+            cex = try_witness(found.x[:_CHECKED], case, i, run, shape, checked_by)
+        if cex is not None:
+            return cex
     return None
 
 
@@ -121,7 +103,7 @@ def verify_property(
         onnx_path: the ONNX file the model came from: onnxruntime re-checks every counterexample on it.
         executor: the reference runtime instead (default: onnxruntime on onnx_path, else torch in float32).
         methods: bound methods, tried in turn on the pieces still open.
-        attack_share: fraction of the budget the first attack phase may use.
+        attack_share: fraction of the budget the first attack phase may use (at least one round always runs).
         alpha_steps: alpha-CROWN's gradient steps.
         seed: the attack's random starts.
 
@@ -129,11 +111,14 @@ def verify_property(
         PropertyError: the property does not fit the model (input or output count).
         ValueError: bad options.
     """
-    clock = _Clock(timeout)
+    start = time.monotonic()
     if not (timeout > 0 and math.isfinite(timeout)):
         raise ValueError(f"timeout must be a positive number of seconds, got {timeout}")
+    if not 0 <= attack_share <= 1:
+        raise ValueError(f"attack_share must be in [0, 1], got {attack_share}")
     if threat is not None and threat.eps_x > 0:
         raise ValueError("the property's box is the input set: give a weight-only threat (eps_x = 0)")
+    deadline = start + timeout
     shape = tuple(int(s) for s in input_shape) if input_shape is not None else (prop.num_inputs,)
     _check_shapes(model, prop, shape)
     if executor is not None:
@@ -142,13 +127,11 @@ def verify_property(
         run, checked_by = onnx_executor(onnx_path), "onnxruntime"
     else:
         run, checked_by = torch_executor(model), "torch-float32"
-    methods = [BoundMethod(m) for m in methods]
-    stats: dict[str, float] = {}
+    bound_methods = [BoundMethod(m) for m in methods]
+    stats: dict[str, float] = {"attack_rounds": 0}
 
-    def finish(
-        status: Status, by: str = "", cex: Counterexample | None = None, message: str = ""
-    ) -> VerificationResult:
-        return VerificationResult(status, clock.spent(), by, cex, message, stats)
+    def finish(status: Status, by: str = "", cex: Counterexample | None = None, why: str = "") -> VerificationResult:
+        return VerificationResult(status, time.monotonic() - start, by, cex, why, stats)
 
     # A conjunction without rows makes every output unsafe: the box's centre is a counterexample.
     for i, case in enumerate(prop.cases):
@@ -158,86 +141,35 @@ def verify_property(
                 return finish(Status.SAT, "attack", cex)
 
     open_pieces = set(prop.pieces())
-    rounds = 0
-    attack_until = clock.start + attack_share * timeout
-    while True:  # the first round always runs; more while the attack's share of the budget lasts
-        cex = _attack(
-            model, prop, shape, threat, run, checked_by, sorted({c for c, _ in open_pieces}), 8, 50, seed + rounds
-        )
-        rounds += 1
-        stats["attack_rounds"] = rounds
+
+    def attack_round(budget: tuple[int, int]) -> Counterexample | None:
+        cases = sorted({c for c, _ in open_pieces})
+        seed_now = seed + int(stats["attack_rounds"])
+        stats["attack_rounds"] += 1
+        return _attack(model, prop, shape, threat, run, checked_by, cases, budget, seed_now)
+
+    while True:  # the first round always runs; a second one while the attack's share of the budget lasts
+        cex = attack_round(_FIRST)
         if cex is not None:
             return finish(Status.SAT, "attack", cex)
-        if clock.left() <= 0:
+        if time.monotonic() >= deadline:
             return finish(Status.TIMEOUT)
-        if rounds >= 2 or time.monotonic() > attack_until:
+        if stats["attack_rounds"] >= 2 or time.monotonic() - start > attack_share * timeout:
             break
 
-    cost: dict[BoundMethod, float] = {}
-    roundoff: float | None = FLOAT32_UNIT_ROUNDOFF
+    outcome = prove_pieces(model, prop, shape, threat, bound_methods, open_pieces, deadline, alpha_steps)
+    stats.update(outcome.stats)
+    if outcome.decided_by is not None:
+        return finish(Status.UNSAT, outcome.decided_by)
+    if outcome.out_of_time:
+        return finish(Status.TIMEOUT)
+    open_pieces = outcome.open_pieces
 
-    def bound(case: Case, C: Tensor, d: Tensor, method: BoundMethod) -> Tensor:
-        """(S,) lower bounds on C f(x) - d for the model as executed in float32 (section 13), or in exact
-        arithmetic where the rounding analysis cannot follow the graph (recorded in the stats)."""
-        nonlocal roundoff
-        box = (case.lower.reshape(1, *shape), case.upper.reshape(1, *shape))
-        with torch.no_grad():
-            try:
-                return spec_bounds(
-                    model, *box, C, d, threat, method, alpha_steps=alpha_steps, executed_roundoff=roundoff
-                )[0]
-            except UnsupportedLayerError as err:
-                if roundoff is None or "rounding" not in str(err):
-                    raise
-                log.warning("bounds hold in exact arithmetic only: %s", err)
-                stats["rounding_unbounded"] = 1
-                roundoff = None
-                return spec_bounds(model, *box, C, d, threat, method, alpha_steps=alpha_steps)[0]
-
-    for method in methods:
-        for i in sorted({c for c, _ in open_pieces}):
-            case = prop.cases[i]
-            js = [j for c, j in open_pieces if c == i]
-            estimate = cost.get(method, 0.0)
-            if clock.left() <= estimate:
-                return finish(Status.TIMEOUT)
-            t0 = time.monotonic()
-            C = torch.cat([case.unsafe[j].C for j in js])
-            d = torch.cat([case.unsafe[j].d for j in js])
-            lower = bound(case, C, d, method)
-            cost[method] = max(cost.get(method, 0.0), time.monotonic() - t0)
-            stats[f"{method.value}_calls"] = stats.get(f"{method.value}_calls", 0) + 1
-            offset = 0
-            for j in js:
-                rows = case.unsafe[j].C.shape[0]
-                part = lower[offset : offset + rows]
-                offset += rows
-                best = float(part.max()) if rows else -math.inf
-                stats[f"bound_case{i}_conj{j}"] = best
-                if best > 0:
-                    open_pieces.discard((i, j))
-            if clock.left() <= 0:
-                return finish(Status.TIMEOUT)
-        if not open_pieces:
-            return finish(Status.UNSAT, method.value)
-
-    # The bounds are inconclusive: attack with the time that remains (bounded, so `unknown` comes back early).
-    for extra in range(2):
-        if clock.left() < 1.0:
+    # Inconclusive bounds: two stronger attack rounds on what is open, then `unknown` (early, not at the limit).
+    for _ in range(2):
+        if deadline - time.monotonic() < 1.0:
             return finish(Status.TIMEOUT)
-        cex = _attack(
-            model,
-            prop,
-            shape,
-            threat,
-            run,
-            checked_by,
-            sorted({c for c, _ in open_pieces}),
-            16,
-            100,
-            seed + 1000 + extra,
-        )
-        stats["attack_rounds"] = stats.get("attack_rounds", 0) + 1
+        cex = attack_round(_LATER)
         if cex is not None:
             return finish(Status.SAT, "attack", cex)
-    return finish(Status.UNKNOWN, message=f"{len(open_pieces)} of {len(prop.pieces())} pieces not proven")
+    return finish(Status.UNKNOWN, why=f"{len(open_pieces)} of {len(prop.pieces())} pieces not proven by the bounds")

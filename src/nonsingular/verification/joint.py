@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
-from torch import Tensor, nn
+from torch import nn
 from torch.func import functional_call
 
 from ..properties import Case
@@ -69,7 +69,12 @@ class RadiusBracket:
 
 
 def max_eps_w(
-    proves: Callable[[float], bool], *, start: float = 1e-3, cap: float = 1.0, rel_tol: float = 0.05, deadline: float = math.inf
+    proves: Callable[[float], bool],
+    *,
+    start: float = 1e-3,
+    cap: float = 1.0,
+    rel_tol: float = 0.05,
+    deadline: float = math.inf,
 ) -> RadiusBracket:
     """Bisection on eps_w for the predicate `proves(eps_w)` (monotone: a smaller ball is a subset).
 
@@ -105,5 +110,3 @@ def max_eps_w(
         else:
             hi = mid
     return RadiusBracket(lo, hi, steps)
-
-

@@ -31,9 +31,11 @@ def torch_executor(model: nn.Module) -> Executor:
     """Run `model` in float32 under no_grad (a weaker reference than onnxruntime: the same module the attack used)."""
 
     def run(x: np.ndarray) -> np.ndarray:
+        # One example per call, as a checker runs a counterexample: a batch may round differently.
+        xs = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
         with torch.no_grad():
-            out = model(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)))
-        return out.reshape(out.shape[0], -1).to(torch.float32).numpy()
+            outs = [model(xs[i : i + 1]).reshape(1, -1).to(torch.float32) for i in range(len(xs))]
+        return torch.cat(outs).numpy()
 
     return run
 
