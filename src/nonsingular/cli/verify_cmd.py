@@ -9,6 +9,7 @@ bad input are rows with the result `error`, their message on stderr).
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated
 
@@ -42,7 +43,7 @@ def _methods(text: str) -> tuple[BoundMethod, ...]:
     return tuple(out)
 
 
-def _summary(rows_table: dict[str, dict[str, int]]) -> Table:
+def _summary(rows_table: Mapping[str, Mapping[str, int]]) -> Table:
     statuses = [s.value for s in Status]
     table = Table(title="results per network")
     table.add_column("network")

@@ -29,6 +29,12 @@ __all__ = ["BoxObjective", "FalsifyRound", "falsify_case", "wrapped_threat"]
 class BoxObjective(nn.Module):
     """s in [0, 1]^n -> (N, J) violations v_j of a case's conjunctions at x = lower + (upper - lower) s."""
 
+    lower: Tensor
+    width: Tensor
+    C: Tensor
+    d: Tensor
+    owner: Tensor
+
     def __init__(self, net: nn.Module, case: Case, input_shape: tuple[int, ...], dtype: torch.dtype) -> None:
         super().__init__()
         self.net = net
@@ -51,7 +57,8 @@ class BoxObjective(nn.Module):
         values = y @ self.C.T - self.d  # (N, R)
         out = values.new_full((s.shape[0], self.pieces), -math.inf)
         index = self.owner[None].expand(s.shape[0], -1)
-        return out.scatter_reduce(1, index, values, reduce="amax", include_self=True)
+        result: Tensor = out.scatter_reduce(1, index, values, reduce="amax", include_self=True)
+        return result
 
 
 def _neg_violation(v: Tensor, y: Tensor, _clean: Tensor | None) -> Tensor:

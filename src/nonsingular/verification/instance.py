@@ -101,7 +101,7 @@ def _plain(path: Path) -> Iterator[Path]:
 
 def onnx_input_shape(path: Path) -> tuple[int, ...]:
     """The ONNX input's shape without its leading batch dimension (1 or symbolic), as onnxruntime reports it."""
-    import onnxruntime as ort
+    import onnxruntime as ort  # type: ignore[import-untyped]
 
     from ..errors import blame
 

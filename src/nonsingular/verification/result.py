@@ -78,7 +78,7 @@ def _number(v: float) -> str:
 def format_result(result: VerificationResult) -> str:
     """The VNN-COMP result text (ends with a newline)."""
     if result.status is not Status.SAT:
-        return result.status.value + "\n"
+        return f"{result.status.value}\n"
     cex = result.counterexample
     if cex is None:
         raise ValueError("a sat result needs its counterexample")

@@ -42,7 +42,7 @@ def torch_executor(model: nn.Module) -> Executor:
 
 def onnx_executor(path: str | Path) -> Executor:
     """onnxruntime on the ONNX file, on CPU, one example per call when the graph fixes a batch of 1."""
-    import onnxruntime as ort
+    import onnxruntime as ort  # type: ignore[import-untyped]
 
     options = ort.SessionOptions()
     options.intra_op_num_threads = 1
