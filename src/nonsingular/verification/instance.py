@@ -12,7 +12,7 @@ import multiprocessing as mp
 import pickle
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
@@ -115,9 +115,16 @@ def onnx_input_shape(path: Path) -> tuple[int, ...]:
 
 
 def run_instance(
-    onnx: str | Path, vnnlib: str | Path, timeout: float, options: VerifyOptions | None = None
+    onnx: str | Path,
+    vnnlib: str | Path,
+    timeout: float,
+    options: VerifyOptions | None = None,
+    on_answer: Callable[[VerificationResult], None] | None = None,
 ) -> VerificationResult:
     """Load the instance and decide it in this process (see `verify_property`).
+
+    on_answer: called with the answer as soon as it is known, before the --max-eps-w bisection and the export
+        (the worker sends it at once, so that a hard stop during the bisection keeps the answer).
 
     Raises:
         InputError, PropertyError, OnnxImportError: one-line problems with the files or options.
@@ -141,6 +148,10 @@ def run_instance(
             methods=options.methods,
             seed=options.seed,
         )
+        answered = time.monotonic() - start  # the row's time is the answer's; the bisection is reported apart
+        result.seconds = answered
+        if on_answer is not None:
+            on_answer(result)
         if result.status is Status.UNSAT and options.max_eps_w:
             bracket = max_eps_w(
                 lambda eps: (
@@ -150,11 +161,15 @@ def run_instance(
                 ),
                 deadline=start + timeout,
             )
-            result.stats.update(eps_w_proven=bracket.proven, eps_w_open=bracket.refuted_or_open)
+            result.stats.update(
+                eps_w_proven=bracket.proven,
+                eps_w_open=bracket.refuted_or_open,
+                eps_w_seconds=time.monotonic() - start - answered,
+            )
         cex = result.counterexample
         if options.export_worst is not None and cex is not None and cex.weights:
             _export_checked(model_path, model, cex, prop.cases[cex.case], shape, options.export_worst, result)
-    result.seconds = time.monotonic() - start
+    result.seconds = answered
     return result
 
 
@@ -179,13 +194,16 @@ def _export_checked(
 
 def _worker(conn: Connection, onnx: str, vnnlib: str, timeout: float, options: VerifyOptions) -> None:
     torch.set_num_threads(options.threads)
+
+    def send(result: VerificationResult) -> None:
+        # Plain pickle: tensors travel by value (multiprocessing's own pickler would share their memory through
+        # a file descriptor that dies with this process).
+        conn.send_bytes(pickle.dumps(result))
+
     try:
-        result = run_instance(onnx, vnnlib, timeout, options)
+        send(run_instance(onnx, vnnlib, timeout, options, on_answer=send))
     except (ValueError, OSError) as err:  # bad input: reported as the `error` answer with its one line
-        result = VerificationResult(Status.ERROR, 0.0, message=describe(err))
-    # Plain pickle: tensors travel by value (multiprocessing's own pickler would share their memory through a
-    # file descriptor that dies with this process).
-    conn.send_bytes(pickle.dumps(result))
+        send(VerificationResult(Status.ERROR, 0.0, message=describe(err)))
     conn.close()
 
 
@@ -210,11 +228,12 @@ def run_isolated(
     send.close()
     result: VerificationResult | None = None
     try:
-        if receive.poll(max(0.0, timeout - (time.monotonic() - start))):
+        # The worker sends the answer, then (after --max-eps-w or an export) the final result: keep the latest.
+        while receive.poll(max(0.0, timeout - (time.monotonic() - start))):
             try:
                 result = pickle.loads(receive.recv_bytes())
             except EOFError:
-                result = None
+                break
     finally:
         if proc.is_alive():
             proc.terminate()
