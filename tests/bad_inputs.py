@@ -99,6 +99,43 @@ def _meta(metadata: dict) -> dict[str, str]:
     return {_META_KEY: json.dumps(metadata)}
 
 
+def _onnx_files(ws: Path) -> None:
+    """Broken and hostile ONNX models (for `-c FILE.onnx`), built with onnx.helper."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    def model(nodes, inits=(), shape=(1, 1, 8, 8)) -> bytes:
+        x = helper.make_tensor_value_info("x", TensorProto.FLOAT, list(shape))
+        y = helper.make_tensor_value_info("y", TensorProto.FLOAT, None)
+        graph = helper.make_graph(nodes, "g", [x], [y], list(inits))
+        return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=7).SerializeToString()
+
+    flat = helper.make_node("Flatten", ["x"], ["f"])
+    w = onnx.numpy_helper.from_array(np.zeros((64, 10), np.float32), "w")
+    good = model([flat, helper.make_node("MatMul", ["f", "w"], ["y"])], [w])
+    (ws / "onnx-good.onnx").write_bytes(good)
+    (ws / "onnx-empty.onnx").write_bytes(b"")
+    (ws / "onnx-garbage.onnx").write_bytes(b"\xff" * 64)
+    (ws / "onnx-truncated.onnx").write_bytes(good[: len(good) // 2])
+    outside = TensorProto(name="w", data_type=TensorProto.FLOAT, dims=[64, 10], data_location=TensorProto.EXTERNAL)
+    for key, value in (("location", "../onnx-secret.bin"), ("length", str(64 * 10 * 4))):
+        entry = outside.external_data.add()
+        entry.key, entry.value = key, value
+    (ws / "onnx-secret.bin").write_bytes(b"\0" * 64 * 10 * 4)
+    (ws / "onnx-ext").mkdir()
+    (ws / "onnx-ext" / "m.onnx").write_bytes(model([flat, helper.make_node("MatMul", ["f", "w"], ["y"])], [outside]))
+    huge = TensorProto(name="w", data_type=TensorProto.FLOAT, dims=[2**30, 2**30], raw_data=b"\0" * 8)
+    (ws / "onnx-huge.onnx").write_bytes(model([flat, helper.make_node("MatMul", ["f", "w"], ["y"])], [huge]))
+    cycle = [helper.make_node("Add", ["x", "b"], ["a"]), helper.make_node("Relu", ["a"], ["b"])]
+    (ws / "onnx-cycle.onnx").write_bytes(model([*cycle, helper.make_node("Relu", ["b"], ["y"])]))
+    (ws / "onnx-dangling.onnx").write_bytes(model([helper.make_node("Add", ["x", "ghost"], ["y"])]))
+    soft = helper.make_node("Softsign", ["f"], ["y"], name="act1")
+    (ws / "onnx-unsupported.onnx").write_bytes(model([flat, soft]))
+    (ws / "onnx-32x2.onnx").write_bytes(
+        model([flat, helper.make_node("MatMul", ["f", "w"], ["y"])], [w], shape=(1, 32, 2))
+    )
+
+
 def make_workspace(ws: Path, checkpoint: Path) -> None:
     """Write every file the bad-input cases use into `ws`."""
     good = ws / "good.safetensors"
@@ -221,6 +258,7 @@ def make_workspace(ws: Path, checkpoint: Path) -> None:
             """
         )
     )
+    _onnx_files(ws)
     (ws / "occupied").mkdir()
     (ws / "occupied" / "notes.txt").write_text("mine\n")
     (ws / "broken-state").mkdir()

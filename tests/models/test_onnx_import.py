@@ -358,6 +358,39 @@ def _export(module: nn.Module, shape: tuple[int, ...], path: Path, opset: int) -
         torch.onnx.export(module.eval(), (torch.zeros(shape),), str(path), dynamo=False, opset_version=opset)
 
 
+class _ResidualNet(nn.Module):
+    """Residual block, then x.view(x.size(0), -1): the exporter writes Shape -> Gather -> Unsqueeze -> Concat."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.norm = Normalize([0.5, 0.4, 0.3], [0.2, 0.3, 0.25])
+        self.conv1 = nn.Conv2d(3, 3, 3, padding=1)
+        self.bn = nn.BatchNorm2d(3)
+        self.conv2 = nn.Conv2d(3, 2, 2, stride=2)
+        self.fc = nn.Linear(2 * 4 * 4, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.norm(x)
+        h = torch.relu(h + self.bn(self.conv1(h)))
+        h = torch.relu(self.conv2(h))
+        return self.fc(h.view(h.size(0), -1))
+
+
+@pytest.mark.parametrize("opset", [9, 13, 17])
+def test_torch_exported_residual_net_with_a_runtime_flatten(opset: int, tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    net = _ResidualNet().eval()
+    path = tmp_path / "res.onnx"
+    _export(net, (1, 3, 8, 8), path, opset)
+    imported = load_onnx(path)
+    assert isinstance(imported, OnnxGraphModule)
+    assert {n for n, m in imported.named_modules() if isinstance(m, nn.Conv2d | nn.Linear)} == {"conv1", "conv2", "fc"}
+    x = torch.rand(3, 3, 8, 8)
+    with torch.no_grad():
+        np.testing.assert_allclose(imported(x).numpy(), run_ort(path, x.numpy()), rtol=0, atol=1e-5)
+        np.testing.assert_allclose(imported(x).numpy(), net(x).numpy(), rtol=0, atol=1e-5)
+
+
 @pytest.mark.parametrize("opset", [9, 13, 17])
 def test_torch_exported_mlp_and_cnn(opset: int, tmp_path: Path) -> None:
     torch.manual_seed(0)

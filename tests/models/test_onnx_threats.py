@@ -101,3 +101,81 @@ def test_pgd_runs_on_an_imported_tanh_model(tmp_path: Path) -> None:
     assert bool(((result.x_adv - x).abs() <= 0.3 + 1e-6).all())
     assert bool((result.x_adv >= 0).all() and (result.x_adv <= 1).all())
     assert int((result.logits.argmax(1) == y).sum()) < len(y)  # a radius this large flips some
+
+
+#: Graphs of the import table whose every op has a bound rule (docs/onnx.md's "bounds" column)...
+BOUNDABLE = [
+    "gemm_trans_b",
+    "gemm_alpha_beta",
+    "matmul_no_bias",
+    "matmul_left_column",
+    "conv_basic",
+    "conv_groups",
+    "conv_strides_dilations",
+    "residual",
+    "normalise_per_channel",
+    "normalise_scalar",
+    "constant_affine",
+    "batch_norm",
+    "batch_norm_1d",
+    "flatten_axis0",
+    "reshape_constant",
+    "squeeze_unsqueeze",
+    "transpose_reshape_only",
+    "average_pool",
+    "average_pool_pads",
+    "max_pool",
+    "max_pool_pads",
+    "global_average_pool",
+    "concat_branches",
+    "constant_identity_dropout",
+    "shape_flatten_pattern",
+]
+#: ... and those the bounds refuse in one line (attacks still run).
+REFUSED = [
+    "gemm_two_layers",  # Tanh
+    "matmul_add",  # Sigmoid
+    "two_tensor_ops",  # Sigmoid, a product of two values
+    "conv_asymmetric",  # an explicit pad
+    "conv1d",  # an explicit pad
+    "transpose_permute",  # a permutation
+    "matmul_left_matrix",  # a permutation
+    "max_pool_asymmetric",  # an explicit pad
+]
+
+
+@pytest.mark.parametrize("case", BOUNDABLE)
+def test_crown_on_imported_graphs_is_exact_at_zero_radius_and_sound_beyond(case: str, tmp_path: Path) -> None:
+    from test_onnx_import import CASES
+
+    build, shape = CASES[case]
+    g = Graph(shape, 13)
+    model = load_onnx(save(g.model(build(g)), tmp_path))
+    torch.manual_seed(4)
+    x = torch.rand(3, *shape[1:])
+    with torch.no_grad():
+        z = model(x)
+    y = z.argmax(1)
+    clean = z.gather(1, y[:, None]) - z
+    exact = margin_bounds(model, x, y, ThreatModel(eps_x=0.0), "crown").lower
+    torch.testing.assert_close(exact, clean, rtol=1e-4, atol=1e-4)
+    threat = ThreatModel(eps_x=0.02, eps_w=0.002)
+    lower = margin_bounds(model, x, y, threat, "crown").lower
+    x_s = (x[None] + (torch.rand(32, *x.shape) * 2 - 1) * 0.02).clamp(0, 1)
+    with torch.no_grad():
+        z_s = model(x_s.reshape(-1, *shape[1:])).reshape(32, 3, -1)
+    margins = z_s.gather(2, y[None, :, None].expand(32, 3, 1)) - z_s
+    assert bool((lower[None] <= margins + 1e-4).all())
+
+
+@pytest.mark.parametrize("case", REFUSED)
+def test_bounds_refuse_the_other_imported_graphs_in_one_line(case: str, tmp_path: Path) -> None:
+    from test_onnx_import import CASES
+
+    build, shape = CASES[case]
+    g = Graph(shape, 13)
+    model = load_onnx(save(g.model(build(g)), tmp_path))
+    x = torch.rand(2, *shape[1:])
+    with pytest.raises(ValueError) as info:
+        margin_bounds(model, x, torch.zeros(2, dtype=torch.long), ThreatModel(eps_x=0.01), "crown")
+    assert "\n" not in str(info.value)

@@ -178,7 +178,12 @@ def build_attack(kind: AttackKind, **options: Any) -> PGD | AutoEnsemble:
 
 
 CheckpointOpt = Annotated[
-    Path | None, typer.Option("--checkpoint", "-c", help="Checkpoint (.safetensors) written by nonsingular train.")
+    Path | None,
+    typer.Option(
+        "--checkpoint",
+        "-c",
+        help="Checkpoint (.safetensors) written by nonsingular train, or an ONNX model (.onnx, with --data).",
+    ),
 ]
 ModelOpt = Annotated[
     str | None,

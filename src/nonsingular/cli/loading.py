@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -79,11 +80,14 @@ def load_model_and_data(
     """The model (eval mode) and data a command works on.
 
     Either a nonsingular checkpoint (its data is the default, and must still be the data it was trained on
-    unless `accept_data_change`), or the user's own model: `model` is "package.module:factory" (or
+    unless `accept_data_change`), an ONNX file (a checkpoint path ending in .onnx; `data` is then required and
+    must have the model's input shape), or the user's own model: `model` is "package.module:factory" (or
     "path/to/file.py:factory") with optional safetensors `weights`, and `data` (default digits) names its data.
     """
     if (checkpoint is None) == (model is None):
         raise UserError("give either --checkpoint, or --model (with --weights) for a model trained elsewhere")
+    if checkpoint is not None and checkpoint.suffix.lower() == ".onnx":
+        return _load_onnx_and_data(checkpoint, data, weights)
     if model is not None:
         from ..user_models import load_user_model
 
@@ -104,6 +108,35 @@ def load_model_and_data(
         check_same_data(dataset, metadata["data"], checkpoint, accept_data_change)
     check_model_fits(net, dataset, source, metadata.get("architecture"))
     return Loaded(net, dataset, metadata)
+
+
+def _load_onnx_and_data(path: Path, data: str | None, weights: Path | None) -> Loaded:
+    """An ONNX model (imported as plain PyTorch) and the data the user names for it."""
+    from ..onnx_import import import_onnx, reshape_input
+
+    if weights is not None:
+        raise UserError("--weights goes with --model; an ONNX file holds its own weights")
+    if data is None:
+        raise UserError(f"{path}: an ONNX model has no data of its own; pass --data (e.g. --data mnist)")
+    imported = import_onnx(path)
+    dataset = load_data(data)
+    info: dict[str, Any] = {"path": str(path), "opset": imported.opset, "input_shape": list(imported.input_shape)}
+    if _flattened_image(tuple(dataset.input_shape), imported.input_shape):
+        imported = reshape_input(imported, tuple(dataset.input_shape))
+        info["input_reshaped_from"] = list(dataset.input_shape)
+    architecture = {"name": "onnx", "input_shape": list(imported.input_shape)}
+    check_model_fits(imported.model, dataset, data, architecture)
+    return Loaded(imported.model, dataset, {"onnx": info, "architecture": architecture})
+
+
+def _flattened_image(data_shape: tuple[int, ...], model_shape: tuple[int, ...]) -> bool:
+    """Whether a model of `model_shape` takes the data's examples flattened: the model's input is one vector
+    ((784,), (784, 1), (1, 784)...) of as many entries, and the data has one channel, so row-major order is the
+    only order (with several channels, channels-first and channels-last flattenings would both fit)."""
+    vector = sum(1 for d in model_shape if d != 1) <= 1
+    single_channel = len(data_shape) < 3 or data_shape[0] == 1
+    same = math.prod(data_shape) == math.prod(model_shape)
+    return data_shape != model_shape and vector and single_channel and same
 
 
 def check_same_data(dataset: Dataset, recorded: dict[str, Any], checkpoint: Path | None, accept: bool) -> None:

@@ -10,8 +10,8 @@ and the refusals.
 
 from __future__ import annotations
 
-from .convert import load_onnx
+from .convert import ImportedModel, import_onnx, load_onnx, reshape_input
 from .errors import OnnxImportError
 from .graph_module import OnnxGraphModule
 
-__all__ = ["OnnxGraphModule", "OnnxImportError", "load_onnx"]
+__all__ = ["ImportedModel", "OnnxGraphModule", "OnnxImportError", "import_onnx", "load_onnx", "reshape_input"]

@@ -95,7 +95,7 @@ class NodeContext:
         self.conv = conv
         self.node = node
         self.opset = conv.spec.opset
-        self.label = node_label(node, self.opset)
+        self.label = f"{conv.spec.where}: {node_label(node, self.opset)}"
 
     # --- refusals -------------------------------------------------------------------------------------------
     def error(self, problem: str) -> OnnxImportError:
@@ -212,7 +212,13 @@ class NodeContext:
         if not isinstance(batched, Tensor) or batched.dim() == 0 or batched.shape[0] != _EXAMPLES:
             raise self.error("the result does not keep the batch dimension first (the op mixes examples)")
         stacked = torch.cat(singles)
-        if stacked.shape != batched.shape or not torch.allclose(stacked, batched, rtol=1e-4, atol=1e-5):
+        # Mixing examples changes values at their own scale; float32 rounding of batched vs single kernels does
+        # not come near 1e-4 of it.
+        scale = float(batched.abs().nan_to_num(posinf=0.0, neginf=0.0).max()) if batched.numel() else 0.0
+        close = stacked.shape == batched.shape and torch.allclose(
+            stacked, batched, rtol=1e-4, atol=1e-4 * (1.0 + scale), equal_nan=True
+        )
+        if not close:
             raise self.error("the op mixes the examples of a batch (it is not applied to each example alone)")
         name = self.conv.unique_name(hint)
         self.conv.steps.append(Step(name, module, [self.conv.resolve(i) for i in inputs], out))

@@ -19,6 +19,8 @@ __all__ = ["MAX_OPSET", "MIN_OPSET", "GraphSpec", "node_label", "read_graph"]
 
 #: The default-domain opsets the converters are written and tested for.
 MIN_OPSET, MAX_OPSET = 9, 21
+#: The most dimensions a model input may have (images with a batch dimension have 4).
+MAX_RANK = 8
 
 
 @dataclass
@@ -34,6 +36,7 @@ class GraphSpec:
         constants: initializers by name, decoded (float32 / int64 / int32).
         consumers: for each value name, how many nodes (plus the graph output) read it.
         model_dir: the folder of the model file (where external data may lie).
+        where: how messages name the model (its path).
     """
 
     opset: int
@@ -44,6 +47,7 @@ class GraphSpec:
     constants: dict[str, np.ndarray]
     consumers: dict[str, int]
     model_dir: Path
+    where: str
 
 
 def node_label(node: onnx.NodeProto, opset: int) -> str:
@@ -79,6 +83,8 @@ def _input(graph: onnx.GraphProto, initializers: set[str], where: str) -> tuple[
     dims = list(value.type.tensor_type.shape.dim)
     if not dims:
         raise OnnxImportError(f"{where}: input {value.name!r} is a scalar; a leading batch dimension is needed")
+    if len(dims) > MAX_RANK:
+        raise OnnxImportError(f"{where}: input {value.name!r} has {len(dims)} dimensions (at most {MAX_RANK})")
     first = dims[0]
     if first.HasField("dim_value") and first.dim_value != 1:
         raise OnnxImportError(
@@ -197,4 +203,4 @@ def read_graph(model: onnx.ModelProto, model_dir: Path, where: str) -> GraphSpec
         for i in n.input:
             if i:
                 consumers[i] = consumers.get(i, 0) + 1
-    return GraphSpec(opset, input_name, input_shape, output, nodes, constants, consumers, model_dir)
+    return GraphSpec(opset, input_name, input_shape, output, nodes, constants, consumers, model_dir, where)

@@ -12,7 +12,7 @@ from torch import Tensor, nn
 
 from .context import Step
 
-__all__ = ["OnnxGraphModule", "build_module"]
+__all__ = ["OnnxGraphModule", "build_module", "prepend"]
 
 
 class OnnxGraphModule(nn.Module):
@@ -44,6 +44,21 @@ class OnnxGraphModule(nn.Module):
 
     def extra_repr(self) -> str:
         return f"steps={len(self.plan)}, input={self.input_name!r}, output={self.output_name!r}"
+
+
+def prepend(model: nn.Module, name: str, first: nn.Module) -> nn.Module:
+    """`model` (as built by `build_module`) with `first` applied to its input before everything else, keeping
+    every other module's name."""
+    if isinstance(model, OnnxGraphModule):
+        if hasattr(model, name):
+            raise ValueError(f"the model already has a module named {name!r}")
+        entry = f"{model.input_name}::{name}"
+        modules = [(name, first), *model.named_children()]
+        plan = [(name, (entry,), model.input_name), *model.plan]
+        return OnnxGraphModule(modules, plan, entry, model.output_name).eval()
+    if not isinstance(model, nn.Sequential) or hasattr(model, name):
+        raise ValueError(f"cannot put a module named {name!r} in front of {type(model).__name__}")
+    return nn.Sequential(OrderedDict([(name, first), *model.named_children()])).eval()
 
 
 def build_module(steps: Sequence[Step], input_name: str, output_name: str) -> nn.Module:

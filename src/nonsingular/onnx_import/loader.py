@@ -95,14 +95,18 @@ def _external_bytes(tensor: onnx.TensorProto, model_dir: Path, nbytes: int, what
         raise OnnxImportError(f"{what}: external data offset/length are not integers") from None
     if offset < 0 or length != nbytes:
         raise OnnxImportError(f"{what}: external data offset {offset} / length {length}, expected {nbytes} bytes")
+    # O_NONBLOCK: opening a FIFO planted as the data file must not hang; anything but a regular file is refused
+    # on the opened descriptor, so a swap after the checks above changes nothing.
+    flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
     try:
-        fd = os.open(target, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+        fd = os.open(target, flags)
     except OSError as err:
         raise OnnxImportError(f"{what}: cannot open external data {location!r} ({err.strerror})") from None
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode):
+        os.close(fd)
+        raise OnnxImportError(f"{what}: external data {location!r} is not a regular file")
     with os.fdopen(fd, "rb") as f:
-        st = os.fstat(f.fileno())
-        if not stat.S_ISREG(st.st_mode):
-            raise OnnxImportError(f"{what}: external data {location!r} is not a regular file")
         if offset + nbytes > st.st_size:
             raise OnnxImportError(
                 f"{what}: external data {location!r} holds {st.st_size} bytes, too few for the tensor"

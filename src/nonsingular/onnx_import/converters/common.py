@@ -18,18 +18,24 @@ _PARAM_SUFFIX = re.compile(r"[._/:]?(weight|weights|kernel|W)$")
 
 def layer_hint(ctx: NodeContext, k: int = 1) -> str:
     """The name a parametrised layer gets: its weight initializer's name without a trailing 'weight' (so
-    torch-exported 'layers.0.weight' gives 'layers_0'), else the node's name, else the op type."""
+    torch-exported 'layers.0.weight' gives 'layers_0'), unless the exporter made that name up ('onnx::Conv_34',
+    a folded constant); then the node's name, then the op type."""
     name = ctx.input(k)
-    if name in ctx.conv.spec.constants:
+    if name in ctx.conv.spec.constants and not name.startswith("onnx::"):
         stem = _PARAM_SUFFIX.sub("", name)
         if stem:
             return stem
-    return ctx.node.name or ctx.node.op_type.lower()
+    return node_hint(ctx)
 
 
 def node_hint(ctx: NodeContext) -> str:
-    """The name a layer without parameters gets: the node's name, else its op type."""
-    return ctx.node.name or ctx.node.op_type.lower()
+    """The name a layer without parameters gets: the node's name without the exporter's trailing '/OpType'
+    ('/conv1/Conv' gives 'conv1'), else its op type."""
+    name = ctx.node.name
+    suffix = f"/{ctx.node.op_type}"
+    if name.endswith(suffix) and len(name) > len(suffix):
+        name = name[: -len(suffix)]
+    return name.strip("/") or ctx.node.op_type.lower()
 
 
 def float_tensor(ctx: NodeContext, array: np.ndarray, what: str) -> Tensor:

@@ -87,7 +87,14 @@ def matmul(ctx: NodeContext) -> None:
             raise ctx.error(f"A {list(shape)} @ B {list(w.shape)}: B must be a matrix matching A's last dimension")
         out_shape = (*shape[:-1], int(w.shape[1]))
         bias, out = _fused_bias(ctx, out_shape)
-        ctx.emit(_linear(ctx, np.ascontiguousarray(w.T), bias), [x], layer_hint(ctx, 1), output=out)
+        lin, hint = _linear(ctx, np.ascontiguousarray(w.T), bias), layer_hint(ctx, 1)
+        if len(shape) > 2 and all(d == 1 for d in shape[1:-1]):
+            # (N, 1, ..., 1, K): a Linear between reshapes, which the bounds (Linear on (N, features)) follow
+            x = ctx.emit(Reshape((shape[-1],)), [x], f"{hint}_in", output=f"{out}::in")
+            x = ctx.emit(lin, [x], hint, output=f"{out}::lin")
+            ctx.emit(Reshape(out_shape[1:]), [x], f"{hint}_out", output=out)
+        else:
+            ctx.emit(lin, [x], hint, output=out)
         return
     if ctx.is_const(0) and not ctx.is_const(1):
         w, x = ctx.const(0, "A"), ctx.tensor(1)

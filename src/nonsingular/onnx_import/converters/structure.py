@@ -84,7 +84,7 @@ def reshape(ctx: NodeContext) -> None:
 
 @converter("Squeeze", since=9, until=MAX_OPSET)
 def squeeze(ctx: NodeContext) -> None:
-    a = ctx.attrs("axes")
+    a = ctx.attrs(*(("axes",) if ctx.opset < 13 else ()))
     shape = ctx.shape(0)
     axes = _axes(ctx, a, len(shape))
     if axes is None:
@@ -96,7 +96,7 @@ def squeeze(ctx: NodeContext) -> None:
 
 @converter("Unsqueeze", since=9, until=MAX_OPSET)
 def unsqueeze(ctx: NodeContext) -> None:
-    a = ctx.attrs("axes")
+    a = ctx.attrs(*(("axes",) if ctx.opset < 13 else ()))
     shape = ctx.shape(0)
     raw = ctx.const(1, "axes") if ctx.opset >= 13 and ctx.input(1) else a.get("axes")
     if raw is None:
@@ -137,7 +137,7 @@ def concat(ctx: NodeContext) -> None:
     if not 0 <= axis < rank or any(len(s) != rank for s in shapes):
         raise ctx.error(f"axis {axis} / shapes {[list(s) for s in shapes]} do not concatenate")
     if all(ctx.is_const(k) for k in range(n)):
-        ctx.check_size((sum(s[axis] for s in shapes),))
+        ctx.check_size((*shapes[0][:axis], sum(s[axis] for s in shapes), *shapes[0][axis + 1 :]))
         ctx.set_const(np.concatenate([ctx.const(k) for k in range(n)], axis=axis))
         return
     if any(ctx.is_const(k) for k in range(n)):
