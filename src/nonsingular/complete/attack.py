@@ -1,0 +1,209 @@
+"""Falsification: search for a point of the unsafe region, and check any candidate by running the model itself.
+
+The objective of a point is the property's value v(x) = min over disjuncts g of max over rows i in g of
+(C_i f(x) - d_i): v(x) <= 0 exactly when f(x) lies in some disjunct's unsafe set. PGD minimises it with signed
+gradient steps inside the box, from random starts or from given ones (the relaxation's minimisers of the worst
+domains). Under a weight threat it also moves the Lemma 1 coordinates t_l in [-1, 1] (THEORY.md section 3), which
+are exactly the per-example weight ball of a Linear chain.
+
+A candidate is only a counterexample once `check_witness` has run the user's model (its own forward, through
+torch.func.functional_call with the explicit perturbed weights) in float32 and in float64 and found the
+property violated in both, with x inside the box and the weights inside the ball as each dtype compares them.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .chain import Chain
+
+__all__ = ["Witness", "check_witness", "explicit_weights", "pgd_falsify", "property_value"]
+
+
+@dataclass(frozen=True)
+class Witness:
+    """A checked counterexample.
+
+    Attributes:
+        x: (*input_shape) float64, inside the box.
+        weights: module name -> perturbed weight and bias (float64) for a weight threat; empty for input-only.
+        value: the property's value v(x) on the float64 run (<= 0).
+        value_float32: the same on the float32 run (<= 0).
+    """
+
+    x: Tensor
+    weights: dict[str, Tensor]
+    value: float
+    value_float32: float
+
+
+def property_value(logits: Tensor, spec: Tensor, offset: Tensor, groups: Tensor) -> Tensor:
+    """(N,) v = min_g max_{i in g} (spec_i logits - offset_i); groups: (G, R) bool membership."""
+    rows = logits @ spec.to(logits.dtype).T - offset.to(logits.dtype)  # (N, R)
+    masked = torch.where(groups[None], rows[:, None, :], torch.full_like(rows[:, None, :], -torch.inf))
+    return masked.amax(dim=-1).amin(dim=-1)
+
+
+def pgd_falsify(
+    chain: Chain,
+    lo: Tensor,
+    hi: Tensor,
+    spec: Tensor,
+    offset: Tensor,
+    groups: Tensor,
+    starts: Tensor,
+    *,
+    steps: int,
+    generator: torch.Generator,
+    deadline: float,
+) -> tuple[Tensor, list[Tensor] | None, Tensor]:
+    """Minimise v over the box [lo, hi] (flattened inputs, (n,)) from `starts` (S, n).
+
+    Returns:
+        (x (S, n), t per layer (S, n_l) or None, v (S,)): the best point of each start.
+    """
+    x = starts.to(torch.float64).clone().clamp_(lo, hi)
+    joint = chain.perturbs_weights
+    t = (
+        [
+            torch.rand(x.shape[0], layer.weight.shape[0], generator=generator, dtype=torch.float64) * 2 - 1
+            for layer in chain.layers
+        ]
+        if joint
+        else None
+    )
+    width = hi - lo
+    best_x, best_t = x.clone(), None if t is None else [ti.clone() for ti in t]
+    shape = (x.shape[0], *chain.input_shape)
+    best_v = torch.full((x.shape[0],), torch.inf, dtype=torch.float64)
+    for step in range(steps + 1):
+        x.requires_grad_(True)
+        if t is not None:
+            for ti in t:
+                ti.requires_grad_(True)
+        v = property_value(chain.forward(chain.h0(x.reshape(shape)), t), spec, offset, groups)
+        with torch.no_grad():
+            better = v < best_v
+            best_v = torch.where(better, v.detach(), best_v)
+            best_x[better] = x.detach()[better]
+            if t is not None and best_t is not None:
+                for kept, cur in zip(best_t, t, strict=True):
+                    kept[better] = cur.detach()[better]
+        if step == steps or bool((best_v < 0).all()) or time.monotonic() > deadline:
+            break
+        params = [x, *(t or [])]
+        grads = torch.autograd.grad(v.sum(), params)
+        size = 0.5 * (1 + torch.cos(torch.tensor(torch.pi * step / max(steps, 1)))).item() * 0.25 + 0.01
+        with torch.no_grad():
+            x = (x - size * width * grads[0].sign()).clamp(lo, hi)
+            if t is not None:
+                t = [(ti - 2 * size * g.sign()).clamp(-1, 1) for ti, g in zip(t, grads[1:], strict=True)]
+    return best_x, best_t, best_v
+
+
+def explicit_weights(chain: Chain, h0: Tensor, t: list[Tensor]) -> dict[str, tuple[Tensor, Tensor]]:
+    """The weights W_l + D_l, b_l + db_l that realise the Lemma 1 coordinates t for one input (h0: (1, n_0)),
+    in float64: D_l = diag(t_l) (rho_l * sign(h_{l-1})^T), sign(0) := +1 (operator ball: the whole row's budget on
+    the largest |h_j|), db_l = t_l * beta_l. Layers the threat leaves alone are not in the result."""
+    out: dict[str, tuple[Tensor, Tensor]] = {}
+    h = h0.to(torch.float64)
+    for i, layer in enumerate(chain.layers):
+        lt = layer.threat
+        w, b = layer.weight, layer.bias
+        ti = t[i][0].to(torch.float64)
+        if lt is not None:
+            sign = torch.where(h[0] >= 0, 1.0, -1.0).to(torch.float64)
+            if lt.rho is not None:
+                delta = ti[:, None] * lt.rho * sign[None, :]
+            else:
+                delta = torch.zeros_like(w)
+                j = int(h[0].abs().argmax())
+                delta[:, j] = ti * lt.operator_radius() * sign[j]
+            db = ti * lt.beta if lt.beta is not None else torch.zeros_like(b)
+            w, b = w + delta, b + db
+            out[layer.name] = (w, b)
+        z = F.linear(h, w, b)
+        h = torch.relu(z) if i < len(chain.layers) - 1 else z
+    return out
+
+
+def _run(model: nn.Module, x: Tensor, params: dict[str, Tensor], dtype: torch.dtype) -> Tensor:
+    was_training = model.training
+    model.eval()
+    try:
+        state = {
+            k: params.get(k, v).to(dtype) if v.is_floating_point() else v
+            for k, v in (*model.named_parameters(), *model.named_buffers())
+        }
+        with torch.no_grad():
+            out: Tensor = torch.func.functional_call(model, state, (x.to(dtype),))
+        return out
+    finally:
+        model.train(was_training)
+
+
+def _within_ball(chain: Chain, name: str, w_new: Tensor, b_new: Tensor, dtype: torch.dtype) -> bool:
+    layer = next(layer for layer in chain.layers if layer.name == name)
+    lt = layer.threat
+    if lt is None:
+        return False
+    dw = w_new.to(dtype) - layer.weight.to(dtype)
+    db = b_new.to(dtype) - layer.bias.to(dtype)
+    if lt.rho is not None:
+        ok = bool((dw.abs() <= lt.rho.to(dtype)).all())
+    else:
+        ok = bool((dw.abs().to(torch.float64).sum(dim=1) <= lt.operator_radius()).all())
+    beta = lt.beta if lt.beta is not None else torch.zeros_like(layer.bias)
+    return ok and bool((db.abs() <= beta.to(dtype)).all())
+
+
+def check_witness(
+    model: nn.Module,
+    chain: Chain,
+    x: Tensor,
+    t: list[Tensor] | None,
+    lower: Tensor,
+    upper: Tensor,
+    spec: Tensor,
+    offset: Tensor,
+    groups: Tensor,
+) -> Witness | None:
+    """The counterexample (x, and the weights t stands for) if running `model` confirms it, else None.
+
+    x: (*input_shape). Confirmed means: lower <= x <= upper, every perturbed weight inside the ball (each dtype's
+    own comparison, after rounding the float64 weights to it), and v <= 0 on the float64 and the float32 run.
+    """
+    x64 = x.to(torch.float64).reshape(lower.shape)
+    if not bool(((x64 >= lower) & (x64 <= upper)).all()):
+        return None
+    weights: dict[str, Tensor] = {}
+    params: dict[str, Tensor] = {}
+    if t is not None:
+        modules = dict(model.named_modules())
+        for name, (w, b) in explicit_weights(chain, chain.h0(x64[None]), [ti[None] for ti in t]).items():
+            weights[f"{name}.weight"], params[f"{name}.weight"] = w, w
+            if modules[name].bias is not None:
+                weights[f"{name}.bias"], params[f"{name}.bias"] = b, b
+            elif bool((b != 0).any()):
+                return None
+    values = []
+    for dtype in (torch.float64, torch.float32):
+        for key in {k.rsplit(".", 1)[0] for k in params}:
+            b_new = params.get(f"{key}.bias", chain_bias(chain, key))
+            if not _within_ball(chain, key, params[f"{key}.weight"], b_new, dtype):
+                return None
+        logits = _run(model, x64[None], params, dtype)
+        values.append(float(property_value(logits.to(torch.float64), spec, offset, groups)[0]))
+    if values[0] > 0 or values[1] > 0:
+        return None
+    return Witness(x=x64.clone(), weights=weights, value=values[0], value_float32=values[1])
+
+
+def chain_bias(chain: Chain, name: str) -> Tensor:
+    """The clean bias of chain layer `name` (float64)."""
+    return next(layer.bias for layer in chain.layers if layer.name == name)
