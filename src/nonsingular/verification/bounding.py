@@ -82,7 +82,11 @@ def prove_pieces(
         for i in sorted({c for c, _ in open_pieces}):
             case = prop.cases[i]
             js = sorted(j for c, j in open_pieces if c == i)
-            if deadline - time.monotonic() <= cost.get(method, 0.0):
+            estimate = cost.get(method, 0.0)
+            if method is BoundMethod.ALPHA_CROWN and method not in cost:
+                # alpha-CROWN re-runs CROWN's passes at each of its steps: about (steps + 1) CROWN calls.
+                estimate = cost.get(BoundMethod.CROWN, 0.0) * (alpha_steps + 1) / 2
+            if deadline - time.monotonic() <= estimate:
                 return BoundingOutcome(open_pieces, None, True, stats)
             t0 = time.monotonic()
             C = torch.cat([case.unsafe[j].C for j in js])

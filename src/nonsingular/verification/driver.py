@@ -2,7 +2,8 @@
 
 The loop reads like the method: falsify (the attack on every disjunct's own objective), bound every (box,
 conjunction) piece with interval propagation, CROWN and alpha-CROWN until each is proven empty (bounding.py),
-and attack again with some of the time that remains. `unsat` when every piece is proven; `sat` only with a
+hand what is left to branch and bound (complete_phase.py), and attack again with some of the time that
+remains. `unsat` when every piece is proven; `sat` only with a
 counterexample re-checked by the reference runtime (witness.py; joint ones also by the independent checker,
 joint.py); `unknown` when the bounds stay inconclusive and the attack finds nothing; `timeout` when the clock
 runs out first. The clock is read between attack rounds and bound calls; the CLI enforces the hard limit by
@@ -24,6 +25,7 @@ from ..errors import blame
 from ..properties import Property, PropertyError
 from ..threat import ThreatModel
 from .bounding import prove_pieces
+from .complete_phase import complete_pieces
 from .falsify import falsify_case
 from .joint import joint_witness
 from .result import Counterexample, Status, VerificationResult
@@ -90,6 +92,7 @@ def verify_property(
     attack_share: float = 0.25,
     alpha_steps: int = 20,
     seed: int = 0,
+    complete: bool = True,
 ) -> VerificationResult:
     """Decide whether any input of the property's boxes (and, with a weight threat, any weight of its ball)
     reaches the unsafe region.
@@ -106,6 +109,7 @@ def verify_property(
         attack_share: fraction of the budget the first attack phase may use (at least one round always runs).
         alpha_steps: alpha-CROWN's gradient steps.
         seed: the attack's random starts.
+        complete: hand the pieces the bounds leave open to branch and bound (`nonsingular.complete`).
 
     Raises:
         PropertyError: the property does not fit the model (input or output count).
@@ -165,7 +169,18 @@ def verify_property(
         return finish(Status.TIMEOUT)
     open_pieces = outcome.open_pieces
 
-    # Inconclusive bounds: two stronger attack rounds on what is open, then `unknown` (early, not at the limit).
+    if complete:
+        searched = complete_pieces(model, prop, shape, threat, open_pieces, deadline, run, checked_by, seed)
+        stats.update(searched.stats)
+        if searched.counterexample is not None:
+            return finish(Status.SAT, "bab", searched.counterexample)
+        if not searched.open_pieces:
+            return finish(Status.UNSAT, "bab")
+        if searched.out_of_time:
+            return finish(Status.TIMEOUT)
+        open_pieces = searched.open_pieces
+
+    # Inconclusive: two stronger attack rounds on what is open, then `unknown` (early, not at the limit).
     for _ in range(2):
         if deadline - time.monotonic() < 1.0:
             return finish(Status.TIMEOUT)
