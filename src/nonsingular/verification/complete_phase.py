@@ -3,9 +3,13 @@ open, one call per case with the open conjunctions as its disjunct groups.
 
 What it proves and finds is re-checked the same way as the rest: a `sat` only after the reference runtime (or,
 for joint threats, the ordinary module with the explicit weights) maps the snapped witness into the unsafe
-region. Its `unsat` is branch and bound's: exact arithmetic over the box (the bounds phase also covers float32
-execution, THEORY.md section 13; the result records which method decided). A model outside branch and bound's
-chains (UnsupportedLayerError) leaves the pieces open.
+region. For input-only properties its `unsat` covers float32 execution (THEORY.md section 13) the way the bounds
+phase does: the rounding of every layer is a bias perturbation, so the search runs with a bias radius eps_b no
+smaller than any layer's rounding radius (from CROWN boxes of the executed network, `GraphBounds(roundoff=...)`)
+on the box widened by the rounding of reading it; its witnesses are then re-checked on the real model without
+those bias moves. Joint properties (a weight ball of their own, possibly relative) are searched in exact
+arithmetic, and graphs the rounding analysis does not cover likewise (stats `rounding_unbounded`). A model
+outside branch and bound's chains (UnsupportedLayerError) leaves the pieces open.
 """
 
 from __future__ import annotations
@@ -19,6 +23,9 @@ from torch import nn
 from torch.func import functional_call
 
 from ..bounds import UnsupportedLayerError
+from ..bounds.engine import GraphBounds
+from ..bounds.graph import trace
+from ..bounds.rounding import FLOAT32_UNIT_ROUNDOFF, read_rounding
 from ..complete import BaBStatus, branch_and_bound
 from ..properties import Property
 from ..threat import ThreatModel
@@ -56,6 +63,20 @@ def _joint_check(
     return None
 
 
+def _rounding_radius(model: nn.Module, lower: torch.Tensor, upper: torch.Tensor) -> float | None:
+    """The largest float32 rounding radius of any layer's pre-activations over the box, None where the rounding
+    analysis does not cover the graph."""
+    with torch.no_grad():
+        graph, _ = trace(model, (lower + upper) / 2)
+        try:
+            bounds = GraphBounds(graph, {}, lower, upper, crown=True, roundoff=FLOAT32_UNIT_ROUNDOFF)
+        except UnsupportedLayerError as err:
+            log.warning("branch and bound in exact arithmetic only: %s", err)
+            return None
+    radii = [float(t.beta.max()) for t in bounds.threats.values() if t.beta is not None]
+    return max(radii) if radii else None
+
+
 def complete_pieces(
     model: nn.Module,
     prop: Property,
@@ -70,6 +91,7 @@ def complete_pieces(
     """Run branch and bound on each case with open pieces, within the deadline."""
     open_pieces = set(pieces)
     stats: dict[str, float] = {}
+    joint = threat is not None and threat.perturbs_weights
     for i in sorted({c for c, _ in pieces}):
         left = deadline - time.monotonic()
         if left <= 0:
@@ -79,16 +101,26 @@ def complete_pieces(
         C = torch.cat([case.unsafe[j].C for j in js])
         d = torch.cat([case.unsafe[j].d for j in js])
         groups = torch.cat([torch.full((case.unsafe[j].C.shape[0],), k) for k, j in enumerate(js)])
+        lower, upper = case.lower.reshape(1, *shape), case.upper.reshape(1, *shape)
+        search_threat = threat
+        if not joint:
+            rounding = _rounding_radius(model, lower, upper)
+            if rounding is None:
+                stats["rounding_unbounded"] = 1
+            else:
+                search_threat = ThreatModel(eps_b=rounding)
+                lower, upper = read_rounding(lower, upper, FLOAT32_UNIT_ROUNDOFF)
+                stats["bab_rounding_eps_b"] = rounding
         try:
             result = branch_and_bound(
                 model,
-                case.lower.reshape(shape),
-                case.upper.reshape(shape),
+                lower[0],
+                upper[0],
                 C,
                 d,
                 groups=groups,
-                threat=threat,
-                timeout=left,
+                threat=search_threat,
+                timeout=deadline - time.monotonic(),
                 seed=seed,
             )
         except UnsupportedLayerError as err:
@@ -101,7 +133,7 @@ def complete_pieces(
             open_pieces -= {(i, j) for j in js}
         elif result.status is BaBStatus.SAT and result.witness is not None:
             x = snap_into_box(result.witness.x.reshape(1, -1), case.lower, case.upper)
-            if result.witness.weights:
+            if joint:
                 cex = _joint_check(model, x, result.witness.weights, prop, i, shape)
             else:
                 cex = try_witness(x, case, i, run, shape, checked_by)
