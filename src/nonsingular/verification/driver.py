@@ -161,24 +161,30 @@ def verify_property(
         if stats["attack_rounds"] >= 2 or time.monotonic() - start > attack_share * timeout:
             break
 
-    outcome = prove_pieces(model, prop, shape, threat, bound_methods, open_pieces, deadline, alpha_steps)
-    stats.update(outcome.stats)
-    if outcome.decided_by is not None:
-        return finish(Status.UNSAT, outcome.decided_by)
-    if outcome.out_of_time:
-        return finish(Status.TIMEOUT)
-    open_pieces = outcome.open_pieces
-
-    if complete:
-        searched = complete_pieces(model, prop, shape, threat, open_pieces, deadline, run, checked_by, seed)
-        stats.update(searched.stats)
-        if searched.counterexample is not None:
-            return finish(Status.SAT, "bab", searched.counterexample)
-        if not searched.open_pieces:
-            return finish(Status.UNSAT, "bab")
-        if searched.out_of_time:
-            return finish(Status.TIMEOUT)
-        open_pieces = searched.open_pieces
+    # Branch and bound starts from alpha-CROWN at its root: with it, alpha-CROWN runs there, not twice.
+    deferred = [m for m in bound_methods if complete and m is BoundMethod.ALPHA_CROWN]
+    first = [m for m in bound_methods if m not in deferred]
+    for methods_now, search in ((first, complete), (deferred, False)):
+        if methods_now:
+            outcome = prove_pieces(model, prop, shape, threat, methods_now, open_pieces, deadline, alpha_steps)
+            stats.update(outcome.stats)
+            if outcome.decided_by is not None:
+                return finish(Status.UNSAT, outcome.decided_by)
+            if outcome.out_of_time:
+                return finish(Status.TIMEOUT)
+            open_pieces = outcome.open_pieces
+        if search:
+            searched = complete_pieces(model, prop, shape, threat, open_pieces, deadline, run, checked_by, seed)
+            stats.update(searched.stats)
+            if searched.counterexample is not None:
+                return finish(Status.SAT, "bab", searched.counterexample)
+            if not searched.open_pieces:
+                return finish(Status.UNSAT, "bab")
+            if searched.out_of_time:
+                return finish(Status.TIMEOUT)
+            open_pieces = searched.open_pieces
+            if not searched.stats.get("bab_unsupported"):
+                break  # the search ran: its root bound is already alpha-CROWN's
 
     # Inconclusive: two stronger attack rounds on what is open, then `unknown` (early, not at the limit).
     for _ in range(2):
