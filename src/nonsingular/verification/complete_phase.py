@@ -111,6 +111,8 @@ def complete_pieces(
                 search_threat = ThreatModel(eps_b=rounding)
                 lower, upper = read_rounding(lower, upper, FLOAT32_UNIT_ROUNDOFF)
                 stats["bab_rounding_eps_b"] = rounding
+        if deadline - time.monotonic() <= 0:
+            return CompleteOutcome(open_pieces, None, True, stats)
         try:
             result = branch_and_bound(
                 model,
@@ -120,7 +122,7 @@ def complete_pieces(
                 d,
                 groups=groups,
                 threat=search_threat,
-                timeout=deadline - time.monotonic(),
+                timeout=max(0.01, deadline - time.monotonic()),
                 seed=seed,
             )
         except UnsupportedLayerError as err:
