@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .chain import Chain
+from .chain import Chain, ChainLayer
 
 __all__ = ["Witness", "check_witness", "explicit_weights", "pgd_falsify", "property_value"]
 
@@ -147,19 +147,43 @@ def _run(model: nn.Module, x: Tensor, params: dict[str, Tensor], dtype: torch.dt
         model.train(was_training)
 
 
-def _within_ball(chain: Chain, name: str, w_new: Tensor, b_new: Tensor, dtype: torch.dtype) -> bool:
-    layer = next(layer for layer in chain.layers if layer.name == name)
+def _toward(value: Tensor, target: Tensor, bad: Tensor) -> Tensor:
+    """value with the entries flagged `bad` moved one step (in value's dtype) toward target."""
+    return torch.where(bad, torch.nextafter(value, target), value)
+
+
+def _fit_weights(layer: ChainLayer, w_new: Tensor, b_new: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor] | None:
+    """The perturbed weight and bias rounded to `dtype`, pulled back toward the clean ones by single ulps until
+    the ball holds them as `dtype` compares (THEORY.md section 8); None if that fails."""
     lt = layer.threat
     if lt is None:
-        return False
-    dw = w_new.to(dtype) - layer.weight.to(dtype)
-    db = b_new.to(dtype) - layer.bias.to(dtype)
-    if lt.rho is not None:
-        ok = bool((dw.abs() <= lt.rho.to(dtype)).all())
-    else:
-        ok = bool((dw.abs().to(torch.float64).sum(dim=1) <= lt.operator_radius()).all())
-    beta = lt.beta if lt.beta is not None else torch.zeros_like(layer.bias)
-    return ok and bool((db.abs() <= beta.to(dtype)).all())
+        return None
+    w0, b0 = layer.weight.to(dtype), layer.bias.to(dtype)
+    w, b = w_new.to(dtype), b_new.to(dtype)
+    beta = (lt.beta if lt.beta is not None else torch.zeros_like(layer.bias)).to(dtype)
+    for _ in range(8):
+        dw, db = w - w0, b - b0
+        if lt.rho is not None:
+            bad_w = dw.abs() > lt.rho.to(dtype)
+        else:
+            rows = dw.abs().to(torch.float64).sum(dim=1) > lt.operator_radius()
+            bad_w = rows[:, None] & (dw != 0)
+        bad_b = db.abs() > beta
+        if not (bool(bad_w.any()) or bool(bad_b.any())):
+            return w, b
+        w, b = _toward(w, w0, bad_w), _toward(b, b0, bad_b)
+    return None
+
+
+def _fit_box(x: Tensor, lower: Tensor, upper: Tensor, dtype: torch.dtype) -> Tensor | None:
+    """x rounded to `dtype` and moved by single ulps into [lower, upper] (compared in float64); None if it fails."""
+    v = x.to(dtype)
+    for _ in range(8):
+        low, high = v.to(torch.float64) < lower, v.to(torch.float64) > upper
+        if not (bool(low.any()) or bool(high.any())):
+            return v
+        v = _toward(_toward(v, upper.to(dtype), low), lower.to(dtype), high)
+    return None
 
 
 def check_witness(
@@ -175,35 +199,43 @@ def check_witness(
 ) -> Witness | None:
     """The counterexample (x, and the weights t stands for) if running `model` confirms it, else None.
 
-    x: (*input_shape). Confirmed means: lower <= x <= upper, every perturbed weight inside the ball (each dtype's
-    own comparison, after rounding the float64 weights to it), and v <= 0 on the float64 and the float32 run.
+    x: (*input_shape). Confirmed means: on a float64 run and on a float32 run of the model's own forward, with x
+    and the perturbed weights rounded to that dtype (and pulled back by single ulps where rounding stepped out),
+    x lies in [lower, upper] (float32: where the box holds a float32 point), every perturbed weight and bias
+    lies in the ball as that dtype compares, and v <= 0.
     """
     x64 = x.to(torch.float64).reshape(lower.shape)
-    if not bool(((x64 >= lower) & (x64 <= upper)).all()):
-        return None
-    weights: dict[str, Tensor] = {}
-    params: dict[str, Tensor] = {}
+    named: dict[str, tuple[Tensor, Tensor]] = {}
     if t is not None:
         modules = dict(model.named_modules())
-        for name, (w, b) in explicit_weights(chain, chain.h0(x64[None]), [ti[None] for ti in t]).items():
-            weights[f"{name}.weight"], params[f"{name}.weight"] = w, w
-            if modules[name].bias is not None:
-                weights[f"{name}.bias"], params[f"{name}.bias"] = b, b
-            elif bool((b != 0).any()):
+        named = explicit_weights(chain, chain.h0(x64[None].clamp(lower, upper)), [ti[None] for ti in t])
+        for name, (_, b) in named.items():
+            if modules[name].bias is None and bool((b != 0).any()):
                 return None
+    layers = {layer.name: layer for layer in chain.layers}
     values = []
+    weights: dict[str, Tensor] = {}
+    x_out = x64
     for dtype in (torch.float64, torch.float32):
-        for key in {k.rsplit(".", 1)[0] for k in params}:
-            b_new = params.get(f"{key}.bias", chain_bias(chain, key))
-            if not _within_ball(chain, key, params[f"{key}.weight"], b_new, dtype):
+        if not bool(((x64 >= lower) & (x64 <= upper)).all()):
+            return None
+        # The nearest point of the dtype inside the box; a box with no float32 point in some dimension (a
+        # zero-width one at a float64 value) is run at the rounding of x, the closest the dtype can get.
+        xd = _fit_box(x64, lower, upper, dtype)
+        if xd is None:
+            xd = x64.to(dtype)
+        params: dict[str, Tensor] = {}
+        for name, (w, b) in named.items():
+            fitted = _fit_weights(layers[name], w, b, dtype)
+            if fitted is None:
                 return None
-        logits = _run(model, x64[None], params, dtype)
+            params[f"{name}.weight"] = fitted[0]
+            if dict(model.named_modules())[name].bias is not None:
+                params[f"{name}.bias"] = fitted[1]
+        if dtype is torch.float64:
+            weights, x_out = dict(params), xd
+        logits = _run(model, xd[None], params, dtype)
         values.append(float(property_value(logits.to(torch.float64), spec, offset, groups)[0]))
     if values[0] > 0 or values[1] > 0:
         return None
-    return Witness(x=x64.clone(), weights=weights, value=values[0], value_float32=values[1])
-
-
-def chain_bias(chain: Chain, name: str) -> Tensor:
-    """The clean bias of chain layer `name` (float64)."""
-    return next(layer.bias for layer in chain.layers if layer.name == name)
+    return Witness(x=x_out.clone(), weights=weights, value=values[0], value_float32=values[1])

@@ -130,6 +130,7 @@ def branch_and_bound(
         progress=progress,
         batch_domains=batch_domains,
         memory_mb=memory_mb,
+        work_chain=chain.cast(torch.float32) if opts.float32_steps else None,
         start=start,
     )
     with torch.enable_grad():  # the attacks and the multipliers' optimisation differentiate

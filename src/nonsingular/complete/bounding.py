@@ -27,6 +27,7 @@ from .chain import Chain, ChainLayer
 __all__ = [
     "BoundResult",
     "DomainBoxes",
+    "alpha_intermediate",
     "backward_bound",
     "crown_intermediate",
     "optimise_bounds",
@@ -217,21 +218,94 @@ def crown_intermediate(chain: Chain, lo0: Tensor, hi0: Tensor) -> DomainBoxes:
     return boxes
 
 
-def refine_intermediate(chain: Chain, boxes: DomainBoxes, first: int = 1) -> DomainBoxes:
+def refine_intermediate(
+    chain: Chain, boxes: DomainBoxes, first: int = 1, deadline: float = float("inf"), max_neurons: int = 32
+) -> DomainBoxes:
     """Tighten the pre-activation bounds of ReLU layers first.. (0-based) over each domain, in place.
 
     After a split the split neuron's relaxation is exact on the child, so CROWN bounds of the layers above it
     (adaptive slopes, no multipliers) can beat the inherited ones; both are sound on the child, so the
-    intersection is kept. Split neurons stay split: their clamped bound is part of the inherited one.
+    intersection is kept. Only neurons unstable on some domain of the batch are recomputed (a stable neuron's
+    relaxation is already exact), at most max_neurons per layer (the widest summed over the batch): each costs
+    two backward passes to the input per domain, which on a 784-input MLP outweighs the final bound itself.
+    Stops early, with the bounds so far (all sound), at the deadline.
     """
     batch = boxes.lo0.shape[0]
     for j in range(max(first, 1), len(chain.layers) - 1):
-        n = chain.layers[j].weight.shape[0]
-        eye = torch.eye(n, dtype=boxes.lo0.dtype)
-        a = torch.cat([eye, -eye], dim=0).expand(batch, 2 * n, n)
-        lower, _ = backward_bound(chain, a, torch.zeros(batch, 2 * n, dtype=a.dtype), j, boxes)
-        boxes.lbs[j] = torch.maximum(boxes.lbs[j], lower[:, :n])
-        boxes.ubs[j] = torch.minimum(boxes.ubs[j], -lower[:, n:])
+        if time.monotonic() > deadline:
+            break
+        lb, ub = boxes.lbs[j], boxes.ubs[j]
+        unstable = (lb < 0) & (ub > 0)
+        idx = unstable.any(dim=0).nonzero().flatten()
+        if idx.numel() == 0 or max_neurons <= 0:
+            continue
+        if idx.numel() > max_neurons:
+            width = torch.where(unstable, ub - lb, torch.zeros_like(lb)).sum(dim=0)
+            idx = torch.topk(width, max_neurons).indices.sort().values
+        n, k = lb.shape[1], idx.numel()
+        rows = torch.zeros(2 * k, n, dtype=boxes.lo0.dtype)
+        rows[torch.arange(k), idx] = 1.0
+        rows[torch.arange(k, 2 * k), idx] = -1.0
+        a = rows.expand(batch, 2 * k, n)
+        lower, _ = backward_bound(chain, a, torch.zeros(batch, 2 * k, dtype=a.dtype), j, boxes)
+        lb, ub = lb.clone(), ub.clone()
+        lb[:, idx] = torch.maximum(lb[:, idx], lower[:, :k])
+        ub[:, idx] = torch.minimum(ub[:, idx], -lower[:, k:])
+        boxes.lbs[j], boxes.ubs[j] = lb, ub
+    return boxes
+
+
+def alpha_intermediate(
+    chain: Chain,
+    boxes: DomainBoxes,
+    *,
+    steps: int,
+    lr_alpha: float = 0.1,
+    deadline: float = float("inf"),
+    work_chain: Chain | None = None,
+) -> DomainBoxes:
+    """Tighten every ReLU layer's unstable pre-activation bounds (layers 1.. upward, 0-based) by alpha-CROWN: the
+    slopes of the layers below optimised for each bound separately (rows z_k and -z_k). For the root, where the
+    cost is paid once. Each result is a float64 pass with slopes in [0, 1], intersected with the old bounds."""
+    for j in range(1, len(chain.layers) - 1):
+        if time.monotonic() > deadline:
+            break
+        lb, ub = boxes.lbs[j], boxes.ubs[j]
+        unstable = (lb < 0) & (ub > 0)
+        idx = unstable.any(dim=0).nonzero().flatten()
+        if idx.numel() == 0:
+            continue
+        n, k, batch = lb.shape[1], idx.numel(), lb.shape[0]
+        rows = torch.zeros(2 * k, n, dtype=torch.float64)
+        rows[torch.arange(k), idx] = 1.0
+        rows[torch.arange(k, 2 * k), idx] = -1.0
+        alphas = [
+            (boxes.ubs[i] > -boxes.lbs[i]).to(torch.float64)[:, None, :].expand(batch, 2 * k, -1).clone()
+            for i in range(j)
+        ]
+        signs = [torch.zeros_like(boxes.lbs[i], dtype=torch.int8) for i in range(j)]
+        res = optimise_bounds(
+            chain,
+            rows,
+            torch.zeros(2 * k, dtype=torch.float64),
+            boxes,
+            alphas,
+            [torch.zeros_like(a) for a in alphas],
+            signs,
+            steps=steps,
+            lr_alpha=lr_alpha,
+            lr_beta=0.0,
+            deadline=deadline,
+            groups=torch.eye(2 * k, dtype=torch.bool),
+            work_chain=work_chain,
+            top=j,
+        )
+        if res.timed_out:
+            break
+        lb, ub = lb.clone(), ub.clone()
+        lb[:, idx] = torch.maximum(lb[:, idx], res.lower[:, :k])
+        ub[:, idx] = torch.minimum(ub[:, idx], -res.lower[:, k:])
+        boxes.lbs[j], boxes.ubs[j] = lb, ub
     return boxes
 
 
@@ -249,62 +323,88 @@ def optimise_bounds(
     lr_beta: float = 0.05,
     deadline: float = float("inf"),
     groups: Tensor | None = None,
+    work_chain: Chain | None = None,
+    top: int | None = None,
 ) -> BoundResult:
     """alpha/beta-CROWN lower bounds of spec f(x) - offset over B domains, by projected Adam on the multipliers.
 
     spec: (R, K); offset: (R,). alphas/betas: per ReLU layer (B, R, n_l), the start point (inherited from the
     parent); signs: per ReLU layer (B, n_l). groups: (G, R) bool, the rows of each disjunct (default: one
-    conjunction of every row); a domain is settled once each disjunct has a positive row, and the optimisation
-    stops when all are. Every iterate is sound; the best per row is returned, and per domain the multipliers of
-    the best total.
+    conjunction of every row); the optimisation stops once every domain has a positive row in each disjunct.
+    work_chain: a copy of the chain in a cheaper dtype (float32) for the gradient steps; None: float64 throughout.
+    top: bound rows over the output of chain.layers[top] (spec: (R, its width)); default the last layer. The
+    multiplier lists then cover the ReLU layers below it.
+
+    Only the multipliers come from the optimisation: the returned bound is one float64 backward pass with the
+    best multipliers found (alpha in [0, 1], beta >= 0, so sound whatever the steps did); rounding in the
+    cheaper dtype can only make those multipliers less good, never the bound wrong.
     """
     batch = boxes.lo0.shape[0]
     if groups is None:
         groups = torch.ones(1, spec.shape[0], dtype=torch.bool)
-    a_top = spec.to(torch.float64).expand(batch, *spec.shape)
-    c_top = (-offset.to(torch.float64)).expand(batch, spec.shape[0]).clone()
-    al = [x.detach().clone().requires_grad_(True) for x in alphas]
-    be = [x.detach().clone().requires_grad_(True) for x in betas]
-    params = al + be
-    optim = torch.optim.Adam([{"params": al, "lr": lr_alpha}, {"params": be, "lr": lr_beta}]) if params else None
-    best = torch.full((batch, spec.shape[0]), -torch.inf, dtype=torch.float64)
-    best_total = torch.full((batch,), -torch.inf, dtype=torch.float64)
+    work = work_chain if work_chain is not None else chain
+    wd = work.layers[0].weight.dtype
+    w_boxes = DomainBoxes(
+        boxes.lo0.to(wd), boxes.hi0.to(wd), [x.to(wd) for x in boxes.lbs], [x.to(wd) for x in boxes.ubs]
+    )
+    a_top = spec.to(wd).expand(batch, *spec.shape)
+    c_top = (-offset.to(wd)).expand(batch, spec.shape[0]).clone()
+    al = [x.detach().to(wd).clone().requires_grad_(True) for x in alphas]
+    be = [x.detach().to(wd).clone().requires_grad_(True) for x in betas]
+    best_total = torch.full((batch,), -torch.inf, dtype=wd)
     best_al = [x.detach().clone() for x in al]
     best_be = [x.detach().clone() for x in be]
+    timed_out = time.monotonic() > deadline
+    top = len(chain.layers) - 1 if top is None else top
+    if steps > 0 and al and not timed_out:
+        # Adam by hand: torch.optim's first step imports the compiler stack (seconds), which a 1 s budget
+        # cannot afford; the update is the textbook one, element-wise, so domains stay independent.
+        params = al + be
+        lrs = [lr_alpha] * len(al) + [lr_beta] * len(be)
+        m1 = [torch.zeros_like(p) for p in params]
+        m2 = [torch.zeros_like(p) for p in params]
+        for step in range(steps + 1):
+            lower, _ = backward_bound(work, a_top, c_top, top, w_boxes, al, be, signs)
+            with torch.no_grad():
+                group_best = _group_max(lower.detach(), groups)
+                total = group_best.clamp(max=0).sum(dim=-1)  # proven disjuncts stop mattering
+                better = total > best_total
+                best_total = torch.where(better, total, best_total)
+                for kept, cur in zip(best_al + best_be, params, strict=True):
+                    kept[better] = cur.detach()[better]
+            if step == steps or bool((best_total >= 0).all()):
+                break
+            if time.monotonic() > deadline:
+                timed_out = True
+                break
+            grads = torch.autograd.grad(-lower.clamp(max=0).sum(), params)
+            with torch.no_grad():
+                k = step + 1
+                for p, g, a, v, lr in zip(params, grads, m1, m2, lrs, strict=True):
+                    a.mul_(0.9).add_(g, alpha=0.1)
+                    v.mul_(0.999).addcmul_(g, g, value=0.001)
+                    p.sub_(lr * (a / (1 - 0.9**k)) / ((v / (1 - 0.999**k)).sqrt() + 1e-8))
+                for x in al:
+                    x.clamp_(0.0, 1.0)
+                for x in be:
+                    x.clamp_(min=0.0)
+    if timed_out or time.monotonic() > deadline:
+        # The caller discards a timed-out batch: skip the float64 pass and say so.
+        nothing = torch.full((batch, spec.shape[0]), -torch.inf, dtype=torch.float64)
+        return BoundResult(nothing, alphas, betas, [], boxes.lo0.new_zeros(batch, spec.shape[0], 0), True)
+    final_al = [x.to(torch.float64).clamp(0.0, 1.0) for x in best_al]
+    final_be = [x.to(torch.float64).clamp(min=0.0) for x in best_be]
     coefs: list[Tensor] = []
-    a0 = torch.zeros(0)
-    timed_out = False
-    top = len(chain.layers) - 1
-    for step in range(max(steps, 0) + 1):
-        coefs = []
-        lower, a0 = backward_bound(chain, a_top, c_top, top, boxes, al, be, signs, coefs)
-        with torch.no_grad():
-            best = torch.maximum(best, lower.detach())
-            total = _group_max(lower.detach(), groups).clamp(max=0).sum(dim=-1)  # proven disjuncts stop mattering
-            better = total > best_total
-            best_total = torch.where(better, total, best_total)
-            for kept, cur in zip(best_al + best_be, al + be, strict=True):
-                kept[better] = cur.detach()[better]
-        if step == steps or optim is None:
-            break
-        if bool((_group_max(best, groups) > 0).all()):
-            break
-        if time.monotonic() > deadline:
-            timed_out = True
-            break
-        optim.zero_grad(set_to_none=True)
-        (-lower.clamp(max=0).sum()).backward()
-        optim.step()
-        with torch.no_grad():
-            for x in al:
-                x.clamp_(0.0, 1.0)
-            for x in be:
-                x.clamp_(min=0.0)
-    return BoundResult(
-        lower=best,
-        alphas=best_al,
-        betas=best_be,
-        coefs=[c.detach() for c in coefs],
-        a0=a0.detach(),
-        timed_out=timed_out,
-    )
+    with torch.no_grad():
+        lower, a0 = backward_bound(
+            chain,
+            spec.to(torch.float64).expand(batch, *spec.shape),
+            (-offset.to(torch.float64)).expand(batch, spec.shape[0]).clone(),
+            top,
+            boxes,
+            final_al,
+            final_be,
+            signs,
+            coefs,
+        )
+    return BoundResult(lower=lower, alphas=final_al, betas=final_be, coefs=coefs, a0=a0, timed_out=timed_out)

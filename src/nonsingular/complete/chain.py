@@ -14,7 +14,7 @@ Anything else is an UnsupportedLayerError naming the node.
 from __future__ import annotations
 
 import operator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import torch.fx as fx
@@ -84,6 +84,20 @@ class Chain:
     def perturbs_weights(self) -> bool:
         return any(layer.threat is not None for layer in self.layers)
 
+    def cast(self, dtype: torch.dtype) -> Chain:
+        """A copy with every weight, bias and radius in `dtype` (for cheap gradient steps; bounds use float64)."""
+
+        def conv(t: Tensor | None) -> Tensor | None:
+            return None if t is None else t.to(dtype)
+
+        layers = []
+        for layer in self.layers:
+            lt = layer.threat
+            if lt is not None:
+                lt = replace(lt, rho=conv(lt.rho), e=conv(lt.e), beta=conv(lt.beta))
+            layers.append(ChainLayer(layer.name, layer.weight.to(dtype), layer.bias.to(dtype), lt))
+        return Chain(self.pre, tuple(layers), self.input_shape)
+
     def h0(self, x: Tensor) -> Tensor:
         """(N, *input_shape) -> (N, n_0): the input map, in x's dtype. Element-wise increasing, so a box
         [lower, upper] maps onto the box [h0(lower), h0(upper)] exactly."""
@@ -152,7 +166,17 @@ def chain_from_model(model: nn.Module, input_shape: tuple[int, ...], threat: Thr
         gm = fx.symbolic_trace(model)
     except Exception as err:  # fx raises many types for untraceable code; report it in one line
         raise UnsupportedLayerError(f"branch and bound could not trace the model: {err}") from err
-    threats = layer_threats(model, threat, torch.float64) if threat is not None else {}
+    with torch.no_grad():  # relative radii would otherwise carry the weights' autograd graph into every bound
+        threats = layer_threats(model, threat, torch.float64) if threat is not None else {}
+    threats = {
+        name: replace(
+            lt,
+            rho=None if lt.rho is None else lt.rho.detach(),
+            e=None if lt.e is None else lt.e.detach(),
+            beta=None if lt.beta is None else lt.beta.detach(),
+        )
+        for name, lt in threats.items()
+    }
     pre: list[nn.Module] = []
     layers: list[ChainLayer] = []
     expect_linear = True

@@ -46,6 +46,7 @@ def _bound(search: Search, lo: Tensor, hi: Tensor, steps: int) -> tuple[BoundRes
         lr_alpha=search.options.lr_alpha,
         deadline=search.deadline,
         groups=search.groups,
+        work_chain=search.work_chain,
     )
     search.stats.time_bounding += time.monotonic() - t0
     search.stats.domains_visited += lo.shape[0]
@@ -59,6 +60,8 @@ def input_search(search: Search) -> BaBResult:
     depth = torch.zeros(1, dtype=torch.int64)
     res, lo0, hi0 = _bound(search, lo, hi, opts.root_steps)
     search.stats.root_lower_bound = float(search.score(res.lower)[0])
+    if res.timed_out:
+        return search.finish(BaBStatus.TIMEOUT, "time ran out while bounding the root", mode="input")
     template = {"lo": lo[0], "hi": hi[0], "depth": depth[0], "dim": torch.zeros((), dtype=torch.int64)}
     store = DomainStore(template, search.memory_mb)
     closed_min = float("inf")

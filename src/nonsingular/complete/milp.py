@@ -53,7 +53,7 @@ def milp_min_value(
     Raises:
         ValueError: the chain carries a weight threat (no exact MILP for it here).
     """
-    from scipy.optimize import Bounds, LinearConstraint, milp
+    from scipy.optimize import Bounds, LinearConstraint, milp  # type: ignore[import-untyped]
 
     if chain.perturbs_weights:
         raise ValueError("milp_min_value handles input-only threats (the chain has a weight threat)")

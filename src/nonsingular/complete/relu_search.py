@@ -16,7 +16,15 @@ import time
 import torch
 from torch import Tensor
 
-from .bounding import BoundResult, DomainBoxes, crown_intermediate, optimise_bounds, refine_intermediate
+from .attack import Witness
+from .bounding import (
+    BoundResult,
+    DomainBoxes,
+    alpha_intermediate,
+    crown_intermediate,
+    optimise_bounds,
+    refine_intermediate,
+)
 from .branching import Branching, relu_split_choice
 from .domains import DomainStore, MemoryBudgetExceeded
 from .milp import leaf_lp
@@ -47,24 +55,54 @@ def _bound(
         [rows[f"ub{i}"] for i in range(n_relu)],
     )
     t0 = time.monotonic()
-    if refine and search.options.refine_intermediate:
-        refine_intermediate(search.chain, boxes, first=int(rows["layer"].clamp(min=0).min()) + 1)
+    if refine and search.options.refine_neurons > 0:
+        refine_intermediate(
+            search.chain,
+            boxes,
+            first=int(rows["layer"].clamp(min=0).min()) + 1,
+            deadline=search.deadline,
+            max_neurons=search.options.refine_neurons,
+        )
         for i in range(n_relu):
             rows[f"lb{i}"], rows[f"ub{i}"] = boxes.lbs[i], boxes.ubs[i]
+    # Rows proven on the parent stay proven on the child (its domain is a subset): skip rows proven on every
+    # domain of the batch, and keep the parent's bound as a floor for the others.
+    parent = rows.get("lower")
+    r = search.spec.shape[0]
+    active = torch.ones(r, dtype=torch.bool) if parent is None else ~(parent > 0).all(dim=0)
+    idx = active.nonzero().flatten()
+    groups = search.groups[:, idx]
+    groups = groups[groups.any(dim=1)]
     res = optimise_bounds(
         search.chain,
-        search.spec,
-        search.offset,
+        search.spec[idx],
+        search.offset[idx],
         boxes,
-        [rows[f"alpha{i}"].to(torch.float64) for i in range(n_relu)],
-        [rows[f"beta{i}"].to(torch.float64) for i in range(n_relu)],
+        [rows[f"alpha{i}"][:, idx].to(torch.float64) for i in range(n_relu)],
+        [rows[f"beta{i}"][:, idx].to(torch.float64) for i in range(n_relu)],
         [rows[f"s{i}"] for i in range(n_relu)],
         steps=steps,
         lr_alpha=search.options.lr_alpha,
         lr_beta=search.options.lr_beta,
         deadline=search.deadline,
-        groups=search.groups,
+        groups=groups,
+        work_chain=search.work_chain,
     )
+    if res.timed_out:
+        pass  # the caller discards the batch
+    elif parent is not None and not bool(active.all()):
+        lower = parent.clone()
+        lower[:, idx] = torch.maximum(parent[:, idx], res.lower)
+        alphas = [rows[f"alpha{i}"].to(torch.float64) for i in range(n_relu)]
+        betas = [rows[f"beta{i}"].to(torch.float64) for i in range(n_relu)]
+        coefs = [torch.zeros_like(a) for a in alphas]
+        for full, part in zip(alphas + betas + coefs, res.alphas + res.betas + res.coefs, strict=True):
+            full[:, idx] = part
+        a0 = res.a0.new_zeros(batch, r, res.a0.shape[2])
+        a0[:, idx] = res.a0
+        res = BoundResult(lower, alphas, betas, coefs, a0, res.timed_out)
+    elif parent is not None:
+        res.lower = torch.maximum(parent, res.lower)
     search.stats.time_bounding += time.monotonic() - t0
     search.stats.domains_visited += batch
     return res
@@ -88,7 +126,9 @@ def _children(rows: dict[str, Tensor], n_relu: int) -> dict[str, Tensor]:
     return out
 
 
-def _settle_leaves(search: Search, lo0: Tensor, hi0: Tensor, rows: dict[str, Tensor], n_relu: int, leaf: Tensor):
+def _settle_leaves(
+    search: Search, lo0: Tensor, hi0: Tensor, rows: dict[str, Tensor], n_relu: int, leaf: Tensor
+) -> tuple[Tensor, Witness | None]:
     """Decide fully split domains. Returns (mask of leaves proven, a checked witness or None)."""
     proven = torch.zeros_like(leaf)
     if search.chain.perturbs_weights:
@@ -163,6 +203,31 @@ def relu_search(search: Search) -> BaBResult:
     found = search.attack(search.minimisers(res.a0, res.lower, search.lo_x, search.hi_x), opts.attack_steps)
     if found is not None:
         return search.finish(BaBStatus.SAT, "a counterexample from the root's relaxation minimiser", found)
+    if opts.root_intermediate_steps > 0 and n_relu > 1:
+        # Worth its cost only now that the cheap root bound and the attacks have failed: every domain of the
+        # search inherits these intermediate bounds.
+        t0 = time.monotonic()
+        alpha_intermediate(
+            chain,
+            root,
+            steps=opts.root_intermediate_steps,
+            lr_alpha=opts.lr_alpha,
+            deadline=search.deadline,
+            work_chain=search.work_chain,
+        )
+        search.stats.time_bounding += time.monotonic() - t0
+        for i in range(n_relu):
+            rows[f"lb{i}"], rows[f"ub{i}"] = root.lbs[i], root.ubs[i]
+            rows[f"alpha{i}"] = res.alphas[i]
+        res = _bound(search, lo0, hi0, rows, n_relu, opts.root_steps)
+        score = search.score(res.lower)
+        search.stats.root_lower_bound = max(search.stats.root_lower_bound, float(score[0]))
+        if float(score[0]) > 0:
+            search.stats.domains_verified = 1
+            search.stats.global_lower_bound = float(score[0])
+            return search.finish(BaBStatus.UNSAT, "the root bound (alpha-CROWN intermediate bounds) proves it")
+        if search.out_of_time():
+            return search.finish(BaBStatus.TIMEOUT, "time ran out while bounding the root")
     # Multipliers are stored in float32 (any value in their range is sound); bounds stay float64.
     template = {
         name: rows[name][0].to(torch.float32 if name.startswith(("alpha", "beta")) else rows[name].dtype)

@@ -107,6 +107,8 @@ class BaBOptions:
     Attributes:
         branching: ReLU branching heuristic ("gap", "babsr", "widest").
         root_steps: alpha-CROWN gradient steps at the root.
+        root_intermediate_steps: alpha-CROWN steps for each ReLU layer's intermediate bounds at the root, spent
+            only when the plain root bound and the first attacks have failed (0: CROWN intermediate bounds).
         steps: alpha/beta gradient steps per batch of domains.
         lr_alpha, lr_beta: Adam step sizes of the slopes and the split multipliers.
         attack_restarts: random starts of the PGD falsifier before the search.
@@ -114,12 +116,16 @@ class BaBOptions:
         attack_every: attack from the worst domains' relaxation minimisers every this many batches (0: never).
         input_split_dims: search by bisecting the input box when it has at most this many dimensions of
             non-zero width (0: never).
-        refine_intermediate: recompute (CROWN) the pre-activation bounds of the layers above each new split.
+        refine_neurons: per batch and layer above a new split, recompute (CROWN) the pre-activation bounds of up
+            to this many unstable neurons (the widest); 0: keep the inherited bounds.
+        float32_steps: take the multipliers' gradient steps in float32 (about twice as fast on CPU); the bound
+            itself is always one float64 pass with the multipliers found.
         leaf_tolerance: a leaf LP's minimum must exceed this to close the leaf (HiGHS's tolerance is ~1e-7).
     """
 
     branching: Branching = Branching.GAP
     root_steps: int = 50
+    root_intermediate_steps: int = 20
     steps: int = 10
     lr_alpha: float = 0.1
     lr_beta: float = 0.05
@@ -127,5 +133,6 @@ class BaBOptions:
     attack_steps: int = 50
     attack_every: int = 5
     input_split_dims: int = 10
-    refine_intermediate: bool = True
+    refine_neurons: int = 32
+    float32_steps: bool = True
     leaf_tolerance: float = 1e-6

@@ -37,6 +37,7 @@ class Search:
     progress: ProgressCallback | None
     batch_domains: int
     memory_mb: float
+    work_chain: Chain | None = None
     stats: BaBStats = field(default_factory=BaBStats)
     start: float = field(default_factory=time.monotonic)
     undecided_leaves: int = 0
