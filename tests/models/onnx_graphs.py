@@ -57,6 +57,15 @@ class Graph:
 
 Case = Callable[[Graph], str]
 
+#: What onnxruntime raises for a graph it will not run.
+ORT_ERRORS = (
+    ort.capi.onnxruntime_pybind11_state.Fail,
+    ort.capi.onnxruntime_pybind11_state.RuntimeException,
+    ort.capi.onnxruntime_pybind11_state.InvalidArgument,
+    ort.capi.onnxruntime_pybind11_state.InvalidGraph,
+    ort.capi.onnxruntime_pybind11_state.NotImplemented,
+)
+
 
 def save(model: onnx.ModelProto, folder: Path, name: str = "model.onnx") -> Path:
     path = folder / name

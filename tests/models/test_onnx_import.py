@@ -1,287 +1,33 @@
-"""Imported ONNX graphs compute what onnxruntime computes: a table of small graphs, one per op and attribute
-variant, at opsets 9, 13 and 17 (and 21, the newest the importer accepts), plus torch-exported models."""
+"""Imported ONNX graphs compute what onnxruntime computes: the table of small graphs (onnx_cases.py), one per op
+and attribute variant, at opsets 7 to 21; torch-exported models; seeded random window ops and op chains."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import numpy as np
-import onnx
 import pytest
 import torch
-from onnx_graphs import Case, Graph, run_ort, save
+from onnx_cases import (
+    CASES,
+    FLAT,
+    IMAGE,
+    channels_last_flatten,
+    gemm_two_layers,
+    matmul_add,
+    normalise_per_channel,
+    random_chain,
+    random_window_op,
+    residual,
+)
+from onnx_graphs import ORT_ERRORS, Graph, run_ort, save
 from torch import nn
 
 from nonsingular.models import Normalize
 from nonsingular.onnx_import import OnnxGraphModule, load_onnx
 from nonsingular.onnx_import.layers import ConstantOp
 
-OPSETS = (9, 13, 17, 21)
-
-
-def _mlp_gemm(
-    g: Graph, trans_b: int = 1, alpha: float = 1.0, beta: float = 1.0, c_shape: tuple[int, ...] = (5,)
-) -> str:
-    w = g.weight(5, 6) if trans_b else g.weight(6, 5)
-    inputs = ["x", w] + ([g.weight(*c_shape)] if c_shape != () or g.opset >= 11 else [])
-    if c_shape == () and g.opset < 11:
-        inputs.append(g.weight(5))
-    h = g.op("Gemm", inputs, transB=trans_b, alpha=alpha, beta=beta)
-    return g.op("Relu", [h])
-
-
-def gemm_trans_b(g: Graph) -> str:
-    return _mlp_gemm(g)
-
-
-def gemm_no_trans(g: Graph) -> str:
-    return _mlp_gemm(g, trans_b=0)
-
-
-def gemm_alpha_beta(g: Graph) -> str:
-    return _mlp_gemm(g, alpha=0.5, beta=2.0, c_shape=(1, 5))
-
-
-def gemm_scalar_c(g: Graph) -> str:
-    return _mlp_gemm(g, c_shape=(1,))
-
-
-def gemm_two_layers(g: Graph) -> str:
-    h = g.op("Gemm", ["x", g.weight(7, 6, name="fc1.weight"), g.weight(7, name="fc1.bias")], transB=1)
-    h = g.op("Tanh", [h])
-    return g.op("Gemm", [h, g.weight(4, 7, name="fc2.weight"), g.weight(4, name="fc2.bias")], transB=1)
-
-
-def matmul_add(g: Graph) -> str:
-    h = g.op("MatMul", ["x", g.weight(6, 5)])
-    h = g.op("Add", [h, g.weight(5)])
-    return g.op("Sigmoid", [h])
-
-
-def matmul_no_bias(g: Graph) -> str:
-    return g.op("MatMul", ["x", g.weight(6, 3)])
-
-
-def matmul_left_column(g: Graph) -> str:  # input (1, 6, 1): W @ x
-    h = g.op("MatMul", [g.weight(4, 6), "x"])
-    return g.op("Relu", [h])
-
-
-def matmul_left_matrix(g: Graph) -> str:  # input (1, 6, 2): W @ x with two columns
-    return g.op("MatMul", [g.weight(3, 6), "x"])
-
-
-def conv_basic(g: Graph) -> str:
-    h = g.op("Conv", ["x", g.weight(4, 3, 3, 3), g.weight(4)], kernel_shape=[3, 3], pads=[1, 1, 1, 1])
-    return g.op("Relu", [h])
-
-
-def conv_strides_dilations(g: Graph) -> str:
-    return g.op("Conv", ["x", g.weight(4, 3, 3, 3)], strides=[2, 1], dilations=[1, 2], pads=[2, 1, 2, 1])
-
-
-def conv_asymmetric(g: Graph) -> str:
-    return g.op("Conv", ["x", g.weight(2, 3, 2, 3), g.weight(2)], pads=[0, 1, 1, 2], strides=[2, 2])
-
-
-def conv_groups(g: Graph) -> str:
-    return g.op("Conv", ["x", g.weight(6, 1, 3, 3), g.weight(6)], group=3, pads=[1, 1, 1, 1])
-
-
-def conv_same_upper(g: Graph) -> str:
-    return g.op("Conv", ["x", g.weight(2, 3, 2, 2)], auto_pad="SAME_UPPER", strides=[2, 2])
-
-
-def conv_same_lower(g: Graph) -> str:
-    return g.op("Conv", ["x", g.weight(2, 3, 4, 4)], auto_pad="SAME_LOWER")
-
-
-def conv_valid(g: Graph) -> str:
-    return g.op("Conv", ["x", g.weight(2, 3, 3, 3)], auto_pad="VALID")
-
-
-def conv1d(g: Graph) -> str:  # input (1, 3, 8)
-    return g.op("Conv", ["x", g.weight(2, 3, 3), g.weight(2)], pads=[1, 2], strides=[2])
-
-
-def residual(g: Graph) -> str:
-    h = g.op("Conv", ["x", g.weight(3, 3, 3, 3), g.weight(3)], pads=[1, 1, 1, 1])
-    h = g.op("Relu", [h])
-    return g.op("Add", ["x", h])
-
-
-def normalise_per_channel(g: Graph) -> str:
-    mean = g.const(np.asarray([0.4, 0.5, 0.6], dtype=np.float32).reshape(1, 3, 1, 1))
-    std = g.const(np.asarray([0.2, 0.25, 0.3], dtype=np.float32).reshape(3, 1, 1))
-    h = g.op("Div", [g.op("Sub", ["x", mean]), std])
-    return g.op("Relu", [h])
-
-
-def normalise_scalar(g: Graph) -> str:
-    h = g.op("Div", [g.op("Sub", ["x", g.const(np.float32(0.1307))]), g.const(np.asarray([0.3081], np.float32))])
-    return g.op("MatMul", [g.op("Flatten", [h]), g.weight(12, 3)])
-
-
-def constant_affine(g: Graph) -> str:
-    h = g.op("Mul", [g.const(np.float32(2.0)), "x"])
-    h = g.op("Add", [h, g.weight(1, 3, 1, 1)])
-    h = g.op("Sub", [g.const(np.float32(0.5)), h])
-    return g.op("Div", [h, g.const(np.asarray([4.0], np.float32))])
-
-
-def two_tensor_ops(g: Graph) -> str:
-    a = g.op("Relu", ["x"])
-    b = g.op("Sigmoid", ["x"])
-    return g.op("Sub", [g.op("Mul", [a, b]), g.op("Div", [a, g.op("Add", [b, b])])])
-
-
-def batch_norm(g: Graph) -> str:
-    var = g.const(np.asarray([0.5, 1.0, 2.0], np.float32))
-    attrs = {"epsilon": 1e-3} if g.opset < 14 else {"epsilon": 1e-3, "training_mode": 0}
-    return g.op("BatchNormalization", ["x", g.weight(3), g.weight(3), g.weight(3), var], **attrs)
-
-
-def batch_norm_1d(g: Graph) -> str:  # input (1, 6)
-    var = g.const(np.linspace(0.5, 2.0, 6).astype(np.float32))
-    return g.op("BatchNormalization", ["x", g.weight(6), g.weight(6), g.weight(6), var])
-
-
-def flatten_axis0(g: Graph) -> str:
-    return g.op("MatMul", [g.op("Flatten", ["x"], axis=0), g.weight(12, 2)])
-
-
-def reshape_constant(g: Graph) -> str:
-    h = g.op("Reshape", ["x", g.const(np.asarray([1, -1], np.int64))])
-    h = g.op("Gemm", [h, g.weight(5, 12), g.weight(5)], transB=1)
-    return g.op("Reshape", [h, g.const(np.asarray([0, 5, 1], np.int64))])
-
-
-def squeeze_unsqueeze(g: Graph) -> str:  # input (1, 6, 1)
-    h = g.axes_op("Squeeze", "x", [2])
-    h = g.op("Gemm", [h, g.weight(4, 6), g.weight(4)], transB=1)
-    h = g.axes_op("Unsqueeze", h, [1, 3] if g.opset < 11 else [1, -1])
-    h = g.op("Relu", [h])
-    return g.axes_op("Squeeze", h, [1])
-
-
-def transpose_reshape_only(g: Graph) -> str:  # input (1, 6, 1)
-    h = g.op("Transpose", ["x"], perm=[0, 2, 1])
-    return g.op("MatMul", [h, g.weight(6, 3)])
-
-
-def transpose_permute(g: Graph) -> str:
-    h = g.op("Transpose", ["x"], perm=[0, 2, 3, 1])
-    return g.op("MatMul", [h, g.weight(3, 2)])
-
-
-def average_pool(g: Graph) -> str:
-    return g.op("AveragePool", ["x"], kernel_shape=[2, 2], strides=[2, 2])
-
-
-def average_pool_pads(g: Graph) -> str:
-    return g.op("AveragePool", ["x"], kernel_shape=[3, 3], pads=[1, 1, 1, 1], count_include_pad=0)
-
-
-def average_pool_include_pad(g: Graph) -> str:
-    return g.op("AveragePool", ["x"], kernel_shape=[3, 2], pads=[1, 0, 1, 1], count_include_pad=1, strides=[1, 2])
-
-
-def average_pool_ceil(g: Graph) -> str:
-    attrs = {"ceil_mode": 1} if g.opset >= 10 else {}
-    return g.op("AveragePool", ["x"], kernel_shape=[3, 3], strides=[2, 2], **attrs)
-
-
-def max_pool(g: Graph) -> str:
-    return g.op("MaxPool", ["x"], kernel_shape=[2, 2], strides=[2, 2])
-
-
-def max_pool_pads(g: Graph) -> str:
-    return g.op("MaxPool", ["x"], kernel_shape=[3, 3], pads=[1, 1, 1, 1], strides=[2, 2])
-
-
-def max_pool_asymmetric(g: Graph) -> str:
-    h = g.op("Sub", [g.const(np.float32(5.0)), "x"])  # all negative... then the pad must never win
-    h = g.op("Mul", [h, g.const(np.float32(-1.0))])
-    return g.op("MaxPool", [h], kernel_shape=[2, 2], pads=[1, 0, 0, 1])
-
-
-def max_pool_dilated(g: Graph) -> str:
-    attrs = {"dilations": [2, 1]} if g.opset >= 10 else {}
-    return g.op("MaxPool", ["x"], kernel_shape=[2, 2], **attrs)
-
-
-def global_average_pool(g: Graph) -> str:
-    return g.op("GlobalAveragePool", [g.op("Relu", ["x"])])
-
-
-def concat_branches(g: Graph) -> str:
-    a = g.op("Conv", ["x", g.weight(2, 3, 1, 1)])
-    b = g.op("Conv", ["x", g.weight(3, 3, 3, 3)], pads=[1, 1, 1, 1])
-    return g.op("Concat", [a, b], axis=1)
-
-
-def constant_identity_dropout(g: Graph) -> str:
-    c = g.op("Constant", [], value=onnx.numpy_helper.from_array(np.full((1, 5), 0.25, np.float32)))
-    h = g.op("Gemm", ["x", g.weight(5, 6), g.weight(5)], transB=1)
-    h = g.op("Identity", [g.op("Add", [h, c])])
-    return g.op("Dropout", [h], **({"ratio": 0.5} if g.opset < 12 else {}))
-
-
-def shape_flatten_pattern(g: Graph) -> str:
-    """What the TorchScript exporter writes for x.view(x.size(0), -1)."""
-    shape = g.op("Shape", ["x"])
-    n = g.op("Gather", [shape, g.const(np.asarray(0, np.int64))], axis=0)
-    n = g.axes_op("Unsqueeze", n, [0])
-    minus = g.op("Constant", [], value=onnx.numpy_helper.from_array(np.asarray([-1], np.int64)))
-    target = g.op("Concat", [n, minus], axis=0)
-    h = g.op("Reshape", ["x", target])
-    return g.op("MatMul", [h, g.weight(12, 4)])
-
-
-IMAGE, FLAT, COLUMN = (1, 3, 4, 4), (1, 6), (1, 6, 1)
-CASES: dict[str, tuple[Case, tuple[int, ...]]] = {
-    "gemm_trans_b": (gemm_trans_b, FLAT),
-    "gemm_no_trans": (gemm_no_trans, FLAT),
-    "gemm_alpha_beta": (gemm_alpha_beta, FLAT),
-    "gemm_scalar_c": (gemm_scalar_c, FLAT),
-    "gemm_two_layers": (gemm_two_layers, FLAT),
-    "matmul_add": (matmul_add, FLAT),
-    "matmul_no_bias": (matmul_no_bias, FLAT),
-    "matmul_left_column": (matmul_left_column, COLUMN),
-    "matmul_left_matrix": (matmul_left_matrix, (1, 6, 2)),
-    "conv_basic": (conv_basic, IMAGE),
-    "conv_strides_dilations": (conv_strides_dilations, (1, 3, 7, 6)),
-    "conv_asymmetric": (conv_asymmetric, (1, 3, 5, 6)),
-    "conv_groups": (conv_groups, IMAGE),
-    "conv_same_upper": (conv_same_upper, (1, 3, 5, 5)),
-    "conv_same_lower": (conv_same_lower, (1, 3, 5, 5)),
-    "conv_valid": (conv_valid, IMAGE),
-    "conv1d": (conv1d, (1, 3, 8)),
-    "residual": (residual, IMAGE),
-    "normalise_per_channel": (normalise_per_channel, IMAGE),
-    "normalise_scalar": (normalise_scalar, (1, 3, 2, 2)),
-    "constant_affine": (constant_affine, IMAGE),
-    "two_tensor_ops": (two_tensor_ops, IMAGE),
-    "batch_norm": (batch_norm, IMAGE),
-    "batch_norm_1d": (batch_norm_1d, FLAT),
-    "flatten_axis0": (flatten_axis0, (1, 3, 2, 2)),
-    "reshape_constant": (reshape_constant, (1, 3, 2, 2)),
-    "squeeze_unsqueeze": (squeeze_unsqueeze, COLUMN),
-    "transpose_reshape_only": (transpose_reshape_only, COLUMN),
-    "transpose_permute": (transpose_permute, IMAGE),
-    "average_pool": (average_pool, IMAGE),
-    "average_pool_pads": (average_pool_pads, (1, 2, 5, 5)),
-    "average_pool_include_pad": (average_pool_include_pad, (1, 2, 5, 5)),
-    "average_pool_ceil": (average_pool_ceil, (1, 2, 6, 6)),
-    "max_pool": (max_pool, IMAGE),
-    "max_pool_pads": (max_pool_pads, (1, 2, 5, 5)),
-    "max_pool_asymmetric": (max_pool_asymmetric, (1, 2, 5, 5)),
-    "max_pool_dilated": (max_pool_dilated, (1, 2, 5, 5)),
-    "global_average_pool": (global_average_pool, IMAGE),
-    "concat_branches": (concat_branches, IMAGE),
-    "constant_identity_dropout": (constant_identity_dropout, FLAT),
-    "shape_flatten_pattern": (shape_flatten_pattern, (1, 3, 2, 2)),
-}
+OPSETS = (7, 8, 9, 13, 17, 21)
 
 
 def _check_against_ort(model_proto, path: Path, shape: tuple[int, ...], n: int = 4) -> nn.Module:
@@ -417,3 +163,53 @@ def test_torch_exported_mlp_and_cnn(opset: int, tmp_path: Path) -> None:
         with torch.no_grad():
             np.testing.assert_allclose(imported(x).numpy(), run_ort(path, x.numpy()), rtol=0, atol=1e-5)
             np.testing.assert_allclose(imported(x).numpy(), module(x).numpy(), rtol=0, atol=1e-5)
+
+
+def test_random_window_ops_match_onnxruntime_or_are_refused(tmp_path: Path) -> None:
+    """Seeded random pooling and convolution attributes: the import equals onnxruntime wherever onnxruntime
+    runs the node and the importer accepts it; the importer refuses only with its one-line error."""
+    from nonsingular.onnx_import import OnnxImportError
+
+    rng = np.random.default_rng(7)
+    compared = 0
+    for trial in range(150):
+        g, out, shape = random_window_op(rng)
+        proto = g.model(out)
+        x = rng.normal(size=(2, *shape[1:])).astype(np.float32)
+        try:
+            ref = run_ort(proto, x)
+        except ORT_ERRORS:  # onnxruntime refuses some attribute combinations: nothing to compare
+            continue
+        try:
+            model = load_onnx(save(proto, tmp_path, f"m{trial}.onnx"))
+        except OnnxImportError as err:
+            assert "\n" not in str(err)
+            continue
+        with torch.no_grad():
+            got = model(torch.from_numpy(x)).numpy()
+        assert got.shape == ref.shape, (trial, g.nodes[-1])
+        np.testing.assert_allclose(got, ref, rtol=0, atol=1e-5, err_msg=str(g.nodes[-1]))
+        compared += 1
+    assert compared >= 60
+
+
+def test_a_channels_last_flatten_folds_into_the_dense_layer(tmp_path: Path) -> None:
+    g = Graph(IMAGE, 13)
+    model = load_onnx(save(g.model(channels_last_flatten(g)), tmp_path))
+    from nonsingular.onnx_import.layers import Permute
+
+    assert not any(isinstance(m, Permute) for m in model.modules())
+    assert [type(m) for m in model.children()] == [nn.Conv2d, nn.ReLU, nn.Flatten, nn.Linear, nn.ReLU]
+    assert dict(model.named_children())["dense"].out_features == 5
+
+
+def test_random_chains_of_shape_and_elementwise_ops_match_onnxruntime(tmp_path: Path) -> None:
+    rng = np.random.default_rng(3)
+    for trial in range(60):
+        g, out, shape = random_chain(rng)
+        proto = g.model(out)
+        x = rng.normal(size=(3, *shape[1:])).astype(np.float32)
+        model = load_onnx(save(proto, tmp_path, f"m{trial}.onnx"))
+        with torch.no_grad():
+            got = model(torch.from_numpy(x)).numpy()
+        np.testing.assert_allclose(got, run_ort(proto, x), rtol=1e-5, atol=1e-5, err_msg=str(g.nodes))

@@ -130,6 +130,7 @@ BOUNDABLE = [
     "concat_branches",
     "constant_identity_dropout",
     "shape_flatten_pattern",
+    "channels_last_flatten",
 ]
 #: ... and those the bounds refuse in one line (attacks still run).
 REFUSED = [
@@ -146,7 +147,7 @@ REFUSED = [
 
 @pytest.mark.parametrize("case", BOUNDABLE)
 def test_crown_on_imported_graphs_is_exact_at_zero_radius_and_sound_beyond(case: str, tmp_path: Path) -> None:
-    from test_onnx_import import CASES
+    from onnx_cases import CASES
 
     build, shape = CASES[case]
     g = Graph(shape, 13)
@@ -170,7 +171,7 @@ def test_crown_on_imported_graphs_is_exact_at_zero_radius_and_sound_beyond(case:
 
 @pytest.mark.parametrize("case", REFUSED)
 def test_bounds_refuse_the_other_imported_graphs_in_one_line(case: str, tmp_path: Path) -> None:
-    from test_onnx_import import CASES
+    from onnx_cases import CASES
 
     build, shape = CASES[case]
     g = Graph(shape, 13)
@@ -179,3 +180,21 @@ def test_bounds_refuse_the_other_imported_graphs_in_one_line(case: str, tmp_path
     with pytest.raises(ValueError) as info:
         margin_bounds(model, x, torch.zeros(2, dtype=torch.long), ThreatModel(eps_x=0.01), "crown")
     assert "\n" not in str(info.value)
+
+
+def test_quantization_grids_cover_the_imported_layers(tmp_path: Path) -> None:
+    from nonsingular.quantize import QuantizationSpec, nearest_codes, quantization_threat, quantized_accuracy
+
+    model = _residual_cnn(tmp_path)
+    threat, grids = quantization_threat(model, QuantizationSpec(bits=8, per_channel=True), ThreatModel(eps_x=0.0))
+    assert sorted(grids) == ["conv1", "fc", "head"]
+    assert [name for name, _ in threat.channel_eps] == ["conv1", "fc", "head"]
+    torch.manual_seed(5)
+    x = torch.rand(4, 2, 6, 6)
+    with torch.no_grad():
+        y = model(x).argmax(1)
+    _, correct = quantized_accuracy(model, x, y, grids, nearest_codes(model, grids))
+    lower = margin_bounds(model, x, y, threat, "crown").lower
+    certified = (lower.masked_fill(torch.nn.functional.one_hot(y, 3).bool(), 1.0) > 0).all(1)
+    assert bool(certified.any())  # the int8 box is small: the test would be empty otherwise
+    assert bool(correct[certified].all())  # every model on the grid lies in the certified box

@@ -12,6 +12,15 @@ from __future__ import annotations
 
 from .convert import ImportedModel, import_onnx, load_onnx, reshape_input
 from .errors import OnnxImportError
+from .export import export_onnx
 from .graph_module import OnnxGraphModule
 
-__all__ = ["ImportedModel", "OnnxGraphModule", "OnnxImportError", "import_onnx", "load_onnx", "reshape_input"]
+__all__ = [
+    "ImportedModel",
+    "OnnxGraphModule",
+    "OnnxImportError",
+    "export_onnx",
+    "import_onnx",
+    "load_onnx",
+    "reshape_input",
+]

@@ -18,24 +18,41 @@ import onnx
 import torch
 from torch import Tensor, nn
 
-from .errors import OnnxImportError
+from .errors import OnnxImportError, quote
 from .graph import GraphSpec, node_label
-from .loader import MAX_ELEMENTS, tensor_array
+from .loader import MAX_ACTIVATION, MAX_ELEMENTS, tensor_array
 
-__all__ = ["Conversion", "NodeContext", "Step"]
+__all__ = ["Conversion", "NodeContext", "ParamSource", "Step"]
 
 #: Examples carried through the conversion: enough to see a module mix the examples of a batch.
 _EXAMPLES = 3
+#: The most activation entries (all examples) alive at once during the conversion: 1 GiB of float32.
+MAX_LIVE = 2**28
 
 
 @dataclass
 class Step:
-    """One module of the result: its name, the value names it reads, the value name it writes."""
+    """One module of the result: its name, the value names it reads, the value name it writes, and the shapes
+    of one example of each input (for rewrites after the conversion)."""
 
     name: str
     module: nn.Module
     inputs: list[str]
     output: str
+    shapes: list[tuple[int, ...]] = field(default_factory=list)
+
+
+@dataclass
+class ParamSource:
+    """Where a module parameter came from: parameter = (initializer, transposed if `transpose`) * `scale`, its
+    columns then reordered so that parameter[:, columns] is that (when `columns` is set); `dims` are the
+    initializer's. What an export of changed weights back into the file inverts."""
+
+    initializer: str
+    dims: tuple[int, ...]
+    transpose: bool = False
+    scale: float = 1.0
+    columns: Tensor | None = None
 
 
 @dataclass
@@ -50,6 +67,20 @@ class Conversion:
     absorbed: set[int] = field(default_factory=set)  # id() of nodes a converter fused into an earlier module
     consumers_of: dict[str, list[onnx.NodeProto]] = field(default_factory=dict)
     aliases: dict[str, str] = field(default_factory=dict)  # value name -> the tensor value it equals
+    pending: dict[str, int] = field(default_factory=dict)  # value name -> reads not yet converted
+    sources: dict[int, dict[str, ParamSource]] = field(default_factory=dict)  # id(module) -> param -> source
+
+    def release(self, node: onnx.NodeProto) -> None:
+        """Drop the example activations no node still to be converted reads (the output is kept)."""
+        for name in node.input:
+            if name in self.pending:
+                self.pending[name] -= 1
+                if self.pending[name] <= 0 and name != self.spec.output_name:
+                    self.values.pop(name, None)
+
+    def live_entries(self) -> int:
+        """Entries of the example activations held now (a tensor held under two names counts once)."""
+        return sum(t.numel() for t in {id(t): t for t in self.values.values()}.values())
 
     def resolve(self, name: str) -> str:
         """The tensor value a name stands for (through Identity-like aliases)."""
@@ -66,11 +97,12 @@ class Conversion:
             for i in node.input:
                 if i:
                     conv.consumers_of.setdefault(i, []).append(node)
+                    conv.pending[i] = conv.pending.get(i, 0) + 1
         return conv
 
     def unique_name(self, hint: str) -> str:
         """`hint` as a valid, unused module name (ONNX names may hold '.', '/', ':' or start with a digit)."""
-        base = re.sub(r"[^0-9A-Za-z_]", "_", hint).strip("_") or "layer"
+        base = re.sub(r"[^0-9A-Za-z_]", "_", hint[:64]).strip("_") or "layer"
         if base[0].isdigit():
             base = f"n{base}"
         name, k = base, 1
@@ -108,11 +140,12 @@ class NodeContext:
         out: dict[str, Any] = {}
         for a in self.node.attribute:
             if a.name not in known:
-                raise self.error(f"attribute '{a.name}' is not supported")
+                raise self.error(f"attribute {quote(a.name)} is not supported")
             if a.type == onnx.AttributeProto.TENSOR:
-                out[a.name] = tensor_array(a.t, self.conv.spec.model_dir, f"{self.label}: attribute '{a.name}'")
+                what = f"{self.label}: attribute {quote(a.name)}"
+                out[a.name] = tensor_array(a.t, self.conv.spec.model_dir, what, self.conv.spec.budget)
             elif a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS):
-                raise self.error(f"attribute '{a.name}' holds a subgraph, which is not supported")
+                raise self.error(f"attribute {quote(a.name)} holds a subgraph, which is not supported")
             else:
                 value = onnx.helper.get_attribute_value(a)
                 if isinstance(value, bytes):
@@ -126,9 +159,6 @@ class NodeContext:
     def input(self, k: int) -> str:
         """The name of input k ('' when absent)."""
         return self.node.input[k] if k < len(self.node.input) else ""
-
-    def n_inputs(self) -> int:
-        return sum(1 for i in self.node.input if i)
 
     def is_const(self, k: int) -> bool:
         return self.input(k) in self.conv.constants
@@ -171,6 +201,7 @@ class NodeContext:
         """Fold the node: its output is the constant `array`."""
         if array.size > MAX_ELEMENTS:
             raise self.error(f"a constant of {array.size} elements is over the importer's limit")
+        self.conv.spec.budget.charge(array.nbytes, self.label)
         self.conv.constants[output or self.output] = array
 
     def alias(self, source: str, output: str | None = None) -> None:
@@ -182,10 +213,15 @@ class NodeContext:
         else:
             self.conv.constants[out] = self.conv.constants[source]
 
-    def check_size(self, shape: tuple[int, ...], what: str = "output") -> None:
-        """Refuse an example activation over the size limit before anything of that size is allocated."""
-        if math.prod(shape) > MAX_ELEMENTS:
-            raise self.error(f"{what} shape {list(shape)} is over the importer's limit of {MAX_ELEMENTS} entries")
+    def check_size(self, shape: tuple[int, ...], what: str = "output", limit: int = MAX_ACTIVATION) -> None:
+        """Refuse an example activation (or, with limit=MAX_ELEMENTS, a constant) over the size limit before
+        anything of that size is allocated."""
+        if math.prod(shape) > limit:
+            raise self.error(f"{what} shape {list(shape)} is over the importer's limit of {limit} entries")
+
+    def check_const_size(self, shape: tuple[int, ...]) -> None:
+        """Refuse a folded constant over the size limit before it is allocated."""
+        self.check_size(shape, "constant", MAX_ELEMENTS)
 
     def broadcast(self, *shapes: tuple[int, ...]) -> tuple[int, ...]:
         try:
@@ -221,9 +257,21 @@ class NodeContext:
         if not close:
             raise self.error("the op mixes the examples of a batch (it is not applied to each example alone)")
         name = self.conv.unique_name(hint)
-        self.conv.steps.append(Step(name, module, [self.conv.resolve(i) for i in inputs], out))
+        shapes = [tuple(a.shape[1:]) for a in args]
+        self.conv.steps.append(Step(name, module, [self.conv.resolve(i) for i in inputs], out, shapes))
         self.conv.values[out] = batched
+        if self.conv.live_entries() > MAX_LIVE:
+            raise self.error(f"the graph's activations alive at once exceed the importer's limit of {MAX_LIVE} entries")
         return out
+
+    def record(self, module: nn.Module, param: str, name: str, transpose: bool = False, scale: float = 1.0) -> None:
+        """Note that `module`'s `param` is initializer `name` (transposed, scaled); nothing when `name` is not an
+        initializer of the file (a Constant node's value, a folded constant)."""
+        array = self.conv.spec.constants.get(name)
+        if array is not None:
+            self.conv.sources.setdefault(id(module), {})[param] = ParamSource(
+                name, tuple(array.shape), transpose, scale
+            )
 
     # --- fusion ---------------------------------------------------------------------------------------------
     def sole_consumer(self, value: str | None = None) -> onnx.NodeProto | None:

@@ -4,19 +4,20 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from torch import nn
 
 from . import converters  # noqa: F401  (fills the converter table)
-from .context import Conversion, NodeContext
+from .context import Conversion, NodeContext, ParamSource
 from .errors import OnnxImportError
 from .graph import node_label, read_graph
 from .graph_module import build_module, prepend
 from .layers import Reshape
 from .loader import read_model
 from .registry import find_converter
+from .rewrite import fold_permutations
 
 __all__ = ["ImportedModel", "import_onnx", "load_onnx", "reshape_input"]
 
@@ -32,6 +33,8 @@ class ImportedModel:
         input_shape: the shape of one example: the ONNX input shape without its leading batch dimension.
         opset: the model's default-domain opset.
         input_name, output_name: the ONNX graph's input and output names.
+        sources: for each parameter ("layers_0.weight") that holds one initializer of the file, where it came
+            from (what `export_onnx` inverts to write changed weights back).
     """
 
     model: nn.Module
@@ -39,6 +42,7 @@ class ImportedModel:
     opset: int
     input_name: str
     output_name: str
+    sources: dict[str, ParamSource] = field(default_factory=dict)
 
 
 def reshape_input(imported: ImportedModel, input_shape: tuple[int, ...]) -> ImportedModel:
@@ -104,13 +108,18 @@ def import_onnx(path: str | Path) -> ImportedModel:
             # no converter check anticipated: still the file's fault, so one line naming the node.
             detail = " ".join(str(err).split())
             raise OnnxImportError(f"{label}: malformed node ({type(err).__name__}: {detail})") from None
-    output = conv.resolve(spec.output_name)
-    if output not in conv.values:
+        conv.release(node)
+    if spec.output_name not in conv.values:
         raise OnnxImportError(f"{p}: the graph output {spec.output_name!r} does not depend on the input")
-    if conv.values[output].dim() != 2:
-        flat = f"{output}::flat"
+    output = conv.resolve(spec.output_name)
+    if conv.values[spec.output_name].dim() != 2:
         ctx = NodeContext(conv, spec.nodes[-1])
-        output = ctx.emit(nn.Flatten(), [output], "flatten_output", output=flat)
+        output = ctx.emit(nn.Flatten(), [spec.output_name], "flatten_output", output=f"{output}::flat")
     logger.debug("imported %s: %d modules", p, len(conv.steps))
-    module = build_module(conv.steps, spec.input_name, output)
-    return ImportedModel(module, spec.input_shape, spec.opset, spec.input_name, spec.output_name)
+    module = build_module(fold_permutations(conv.steps, output, conv.sources), spec.input_name, output)
+    sources = {
+        f"{name}.{param}": source
+        for name, m in module.named_modules()
+        for param, source in conv.sources.get(id(m), {}).items()
+    }
+    return ImportedModel(module, spec.input_shape, spec.opset, spec.input_name, spec.output_name, sources)

@@ -12,15 +12,17 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from .errors import OnnxImportError
-from .loader import MAX_ELEMENTS, tensor_array
+from .errors import OnnxImportError, quote, show
+from .loader import MAX_ACTIVATION, Budget, tensor_array
 
 __all__ = ["MAX_OPSET", "MIN_OPSET", "GraphSpec", "node_label", "read_graph"]
 
 #: The default-domain opsets the converters are written and tested for.
-MIN_OPSET, MAX_OPSET = 9, 21
+MIN_OPSET, MAX_OPSET = 7, 21
 #: The most dimensions a model input may have (images with a batch dimension have 4).
 MAX_RANK = 8
+#: The most nodes a graph may have (each is run on example inputs while importing; ResNet-50 has about 200).
+MAX_NODES = 2**16
 
 
 @dataclass
@@ -37,6 +39,7 @@ class GraphSpec:
         consumers: for each value name, how many nodes (plus the graph output) read it.
         model_dir: the folder of the model file (where external data may lie).
         where: how messages name the model (its path).
+        budget: what the model's constants may still allocate.
     """
 
     opset: int
@@ -48,14 +51,15 @@ class GraphSpec:
     consumers: dict[str, int]
     model_dir: Path
     where: str
+    budget: Budget
 
 
 def node_label(node: onnx.NodeProto, opset: int) -> str:
     """How messages name a node: op type, node name (or its first output), opset."""
-    name = node.name or (f"output {node.output[0]!r}" if node.output else "unnamed")
-    return (
-        f"{node.op_type} node {name!r} (opset {opset})" if node.name else f"{node.op_type} node, {name} (opset {opset})"
-    )
+    if node.name:
+        return f"{show(node.op_type)} node {quote(node.name)} (opset {opset})"
+    name = f"output {quote(node.output[0])}" if node.output else "unnamed"
+    return f"{show(node.op_type)} node, {name} (opset {opset})"
 
 
 def _opset(model: onnx.ModelProto, where: str) -> int:
@@ -99,8 +103,8 @@ def _input(graph: onnx.GraphProto, initializers: set[str], where: str) -> tuple[
                 f"dimension may be"
             )
         shape.append(int(d.dim_value))
-    if math.prod(shape) > MAX_ELEMENTS:
-        raise OnnxImportError(f"{where}: input shape {shape} is over the importer's limit of {MAX_ELEMENTS} entries")
+    if math.prod(shape) > MAX_ACTIVATION:
+        raise OnnxImportError(f"{where}: input shape {shape} is over the importer's limit of {MAX_ACTIVATION} entries")
     return value.name, tuple(shape)
 
 
@@ -112,7 +116,7 @@ def _producers(graph: onnx.GraphProto, defined: set[str], where: str) -> dict[st
                 continue  # an optional output left unnamed
             if out in defined or out in producers:
                 raise OnnxImportError(
-                    f"{where}: value {out!r} is defined twice (again by {node.op_type} {node.name!r})"
+                    f"{where}: value {quote(out)} is defined twice (again by {show(node.op_type)} {quote(node.name)})"
                 )
             producers[out] = node
     return producers
@@ -135,7 +139,9 @@ def _toposort(
             raise OnnxImportError(f"{where}: value {name!r} read by {user} is defined by no node, input or initializer")
         mark = state.get(id(node), 0)
         if mark == 1:
-            raise OnnxImportError(f"{where}: the graph has a cycle through {node.op_type} {node.name!r} ({name!r})")
+            raise OnnxImportError(
+                f"{where}: the graph has a cycle through {show(node.op_type)} {quote(node.name)} ({quote(name)})"
+            )
         if mark == 0:
             state[id(node)] = 1
             stack.append((node, 0))
@@ -150,7 +156,7 @@ def _toposort(
             inputs = [i for i in node.input if i]
             if k < len(inputs):
                 stack.append((node, k + 1))
-                visit(inputs[k], f"{node.op_type} {node.name!r}")
+                visit(inputs[k], f"{show(node.op_type)} {quote(node.name)}")
             else:
                 state[id(node)] = 2
                 order.append(node)
@@ -175,9 +181,12 @@ def read_graph(model: onnx.ModelProto, model_dir: Path, where: str) -> GraphSpec
         model: the parsed model.
         model_dir: the model file's folder (external data must lie inside it).
         where: how messages name the model (its path).
+        budget: what the model's constants may still allocate.
     """
     opset = _opset(model, where)
     graph = model.graph
+    if len(graph.node) > MAX_NODES:
+        raise OnnxImportError(f"{where}: {len(graph.node)} nodes is over the importer's limit of {MAX_NODES}")
     if len(graph.sparse_initializer):
         raise OnnxImportError(f"{where}: sparse initializers are not supported")
     init_names = [t.name for t in graph.initializer]
@@ -193,8 +202,9 @@ def read_graph(model: onnx.ModelProto, model_dir: Path, where: str) -> GraphSpec
         raise OnnxImportError(f"{where}: the graph output {output!r} is not computed by any node")
     nodes = _needed(_toposort(graph, producers, defined, where), output)
     needed = {i for n in nodes for i in n.input if i}
+    budget = Budget()
     constants = {
-        t.name: tensor_array(t, model_dir, f"{where}: initializer {t.name!r}")
+        t.name: tensor_array(t, model_dir, f"{where}: initializer {t.name!r}", budget)
         for t in graph.initializer
         if t.name in needed
     }
@@ -203,4 +213,4 @@ def read_graph(model: onnx.ModelProto, model_dir: Path, where: str) -> GraphSpec
         for i in n.input:
             if i:
                 consumers[i] = consumers.get(i, 0) + 1
-    return GraphSpec(opset, input_name, input_shape, output, nodes, constants, consumers, model_dir, where)
+    return GraphSpec(opset, input_name, input_shape, output, nodes, constants, consumers, model_dir, where, budget)

@@ -20,13 +20,27 @@ from google.protobuf.message import DecodeError  # type: ignore[import-untyped]
 
 from .errors import OnnxImportError
 
-__all__ = ["MAX_ELEMENTS", "MAX_FILE_BYTES", "read_model", "tensor_array"]
+__all__ = [
+    "MAX_ACTIVATION",
+    "MAX_ELEMENTS",
+    "MAX_FILE_BYTES",
+    "MAX_TOTAL_BYTES",
+    "Budget",
+    "read_model",
+    "tensor_array",
+]
 
 #: protobuf cannot hold a message over 2 GiB, so no valid ONNX file (external data aside) is larger.
 MAX_FILE_BYTES = 2**31 - 1
-#: The largest tensor (weights, a constant, one example's activations) the importer allocates: 2**26 float32
-#: entries = 256 MiB, far above any verification benchmark's layers and far below the machine.
+#: The largest constant tensor (weights, a folded constant) the importer allocates: 2**26 entries = 256 MiB of
+#: float32, far above any verification benchmark's layers and far below the machine.
 MAX_ELEMENTS = 2**26
+#: The largest activation of one example at one node (the import runs three examples through every node):
+#: 2**22 entries, 16 MiB of float32 (64 x 224 x 224 is 3.2M).
+MAX_ACTIVATION = 2**22
+#: All constants of one model together (decoded initializers, external data, folded constants): a file names
+#: an external file as often as it likes, so its own size does not bound what it makes the importer read.
+MAX_TOTAL_BYTES = 2**31
 
 #: ONNX TensorProto data types the importer decodes, with their little-endian numpy types.
 _DTYPES: dict[int, np.dtype[np.generic]] = {
@@ -34,6 +48,20 @@ _DTYPES: dict[int, np.dtype[np.generic]] = {
     onnx.TensorProto.INT64: np.dtype("<i8"),
     onnx.TensorProto.INT32: np.dtype("<i4"),
 }
+
+
+class Budget:
+    """The bytes of constants the import may still allocate (see MAX_TOTAL_BYTES)."""
+
+    def __init__(self, total: int | None = None) -> None:
+        self.total = MAX_TOTAL_BYTES if total is None else total
+        self.left = self.total
+
+    def charge(self, nbytes: int, what: str) -> None:
+        """Spend `nbytes`, or refuse naming `what` when the model's constants would exceed the total."""
+        if nbytes > self.left:
+            raise OnnxImportError(f"{what}: the model's constants exceed the importer's limit of {self.total} bytes")
+        self.left -= nbytes
 
 
 def read_model(path: str | Path) -> onnx.ModelProto:
@@ -53,8 +81,11 @@ def read_model(path: str | Path) -> onnx.ModelProto:
         raise OnnxImportError(f"{p}: the ONNX file is empty")
     if st.st_size > MAX_FILE_BYTES:
         raise OnnxImportError(f"{p}: {st.st_size} bytes is more than an ONNX protobuf can hold (2 GiB)")
-    with open(p, "rb") as f:
-        data = f.read(MAX_FILE_BYTES + 1)
+    try:
+        with open(p, "rb") as f:
+            data = f.read(MAX_FILE_BYTES + 1)
+    except OSError as err:
+        raise OnnxImportError(f"{p}: cannot read the ONNX file ({err.strerror or err})") from None
     model = onnx.ModelProto()
     try:
         model.ParseFromString(data)
@@ -115,13 +146,14 @@ def _external_bytes(tensor: onnx.TensorProto, model_dir: Path, nbytes: int, what
         return f.read(nbytes)
 
 
-def tensor_array(tensor: onnx.TensorProto, model_dir: Path, what: str) -> np.ndarray:
+def tensor_array(tensor: onnx.TensorProto, model_dir: Path, what: str, budget: Budget | None = None) -> np.ndarray:
     """Decode a TensorProto (float32, int64 or int32) into a new numpy array, checking sizes before allocating.
 
     Args:
         tensor: an initializer or a Constant's value.
         model_dir: the folder external data must lie in.
         what: how messages name the tensor (e.g. "initializer 'fc1.weight'").
+        budget: charged with the tensor's bytes before they are read.
     """
     dtype = _DTYPES.get(tensor.data_type)
     if dtype is None:
@@ -135,6 +167,8 @@ def tensor_array(tensor: onnx.TensorProto, model_dir: Path, what: str) -> np.nda
         raise OnnxImportError(f"{what}: segmented tensors are not supported")
     count = _element_count(tensor, what)
     nbytes = count * dtype.itemsize
+    if budget is not None:
+        budget.charge(nbytes, what)
     if tensor.data_location == onnx.TensorProto.EXTERNAL:
         raw = _external_bytes(tensor, model_dir, nbytes, what)
     elif tensor.HasField("raw_data"):

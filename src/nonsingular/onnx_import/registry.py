@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from .errors import OnnxImportError
+from .errors import OnnxImportError, show
 
 if TYPE_CHECKING:
     from .context import NodeContext
@@ -52,4 +52,4 @@ def find_converter(op_type: str, opset: int, label: str) -> Converter:
         if entry.since <= opset <= entry.until:
             return entry.fn
     supported = ", ".join(sorted(CONVERTERS))
-    raise OnnxImportError(f"{label}: op {op_type} is not supported (supported: {supported})")
+    raise OnnxImportError(f"{label}: op {show(op_type)} is not supported (supported: {supported})")

@@ -6,11 +6,12 @@ from __future__ import annotations
 
 import numpy as np
 
-from ...models import Normalize
+from nonsingular.models import Normalize
+
 from ..context import NodeContext
 from ..layers import Binary, ConstantOp
 from ..registry import converter
-from .common import MAX_OPSET, float_tensor, node_hint
+from .common import MAX_OPSET, MIN_OPSET, float_tensor, node_hint
 
 __all__: list[str] = []
 
@@ -21,7 +22,7 @@ def _fold(ctx: NodeContext, op: str, a: np.ndarray, b: np.ndarray) -> np.ndarray
     if a.dtype != b.dtype:
         raise ctx.error(f"operands of types {a.dtype} and {b.dtype}")
     shape = ctx.broadcast(tuple(a.shape), tuple(b.shape))
-    ctx.check_size(shape)
+    ctx.check_const_size(shape)
     if op != "div":
         return np.asarray(_NUMPY[op](a, b), dtype=a.dtype)
     if a.dtype == np.float32:
@@ -83,21 +84,21 @@ def _arith(ctx: NodeContext, op: str) -> None:
     ctx.emit(ConstantOp(op if k == 0 or op in ("add", "mul") else f"r{op}", c_t), [x], node_hint(ctx))
 
 
-@converter("Add", since=9, until=MAX_OPSET)
+@converter("Add", since=MIN_OPSET, until=MAX_OPSET)
 def add(ctx: NodeContext) -> None:
     _arith(ctx, "add")
 
 
-@converter("Sub", since=9, until=MAX_OPSET)
+@converter("Sub", since=MIN_OPSET, until=MAX_OPSET)
 def sub(ctx: NodeContext) -> None:
     _arith(ctx, "sub")
 
 
-@converter("Mul", since=9, until=MAX_OPSET)
+@converter("Mul", since=MIN_OPSET, until=MAX_OPSET)
 def mul(ctx: NodeContext) -> None:
     _arith(ctx, "mul")
 
 
-@converter("Div", since=9, until=MAX_OPSET)
+@converter("Div", since=MIN_OPSET, until=MAX_OPSET)
 def div(ctx: NodeContext) -> None:
     _arith(ctx, "div")

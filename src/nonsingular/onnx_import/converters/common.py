@@ -9,9 +9,9 @@ import torch
 from torch import Tensor
 
 from ..context import NodeContext
-from ..graph import MAX_OPSET
+from ..graph import MAX_OPSET, MIN_OPSET
 
-__all__ = ["MAX_OPSET", "float_tensor", "ints", "layer_hint", "node_hint"]
+__all__ = ["MAX_OPSET", "MIN_OPSET", "float_tensor", "ints", "layer_hint", "node_hint"]
 
 _PARAM_SUFFIX = re.compile(r"[._/:]?(weight|weights|kernel|W)$")
 

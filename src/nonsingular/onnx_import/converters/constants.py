@@ -12,7 +12,7 @@ import onnx
 
 from ..context import NodeContext
 from ..registry import converter
-from .common import MAX_OPSET, ints
+from .common import MAX_OPSET, MIN_OPSET, ints
 
 __all__: list[str] = []
 
@@ -23,7 +23,7 @@ _CASTS: dict[int, type[np.generic]] = {
 }
 
 
-@converter("Constant", since=9, until=MAX_OPSET)
+@converter("Constant", since=MIN_OPSET, until=MAX_OPSET)
 def constant(ctx: NodeContext) -> None:
     a = ctx.attrs("value", "value_float", "value_floats", "value_int", "value_ints")
     if len(a) != 1:
@@ -39,7 +39,7 @@ def constant(ctx: NodeContext) -> None:
     ctx.set_const(np.asarray(array))
 
 
-@converter("Shape", since=9, until=MAX_OPSET)
+@converter("Shape", since=MIN_OPSET, until=MAX_OPSET)
 def shape(ctx: NodeContext) -> None:
     a = ctx.attrs("start", "end")
     dims = list(ctx.shape(0))
@@ -47,7 +47,7 @@ def shape(ctx: NodeContext) -> None:
     ctx.set_const(np.asarray(dims[start:end], dtype=np.int64))
 
 
-@converter("Gather", since=9, until=MAX_OPSET)
+@converter("Gather", since=MIN_OPSET, until=MAX_OPSET)
 def gather(ctx: NodeContext) -> None:
     a = ctx.attrs("axis")
     data = ctx.const(0, "data")
@@ -60,11 +60,11 @@ def gather(ctx: NodeContext) -> None:
     size = data.shape[axis]
     if ((indices < -size) | (indices >= size)).any():
         raise ctx.error(f"indices out of range for a dimension of {size}")
-    ctx.check_size(tuple(indices.shape) + tuple(data.shape[:axis]) + tuple(data.shape[axis + 1 :]))
+    ctx.check_const_size(tuple(indices.shape) + tuple(data.shape[:axis]) + tuple(data.shape[axis + 1 :]))
     ctx.set_const(np.take(data, indices, axis=axis))
 
 
-@converter("Cast", since=9, until=MAX_OPSET)
+@converter("Cast", since=MIN_OPSET, until=MAX_OPSET)
 def cast(ctx: NodeContext) -> None:
     a = ctx.attrs("to", "saturate")
     to = _CASTS.get(int(a.get("to", 0)))

@@ -12,7 +12,7 @@ from torch import nn
 from ..context import NodeContext
 from ..layers import ConstantPad
 from ..registry import converter
-from .common import MAX_OPSET, float_tensor, ints, layer_hint
+from .common import MAX_OPSET, MIN_OPSET, float_tensor, ints, layer_hint
 
 __all__ = ["spatial_pads", "torch_pads", "window_geometry"]
 
@@ -67,7 +67,7 @@ def window_geometry(
     return strides, dilations, begin, end
 
 
-@converter("Conv", since=9, until=MAX_OPSET)
+@converter("Conv", since=MIN_OPSET, until=MAX_OPSET)
 def conv(ctx: NodeContext) -> None:
     """Conv over 1 or 2 spatial dimensions, any pads, strides, dilations and groups."""
     a = ctx.attrs("auto_pad", "dilations", "group", "kernel_shape", "pads", "strides")
@@ -110,4 +110,7 @@ def conv(ctx: NodeContext) -> None:
         layer.weight.copy_(float_tensor(ctx, w, "the kernel"))
         if bias is not None and layer.bias is not None:
             layer.bias.copy_(bias)
+    ctx.record(layer, "weight", ctx.input(1))
+    if bias is not None:
+        ctx.record(layer, "bias", ctx.input(2))
     ctx.emit(layer, [x], hint)

@@ -10,7 +10,7 @@ from torch import nn
 from ..context import NodeContext
 from ..layers import Permute, Reshape
 from ..registry import converter
-from .common import MAX_OPSET, float_tensor, layer_hint
+from .common import MAX_OPSET, MIN_OPSET, float_tensor, layer_hint
 
 __all__: list[str] = []
 
@@ -34,7 +34,7 @@ def _as_bias(c: np.ndarray, out_shape: tuple[int, ...]) -> np.ndarray | None:
     return np.ascontiguousarray(np.broadcast_to(c.reshape(-1)[:m] if c.size else c, (m,)), dtype=c.dtype)
 
 
-@converter("Gemm", since=9, until=MAX_OPSET)
+@converter("Gemm", since=MIN_OPSET, until=MAX_OPSET)
 def gemm(ctx: NodeContext) -> None:
     """Y = alpha * A' B' + beta * C with A the model's values (N, K), B and C constants."""
     a = ctx.attrs("alpha", "beta", "transA", "transB")
@@ -56,26 +56,32 @@ def gemm(ctx: NodeContext) -> None:
         if bias is None:
             raise ctx.error(f"C of shape {list(c.shape)} does not broadcast as a bias over {weight.shape[0]} outputs")
         bias = (bias * np.float32(beta)) if beta != 1.0 else bias
-    ctx.emit(_linear(ctx, np.ascontiguousarray(weight), bias), [x], layer_hint(ctx))
+    lin = _linear(ctx, np.ascontiguousarray(weight), bias)
+    ctx.record(lin, "weight", ctx.input(1), transpose=not a.get("transB", 0), scale=alpha)
+    if ctx.input(2) and ctx.const(2).size == weight.shape[0]:  # a broadcast scalar is not one bias per output
+        ctx.record(lin, "bias", ctx.input(2), scale=beta)
+    ctx.emit(lin, [x], layer_hint(ctx))
 
 
-def _fused_bias(ctx: NodeContext, out_shape: tuple[int, ...]) -> tuple[np.ndarray | None, str]:
-    """(bias, output name): the bias of an Add of a constant that alone reads this MatMul's output (the Add is
-    then absorbed, and the Linear writes the Add's output), else (None, the MatMul's output)."""
+def _fused_bias(ctx: NodeContext, out_shape: tuple[int, ...]) -> tuple[np.ndarray | None, str, str]:
+    """(bias, its constant's name, output name): the bias of an Add of a constant that alone reads this MatMul's
+    output (the Add is then absorbed, and the Linear writes the Add's output), else (None, '', the MatMul's
+    output)."""
     add = ctx.sole_consumer()
     if add is None or add.op_type != "Add" or add.domain not in ("", "ai.onnx") or len(add.attribute):
-        return None, ctx.output
-    c = ctx.conv.constants.get(ctx.other_input(add, ctx.output))
+        return None, "", ctx.output
+    name = ctx.other_input(add, ctx.output)
+    c = ctx.conv.constants.get(name)
     if c is None or c.dtype != np.float32:
-        return None, ctx.output
+        return None, "", ctx.output
     bias = _as_bias(c, out_shape)
     if bias is None:
-        return None, ctx.output
+        return None, "", ctx.output
     ctx.absorb(add)
-    return bias, add.output[0]
+    return bias, (name if c.size == out_shape[-1] else ""), add.output[0]
 
 
-@converter("MatMul", since=9, until=MAX_OPSET)
+@converter("MatMul", since=MIN_OPSET, until=MAX_OPSET)
 def matmul(ctx: NodeContext) -> None:
     """x @ W (W a constant matrix) as a Linear; W @ x (x's last two dimensions (K, P)) as a Linear between
     reshapes (P = 1) or transposes."""
@@ -86,8 +92,11 @@ def matmul(ctx: NodeContext) -> None:
         if w.ndim != 2 or len(shape) < 2 or shape[-1] != w.shape[0]:
             raise ctx.error(f"A {list(shape)} @ B {list(w.shape)}: B must be a matrix matching A's last dimension")
         out_shape = (*shape[:-1], int(w.shape[1]))
-        bias, out = _fused_bias(ctx, out_shape)
+        bias, bias_name, out = _fused_bias(ctx, out_shape)
         lin, hint = _linear(ctx, np.ascontiguousarray(w.T), bias), layer_hint(ctx, 1)
+        ctx.record(lin, "weight", ctx.input(1), transpose=True)
+        if bias_name:
+            ctx.record(lin, "bias", bias_name)
         if len(shape) > 2 and all(d == 1 for d in shape[1:-1]):
             # (N, 1, ..., 1, K): a Linear between reshapes, which the bounds (Linear on (N, features)) follow
             x = ctx.emit(Reshape((shape[-1],)), [x], f"{hint}_in", output=f"{out}::in")
@@ -104,6 +113,7 @@ def matmul(ctx: NodeContext) -> None:
                 f"A {list(w.shape)} @ B {list(shape)}: A must be a matrix and B have a batch dimension and (K, P) last"
             )
         hint, lin = layer_hint(ctx, 0), _linear(ctx, np.ascontiguousarray(w), None)
+        ctx.record(lin, "weight", ctx.input(0))
         if shape[-1] == 1:
             mid = ctx.emit(Reshape(shape[1:-1]), [x], f"{hint}_in", output=f"{ctx.output}::in")
             mid = ctx.emit(lin, [mid], hint, output=f"{ctx.output}::lin")

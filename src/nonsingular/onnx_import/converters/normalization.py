@@ -8,12 +8,12 @@ from torch import nn
 
 from ..context import NodeContext
 from ..registry import converter
-from .common import MAX_OPSET, float_tensor, layer_hint
+from .common import MAX_OPSET, MIN_OPSET, float_tensor, layer_hint
 
 __all__: list[str] = []
 
 
-@converter("BatchNormalization", since=9, until=MAX_OPSET)
+@converter("BatchNormalization", since=MIN_OPSET, until=MAX_OPSET)
 def batch_norm(ctx: NodeContext) -> None:
     a = ctx.attrs("epsilon", "momentum", "spatial", "training_mode")
     if a.get("training_mode", 0):

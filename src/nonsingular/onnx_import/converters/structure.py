@@ -15,7 +15,7 @@ from torch import nn
 from ..context import NodeContext
 from ..layers import Concat, ConstantPad, Permute, Reshape
 from ..registry import converter
-from .common import MAX_OPSET, ints, node_hint
+from .common import MAX_OPSET, MIN_OPSET, ints, node_hint
 from .conv import torch_pads
 
 __all__: list[str] = []
@@ -53,7 +53,7 @@ def _axes(ctx: NodeContext, attrs: dict[str, object], rank: int, what: str = "ax
     return axes
 
 
-@converter("Flatten", since=9, until=MAX_OPSET)
+@converter("Flatten", since=MIN_OPSET, until=MAX_OPSET)
 def flatten(ctx: NodeContext) -> None:
     a = ctx.attrs("axis")
     shape = ctx.shape(0)
@@ -64,7 +64,7 @@ def flatten(ctx: NodeContext) -> None:
     _reshape_to(ctx, (math.prod(shape[:axis]), math.prod(shape[axis:])))
 
 
-@converter("Reshape", since=9, until=MAX_OPSET)
+@converter("Reshape", since=MIN_OPSET, until=MAX_OPSET)
 def reshape(ctx: NodeContext) -> None:
     a = ctx.attrs("allowzero")
     shape = ctx.shape(0)
@@ -82,7 +82,7 @@ def reshape(ctx: NodeContext) -> None:
     _reshape_to(ctx, tuple(out))
 
 
-@converter("Squeeze", since=9, until=MAX_OPSET)
+@converter("Squeeze", since=MIN_OPSET, until=MAX_OPSET)
 def squeeze(ctx: NodeContext) -> None:
     a = ctx.attrs(*(("axes",) if ctx.opset < 13 else ()))
     shape = ctx.shape(0)
@@ -94,7 +94,7 @@ def squeeze(ctx: NodeContext) -> None:
     _reshape_to(ctx, tuple(d for k, d in enumerate(shape) if k not in axes))
 
 
-@converter("Unsqueeze", since=9, until=MAX_OPSET)
+@converter("Unsqueeze", since=MIN_OPSET, until=MAX_OPSET)
 def unsqueeze(ctx: NodeContext) -> None:
     a = ctx.attrs(*(("axes",) if ctx.opset < 13 else ()))
     shape = ctx.shape(0)
@@ -106,7 +106,7 @@ def unsqueeze(ctx: NodeContext) -> None:
     _reshape_to(ctx, tuple(1 if k in axes else next(rest) for k in range(len(shape) + len(axes))))
 
 
-@converter("Transpose", since=9, until=MAX_OPSET)
+@converter("Transpose", since=MIN_OPSET, until=MAX_OPSET)
 def transpose(ctx: NodeContext) -> None:
     a = ctx.attrs("perm")
     shape = ctx.shape(0)
@@ -126,7 +126,7 @@ def transpose(ctx: NodeContext) -> None:
         raise ctx.error(f"perm {perm} moves the batch dimension")
 
 
-@converter("Concat", since=9, until=MAX_OPSET)
+@converter("Concat", since=MIN_OPSET, until=MAX_OPSET)
 def concat(ctx: NodeContext) -> None:
     a = ctx.attrs("axis")
     n = len(ctx.node.input)
@@ -137,7 +137,7 @@ def concat(ctx: NodeContext) -> None:
     if not 0 <= axis < rank or any(len(s) != rank for s in shapes):
         raise ctx.error(f"axis {axis} / shapes {[list(s) for s in shapes]} do not concatenate")
     if all(ctx.is_const(k) for k in range(n)):
-        ctx.check_size((*shapes[0][:axis], sum(s[axis] for s in shapes), *shapes[0][axis + 1 :]))
+        ctx.check_const_size((*shapes[0][:axis], sum(s[axis] for s in shapes), *shapes[0][axis + 1 :]))
         ctx.set_const(np.concatenate([ctx.const(k) for k in range(n)], axis=axis))
         return
     if any(ctx.is_const(k) for k in range(n)):
@@ -147,13 +147,13 @@ def concat(ctx: NodeContext) -> None:
     ctx.emit(Concat(axis), [ctx.tensor(k) for k in range(n)], node_hint(ctx))
 
 
-@converter("Identity", since=9, until=MAX_OPSET)
+@converter("Identity", since=MIN_OPSET, until=MAX_OPSET)
 def identity(ctx: NodeContext) -> None:
     ctx.attrs()
     ctx.alias(ctx.input(0))
 
 
-@converter("Dropout", since=9, until=MAX_OPSET)
+@converter("Dropout", since=MIN_OPSET, until=MAX_OPSET)
 def dropout(ctx: NodeContext) -> None:
     """Identity in inference (the mask output must be unused; training_mode, from opset 12, must be false)."""
     ctx.attrs("ratio", "seed", "is_test")
@@ -163,7 +163,7 @@ def dropout(ctx: NodeContext) -> None:
     ctx.alias(ctx.input(0))
 
 
-@converter("Pad", since=9, until=MAX_OPSET)
+@converter("Pad", since=MIN_OPSET, until=MAX_OPSET)
 def pad(ctx: NodeContext) -> None:
     """Constant padding of the dimensions after the batch dimension (pads from the attribute before opset 11, from
     input 1 after; the value from the attribute or input 2; opset 18's axes input from input 3)."""
