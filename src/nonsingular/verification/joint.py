@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -81,8 +82,6 @@ def max_eps_w(
     Doubles from `start` until the bound fails or `cap`, then halves the bracket until its ends are within
     `rel_tol` of each other or time.monotonic() passes `deadline`.
     """
-    import time
-
     lo, hi, steps = 0.0, math.inf, 0
     eps = start
     while eps <= cap and time.monotonic() < deadline:
