@@ -213,3 +213,15 @@ def test_usage_errors(bench: Path, monkeypatch, capsys) -> None:
         monkeypatch, capsys, "verify", "--instances", str(bench / "instances.csv"), "--out", str(bench / "results.csv")
     )
     assert code == 2 and "not a results CSV" in err
+
+
+def test_gzipped_models_and_properties_are_read(bench: Path) -> None:
+    from nonsingular.verification import run_instance
+
+    (bench / "net.onnx.gz").write_bytes(gzip.compress((bench / "net.onnx").read_bytes()))
+    (bench / "tight.vnnlib.gz").write_bytes(gzip.compress((bench / "tight.vnnlib").read_bytes()))
+    result = run_instance(bench / "net.onnx.gz", bench / "tight.vnnlib.gz", 30)
+    assert result.status is Status.UNSAT
+    (bench / "bad.onnx.gz").write_bytes(b"\x1f\x8b not really")
+    with pytest.raises(ValueError, match="not a readable gzip file"):
+        run_instance(bench / "bad.onnx.gz", bench / "tight.vnnlib", 30)
