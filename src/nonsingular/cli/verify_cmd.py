@@ -57,8 +57,12 @@ def _summary(rows_table: Mapping[str, Mapping[str, int]]) -> Table:
 
 
 def verify(
-    model: Annotated[Path | None, typer.Argument(help="The ONNX model (.onnx or .onnx.gz).")] = None,
-    prop: Annotated[Path | None, typer.Argument(help="The VNNLIB property (.vnnlib or .vnnlib.gz).")] = None,
+    model: Annotated[
+        Path | None, typer.Argument(metavar="MODEL.onnx", help="The ONNX model (.onnx or .onnx.gz).")
+    ] = None,
+    prop: Annotated[
+        Path | None, typer.Argument(metavar="PROPERTY.vnnlib", help="The VNNLIB property (.vnnlib or .vnnlib.gz).")
+    ] = None,
     timeout: Annotated[
         float,
         typer.Option("--timeout", help="Wall-clock limit for one instance, seconds (hard: the answer is `timeout`)."),
@@ -115,7 +119,11 @@ def verify(
     seed: Annotated[int, typer.Option(help="Attack random-start seed.")] = 0,
     threads: Annotated[int, typer.Option(help="torch threads of the worker process.")] = 1,
 ) -> None:
-    """Decide a VNNLIB property on an ONNX model (unsat = verified), or run a VNN-COMP instances CSV."""
+    """Decide a VNNLIB property on an ONNX model (unsat = verified), or run a VNN-COMP instances CSV.
+
+    Exit status: 0 an answer was written (unsat, sat, timeout or unknown); 2 bad input (one line on stderr,
+    `error` in the result file); 1 internal error. See docs/verification.md.
+    """
     if not (math.isfinite(timeout) and timeout > 0):
         raise UserError(f"--timeout must be a positive number of seconds, got {timeout}")
     if not (math.isfinite(eps_w) and eps_w >= 0):
