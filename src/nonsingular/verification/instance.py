@@ -29,7 +29,7 @@ from ..threat import EpsMode, ThreatModel, WeightBall
 from .bounding import prove_pieces
 from .driver import DEFAULT_METHODS, verify_property
 from .export import export_perturbed
-from .joint import max_eps_w
+from .joint import RadiusBracket, max_eps_w
 from .result import Counterexample, Status, VerificationResult
 from .witness import onnx_executor
 
@@ -160,6 +160,7 @@ def run_instance(
                     ).open_pieces
                 ),
                 deadline=start + timeout,
+                on_step=lambda b: _report_bracket(result, b, on_answer),
             )
             result.stats.update(
                 eps_w_proven=bracket.proven,
@@ -171,6 +172,15 @@ def run_instance(
             _export_checked(model_path, model, cex, prop.cases[cex.case], shape, options.export_worst, result)
     result.seconds = answered
     return result
+
+
+def _report_bracket(
+    result: VerificationResult, bracket: RadiusBracket, on_answer: Callable[[VerificationResult], None] | None
+) -> None:
+    """Keep the bisection's latest bracket in the result, and send it on: a hard stop keeps what was proven."""
+    result.stats.update(eps_w_proven=bracket.proven, eps_w_open=bracket.refuted_or_open)
+    if on_answer is not None:
+        on_answer(result)
 
 
 def _export_checked(

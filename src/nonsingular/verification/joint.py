@@ -76,17 +76,26 @@ def max_eps_w(
     cap: float = 1.0,
     rel_tol: float = 0.05,
     deadline: float = math.inf,
+    on_step: Callable[[RadiusBracket], None] | None = None,
 ) -> RadiusBracket:
     """Bisection on eps_w for the predicate `proves(eps_w)` (monotone: a smaller ball is a subset).
 
     Doubles from `start` until the bound fails or `cap`, then halves the bracket until its ends are within
-    `rel_tol` of each other or time.monotonic() passes `deadline`.
+    `rel_tol` of each other or time.monotonic() passes `deadline`. `on_step` sees the bracket after every
+    evaluation (so a caller that may be stopped keeps the latest one).
     """
     lo, hi, steps = 0.0, math.inf, 0
+
+    def check(eps: float) -> bool:  # the predicate, reporting the bracket it implies
+        ok = proves(eps)
+        if on_step is not None:
+            on_step(RadiusBracket(max(lo, eps) if ok else lo, hi if ok else min(hi, eps), steps))
+        return ok
+
     eps = start
     while eps <= cap and time.monotonic() < deadline:
         steps += 1
-        if proves(eps):
+        if check(eps):
             lo, eps = eps, eps * 2
         else:
             hi = eps
@@ -97,14 +106,14 @@ def max_eps_w(
         eps = hi / 2
         while eps > start * 1e-4 and time.monotonic() < deadline:
             steps += 1
-            if proves(eps):
+            if check(eps):
                 lo = eps
                 break
             hi, eps = eps, eps / 2
     while hi < math.inf and lo > 0 and (hi - lo) > rel_tol * hi and time.monotonic() < deadline:
         mid = math.sqrt(lo * hi)
         steps += 1
-        if proves(mid):
+        if check(mid):
             lo = mid
         else:
             hi = mid
