@@ -70,9 +70,11 @@ def branch_and_bound(
     Args:
         model: a chain of Normalize/Flatten, then Linear and ReLU alternating, ending with a Linear (any model that
             torch.fx traces into that path; e.g. nn.Sequential). Not modified; run in eval mode for checks.
-        lower, upper: the input box, shape = the model's input shape without the batch dimension, any scale;
-            zero-width dimensions are allowed. Never clipped to a data domain.
-        C: (R, K) rows over the K outputs; d: (R,).
+        lower: the input box's lower corner, shape = the model's input shape without the batch dimension, any
+            scale; zero-width dimensions (lower == upper) are allowed. Never clipped to a data domain.
+        upper: the upper corner, same shape.
+        C: (R, K) rows over the K outputs.
+        d: (R,) right-hand sides.
         groups: (R,) disjunct index of each row; None: all rows form one conjunction.
         threat: optional weight ball (eps_w, eps_b, weight_ball, weight_mode, layers, layer_eps, channel_eps);
             its eps_x and domain are ignored (the box is the input set). Bounds stay sound; the search is then not

@@ -123,7 +123,7 @@ class BaBOptions:
         leaf_tolerance: a leaf LP's minimum must exceed this to close the leaf (HiGHS's tolerance is ~1e-7).
     """
 
-    branching: Branching = Branching.GAP
+    branching: Branching = Branching.BABSR
     root_steps: int = 50
     root_intermediate_steps: int = 20
     steps: int = 10
