@@ -111,29 +111,41 @@ def complete_pieces(
                 search_threat = ThreatModel(eps_b=rounding)
                 lower, upper = read_rounding(lower, upper, FLOAT32_UNIT_ROUNDOFF)
                 stats["bab_rounding_eps_b"] = rounding
-        if deadline - time.monotonic() <= 0:
-            return CompleteOutcome(open_pieces, None, True, stats)
-        try:
-            result = branch_and_bound(
-                model,
-                lower[0],
-                upper[0],
-                C,
-                d,
-                groups=groups,
-                threat=search_threat,
-                timeout=max(0.01, deadline - time.monotonic()),
-                seed=seed,
-            )
-        except UnsupportedLayerError as err:
-            log.info("branch and bound does not cover this model: %s", err)
-            stats["bab_unsupported"] = 1
-            return CompleteOutcome(open_pieces, None, False, stats)
-        stats["bab_domains"] = stats.get("bab_domains", 0) + result.stats.domains_visited
-        stats["bab_seconds"] = stats.get("bab_seconds", 0) + result.stats.time_total
-        if result.status is BaBStatus.UNSAT:
-            open_pieces -= {(i, j) for j in js}
-        elif result.status is BaBStatus.SAT and result.witness is not None:
+        # A witness the rounding radius made possible may not be one of the real network: then search again
+        # in exact arithmetic for a real one (whose `unsat` alone would not cover float32 execution).
+        searches = [search_threat] if search_threat is threat else [search_threat, threat]
+        for attempt, search in enumerate(searches):
+            if deadline - time.monotonic() <= 0:
+                return CompleteOutcome(open_pieces, None, True, stats)
+            box = (lower, upper) if attempt == 0 else (case.lower.reshape(1, *shape), case.upper.reshape(1, *shape))
+            try:
+                result = branch_and_bound(
+                    model,
+                    box[0][0],
+                    box[1][0],
+                    C,
+                    d,
+                    groups=groups,
+                    threat=search,
+                    timeout=max(0.01, deadline - time.monotonic()),
+                    seed=seed,
+                )
+            except UnsupportedLayerError as err:
+                log.info("branch and bound does not cover this model: %s", err)
+                stats["bab_unsupported"] = 1
+                return CompleteOutcome(open_pieces, None, False, stats)
+            stats["bab_domains"] = stats.get("bab_domains", 0) + result.stats.domains_visited
+            stats["bab_seconds"] = stats.get("bab_seconds", 0) + result.stats.time_total
+            if result.status is BaBStatus.UNSAT:
+                if attempt == 0:
+                    open_pieces -= {(i, j) for j in js}
+                else:
+                    stats["bab_unsat_exact_arithmetic_only"] = 1
+                break
+            if result.status is BaBStatus.TIMEOUT:
+                return CompleteOutcome(open_pieces, None, True, stats)
+            if result.status is not BaBStatus.SAT or result.witness is None:
+                break
             x = snap_into_box(result.witness.x.reshape(1, -1), case.lower, case.upper)
             if joint:
                 cex = _joint_check(model, x, result.witness.weights, prop, i, shape)
@@ -142,6 +154,4 @@ def complete_pieces(
             if cex is not None:
                 return CompleteOutcome(open_pieces, cex, False, stats)
             stats["bab_witness_rejected"] = stats.get("bab_witness_rejected", 0) + 1
-        elif result.status is BaBStatus.TIMEOUT:
-            return CompleteOutcome(open_pieces, None, True, stats)
     return CompleteOutcome(open_pieces, None, False, stats)
