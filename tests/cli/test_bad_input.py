@@ -237,6 +237,28 @@ STUDY = [
     ("device", "--config {ws}/study-ok.toml --device tpu", "device"),
 ]
 
+VERIFY = [
+    ("vnnlib-missing", "{ws}/onnx-good.onnx {ws}/absent.vnnlib", "absent.vnnlib"),
+    ("vnnlib-unbalanced", "{ws}/onnx-good.onnx {ws}/v-unbalanced.vnnlib", "line 203: '(' never closed"),
+    ("vnnlib-statement", "{ws}/onnx-good.onnx {ws}/v-define.vnnlib", "line 75: unsupported statement"),
+    ("vnnlib-huge", "{ws}/onnx-good.onnx {ws}/v-huge.vnnlib", "exceeds the limit"),
+    ("vnnlib-unbounded", "{ws}/onnx-good.onnx {ws}/v-unbounded.vnnlib", "X_5 has no upper bound"),
+    ("vnnlib-eval", "{ws}/onnx-good.onnx {ws}/v-eval.vnnlib", "unsupported comparison"),
+    ("vnnlib-gzip", "{ws}/onnx-good.onnx {ws}/v-broken.vnnlib.gz", "not a readable gzip file"),
+    ("vnnlib-inputs", "{ws}/onnx-good.onnx {ws}/v-three.vnnlib", "the property has 3 inputs but the model takes 64"),
+    ("onnx-outside", "{ws}/onnx-ext/m.onnx {ws}/v-good.vnnlib", "outside the model's folder"),
+    ("onnx-garbage", "{ws}/onnx-garbage.onnx {ws}/v-good.vnnlib", "not an ONNX model"),
+    ("csv-outside", "--instances {ws}/instances-outside.csv --out {ws}/new-run/r.csv", "leads outside the root"),
+    ("csv-absolute", "--instances {ws}/instances-absolute.csv --out {ws}/new-run/r.csv", "must be relative"),
+    ("csv-timeout", "--instances {ws}/instances-timeout.csv --out {ws}/new-run/r.csv", "'forever' is not a number"),
+    ("csv-fields", "--instances {ws}/instances-fields.csv --out {ws}/new-run/r.csv", "expected 3 fields"),
+    ("csv-no-out", "--instances {ws}/instances-fields.csv", "--instances needs --out"),
+    ("no-property", "{ws}/onnx-good.onnx", "give MODEL.onnx PROPERTY.vnnlib"),
+    ("timeout", "{ws}/onnx-good.onnx {ws}/v-good.vnnlib --timeout 0", "--timeout must be a positive"),
+    ("eps-w", "{ws}/onnx-good.onnx {ws}/v-good.vnnlib --eps-w -1", "--eps-w must be"),
+    ("method", "{ws}/onnx-good.onnx {ws}/v-good.vnnlib --method norm", "--method"),
+]
+
 TOP = [
     ("unknown-command", "bogus", "No such command 'bogus'"),
     ("unknown-root-option", "--colour", "No such option: --colour"),
@@ -251,6 +273,7 @@ def _cases() -> list:
         ("radius", LOADING + RADIUS),
         ("train", TRAIN),
         ("study", STUDY),
+        ("verify", VERIFY),
         ("", TOP),
     ):
         for case_id, args, needle in table:

@@ -99,6 +99,31 @@ def _meta(metadata: dict) -> dict[str, str]:
     return {_META_KEY: json.dumps(metadata)}
 
 
+def _vnnlib_files(ws: Path) -> None:
+    """Broken and hostile VNNLIB properties and instance CSVs (for `verify`), beside onnx-good.onnx (64 -> 10)."""
+    import gzip
+
+    head = "".join(f"(declare-const X_{i} Real)\n" for i in range(64)) + "".join(
+        f"(declare-const Y_{j} Real)\n" for j in range(10)
+    )
+    box = "".join(f"(assert (>= X_{i} 0.0))\n(assert (<= X_{i} 0.1))\n" for i in range(64))
+    (ws / "v-good.vnnlib").write_text(head + box + "(assert (>= Y_1 Y_0))\n")
+    (ws / "v-unbalanced.vnnlib").write_text(head + box + "(assert (>= Y_1 Y_0)\n")
+    (ws / "v-define.vnnlib").write_text(head + "(define-fun f () Real 1.0)\n")
+    (ws / "v-huge.vnnlib").write_text("(declare-const X_99999999 Real)\n")
+    (ws / "v-unbounded.vnnlib").write_text(head + box.replace("(assert (<= X_5 0.1))", "") + "(assert (>= Y_1 Y_0))")
+    (ws / "v-three.vnnlib").write_text(
+        "".join(f"(declare-const X_{i} Real)\n(assert (>= X_{i} 0))\n(assert (<= X_{i} 1))\n" for i in range(3))
+        + "(declare-const Y_0 Real)\n(assert (<= Y_0 0))\n"
+    )
+    (ws / "v-eval.vnnlib").write_text(head + box + "(assert (>= Y_1 (eval \"__import__('os')\")))\n")
+    (ws / "v-broken.vnnlib.gz").write_bytes(gzip.compress((ws / "v-good.vnnlib").read_bytes())[:40])
+    (ws / "instances-outside.csv").write_text("onnx-good.onnx,../v-good.vnnlib,10\n")
+    (ws / "instances-absolute.csv").write_text(f"{ws}/onnx-good.onnx,v-good.vnnlib,10\n")
+    (ws / "instances-timeout.csv").write_text("onnx-good.onnx,v-good.vnnlib,forever\n")
+    (ws / "instances-fields.csv").write_text("onnx-good.onnx;v-good.vnnlib;10\n")
+
+
 def _onnx_files(ws: Path) -> None:
     """Broken and hostile ONNX models (for `-c FILE.onnx`), built with onnx.helper."""
     import onnx
@@ -259,6 +284,7 @@ def make_workspace(ws: Path, checkpoint: Path) -> None:
         )
     )
     _onnx_files(ws)
+    _vnnlib_files(ws)
     (ws / "occupied").mkdir()
     (ws / "occupied" / "notes.txt").write_text("mine\n")
     (ws / "broken-state").mkdir()

@@ -24,11 +24,13 @@ from typing import Any, cast
 import torch
 from torch import Tensor, nn
 
+from ..threat import PERTURBABLE_TYPES
 from .graph import Graph
 from .layer_threat import LayerThreat
 from .ops_affine import elided_margin_lower
 from .patches import Patches
 from .registry import DEFAULT_MEMORY_MB, Backward, Box, Node, Rule, dot
+from .rounding_bias import check_roundable, read_rounding, rounded_threat
 
 __all__ = ["GraphBounds"]
 
@@ -47,6 +49,8 @@ class GraphBounds:
         memory_mb: budget for one backward pass's coefficient tensors, MiB (chunks of examples and spec rows).
         ctx: the backward passes' state (alpha-CROWN's slopes and rows); a fresh one by default.
         floor: boxes (by node name) that every tightened box is intersected with (alpha-CROWN passes CROWN's).
+        roundoff: bound the model as executed with this unit roundoff (rounding.py): each weight layer's bias
+            radius grows by its rounding over its input box as the boxes are built; `threats` then holds them.
     """
 
     def __init__(
@@ -59,8 +63,12 @@ class GraphBounds:
         memory_mb: float = DEFAULT_MEMORY_MB,
         ctx: Backward | None = None,
         floor: dict[str, Box] | None = None,
+        roundoff: float | None = None,
     ) -> None:
-        self.graph, self.threats, self.memory_mb = graph, threats, memory_mb
+        self.graph, self.threats, self.memory_mb = graph, dict(threats), memory_mb
+        if roundoff is not None:
+            check_roundable(graph)
+            lb, ub = read_rounding(lb, ub, roundoff)
         self.ctx = ctx or Backward(memory_mb=memory_mb)
         self.order = {n.name: i for i, n in enumerate(graph.nodes)}
         self.boxes: dict[str, Box] = {graph.input: (lb, ub)}
@@ -77,6 +85,9 @@ class GraphBounds:
         chain = _input_chain(graph, self.frontier)  # nodes whose range is exactly their box
         exact = set(chain)
         for node in graph.nodes:
+            if roundoff is not None and isinstance(node.module, PERTURBABLE_TYPES):
+                box_in = self.boxes[node.inputs[0]]
+                self.threats[node.name] = rounded_threat(node.module, node.name, self.threat(node), box_in, roundoff)
             if node.name == graph.input or (node.name == graph.output and self._elided()):
                 continue  # an elided last layer is bounded in the margin (ibp_margins), never as a box
             rule = _rule(node)

@@ -24,6 +24,7 @@ from .radius_cmd import radius
 from .stopping import graceful
 from .study_cmd import study
 from .train_cmd import train
+from .verify_cmd import verify
 
 app = typer.Typer(
     name="nonsingular",
@@ -58,6 +59,7 @@ app.command("certify")(graceful("certify", certify))
 app.command("radius")(graceful("radius", radius))
 app.command("study")(graceful("study", study))
 app.command("train")(graceful("train", train))
+app.command("verify")(verify)  # its campaign keeps finished rows itself (verification/campaign.py)
 
 #: Bad input: every ValueError (pydantic's ValidationError, InputError, CheckpointError, ...) and OSError.
 USER_ERRORS = (ValueError, OSError)

@@ -1,0 +1,248 @@
+"""`nonsingular verify --instances`: run a VNN-COMP instances CSV, resumable, one row per instance.
+
+The instances CSV has one instance per line: onnx path, vnnlib path, timeout in seconds, paths relative to the
+root folder (default: the CSV's own folder). A path must stay inside the root (no absolute paths, no `..` out of
+it; the folder a benchmark is unpacked in is all the runner reads), and `X` that does not exist is read as
+`X.gz` when that exists (VNN-COMP ships gzipped files under their plain names). Every problem is a one-line
+InputError naming the CSV line.
+
+Results: `out` gets one CSV row per finished instance (onnx, vnnlib, result, seconds[, eps_w_proven,
+eps_w_open]), appended with one write and fsync each, so a kill loses at most the instance that was running; a
+rerun keeps the complete rows, drops a torn last line, and skips the instances already in the file. Each result
+file (the VNN-COMP text with any counterexample) goes to the folder `<out stem>_results/` beside it.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import os
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+from ..errors import InputError
+from ..runtime.files import atomic_write, make_folder
+from .instance import VerifyOptions, run_isolated
+from .result import Status, VerificationResult, write_result
+
+__all__ = ["COLUMNS", "Instance", "ResultRow", "read_instances", "read_results", "run_campaign", "summarise"]
+
+COLUMNS = ["onnx", "vnnlib", "result", "seconds"]
+JOINT_COLUMNS = ["eps_w_proven", "eps_w_open"]
+#: Most instances one CSV may list (VNN-COMP benchmarks have at most a few hundred).
+MAX_INSTANCES = 100_000
+
+
+@dataclass(frozen=True)
+class Instance:
+    """One line of the instances CSV: paths as written (relative to the root) and as resolved."""
+
+    onnx: str
+    vnnlib: str
+    timeout: float
+    onnx_path: Path
+    vnnlib_path: Path
+    line: int
+
+
+@dataclass(frozen=True)
+class ResultRow:
+    onnx: str
+    vnnlib: str
+    result: str
+    seconds: float
+    eps_w_proven: float | None = None
+    eps_w_open: float | None = None
+
+
+def _inside(root: Path, text: str, where: str) -> Path:
+    rel = PurePosixPath(text.replace("\\", "/"))
+    if not text or rel.is_absolute() or text.startswith("~"):
+        raise InputError(f"{where}: path '{text}' must be relative to the root folder")
+    path = (root / rel).resolve()
+    if path != root and root not in path.parents:
+        raise InputError(f"{where}: path '{text}' leads outside the root folder {root}")
+    if not path.exists():
+        gz = path.with_name(path.name + ".gz")
+        if gz.exists():
+            path = gz
+        else:
+            raise InputError(f"{where}: '{text}' does not exist under {root} (nor as .gz)")
+    if not path.is_file():
+        raise InputError(f"{where}: '{text}' is not a regular file")
+    return path
+
+
+def read_instances(csv_path: str | Path, root: str | Path | None = None) -> list[Instance]:
+    """The instances of a VNN-COMP CSV, every path checked (see the module docstring).
+
+    Raises:
+        InputError: naming the CSV line; OSError: the CSV cannot be read.
+    """
+    csv_path = Path(csv_path)
+    base = Path(root) if root is not None else csv_path.parent
+    if not base.is_dir():
+        raise InputError(f"--root {base} is not a folder")
+    base = base.resolve()
+    raw = csv_path.read_bytes()
+    if len(raw) > 64 * 2**20:
+        raise InputError(f"{csv_path}: more than 64 MiB; not an instances CSV")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise InputError(f"{csv_path}: not UTF-8 text") from None
+    out: list[Instance] = []
+    for number, fields in enumerate(csv.reader(io.StringIO(text)), start=1):
+        where = f"{csv_path}:{number}"
+        if not fields or all(not f.strip() for f in fields):
+            continue
+        if len(fields) != 3:
+            raise InputError(f"{where}: expected 3 fields (onnx, vnnlib, timeout), got {len(fields)}")
+        onnx, vnnlib, timeout_text = (f.strip() for f in fields)
+        try:
+            timeout = float(timeout_text)
+        except ValueError:
+            raise InputError(f"{where}: timeout '{timeout_text[:40]}' is not a number") from None
+        if not (math.isfinite(timeout) and timeout > 0):
+            raise InputError(f"{where}: timeout must be a positive number of seconds, got {timeout_text[:40]}")
+        out.append(Instance(onnx, vnnlib, timeout, _inside(base, onnx, where), _inside(base, vnnlib, where), number))
+        if len(out) > MAX_INSTANCES:
+            raise InputError(f"{csv_path}: more than {MAX_INSTANCES} instances")
+    if not out:
+        raise InputError(f"{csv_path}: no instance")
+    return out
+
+
+def _float(text: str) -> float | None:
+    try:
+        return float(text)
+    except ValueError:
+        return None
+
+
+def read_results(path: str | Path) -> list[ResultRow]:
+    """The complete rows of a results CSV (a torn last line, from a kill, is dropped; [] if there is no file).
+
+    Raises:
+        InputError: the file is not a results CSV of this runner (its header differs).
+    """
+    path = Path(path)
+    if not path.exists():
+        return []
+    text = path.read_text(encoding="utf-8", errors="replace")
+    lines = text.splitlines(keepends=True)
+    if lines and not lines[-1].endswith("\n"):
+        lines = lines[:-1]
+    rows = list(csv.reader(lines))
+    if not rows:
+        return []
+    if rows[0][:4] != COLUMNS:
+        raise InputError(f"{path} exists and is not a results CSV (header {rows[0][:4]}); choose another --out")
+    out = []
+    statuses = {s.value for s in Status}
+    for fields in rows[1:]:
+        if len(fields) < 4 or fields[2] not in statuses or _float(fields[3]) is None:
+            continue
+        extra = [_float(f) for f in fields[4:6]] + [None, None]
+        out.append(ResultRow(fields[0], fields[1], fields[2], float(fields[3]), extra[0], extra[1]))
+    return out
+
+
+def _row_text(row: ResultRow, joint: bool) -> str:
+    buf = io.StringIO()
+    values: list[object] = [row.onnx, row.vnnlib, row.result, f"{row.seconds:.3f}"]
+    if joint:
+        values += ["" if row.eps_w_proven is None else repr(row.eps_w_proven)]
+        values += ["" if row.eps_w_open is None else repr(row.eps_w_open)]
+    csv.writer(buf, lineterminator="\n").writerow(values)
+    return buf.getvalue()
+
+
+def _append(path: Path, text: str) -> None:
+    """One write of a whole line, then fsync: a kill leaves the line whole or absent (or torn at worst, which
+    `read_results` drops)."""
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND)
+    try:
+        os.write(fd, text.encode("utf-8"))
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def result_file(out: Path, index: int, inst: Instance) -> Path:
+    stem = f"{index:04d}_{Path(inst.onnx).name.split('.')[0]}_{Path(inst.vnnlib).name.split('.')[0]}.txt"
+    return out.with_name(out.stem + "_results") / stem
+
+
+Runner = Callable[[Path, Path, float, VerifyOptions], VerificationResult]
+Progress = Callable[[int, int, Instance, VerificationResult | None], None]
+
+
+def run_campaign(
+    instances: list[Instance],
+    out: str | Path,
+    options: VerifyOptions | None = None,
+    *,
+    runner: Runner = run_isolated,
+    progress: Progress | None = None,
+    joint: bool = False,
+) -> list[ResultRow]:
+    """Run every instance not already in `out`; returns all rows (kept and new), in the CSV's order.
+
+    Args:
+        instances: from `read_instances`.
+        out: the results CSV (created, or resumed).
+        options: verification options for every instance.
+        runner: how one instance runs (default: in a worker process stopped at its timeout).
+        progress: called before each instance (result None) and after it.
+        joint: add the eps_w bracket columns (with options that ask for --max-eps-w).
+    """
+    options = options or VerifyOptions()
+    out = Path(out)
+    kept = read_results(out)
+    header = COLUMNS + (JOINT_COLUMNS if joint else [])
+    text = ",".join(header) + "\n" + "".join(_row_text(r, joint) for r in kept)
+    atomic_write(out, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))  # drops a torn last line
+    done = Counter((r.onnx, r.vnnlib) for r in kept)
+    rows_by_key: dict[tuple[str, str], list[ResultRow]] = {}
+    for r in kept:
+        rows_by_key.setdefault((r.onnx, r.vnnlib), []).append(r)
+    make_folder(out.with_name(out.stem + "_results"))
+    seen: Counter[tuple[str, str]] = Counter()
+    ordered: list[ResultRow] = []
+    for index, inst in enumerate(instances):
+        key = (inst.onnx, inst.vnnlib)
+        seen[key] += 1
+        if seen[key] <= done[key]:
+            ordered.append(rows_by_key[key][seen[key] - 1])
+            continue
+        if progress is not None:
+            progress(index, len(instances), inst, None)
+        result = runner(inst.onnx_path, inst.vnnlib_path, inst.timeout, options)
+        write_result(result_file(out, index, inst), result)
+        row = ResultRow(
+            inst.onnx,
+            inst.vnnlib,
+            result.status.value,
+            result.seconds,
+            result.stats.get("eps_w_proven"),
+            result.stats.get("eps_w_open"),
+        )
+        _append(out, _row_text(row, joint))
+        ordered.append(row)
+        if progress is not None:
+            progress(index, len(instances), inst, result)
+    return ordered
+
+
+def summarise(rows: list[ResultRow]) -> dict[str, Counter[str]]:
+    """Counts of each result, per network (the onnx file's name) and over all rows ('all')."""
+    table: dict[str, Counter[str]] = {"all": Counter()}
+    for r in rows:
+        net = Path(r.onnx).name
+        table.setdefault(net, Counter())[r.result] += 1
+        table["all"][r.result] += 1
+    return table

@@ -1,0 +1,263 @@
+"""One VNN-COMP instance: an ONNX file and a VNNLIB file (either possibly gzipped) -> a VerificationResult.
+
+`run_instance` works in the calling process (the clock is checked between steps); `run_isolated` runs it in a
+worker process and stops that process at the deadline, so `timeout` arrives within a fraction of a second of the
+limit whatever the worker is doing, and a crash of one instance cannot take the campaign with it.
+"""
+
+from __future__ import annotations
+
+import gzip
+import multiprocessing as mp
+import pickle
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
+from pathlib import Path
+
+import torch
+
+from ..bounds import BoundMethod
+from ..errors import InputError, describe
+from ..models.onnx import load_onnx
+from ..models.onnx.loader import MAX_FILE_BYTES
+from ..properties import Case, load_vnnlib
+from ..threat import EpsMode, ThreatModel, WeightBall
+from .bounding import prove_pieces
+from .driver import DEFAULT_METHODS, verify_property
+from .export import export_perturbed
+from .joint import RadiusBracket, max_eps_w
+from .result import Counterexample, Status, VerificationResult
+from .witness import onnx_executor
+
+__all__ = ["VerifyOptions", "onnx_input_shape", "run_instance", "run_isolated"]
+
+#: Seconds the worker stops before the deadline on its own, so its answer beats the hard stop.
+_SOFT_MARGIN = 0.5
+#: Seconds between the hard stop's SIGTERM and SIGKILL.
+_KILL_GRACE = 0.2
+
+
+@dataclass(frozen=True)
+class VerifyOptions:
+    """What `nonsingular verify` decides beyond the instance (every field has the CLI's default).
+
+    Attributes:
+        eps_w: weight radius of a joint property (0: the weights are exact).
+        weight_mode: absolute, or relative to |W|.
+        weight_ball: element-wise or operator.
+        layers: module names of the imported model to perturb (None: every Linear/Conv).
+        methods: bound methods tried in turn.
+        seed: the attack's random starts.
+        threads: torch threads in the worker.
+        max_eps_w: after an `unsat`, bisect the largest eps_w (in weight_mode's units) the bounds still prove,
+            with the time left (stats eps_w_proven / eps_w_open).
+        export_worst: for a joint `sat`, write the ONNX file with the counterexample's weights here.
+    """
+
+    eps_w: float = 0.0
+    weight_mode: EpsMode = EpsMode.ABSOLUTE
+    weight_ball: WeightBall = WeightBall.ELEMENTWISE
+    layers: tuple[str, ...] | None = None
+    methods: tuple[BoundMethod, ...] = DEFAULT_METHODS
+    seed: int = 0
+    threads: int = 1
+    max_eps_w: bool = False
+    export_worst: Path | None = None
+
+    def threat(self, eps_w: float | None = None) -> ThreatModel | None:
+        """The weight ball at `eps_w` (default: this run's), None for exact weights."""
+        eps = self.eps_w if eps_w is None else eps_w
+        if eps == 0:
+            return None
+        return ThreatModel(eps_w=eps, weight_mode=self.weight_mode, weight_ball=self.weight_ball, layers=self.layers)
+
+
+@contextmanager
+def _plain(path: Path) -> Iterator[Path]:
+    """The path itself, or a gunzipped copy in a temporary folder (size-limited) for `.gz` files."""
+    if path.suffix != ".gz":
+        yield path
+        return
+    with tempfile.TemporaryDirectory(prefix="nonsingular-") as tmp:
+        out = Path(tmp) / path.name.removesuffix(".gz")
+        try:
+            with gzip.open(path, "rb") as src, open(out, "wb") as dst:
+                copied = 0
+                while chunk := src.read(1 << 20):
+                    copied += len(chunk)
+                    if copied > MAX_FILE_BYTES:
+                        raise InputError(f"{path}: more than {MAX_FILE_BYTES} bytes after gunzip")
+                    dst.write(chunk)
+        except (OSError, EOFError) as err:
+            if isinstance(err, FileNotFoundError):
+                raise
+            raise InputError(f"{path}: not a readable gzip file ({describe(err)})") from None
+        yield out
+
+
+def onnx_input_shape(path: Path) -> tuple[int, ...]:
+    """The ONNX input's shape without its leading batch dimension (1 or symbolic), as onnxruntime reports it."""
+    import onnxruntime as ort  # type: ignore[import-untyped]
+
+    from ..errors import blame
+
+    with blame(f"{path}: onnxruntime cannot load it"):
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    shape = session.get_inputs()[0].shape
+    dims = shape[1:] if shape else []
+    if not all(isinstance(d, int) and d > 0 for d in dims):
+        raise InputError(f"{path}: the input shape {shape} has symbolic dimensions after the batch dimension")
+    return tuple(int(d) for d in dims)
+
+
+def run_instance(
+    onnx: str | Path,
+    vnnlib: str | Path,
+    timeout: float,
+    options: VerifyOptions | None = None,
+    on_answer: Callable[[VerificationResult], None] | None = None,
+) -> VerificationResult:
+    """Load the instance and decide it in this process (see `verify_property`).
+
+    on_answer: called with the answer as soon as it is known, before the --max-eps-w bisection and the export
+        (the worker sends it at once, so that a hard stop during the bisection keeps the answer).
+
+    Raises:
+        InputError, PropertyError, OnnxImportError: one-line problems with the files or options.
+    """
+    options = options or VerifyOptions()
+    start = time.monotonic()
+    prop = load_vnnlib(vnnlib)
+    with _plain(Path(onnx)) as model_path:
+        model = load_onnx(model_path)  # refuses hostile files before onnxruntime reads anything
+        shape = onnx_input_shape(model_path)
+        left = timeout - (time.monotonic() - start)
+        if left <= 0:
+            return VerificationResult(Status.TIMEOUT, time.monotonic() - start)
+        result = verify_property(
+            model,
+            prop,
+            timeout=left,
+            input_shape=shape,
+            threat=options.threat(),
+            onnx_path=model_path,
+            methods=options.methods,
+            seed=options.seed,
+        )
+        answered = time.monotonic() - start  # the row's time is the answer's; the bisection is reported apart
+        result.seconds = answered
+        if on_answer is not None:
+            on_answer(result)
+        if result.status is Status.UNSAT and options.max_eps_w:
+            bracket = max_eps_w(
+                lambda eps: (
+                    not prove_pieces(
+                        model, prop, shape, options.threat(eps), options.methods, set(prop.pieces()), start + timeout
+                    ).open_pieces
+                ),
+                deadline=start + timeout,
+                on_step=lambda b: _report_bracket(result, b, on_answer),
+            )
+            result.stats.update(
+                eps_w_proven=bracket.proven,
+                eps_w_open=bracket.refuted_or_open,
+                eps_w_seconds=time.monotonic() - start - answered,
+            )
+        cex = result.counterexample
+        if options.export_worst is not None and cex is not None and cex.weights:
+            _export_checked(model_path, model, cex, prop.cases[cex.case], shape, options.export_worst, result)
+    result.seconds = answered
+    return result
+
+
+def _report_bracket(
+    result: VerificationResult, bracket: RadiusBracket, on_answer: Callable[[VerificationResult], None] | None
+) -> None:
+    """Keep the bisection's latest bracket in the result, and send it on: a hard stop keeps what was proven."""
+    result.stats.update(eps_w_proven=bracket.proven, eps_w_open=bracket.refuted_or_open)
+    if on_answer is not None:
+        on_answer(result)
+
+
+def _export_checked(
+    model_path: Path,
+    model: torch.nn.Module,
+    cex: Counterexample,
+    case: Case,
+    shape: tuple[int, ...],
+    out: Path,
+    result: VerificationResult,
+) -> None:
+    """Write the perturbed ONNX file and keep it only if onnxruntime, running it, lands in the unsafe region."""
+    export_perturbed(model_path, model, cex.weights, out)
+    y = torch.from_numpy(onnx_executor(out)(cex.x.to(torch.float32).reshape(1, *shape).numpy())).to(torch.float64)
+    if float(case.unsafe[cex.conjunction].violation(y)[0]) <= 0:
+        cex.y, cex.checked_by = y[0], "onnxruntime (exported weights)"
+    else:
+        out.unlink()
+        result.message = "onnxruntime, running the exported weights, does not reach the unsafe region: not exported"
+
+
+def _worker(conn: Connection, onnx: str, vnnlib: str, timeout: float, options: VerifyOptions) -> None:
+    torch.set_num_threads(options.threads)
+
+    def send(result: VerificationResult) -> None:
+        # Plain pickle: tensors travel by value (multiprocessing's own pickler would share their memory through
+        # a file descriptor that dies with this process).
+        conn.send_bytes(pickle.dumps(result))
+
+    try:
+        send(run_instance(onnx, vnnlib, timeout, options, on_answer=send))
+    except (ValueError, OSError) as err:  # bad input: reported as the `error` answer with its one line
+        send(VerificationResult(Status.ERROR, 0.0, message=describe(err)))
+    conn.close()
+
+
+def run_isolated(
+    onnx: str | Path, vnnlib: str | Path, timeout: float, options: VerifyOptions | None = None
+) -> VerificationResult:
+    """`run_instance` in a worker process, stopped at the deadline: the answer arrives within about
+    _KILL_GRACE + the time to stop a process after `timeout` seconds, whatever the worker is doing.
+
+    A worker that dies without an answer (a crash, out of memory) gives `error` with what is known.
+    """
+    options = options or VerifyOptions()
+    start = time.monotonic()
+    # fork: the worker inherits the imported modules (no re-import of torch, no re-run of the main script);
+    # it sets its own thread count first, as torch's DataLoader workers do.
+    ctx = mp.get_context("fork")
+    receive, send = ctx.Pipe(duplex=False)
+    proc = ctx.Process(
+        target=_worker, args=(send, str(onnx), str(vnnlib), max(0.05, timeout - _SOFT_MARGIN), options), daemon=True
+    )
+    proc.start()
+    send.close()
+    result: VerificationResult | None = None
+    try:
+        # The worker sends the answer, then (after --max-eps-w or an export) the final result: keep the latest.
+        while receive.poll(max(0.0, timeout - (time.monotonic() - start))):
+            try:
+                result = pickle.loads(receive.recv_bytes())
+            except EOFError:
+                break
+    finally:
+        if proc.is_alive():
+            proc.terminate()
+            proc.join(_KILL_GRACE)
+            if proc.is_alive():
+                proc.kill()
+        proc.join()
+        receive.close()
+    seconds = time.monotonic() - start
+    if result is None:
+        if seconds >= timeout:
+            return VerificationResult(Status.TIMEOUT, seconds)
+        return VerificationResult(
+            Status.ERROR, seconds, message=f"the worker process stopped (exit code {proc.exitcode})"
+        )
+    result.seconds = min(result.seconds, seconds) if result.status is not Status.ERROR else seconds
+    return result
