@@ -236,6 +236,15 @@ def channels_last_flatten(g: Graph) -> str:
     return g.op("Relu", [h])
 
 
+def clip_relu6_neg(g: Graph) -> str:
+    if g.opset < 11:
+        relu, six = g.op("Clip", ["x"], min=0.0), g.op("Clip", ["x"], min=0.0, max=6.0)
+    else:
+        relu = g.op("Clip", ["x", g.const(np.float32(0.0))])
+        six = g.op("Clip", ["x", g.const(np.float32(0.0)), g.const(np.float32(6.0))])
+    return g.op("Add", [g.op("Neg", [relu]), g.op("Mul", [six, g.const(np.float32(3.0))])])
+
+
 IMAGE, FLAT, COLUMN = (1, 3, 4, 4), (1, 6), (1, 6, 1)
 CASES: dict[str, tuple[Case, tuple[int, ...]]] = {
     "gemm_trans_b": (gemm_trans_b, FLAT),
@@ -280,6 +289,7 @@ CASES: dict[str, tuple[Case, tuple[int, ...]]] = {
     "constant_identity_dropout": (constant_identity_dropout, FLAT),
     "shape_flatten_pattern": (shape_flatten_pattern, (1, 3, 2, 2)),
     "channels_last_flatten": (channels_last_flatten, IMAGE),
+    "clip_relu6_neg": (clip_relu6_neg, IMAGE),
 }
 
 

@@ -142,6 +142,7 @@ REFUSED = [
     "transpose_permute",  # a permutation
     "matmul_left_matrix",  # a permutation
     "max_pool_asymmetric",  # an explicit pad
+    "clip_relu6_neg",  # Hardtanh
 ]
 
 
