@@ -136,3 +136,74 @@ def run_case(seed: int, timeout: float = 5.0) -> Outcome:
         domains=result.stats.domains_visited,
         mode=result.mode,
     )
+
+
+@dataclass
+class JointOutcome:
+    seed: int
+    threat: str
+    statuses: list[str]
+    violations: int  # examples proven unsat where an attack or a vertex of the threat set misclassifies
+
+
+def run_joint_case(seed: int, timeout: float = 2.0, examples: int = 4) -> JointOutcome:
+    """BaB under a random joint threat (either ball, either mode, maybe bias radii) on a random MLP: every example
+    it proves robust must stay correctly classified under verified PGD (inputs and weights) and at random
+    vertices of the threat set (tests/bounds_support.py, both evaluated by the ordinary module)."""
+    import bounds_support
+    from nonsingular import PGD, ThreatModel, verify
+
+    g = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    n0, k = int(torch.randint(3, 9, (1,), generator=g)), int(torch.randint(2, 5, (1,), generator=g))
+    width = int(torch.randint(4, 12, (1,), generator=g))
+    model = nn.Sequential(nn.Linear(n0, width), nn.ReLU(), nn.Linear(width, width), nn.ReLU(), nn.Linear(width, k))
+    model = model.eval()
+    ball = "operator" if torch.rand(1, generator=g) < 0.3 else "elementwise"
+    mode = "relative" if torch.rand(1, generator=g) < 0.5 else "absolute"
+    eps_w = float(torch.rand(1, generator=g)) * (0.1 if mode == "relative" else 0.03)
+    eps_b = float(torch.rand(1, generator=g)) * 0.02 if torch.rand(1, generator=g) < 0.3 else 0.0
+    threat = ThreatModel(
+        eps_x=0.02 + 0.1 * float(torch.rand(1, generator=g)),
+        eps_w=eps_w,
+        eps_b=eps_b,
+        weight_ball=ball,
+        weight_mode=mode,
+    )
+    x = 0.2 + 0.6 * torch.rand(examples, n0, generator=g)
+    with torch.no_grad():
+        y = model(x).argmax(dim=1)
+    proven = torch.zeros(examples, dtype=torch.bool)
+    statuses = []
+    for i in range(examples):
+        lo, hi = threat.input_bounds(x[i : i + 1])
+        label = int(y[i])
+        others = [j for j in range(k) if j != label]
+        spec = torch.zeros(len(others), k, dtype=torch.float64)
+        for r, j in enumerate(others):
+            spec[r, label], spec[r, j] = 1.0, -1.0
+        options = BaBOptions(input_split_dims=0 if (seed + i) % 2 else 10)
+        res = branch_and_bound(
+            model,
+            lo[0],
+            hi[0],
+            spec,
+            torch.zeros(len(others), dtype=torch.float64),
+            groups=torch.arange(len(others)),
+            threat=threat,
+            timeout=timeout,
+            seed=seed,
+            options=options,
+        )
+        statuses.append(res.status.value)
+        proven[i] = res.status is BaBStatus.UNSAT
+    attack = PGD(steps=40, restarts=2, loss="margin", seed=seed)(model, x, y, threat)
+    check = verify(model, x, y, attack)
+    if not check.passed:
+        raise AssertionError(f"seed {seed}: the attack's result failed verification: {check.problems}")
+    # A float32 margin below -1e-5 contradicts a proof (float32 rounding of these logits is far smaller).
+    off_label = torch.eye(k)[y] * 1e9
+    wrong = (bounds_support.margins(check.logits.float(), y) + off_label).amin(dim=1) < -1e-5
+    vertices = bounds_support.vertex_logits(model, x, threat, 64, seed=seed)
+    wrong |= (bounds_support.margins(vertices, y).min(dim=0).values + off_label).amin(dim=1) < -1e-5
+    return JointOutcome(seed, str(threat), statuses, int((wrong & proven).sum()))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 
 import pytest
@@ -48,6 +49,8 @@ def test_same_seed_same_search() -> None:
     assert runs[0].status is runs[1].status is BaBStatus.SAT
     assert runs[0].witness is not None and runs[1].witness is not None
     assert torch.equal(runs[0].witness.x, runs[1].witness.x)
+    report = json.loads(json.dumps(runs[0].to_dict()))  # the JSON form round-trips
+    assert report["status"] == "sat" and len(report["counterexample"]["x"]) == 20
     capped = [
         branch_and_bound(model, lo, hi, c, d, timeout=60, seed=3, batch_domains=8, memory_mb=0.05, options=options)
         for _ in range(2)
@@ -67,9 +70,9 @@ def test_memory_budget_ends_with_unknown_not_a_crash() -> None:
 def test_progress_reports_domains_and_time_left() -> None:
     model, lo, hi, c, d = _hard_case()
     seen: list[Progress] = []
-    branch_and_bound(model, lo, hi, c, d, timeout=1.5, progress=seen.append)
+    branch_and_bound(model, lo, hi, c, d, timeout=4.0, progress=seen.append)
     assert seen
-    assert all(p.seconds_left <= 1.5 for p in seen)
+    assert all(p.seconds_left <= 4.0 for p in seen)
     assert seen[-1].domains_visited >= seen[0].domains_visited
     assert "domains" in seen[-1].line()
 

@@ -136,13 +136,12 @@ def _run(model: nn.Module, x: Tensor, params: dict[str, Tensor], dtype: torch.dt
     was_training = model.training
     model.eval()
     try:
-        state = {
-            k: params.get(k, v).to(dtype) if v.is_floating_point() else v
-            for k, v in (*model.named_parameters(), *model.named_buffers())
-        }
+        named = [*model.named_parameters(), *model.named_buffers()]
+        device = named[0][1].device if named else x.device  # the search works on the CPU; the model may not
+        state = {k: params.get(k, v).to(device, dtype) if v.is_floating_point() else v for k, v in named}
         with torch.no_grad():
-            out: Tensor = torch.func.functional_call(model, state, (x.to(dtype),))
-        return out
+            out: Tensor = torch.func.functional_call(model, state, (x.to(device, dtype),))
+        return out.cpu()
     finally:
         model.train(was_training)
 

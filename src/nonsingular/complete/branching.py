@@ -59,6 +59,9 @@ def relu_split_choice(
             # A neuron the deciding rows do not see still beats no split at all (ties broken by width).
             score = score + 1e-9 * (ub - lb)
         scores.append(torch.where(unstable, score, torch.full_like(score, -1.0)))
+    if not scores:  # no ReLU layer at all: every domain is a leaf
+        none = torch.full((row_weight.shape[0],), -1, dtype=torch.int64)
+        return none, torch.zeros_like(none)
     flat = torch.cat(scores, dim=1)
     best, index = flat.max(dim=1)
     offsets = torch.tensor([0, *[s.shape[1] for s in scores]]).cumsum(0)

@@ -104,9 +104,9 @@ class Chain:
         out = x
         for module in self.pre:
             if isinstance(module, Normalize):
-                out = (out - module._shape(out, module.mean.to(out.dtype))) / module._shape(
-                    out, module.std.to(out.dtype)
-                )
+                mean = module.mean.to(device=out.device, dtype=out.dtype)
+                std = module.std.to(device=out.device, dtype=out.dtype)
+                out = (out - module._shape(out, mean)) / module._shape(out, std)
         return out.reshape(out.shape[0], -1)
 
     def forward(self, h0: Tensor, t: list[Tensor] | None = None) -> Tensor:
@@ -138,6 +138,13 @@ def lemma1_radius(layer: ChainLayer, h: Tensor) -> Tensor:
     return r
 
 
+class _Tracer(fx.Tracer):
+    """Keeps the project's Normalize a single node (fx would trace into its sub and div)."""
+
+    def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
+        return isinstance(m, Normalize) or super().is_leaf_module(m, module_qualified_name)
+
+
 def _node_module(gm: fx.GraphModule, node: fx.Node) -> nn.Module | str:
     """The module a node stands for, 'relu' / 'flatten' for functional forms, or raise naming the node."""
     if node.op == "call_module":
@@ -163,7 +170,7 @@ def chain_from_model(model: nn.Module, input_shape: tuple[int, ...], threat: Thr
         ValueError: the threat names layers the model does not have.
     """
     try:
-        gm = fx.symbolic_trace(model)
+        gm = fx.GraphModule(model, _Tracer().trace(model))
     except Exception as err:  # fx raises many types for untraceable code; report it in one line
         raise UnsupportedLayerError(f"branch and bound could not trace the model: {err}") from err
     with torch.no_grad():  # relative radii would otherwise carry the weights' autograd graph into every bound
@@ -200,9 +207,9 @@ def chain_from_model(model: nn.Module, input_shape: tuple[int, ...], threat: Thr
             if not expect_linear:
                 raise UnsupportedLayerError(f"branch and bound: two Linear layers without a ReLU at '{node.name}'")
             name = str(node.target)
-            w = kind.weight.detach().to(torch.float64).clone()
+            w = kind.weight.detach().to("cpu", torch.float64).clone()
             b = (
-                kind.bias.detach().to(torch.float64).clone()
+                kind.bias.detach().to("cpu", torch.float64).clone()
                 if kind.bias is not None
                 else torch.zeros(w.shape[0], dtype=torch.float64)
             )

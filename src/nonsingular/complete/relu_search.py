@@ -128,19 +128,24 @@ def _children(rows: dict[str, Tensor], n_relu: int) -> dict[str, Tensor]:
 
 def _settle_leaves(
     search: Search, lo0: Tensor, hi0: Tensor, rows: dict[str, Tensor], n_relu: int, leaf: Tensor
-) -> tuple[Tensor, Witness | None]:
-    """Decide fully split domains. Returns (mask of leaves proven, a checked witness or None)."""
+) -> tuple[Tensor, Witness | None, bool]:
+    """Decide fully split domains.
+
+    Returns:
+        (mask of leaves proven, a checked witness or None, whether every leaf was examined: False when the
+        deadline stopped it, and then the unexamined leaves are neither proven nor undecided).
+    """
     proven = torch.zeros_like(leaf)
     if search.chain.perturbs_weights:
         search.undecided_leaves += int(leaf.sum())  # W'h stays relaxed: no exact leaf under a weight threat
-        return proven, None
+        return proven, None, True
     tol = search.options.leaf_tolerance
     for b in leaf.nonzero().flatten().tolist():
         search.stats.leaves += 1
         values = []
         for g in range(search.groups.shape[0]):
             if search.out_of_time():
-                return proven, None
+                return proven, None, False
             value, point = leaf_lp(
                 search.chain,
                 lo0[0],
@@ -156,12 +161,12 @@ def _settle_leaves(
                 x = _h0_to_x(search, point)
                 found = search.attack(x[None], steps=0)
                 if found is not None:
-                    return proven, found
+                    return proven, found, True
         if min(values) > tol:
             proven[b] = True
         else:
             search.undecided_leaves += 1
-    return proven, None
+    return proven, None, True
 
 
 def _h0_to_x(search: Search, h0: Tensor) -> Tensor:
@@ -192,6 +197,7 @@ def relu_search(search: Search) -> BaBResult:
     res = _bound(search, lo0, hi0, rows, n_relu, opts.root_steps)
     score = search.score(res.lower)
     search.stats.root_lower_bound = float(score[0])
+    search.report(1, float(score[0]))
     closed_min = float("inf")
     if float(score[0]) > 0:
         search.stats.domains_verified = 1
@@ -219,6 +225,7 @@ def relu_search(search: Search) -> BaBResult:
         for i in range(n_relu):
             rows[f"lb{i}"], rows[f"ub{i}"] = root.lbs[i], root.ubs[i]
             rows[f"alpha{i}"] = res.alphas[i]
+        rows["lower"] = res.lower  # the first root bound stays a valid floor
         res = _bound(search, lo0, hi0, rows, n_relu, opts.root_steps)
         score = search.score(res.lower)
         search.stats.root_lower_bound = max(search.stats.root_lower_bound, float(score[0]))
@@ -263,9 +270,12 @@ def relu_search(search: Search) -> BaBResult:
         search.stats.time_branching += time.monotonic() - t0
         leaf = (~proven) & (layer < 0)
         if leaf.any():
-            leaf_proven, found = _settle_leaves(search, lo0, hi0, new, n_relu, leaf)
+            leaf_proven, found, examined = _settle_leaves(search, lo0, hi0, new, n_relu, leaf)
             if found is not None:
                 return search.finish(BaBStatus.SAT, "a counterexample from a leaf LP", found)
+            if not examined:  # never drop a leaf nobody decided: that would be an unsound unsat
+                search.stats.global_lower_bound = min(store.min_score(), float(score.min()))
+                return search.finish(BaBStatus.TIMEOUT, "time ran out while solving leaf LPs")
             proven = proven | leaf_proven
         search.stats.domains_verified += int(proven.sum())
         keep = ~(proven | leaf)
