@@ -5,6 +5,8 @@ result = branch_and_bound(model, lower, upper, C, d, timeout=60.0)   # unsafe: {
 result.status        # unsat / sat / timeout / unknown; result.witness is the checked counterexample when sat
 ```
 See docs/complete.md for the algorithm, the options and what is (and is not) proven under weight threats.
+Owns the domain store, branching, beta-CROWN bounding of Linear/ReLU chains, the falsifier and the MILP reference.
+May import the vocabulary, `models` and `bounds` (per-layer threats); `verification` sits above it.
 """
 
 from .attack import Witness, check_witness, property_value

@@ -5,6 +5,10 @@ result = verify_property(model, load_vnnlib("prop.vnnlib"), timeout=120, onnx_pa
 result.status            # Status.UNSAT (verified), SAT (checked counterexample), TIMEOUT, UNKNOWN
 write_result("out.txt", result)                   # the VNN-COMP result file
 ```
+
+Owns the pipeline (falsify, bound, branch and bound, re-check every counterexample with onnxruntime), the result
+file, the isolated worker with a hard deadline and the resumable campaign. May import every layer below it
+(properties, models and its ONNX importer, check, attacks, bounds, complete); only the CLI sits above.
 """
 
 from .campaign import read_instances, read_results, run_campaign, summarise

@@ -5,7 +5,8 @@
 
 A small importer over the `onnx` package: one converter per op in one table (registry.py), an untrusting reader
 (loader.py) and the resulting module (graph_module.py). See docs/onnx.md for the ops, the input-shape convention
-and the refusals.
+and the refusals. Part of `models`: imports only the vocabulary, `runtime` (atomic writes) and `models.mlp`
+(`Normalize`), never the attacks or bounds that consume what it builds.
 """
 
 from __future__ import annotations
