@@ -17,7 +17,7 @@ from pathlib import Path
 
 from ..errors import InputError, ResourceError
 
-__all__ = ["atomic_write", "check_output_path", "make_folder"]
+__all__ = ["atomic_write", "check_output_path", "make_folder", "process_alive"]
 
 #: Write failures that come from the storage (full disk, quota, I/O error, read-only), not from the path given.
 _RESOURCE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EROFS, errno.EFBIG})
@@ -65,7 +65,8 @@ def _umask() -> int:
     return mask
 
 
-def _alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
+    """Whether process `pid` lives on this host (a process of another user counts as alive)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -83,7 +84,7 @@ def _remove_stale_temporaries(path: Path) -> None:
         pid_text = middle.split(".", 1)[0]
         try:
             if pid_text.isdigit() and "." in middle:
-                stale = not _alive(int(pid_text))
+                stale = not process_alive(int(pid_text))
             else:
                 stale = time.time() - tmp.stat().st_mtime > _LEGACY_TMP_AGE_S
             if stale:

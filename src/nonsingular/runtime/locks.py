@@ -28,6 +28,7 @@ from types import TracebackType
 from typing import Any
 
 from ..errors import InputError
+from .files import process_alive
 
 __all__ = ["DEFAULT_STALE_S", "FileLock", "LockedError"]
 
@@ -43,16 +44,6 @@ _BREAK_STALE_S = 60.0
 
 class LockedError(InputError):
     """Another live run holds the lock (the message names it and what to do)."""
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # a live process of another user
-        return True
-    return True
 
 
 class FileLock:
@@ -104,7 +95,7 @@ class FileLock:
 
     def _stale(self, info: dict[str, Any]) -> bool:
         if info.get("host") == socket.gethostname() and isinstance(info.get("pid"), int):
-            return not _alive(info["pid"])
+            return not process_alive(info["pid"])
         return float(info.get("age", 0.0)) > self.stale_s
 
     def _describe(self, info: dict[str, Any]) -> str:
