@@ -27,6 +27,7 @@ import ray
 from nonsingular.runtime.executors.ray_cluster import LocalRayCluster
 from nonsingular.runtime.executors.ray_executor import RayExecutor
 from nonsingular.study import load_study_config, run_study
+from nonsingular.study.records import StudyResults
 
 TINY = """
 name = "workers"
@@ -64,7 +65,7 @@ options = { eps_x = 0.05, attack_steps = 1 }
 """
 
 
-def _numbers(results: dict) -> dict:
+def _numbers(results: StudyResults) -> dict:
     def strip(value):
         if isinstance(value, dict):
             return {k: strip(v) for k, v in value.items() if not k.endswith("seconds") and k not in {"cache_file"}}
@@ -72,7 +73,7 @@ def _numbers(results: dict) -> dict:
             return [strip(v) for v in value]
         return value
 
-    return strip(results["models"])
+    return strip(results.to_json()["models"])
 
 
 def main() -> None:

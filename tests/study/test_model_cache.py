@@ -23,11 +23,11 @@ def test_study_cache_is_keyed_by_the_data_not_its_path(tmp_path):
     )
     _, first = run_study(config, tmp_path / "out1", tmp_path / "cache")
     _, again = run_study(config, tmp_path / "out2", tmp_path / "cache")
-    assert not first["models"]["standard"]["runs"][0]["cached"] and again["models"]["standard"]["runs"][0]["cached"]
+    assert not first.models["standard"].runs[0].cached and again.models["standard"].runs[0].cached
     random_npz(data, seed=2)  # the same path, other contents
     _, changed = run_study(config, tmp_path / "out3", tmp_path / "cache")
-    assert not changed["models"]["standard"]["runs"][0]["cached"]
-    assert changed["data"]["fingerprint"] != first["data"]["fingerprint"]
+    assert not changed.models["standard"].runs[0].cached
+    assert changed.data["fingerprint"] != first.data["fingerprint"]
     report = (tmp_path / "out2" / "report.html").read_text()
     assert "reused from the cache" in report
     assert "trained in this run" in (tmp_path / "out3" / "report.html").read_text()

@@ -8,6 +8,7 @@ import pytest
 from nonsingular.study.report import headline_rows, summarise, write_report
 from nonsingular.study.schema import StudyConfig, load_study_config
 from nonsingular.study.verdicts import claim_comparisons
+from tests.support.study_results import study_results
 
 GRID = {
     "eps_x": [0.0, 0.05],
@@ -70,7 +71,7 @@ def _results(reg_joint=(0.145, 0.15, 0.14), adv_weight=(0.30, 0.31, 0.29)):
 
 
 def _verdicts(results):
-    return {(c.claim, c.subject, c.reference, c.scope): c for c in claim_comparisons(results)}
+    return {(c.claim, c.subject, c.reference, c.scope): c for c in claim_comparisons(study_results(results))}
 
 
 def test_claim_rule_reads_per_seed_differences():
@@ -86,7 +87,7 @@ def test_claim_rule_reads_per_seed_differences():
     assert two.verdict == "holds" and two.mean == pytest.approx(0.14)
     assert (2, "reg", "joint", "per-example") not in verdicts
     assert verdicts[(2, "reg", "adv", "per-example")].verdict == "does not hold"
-    lines = summarise(_results())
+    lines = summarise(study_results(_results()))
     assert lines[0].startswith("Claim 1 (elementwise absolute, per-example), adv vs std: holds.")
     assert "seed 0: -10.0, seed 1: -11.0, seed 2: -9.0" in lines[0] and "mean -10.00" in lines[0]
 
@@ -116,14 +117,14 @@ def test_every_model_of_the_objective_is_judged():
 
 
 def test_headline_rows():
-    rows = {r["model"]: r for r in headline_rows(_results())}
+    rows = {r["model"]: r for r in headline_rows(study_results(_results()))}
     assert rows["std"]["weight-only"] == pytest.approx(0.40) and rows["std"]["weight-only sd"] == pytest.approx(0.02)
     assert rows["std"]["joint shared"] == pytest.approx(0.105)
     assert rows["reg"]["certified"] == pytest.approx(0.0725) and rows["reg"]["certified_method"] == "ibp"
 
 
 def test_write_report(tmp_path):
-    html = write_report(_results(), tmp_path)
+    html = write_report(study_results(_results()), tmp_path)
     for name in (
         "results.json",
         "headline.csv",
@@ -169,9 +170,9 @@ def test_default_config_and_errors(tmp_path):
 def test_best_regularized_variant_is_named():
     results = _results()
     results["models"]["reg2"] = _model("bound-reg", 0.9, (0.5, 0.5, 0.5), (0.30, 0.31, 0.29))
-    lines = summarise(results)
+    lines = summarise(study_results(results))
     assert lines[-1].startswith("Best regularized variant against standard: 'reg2'") and "+29.50" in lines[-1]
-    assert not summarise(_results())[-1].startswith("Best regularized variant")
+    assert not summarise(study_results(_results()))[-1].startswith("Best regularized variant")
 
 
 def test_composed_regularizer_is_judged():
@@ -194,13 +195,13 @@ def test_regularizer_selected_on_validation_not_test(tmp_path):
     for name, values in validation.items():
         for run, v in zip(results["models"][name]["runs"], values, strict=True):
             run["validation"] = {"val_clean_acc": 0.9, "val_robust_acc": v}
-    lines = summarise(results)
+    lines = summarise(study_results(results))
     assert lines[-2].startswith("Best regularized variant against standard: 'reg2'")  # on the test cells
     chosen = lines[-1]
     assert chosen.startswith("Regularized variant selected on the validation split") and "'reg' at 41.0%" in chosen
     assert "'reg2' 32.7%" in chosen and "vs 'std' (elementwise absolute, per-example): holds (+14.00 points)" in chosen
-    write_report(results, tmp_path)
+    write_report(study_results(results), tmp_path)
     rows = list(csv.DictReader((tmp_path / "selection.csv").read_text().splitlines()))
     assert [r["model"] for r in rows] == ["reg", "reg2"] and float(rows[0]["val_joint_robust"]) == pytest.approx(0.41)
     # Without validation numbers there is nothing to select: no line, no file.
-    assert not any(line.startswith("Regularized variant selected") for line in summarise(_results()))
+    assert not any(line.startswith("Regularized variant selected") for line in summarise(study_results(_results())))

@@ -8,6 +8,7 @@ from nonsingular import PGD, ThreatModel
 from nonsingular.evaluation import evaluate_cell
 from nonsingular.study.scale import PARAMETRIZATIONS, layer_stats, parametrization_comparisons, rescaled
 from nonsingular.threat import EpsMode, WeightBall
+from tests.support.study_results import study_results
 
 
 def test_rescaled_same_function_other_scale(small_mlp, digits):
@@ -82,7 +83,8 @@ def test_parametrization_verdicts_read_each_ball_and_mode():
             "adv": {"objective": "pgd-at", "runs": cells(-0.2)},
         },
     }
-    verdicts = {label: [c.verdict for c in found] for label, found in parametrization_comparisons(results).items()}
+    found = parametrization_comparisons(study_results(results))
+    verdicts = {label: [c.verdict for c in comparisons] for label, comparisons in found.items()}
     assert verdicts == {
         "elementwise absolute": ["holds"],
         "elementwise relative": ["holds"],
@@ -99,8 +101,8 @@ def test_scale_summary_names_an_exact_rescaling(monkeypatch):
     rows = [{"parametrization": "elementwise absolute", "max_logit_change": 0.0, "change": -0.3}]
     tables = {"scale_layers": [], "scale_rescaling": rows, "scale_verdicts": []}
     monkeypatch.setattr(scale, "scale_rows", lambda results: tables)
-    (line,) = scale.scale_summary({})
+    (line,) = scale.scale_summary(study_results({}))
     assert "the logits are bit-identical" in line and "up to 30.0 points" in line
     rows[0]["max_logit_change"] = 2.5e-6
-    (line,) = scale.scale_summary({})
+    (line,) = scale.scale_summary(study_results({}))
     assert "the function moves by at most 2.5e-06 in any logit" in line

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from nonsingular import PGD, AutoEnsemble, ThreatModel, check_attack
+from nonsingular.attacks.sanity import SanityFlag
 from nonsingular.datasets import load_digits
 from nonsingular.evaluation import Cell
 from nonsingular.models import load_checkpoint
@@ -18,6 +19,7 @@ from nonsingular.study.cells import misses as _misses
 from nonsingular.threat import Scope
 from tests.support import run_cli
 from tests.support.browser import find_chromium, inspect_page
+from tests.support.study_results import study_results
 
 TINY = """
 name = "tiny"
@@ -202,7 +204,7 @@ def test_study_nested_grid_flag(small_mlp, digits, tmp_path):
     assert [f["check"] for f in flags] == ["nested"]
     assert flags[0]["cells"] == ["m: per-example eps_x=0.02 eps_w=0", "m: per-example eps_x=0.05 eps_w=0"]
     assert "per-example eps_x=0.05 eps_w=0 60.0% > m: per-example eps_x=0.02 eps_w=0 50.0%" in flags[0]["message"]
-    assert all_flags({"models": {"m": {"flags": flags}}}) == flags
+    assert all_flags(study_results({"models": {"m": {"flags": flags}}})) == [SanityFlag(**f) for f in flags]
 
 
 def test_study_refuses_old_state(monkeypatch, capsys, study_run, tmp_path):

@@ -162,7 +162,7 @@ def test_study_moves_between_local_and_ray(cluster, local_run, tmp_path):
     pieces = json.loads((out / "state.json").read_text())["values"]
     assert any(k.startswith("cell/standard/") for k in pieces)  # the cluster's pieces, recorded here
     _, results = run_study(config, out, cache)
-    assert results["models"]["standard"]["runs"][0]["cached"]
+    assert results.models["standard"].runs[0].cached
     assert _numbers(out) == _numbers(local_out)
 
 

@@ -66,8 +66,8 @@ def test_workers_match_one_process_and_parametrizations(tmp_path):
     path = tmp_path / "workers.toml"
     path.write_text(CONFIG)
     config = load_study_config(path)
-    _, one = run_study(config, tmp_path / "one", tmp_path / "cache1")
-    _, two = run_study(config, tmp_path / "two", tmp_path / "cache2", workers=2)
+    _, typed = run_study(config, tmp_path / "one", tmp_path / "cache1")
+    one, two = typed.to_json(), run_study(config, tmp_path / "two", tmp_path / "cache2", workers=2)[1].to_json()
     assert _cells(one) == _cells(two)
     # PGD on the grid, the auto ensemble (which takes no loss option) at the headline point.
     assert one["attack"].startswith("PGD(") and one["headline_attack"].startswith("AutoEnsemble(")
@@ -75,7 +75,7 @@ def test_workers_match_one_process_and_parametrizations(tmp_path):
     state = json.loads((tmp_path / "two" / "state.json").read_text())["values"]
     assert any(k.startswith("cell@operator relative/input-AT/1/") for k in state)
     _, again = run_study(config, tmp_path / "two", tmp_path / "cache2", workers=2)
-    assert _cells(again) == _cells(two)
+    assert _cells(again.to_json()) == _cells(two)
 
     extra = one["models"]["standard"]["extra_cells"]["operator relative"]
     # eps_x in {0, headline} x eps_w {0.01, 0.05} (+ the input-only column), two scopes, two seeds
@@ -87,9 +87,9 @@ def test_workers_match_one_process_and_parametrizations(tmp_path):
         (0.05, 0.05),
     }
     assert len(extra) == 5 * 2 * 2
-    labels = [label for label, _ in parametrization_views(one)]
+    labels = [label for label, _ in parametrization_views(typed)]
     assert labels == ["elementwise absolute", "operator relative"]
-    judged = {(c.parametrization, c.scope) for c in claim_comparisons(one)}
+    judged = {(c.parametrization, c.scope) for c in claim_comparisons(typed)}
     assert judged == {(p, s) for p in labels for s in ("per-example", "shared")}
     rows = list(csv.DictReader((tmp_path / "one" / "verdicts.csv").read_text().splitlines()))
     assert {r["parametrization"] for r in rows} == set(labels)

@@ -123,11 +123,11 @@ def study(
             )
     if dist.rank() != 0:
         return
-    hx, hw = results["headline"]["eps_x"], results["headline"]["eps_w"]
-    seeds = len(results["seeds"])
+    hx, hw = results.headline["eps_x"], results.headline["eps_w"]
+    seeds = len(results.seeds)
     spread = f", % mean±sd over {seeds} seeds" if seeds > 1 else ""
     table = Table(
-        title=f"{cfg.name}: accuracy at eps_x={hx:g}, eps_w={hw:g} ({results['n_examples']} test examples{spread})"
+        title=f"{cfg.name}: accuracy at eps_x={hx:g}, eps_w={hw:g} ({results.n_examples} test examples{spread})"
     )
     table.add_column("model", no_wrap=True)
     short = {
@@ -140,11 +140,9 @@ def study(
         table.add_column(short.get(column, column), justify="right", no_wrap=True)
     for name, _, stats in headline_stats(results):
         table.add_row(name, *(stats[c].text(compact=True) for c in HEADLINE_COLUMNS))
-    table.caption = f"attack: {results.get('headline_attack') or results['attack']}"
+    table.caption = f"attack: {results.headline_attack or results.attack}"
     console.print(table)
-    grid_attack = results["attack"] + (
-        f" (headline point: {results['headline_attack']})" if results.get("headline_attack") else ""
-    )
+    grid_attack = results.attack + (f" (headline point: {results.headline_attack})" if results.headline_attack else "")
     print_claims(claim_comparisons(results), seeds, grid_attack)
     chosen = validation_choice(results)
     if chosen is not None:

@@ -1,4 +1,4 @@
-"""Figures of a study, from its results dict alone (matplotlib, Agg backend, PNG).
+"""Figures of a study, from its typed results alone (matplotlib, Agg backend, PNG).
 
 Every value is the mean over the study's seeds; error bars are one standard deviation (none with one seed).
 Radii axes are categorical (one tick per grid value), so small radii, where the claims are decided, are as
@@ -17,6 +17,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from ..runtime import atomic_write
+from .records import ModelResult, StudyResults
 from .stats import Stat, cell_stat, certified_stat, runs
 from .verdicts import parametrization_views
 
@@ -28,14 +29,14 @@ def _save(fig: Any, path: Path) -> None:
     atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, format=path.suffix.lstrip(".") or "png"))
 
 
-def _stat(model: dict[str, Any], ex: float, ew: float, scope: str) -> Stat:
+def _stat(model: ModelResult, ex: float, ew: float, scope: str) -> Stat:
     if ex == 0 and ew == 0:  # no perturbation: the clean accuracy
-        return Stat.of([r["clean_accuracy"] for r in runs(model)])
+        return Stat.of([r.clean_accuracy for r in runs(model)])
     return cell_stat(model, ex, ew, scope)
 
 
-def heatmaps(results: dict[str, Any], path: Path) -> None:
-    grid, models = results["grid"], results["models"]
+def heatmaps(results: StudyResults, path: Path) -> None:
+    grid, models = results.grid, results.models
     scopes = grid["scopes"]
     fig, axes = plt.subplots(
         len(scopes), len(models), figsize=(3.2 * len(models), 3.0 * len(scopes)), squeeze=False, constrained_layout=True
@@ -64,22 +65,24 @@ def heatmaps(results: dict[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
-def curves(results: dict[str, Any], path: Path, axis: str) -> None:
+def curves(results: StudyResults, path: Path, axis: str) -> None:
     """Accuracy vs eps_w at eps_x = 0 (axis='eps_w': one row of panels per weight parametrization of the grid,
     one panel per scope) or vs eps_x at eps_w = 0 (axis='eps_x'), categorical radius axis, mean ± sd over
     seeds."""
     views = parametrization_views(results) if axis == "eps_w" else parametrization_views(results)[:1]
-    scopes = results["grid"]["scopes"] if axis == "eps_w" else results["grid"]["scopes"][:1]  # input-only: one
+    scopes = results.grid["scopes"] if axis == "eps_w" else results.grid["scopes"][:1]  # input-only: one
     fig, axes = plt.subplots(
         len(views), len(scopes), figsize=(5.5 * len(scopes), 3.8 * len(views)), squeeze=False, constrained_layout=True
     )
     for row, (label, view) in enumerate(views):
-        grid, models = view["grid"], view["models"]
+        grid, models = view.grid, view.models
         values = grid[axis]
         width = 0.35 / max(1, len(models))
         for ax, scope in zip(axes[row], scopes, strict=True):
             for k, (name, model) in enumerate(models.items()):
-                stats = [_stat(model, *((0.0, v) if axis == "eps_w" else (v, 0.0)), scope) for v in values]
+                stats = [
+                    _stat(model, 0.0, v, scope) if axis == "eps_w" else _stat(model, v, 0.0, scope) for v in values
+                ]
                 xs = [i + (k - (len(models) - 1) / 2) * width for i, st in enumerate(stats) if st.mean is not None]
                 ys = [100 * st.mean for st in stats if st.mean is not None]
                 err = [100 * (st.sd or 0.0) for st in stats if st.mean is not None]
@@ -96,10 +99,10 @@ def curves(results: dict[str, Any], path: Path, axis: str) -> None:
     plt.close(fig)
 
 
-def certified_vs_attacked(results: dict[str, Any], path: Path) -> None:
+def certified_vs_attacked(results: StudyResults, path: Path) -> None:
     """Per model: attacked (solid, upper bound) and certified (dashed, lower bound) accuracy vs eps_w, one line
     per eps_x, per-example scope."""
-    grid, models = results["grid"], results["models"]
+    grid, models = results.grid, results.models
     fig, axes = plt.subplots(1, len(models), figsize=(3.6 * len(models), 3.6), squeeze=False, constrained_layout=True)
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     idx = np.arange(len(grid["eps_w"]))
@@ -133,18 +136,18 @@ def _front(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
     return sorted(front)
 
 
-def pareto(results: dict[str, Any], path: Path) -> None:
+def pareto(results: StudyResults, path: Path) -> None:
     """Clean vs joint robust accuracy at the headline point, one panel per scope: every seed of every model (small
     markers), the mean ± sd over seeds (large markers, error bars), and the Pareto front of the means (dotted):
     the trade-off each defence makes."""
-    hx, hw = results["headline"]["eps_x"], results["headline"]["eps_w"]
-    scopes = results["grid"]["scopes"]
+    hx, hw = results.headline["eps_x"], results.headline["eps_w"]
+    scopes = results.grid["scopes"]
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     markers = "osD^vP*Xh<>"
     fig, axes = plt.subplots(1, len(scopes), figsize=(5.6 * len(scopes), 4.4), squeeze=False, constrained_layout=True)
     for ax, scope in zip(axes[0], scopes, strict=True):
         means = []
-        for k, (name, model) in enumerate(results["models"].items()):
+        for k, (name, model) in enumerate(results.models.items()):
             clean, joint = _stat(model, 0.0, 0.0, scope), _stat(model, hx, hw, scope)
             if clean.mean is None or joint.mean is None:
                 continue
@@ -152,14 +155,11 @@ def pareto(results: dict[str, Any], path: Path) -> None:
             for run in runs(model):
                 each = [
                     c["accuracy"]
-                    for c in model["cells"]
-                    if c.get("seed") == run.get("seed")
-                    and c["eps_x"] == hx
-                    and c["eps_w"] == hw
-                    and c["scope"] == scope
+                    for c in model.cells
+                    if c.get("seed") == run.seed and c["eps_x"] == hx and c["eps_w"] == hw and c["scope"] == scope
                 ]
                 if each and each[0] is not None:
-                    ax.plot(100 * run["clean_accuracy"], 100 * each[0], marker, color=colour, alpha=0.35, ms=4)
+                    ax.plot(100 * run.clean_accuracy, 100 * each[0], marker, color=colour, alpha=0.35, ms=4)
             ax.errorbar(
                 100 * clean.mean,
                 100 * joint.mean,
@@ -168,7 +168,7 @@ def pareto(results: dict[str, Any], path: Path) -> None:
                 marker=marker,
                 color=colour,
                 capsize=3,
-                label=f"{name} ({model['objective']})",
+                label=f"{name} ({model.objective})",
             )
             means.append((100 * clean.mean, 100 * joint.mean))
         if len(means) > 1:
@@ -183,19 +183,19 @@ def pareto(results: dict[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
-def radius_distributions(results: dict[str, Any], path: Path) -> bool:
+def radius_distributions(results: StudyResults, path: Path) -> bool:
     """Empirical distributions of the attacked and certified radii (all seeds pooled); False when none."""
-    models = {n: m for n, m in results["models"].items() if any(r.get("radius") for r in runs(m))}
+    models = {n: m for n, m in results.models.items() if any(r.radius for r in runs(m))}
     if not models:
         return False
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), constrained_layout=True)
     some = None
     for name, model in models.items():
         for ax, key in zip(axes, ("attack", "certified"), strict=True):
-            pooled = [v for r in runs(model) if r.get("radius") for v in r["radius"][key]]
+            pooled = [v for r in runs(model) if r.radius for v in r.radius[key]]
             values = np.sort(np.asarray(pooled, dtype=float))
             ax.step(values, np.arange(1, len(values) + 1) / len(values), where="post", label=name)
-        some = next(r["radius"] for r in runs(model) if r.get("radius"))
+        some = next(r.radius for r in runs(model) if r.radius)
     assert some is not None
     ray = f"(eps_x, eps_w) = s ({some['k_x']:g}, {some['k_w']:g})"
     axes[0].set_title(f"attacked radius (upper bound) along {ray}", fontsize=9)
@@ -210,7 +210,7 @@ def radius_distributions(results: dict[str, Any], path: Path) -> bool:
     return True
 
 
-def quantization(results: dict[str, Any], path: Path) -> bool:
+def quantization(results: StudyResults, path: Path) -> bool:
     """Accuracy against bits per weight, one panel per grid granularity, at the section's eps_x: worst shared
     rounding (solid), certified (dashed), round-to-nearest (dotted), one colour per model; False when none."""
     from .quantization_grid import quantization_stats
@@ -235,7 +235,7 @@ def quantization(results: dict[str, Any], path: Path) -> bool:
                     if e["model"] == name and e["granularity"] == granularity
                 }
                 xs = [i for i, b in enumerate(bits) if b in points and points[b].mean is not None]
-                means = [100 * points[bits[i]].mean for i in xs]  # type: ignore[operator]
+                means = [100 * points[bits[i]].mean for i in xs]
                 errors = [100 * (points[bits[i]].sd or 0.0) for i in xs]
                 ax.errorbar(
                     xs, means, yerr=errors, linestyle=style, marker="o", markersize=3, capsize=2,
@@ -254,7 +254,7 @@ def quantization(results: dict[str, Any], path: Path) -> bool:
     return True
 
 
-def write_figures(results: dict[str, Any], folder: Path) -> list[str]:
+def write_figures(results: StudyResults, folder: Path) -> list[str]:
     """Write every figure into `folder`; returns the file names written."""
     names = []
     heatmaps(results, folder / "heatmaps.png")
@@ -263,7 +263,7 @@ def write_figures(results: dict[str, Any], folder: Path) -> list[str]:
     curves(results, folder / "input_robustness.png", "eps_x")
     pareto(results, folder / "pareto.png")
     names += ["weight_fragility.png", "input_robustness.png", "pareto.png"]
-    if any(m.get("certified") for m in results["models"].values()):
+    if any(m.certified for m in results.models.values()):
         certified_vs_attacked(results, folder / "certified_vs_attacked.png")
         names.append("certified_vs_attacked.png")
     if radius_distributions(results, folder / "radius.png"):

@@ -20,6 +20,7 @@ from torch import Tensor, nn
 
 from ..deployment import QuantizationSpec, Rounding, evaluate_quantization
 from ..errors import require_finite
+from .records import ModelResult, StudyResults
 from .schema import QuantizationConfig
 from .stats import Stat, runs
 
@@ -115,14 +116,14 @@ def quantization_analysis(
     }
 
 
-def _sections(model: dict[str, Any]) -> list[dict[str, Any]]:
-    return [r["quantization"] for r in runs(model) if r.get("quantization")]
+def _sections(model: ModelResult) -> list[dict[str, Any]]:
+    return [r.quantization for r in runs(model) if r.quantization]
 
 
-def quantization_stats(results: dict[str, Any]) -> list[dict[str, Any]]:
+def quantization_stats(results: StudyResults) -> list[dict[str, Any]]:
     """Per model, grid and eps_x: column -> Stat over seeds (mean and sd of the accuracy)."""
     out = []
-    for name, model in results["models"].items():
+    for name, model in results.models.items():
         sections = _sections(model)
         if not sections:
             continue
@@ -141,19 +142,19 @@ def quantization_stats(results: dict[str, Any]) -> list[dict[str, Any]]:
     return out
 
 
-def quantization_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
+def quantization_rows(results: StudyResults) -> list[dict[str, Any]]:
     """The CSV table: one row per model, seed, grid and eps_x with every column's accuracy."""
     rows = []
-    for name, model in results["models"].items():
+    for name, model in results.models.items():
         for run in runs(model):
-            section = run.get("quantization")
+            section = run.quantization
             if not section:
                 continue
             for grid in section["grids"]:
                 for ex in grid["accuracy"]["float"]:
                     row = {
                         "model": name,
-                        "seed": run.get("seed"),
+                        "seed": run.seed,
                         "bits": grid["bits"],
                         "granularity": grid["granularity"],
                         "scheme": section["scheme"],
@@ -167,7 +168,7 @@ def _grid_name(entry: dict[str, Any]) -> str:
     return f"int{entry['bits']} {entry['granularity']}"
 
 
-def quantization_summary(results: dict[str, Any]) -> list[str]:
+def quantization_summary(results: StudyResults) -> list[str]:
     """Which defences survive which grid (the rule in the module docstring), and who certifies most."""
     stats = quantization_stats(results)
     if not stats:

@@ -1,6 +1,7 @@
 """The study's report: results.json, one CSV per table, figures, report.md and a self-contained report.html.
 
-Everything is derived from the results dict, so a report can be rebuilt from results.json alone.
+Everything is derived from the typed results (study.records), so a report can be rebuilt from results.json alone
+(StudyResults.from_json is the one conversion from its JSON).
 """
 
 from __future__ import annotations
@@ -13,12 +14,13 @@ import json
 from pathlib import Path
 from typing import Any
 
+from ..attacks.sanity import SanityFlag
 from ..formatting import percent, points
 from ..models.checkpoint import atomic_write
-from .quantization_grid import COLUMNS as QUANTIZATION_COLUMNS
-from .quantization_grid import SURVIVAL_POINTS, quantization_rows, quantization_stats, quantization_summary
+from .quantization_grid import quantization_rows
 from .records import StudyResults
-from .scale import scale_rows, scale_summary
+from .report_sections import attack_note, quantization_html, quantization_markdown, scale_html, scale_markdown
+from .scale import scale_rows
 from .selection import validation_candidates, validation_choice
 from .stats import Stat, cell_stat, certified_stat, runs
 from .verdicts import FLOOR, Z, claim_comparisons, parametrization_views
@@ -36,38 +38,38 @@ __all__ = [
 HEADLINE_COLUMNS = ("clean", "input-only", "weight-only", "joint per-example", "joint shared", "certified")
 
 
-def headline_stats(results: dict[str, Any]) -> list[tuple[str, str, dict[str, Stat]]]:
+def headline_stats(results: StudyResults) -> list[tuple[str, str, dict[str, Stat]]]:
     """(model, objective, column -> Stat) per model at the headline threat."""
-    hx, hw = results["headline"]["eps_x"], results["headline"]["eps_w"]
+    hx, hw = results.headline["eps_x"], results.headline["eps_w"]
     rows = []
-    for name, model in results["models"].items():
+    for name, model in results.models.items():
         stats = {
-            "clean": Stat.of([r["clean_accuracy"] for r in runs(model)]),
+            "clean": Stat.of([r.clean_accuracy for r in runs(model)]),
             "input-only": cell_stat(model, hx, 0.0),
             "weight-only": cell_stat(model, 0.0, hw),
             "joint per-example": cell_stat(model, hx, hw),
             "joint shared": cell_stat(model, hx, hw, "shared"),
             "certified": certified_stat(model, hx, hw)[0],
         }
-        rows.append((name, model["objective"], stats))
+        rows.append((name, model.objective, stats))
     return rows
 
 
-def headline_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
+def headline_rows(results: StudyResults) -> list[dict[str, Any]]:
     """One row per model at the headline threat: mean over seeds (and `<column> sd`) of clean, input-only,
     weight-only, joint (both scopes) and certified accuracy."""
-    hx, hw = results["headline"]["eps_x"], results["headline"]["eps_w"]
+    hx, hw = results.headline["eps_x"], results.headline["eps_w"]
     rows = []
     for name, objective, stats in headline_stats(results):
         row: dict[str, Any] = {"model": name, "objective": objective, "seeds": stats["clean"].n}
         for column in HEADLINE_COLUMNS:
             row[column], row[f"{column} sd"] = stats[column].mean, stats[column].sd
-        row["certified_method"] = certified_stat(results["models"][name], hx, hw)[1]
+        row["certified_method"] = certified_stat(results.models[name], hx, hw)[1]
         rows.append(row)
     return rows
 
 
-def summarise(results: dict[str, Any]) -> list[str]:
+def summarise(results: StudyResults) -> list[str]:
     """Sentences stating, from the numbers and by the rule of study.verdicts, whether the paper's two claims hold
     in this study, each with the per-seed differences behind it."""
     comparisons = claim_comparisons(results)
@@ -107,11 +109,11 @@ def summarise(results: dict[str, Any]) -> list[str]:
     return lines
 
 
-def _standard_models(results: dict[str, Any]) -> set[str]:
-    return {name for name, model in results["models"].items() if model["objective"] == "standard"}
+def _standard_models(results: StudyResults) -> set[str]:
+    return {name for name, model in results.models.items() if model.objective == "standard"}
 
 
-def verdict_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
+def verdict_rows(results: StudyResults) -> list[dict[str, Any]]:
     """One row per judged comparison: claim, subject, reference, scope, verdict and its numbers (fractions)."""
     return [c.row() for c in claim_comparisons(results)]
 
@@ -125,12 +127,12 @@ def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
     atomic_write(path, lambda tmp: Path(tmp).write_text(buffer.getvalue()))
 
 
-def _tables(results: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
+def _tables(results: StudyResults) -> dict[str, list[dict[str, Any]]]:
     robust, summary, certified, radius = [], [], [], []
     for label, view in parametrization_views(results):
-        grid = view["grid"]
-        for name, model in view["models"].items():
-            for c in model["cells"]:
+        grid = view.grid
+        for name, model in view.models.items():
+            for c in model.cells:
                 robust.append(
                     {"model": name, "seed": c.get("seed"), "parametrization": label}
                     | {k: c[k] for k in ("eps_x", "eps_w", "scope", "accuracy", "checked")}
@@ -142,15 +144,15 @@ def _tables(results: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
                             st = cell_stat(model, ex, ew, scope)
                             row = {"model": name, "parametrization": label, "eps_x": ex, "eps_w": ew, "scope": scope}
                             summary.append(row | {"mean": st.mean, "sd": st.sd, "seeds": st.n})
-    for name, model in results["models"].items():
-        for c in model.get("certified", []):
+    for name, model in results.models.items():
+        for c in model.certified:
             certified.append({"model": name, "seed": c.get("seed")} | {k: v for k, v in c.items() if k != "seed"})
         for run in runs(model):
-            r = run.get("radius")
+            r = run.radius
             if r:
                 for i, (a, c) in enumerate(zip(r["attack"], r["certified"], strict=True)):
                     radius.append(
-                        {"model": name, "seed": run["seed"], "example": i, "attacked_radius": a, "certified_radius": c}
+                        {"model": name, "seed": run.seed, "example": i, "attacked_radius": a, "certified_radius": c}
                     )
     tables = {
         "headline": headline_rows(results),
@@ -178,39 +180,28 @@ def rule_text() -> str:
     )
 
 
-def _intro(results: dict[str, Any]) -> str:
-    grid = results["grid"]
-    seeds = results.get("seeds", [results.get("config", {}).get("seed", 0)])
+def _intro(results: StudyResults) -> str:
+    grid = results.grid
     others = "".join(
         f" Also {p['weight_ball']} {p['weight_mode']}: eps_w in {p['eps_w']} at eps_x in "
-        f"{sorted({0.0, results['headline']['eps_x']})}."
+        f"{sorted({0.0, results.headline['eps_x']})}."
         for p in grid.get("parametrizations") or []
     )
     return (
-        f"Data: {results['data']['name']} ({results['data']['n_test']} test examples, {results['n_examples']} "
-        f"evaluated). Seeds: {seeds} (every model trained and evaluated once per seed; tables show mean ± standard "
-        f"deviation over seeds). Threat grid: eps_x in {grid['eps_x']}, eps_w in {grid['eps_w']} "
+        f"Data: {results.data['name']} ({results.data['n_test']} test examples, {results.n_examples} "
+        f"evaluated). Seeds: {results.seeds} (every model trained and evaluated once per seed; tables show mean ± "
+        f"standard deviation over seeds). Threat grid: eps_x in {grid['eps_x']}, eps_w in {grid['eps_w']} "
         f"({grid['weight_mode']} {grid['weight_ball']}), scopes {', '.join(grid['scopes'])}. Attack: "
-        f"`{results['attack']}`"
-        + (f" (headline point: `{results['headline_attack']}`)" if results.get("headline_attack") else "")
+        f"`{results.attack}`"
+        + (f" (headline point: `{results.headline_attack}`)" if results.headline_attack else "")
         + ". Robust accuracies are attack results checked by the checker (upper bounds on the "
         "truth); certified accuracies are lower bounds." + others + _certify_scope(results)
     )
 
 
-def attack_note(results: dict[str, Any], headline: bool = False) -> str:
-    """Which attack a results table's robust accuracies come from (its repr), so that a number is never read
-    against another attack's (e.g. `nonsingular evaluate`'s default ensemble). `headline`: the headline
-    point's cells, which `headline_kind` may give their own attack."""
-    if headline:
-        return f"Attack: `{results.get('headline_attack') or results['attack']}`."
-    special = results.get("headline_attack")
-    return f"Attack: `{results['attack']}`" + (f" (headline point: `{special}`)." if special else ".")
-
-
-def _certify_scope(results: dict[str, Any]) -> str:
+def _certify_scope(results: StudyResults) -> str:
     """Where the certificates were computed, when not on every example at every grid point."""
-    cert = results.get("config", {}).get("certify", {})
+    cert = results.config.get("certify", {})
     n, points = cert.get("n_examples"), cert.get("points")
     if n is None and points is None:
         return ""
@@ -222,10 +213,10 @@ def _certify_scope(results: dict[str, Any]) -> str:
     )
 
 
-def _markdown(results: dict[str, Any], figures: list[str], summary: list[str]) -> str:
-    hx, hw = results["headline"]["eps_x"], results["headline"]["eps_w"]
+def _markdown(results: StudyResults, figures: list[str], summary: list[str]) -> str:
+    hx, hw = results.headline["eps_x"], results.headline["eps_w"]
     lines = [
-        f"# Study: {results['name']}",
+        f"# Study: {results.name}",
         "",
         _intro(results),
         "",
@@ -245,179 +236,42 @@ def _markdown(results: dict[str, Any], figures: list[str], summary: list[str]) -
     for name, objective, stats in headline_stats(results):
         lines.append(f"| {name} | {objective} | " + " | ".join(stats[c].text() for c in HEADLINE_COLUMNS) + " |")
     lines += ["", "## Sanity flags", ""]
-    lines += [f"- {f['check']}: {f['message']}" for f in all_flags(results)] or ["- none raised"]
-    lines += _scale_markdown(results)
-    lines += _quantization_markdown(results)
+    lines += [f"- {f.check}: {f.message}" for f in all_flags(results)] or ["- none raised"]
+    lines += scale_markdown(results)
+    lines += quantization_markdown(results)
     lines += ["", "## Figures", ""]
     lines += [f"![{f}]({f})" for f in figures]
     lines += ["", "## Models", ""]
     lines += [f"- {line}" for line in _model_lines(results)]
-    lines += ["", f"Versions: {', '.join(f'{k} {v}' for k, v in results['versions'].items())}.", ""]
+    lines += ["", f"Versions: {', '.join(f'{k} {v}' for k, v in results.versions.items())}.", ""]
     return "\n".join(lines)
 
 
-SCALE_INTRO = (
-    "ReLU networks are positively homogeneous: scaling a layer by c and the next by 1/c leaves the function "
-    "unchanged. Relative radii scale with the weights and are invariant under that rescaling; absolute radii are "
-    "not, so an absolute-mode verdict may measure weight scale. Lemma 1: the per-example element-wise weight "
-    "adversary's power at layer l is eps_w * ||h_{l-1}||_1 (input_l1 below)."
-)
-
-
-def _layer_means(results: dict[str, Any]) -> list[dict[str, Any]]:
-    """Per model and layer, the layer statistics averaged over seeds."""
-    grouped: dict[tuple[str, str], list[dict[str, Any]]] = {}
-    for row in scale_rows(results)["scale_layers"]:
-        grouped.setdefault((row["model"], row["layer"]), []).append(row)
-    keys = ("max_abs", "operator", "frobenius", "input_l1")
-    return [
-        {"model": m, "layer": layer, **{k: sum(r[k] for r in rows) / len(rows) for k in keys}}
-        for (m, layer), rows in grouped.items()
-    ]
-
-
-def _scale_markdown(results: dict[str, Any]) -> list[str]:
-    tables = scale_rows(results)
-    if not tables["scale_layers"]:
-        return []
-    lines = ["", "## Scale: parametrizations and rescaling", "", SCALE_INTRO + " " + attack_note(results), ""]
-    lines += [f"- {line}" for line in scale_summary(results)]
-    lines += ["", "| parametrization | claim | subject | reference | scope | verdict | mean difference (points) |"]
-    lines += ["| --- | --- | --- | --- | --- | --- | ---: |"]
-    for v in tables["scale_verdicts"]:
-        lines.append(
-            f"| {v['parametrization']} | {v['claim']} | {v['subject']} | {v['reference']} | {v['scope']} | "
-            f"{v['verdict']} | {points(v['mean_difference'], '+.2f')} |"
-        )
-    lines += ["", "| model | layer | max abs w | l_inf operator norm | Frobenius | mean input l1 |"]
-    lines += ["| --- | --- | ---: | ---: | ---: | ---: |"]
-    for r in _layer_means(results):
-        lines.append(
-            f"| {r['model']} | {r['layer']} | {r['max_abs']:.3g} | {r['operator']:.3g} | {r['frobenius']:.3g} | "
-            f"{r['input_l1']:.3g} |"
-        )
-    return lines
-
-
-def _quantization_intro(results: dict[str, Any]) -> str:
-    section = next(
-        (r["quantization"] for m in results["models"].values() for r in runs(m) if r.get("quantization")), {}
-    )
-    return (
-        f"Integer weight grids ({section.get('scheme', '')} scales from each tensor's or output channel's range; "
-        f"{section.get('n_examples', '')} examples). Accuracies of the model quantized by round-to-nearest, by "
-        "random rounding and by the worst-case rounding the attack finds (shared: one deployed model for all "
-        "inputs; per-example: a rounding per input), measured by the ordinary module on weights exactly on the "
-        f"grid; certified ({section.get('method', '')}): every weight within half a grid step of its float value, "
-        f"jointly with eps_x. A model survives a grid when its worst shared rounding costs at most "
-        f"{SURVIVAL_POINTS:g} points of its float accuracy (mean over seeds)."
-    )
-
-
-def _quantization_table(results: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
-    header = ["model", "grid", "eps_x", *QUANTIZATION_COLUMNS]
-    rows = [
-        [e["model"], f"int{e['bits']} {e['granularity']}", f"{e['eps_x']:g}"]
-        + [e["stats"][c].text() for c in QUANTIZATION_COLUMNS]
-        for e in quantization_stats(results)
-    ]
-    return header, rows
-
-
-def _quantization_markdown(results: dict[str, Any]) -> list[str]:
-    header, rows = _quantization_table(results)
-    if not rows:
-        return []
-    intro = _quantization_intro(results) + " " + attack_note(results)
-    lines = ["", "## Quantization: which defences survive deployment", "", intro, ""]
-    lines += [f"- {line}" for line in quantization_summary(results)]
-    lines += [
-        "",
-        "| " + " | ".join(header) + " |",
-        "| --- | --- | ---: | " + " | ".join("---:" for _ in header[3:]) + " |",
-    ]
-    lines += ["| " + " | ".join(row) + " |" for row in rows]
-    return lines
-
-
-def _quantization_html(results: dict[str, Any]) -> str:
-    header, rows = _quantization_table(results)
-    if not rows:
-        return ""
-    items = "".join(f"<li>{html.escape(line)}</li>" for line in quantization_summary(results))
-    return (
-        "<h2>Quantization: which defences survive deployment</h2>"
-        f"<p>{html.escape(_quantization_intro(results) + ' ' + attack_note(results))}</p>"
-        f"<ul>{items}</ul>{_table_html(header, rows)}"
-    )
-
-
-def all_flags(results: dict[str, Any]) -> list[dict[str, Any]]:
+def all_flags(results: StudyResults) -> list[SanityFlag]:
     """Every model's sanity flags (every seed), in model order (see nonsingular.attacks.sanity)."""
-    return [f for model in results["models"].values() for f in model.get("flags", [])]
+    return [f for model in results.models.values() for f in model.flags]
 
 
-def _model_lines(results: dict[str, Any]) -> list[str]:
+def _model_lines(results: StudyResults) -> list[str]:
     """Per model and seed: where it came from (trained now, or reused from the cache and which file), timings."""
     lines = []
-    for name, model in results["models"].items():
+    for name, model in results.models.items():
         for run in runs(model):
             origin = (
-                f"reused from the cache ({run.get('cache_file') or 'cached model'}; trained in "
-                f"{run['train_seconds']:.1f} s when it was made)"
-                if run.get("cached")
-                else f"trained in this run in {run['train_seconds']:.1f} s"
+                f"reused from the cache ({run.cache_file or 'cached model'}; trained in "
+                f"{run.train_seconds:.1f} s when it was made)"
+                if run.cached
+                else f"trained in this run in {run.train_seconds:.1f} s"
             )
-            seed = "" if run.get("seed") is None else f" seed {run['seed']}"
             lines.append(
-                f"{name}{seed}: clean {percent(run['clean_accuracy'])}; {origin}; "
-                f"evaluated in {run['eval_seconds']:.1f} s"
+                f"{name} seed {run.seed}: clean {percent(run.clean_accuracy)}; {origin}; "
+                f"evaluated in {run.eval_seconds:.1f} s"
             )
     return lines
 
 
-def _table_html(header: list[str], rows: list[list[str]]) -> str:
-    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in rows)
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
-
-
-def _scale_html(results: dict[str, Any]) -> str:
-    tables = scale_rows(results)
-    if not tables["scale_layers"]:
-        return ""
-    verdicts = _table_html(
-        ["parametrization", "claim", "subject", "reference", "scope", "verdict", "mean difference (points)"],
-        [
-            [
-                v["parametrization"],
-                str(v["claim"]),
-                v["subject"],
-                v["reference"],
-                v["scope"],
-                v["verdict"],
-                points(v["mean_difference"], "+.2f"),
-            ]
-            for v in tables["scale_verdicts"]
-        ],
-    )
-    layers = _table_html(
-        ["model", "layer", "max abs w", "l_inf operator norm", "Frobenius", "mean input l1"],
-        [
-            [r["model"], r["layer"]] + [f"{r[k]:.3g}" for k in ("max_abs", "operator", "frobenius", "input_l1")]
-            for r in _layer_means(results)
-        ],
-    )
-    items = "".join(f"<li>{html.escape(line)}</li>" for line in scale_summary(results))
-    return (
-        "<h2>Scale: parametrizations and rescaling</h2>"
-        f"<p>{html.escape(SCALE_INTRO + ' ' + attack_note(results))}</p><ul>{items}</ul>"
-        f"{verdicts}{layers}"
-    )
-
-
-def _html(results: dict[str, Any], folder: Path, figures: list[str], summary: list[str]) -> str:
-    hx, hw = results["headline"]["eps_x"], results["headline"]["eps_w"]
+def _html(results: StudyResults, folder: Path, figures: list[str], summary: list[str]) -> str:
+    hx, hw = results.headline["eps_x"], results.headline["eps_w"]
     head = "".join(f"<th>{html.escape(c)}</th>" for c in ("model", "objective", *HEADLINE_COLUMNS))
     body = "".join(
         "<tr>"
@@ -439,7 +293,7 @@ def _html(results: dict[str, Any], folder: Path, figures: list[str], summary: li
         + "</tr>"
         for v in verdicts
     )
-    flags = "".join(f"<li>{html.escape(f['check'])}: {html.escape(f['message'])}</li>" for f in all_flags(results))
+    flags = "".join(f"<li>{html.escape(f.check)}: {html.escape(f.message)}</li>" for f in all_flags(results))
     flags = flags or "<li>none raised</li>"
     images = "".join(
         f"<figure><img alt='{html.escape(f)}' src='data:image/png;base64,"
@@ -447,14 +301,14 @@ def _html(results: dict[str, Any], folder: Path, figures: list[str], summary: li
         for f in figures
     )
     return f"""<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>nonsingular study: {html.escape(results["name"])}</title>
+<html lang="en"><head><meta charset="utf-8"><title>nonsingular study: {html.escape(results.name)}</title>
 <style>
 body {{ font-family: system-ui, sans-serif; max-width: 1100px; margin: 2em auto; padding: 0 1em; color: #222; }}
 table {{ border-collapse: collapse; margin: 1em 0; }} th, td {{ border: 1px solid #ccc; padding: 4px 10px; }}
 th {{ background: #f0f0f0; }} td.num {{ text-align: right; font-variant-numeric: tabular-nums; }}
 figure {{ margin: 1.5em 0; }} img {{ max-width: 100%; border: 1px solid #eee; }} li {{ margin: .4em 0; }}
 </style></head><body>
-<h1>Study: {html.escape(results["name"])}</h1>
+<h1>Study: {html.escape(results.name)}</h1>
 <p>{html.escape(_intro(results))}</p>
 <h2>Summary</h2><p>{html.escape(rule_text() + " " + attack_note(results))}</p>
 <table><thead><tr>{vhead}</tr></thead><tbody>{vbody}</tbody></table>
@@ -463,23 +317,25 @@ figure {{ margin: 1.5em 0; }} img {{ max-width: 100%; border: 1px solid #eee; }}
 <p>{html.escape(attack_note(results, headline=True))}</p>
 <table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>
 <h2>Sanity flags</h2><ul>{flags}</ul>
-{_scale_html(results)}
-{_quantization_html(results)}
+{scale_html(results)}
+{quantization_html(results)}
 <h2>Figures</h2>{images}
 <h2>Models</h2><ul>{"".join(f"<li>{html.escape(line)}</li>" for line in _model_lines(results))}</ul>
-<p>Versions: {html.escape(", ".join(f"{k} {v}" for k, v in results["versions"].items()))}</p>
+<p>Versions: {html.escape(", ".join(f"{k} {v}" for k, v in results.versions.items()))}</p>
 </body></html>
 """
 
 
-def write_report(results: StudyResults | dict[str, Any], folder: Path) -> Path:
-    """Write results.json, CSVs, PNGs, report.md and report.html into `folder`; returns report.html's path."""
-    if isinstance(results, StudyResults):
-        results = results.to_json()
+def write_report(results: StudyResults, folder: Path) -> Path:
+    """Write results.json, CSVs, PNGs, report.md and report.html into `folder`; returns report.html's path.
+
+    results.json holds the results (StudyResults.to_json) with the summary and the verdict rows added; a report
+    is rebuilt from it by `write_report(StudyResults.from_json(json.loads(text)), folder)`.
+    """
     folder.mkdir(parents=True, exist_ok=True)
     summary = summarise(results)
-    results = {**results, "summary": summary, "verdicts": verdict_rows(results)}
-    text = json.dumps(results, indent=2, allow_nan=False) + "\n"
+    document = {**results.to_json(), "summary": summary, "verdicts": verdict_rows(results)}
+    text = json.dumps(document, indent=2, allow_nan=False) + "\n"
     atomic_write(folder / "results.json", lambda tmp: Path(tmp).write_text(text))
     for name, rows in _tables(results).items():
         _write_csv(folder / f"{name}.csv", rows)

@@ -73,9 +73,9 @@ def run_study(
     device: torch.device | None = None,
     workers: int = 1,
     executor: Executor | None = None,
-) -> tuple[Path, dict[str, Any]]:
-    """Run (or resume) the study on `device` (default cpu); returns the path of report.html and the results (as
-    results.json holds them).
+) -> tuple[Path, StudyResults]:
+    """Run (or resume) the study on `device` (default cpu); returns the path of report.html and the typed results
+    (`to_json()`: results.json's content before the report adds its summary and verdicts).
 
     Every model is trained and evaluated once per seed of `config.run_seeds` (the seed sets initialisation,
     batch order and the attack's random starts; the data split stays `config.seed`). The (model, seed) units run
@@ -121,7 +121,7 @@ def run_study(
         versions={"nonsingular": __version__, "torch": torch.__version__, "python": platform.python_version()},
     )
     report = write_report(results, out_dir) if dist.rank() == 0 else out_dir / "report.html"
-    return report, results.to_json()
+    return report, results
 
 
 def _run_units(

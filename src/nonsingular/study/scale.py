@@ -12,6 +12,8 @@ make visible.
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 import torch
@@ -19,6 +21,7 @@ from torch import Tensor, nn
 
 from ..formatting import points
 from ..threat import PERTURBABLE_TYPES, EpsMode, WeightBall
+from .records import ModelResult, StudyResults
 
 __all__ = ["PARAMETRIZATIONS", "layer_stats", "rescaled"]
 
@@ -29,6 +32,12 @@ PARAMETRIZATIONS = (
     (WeightBall.OPERATOR, EpsMode.ABSOLUTE),
     (WeightBall.OPERATOR, EpsMode.RELATIVE),
 )
+
+
+def _weight(layer: nn.Module) -> Tensor:
+    weight = layer.weight
+    assert isinstance(weight, Tensor)  # every perturbable layer type has a weight tensor
+    return weight
 
 
 def _layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
@@ -50,7 +59,7 @@ def layer_stats(model: nn.Module, x: Tensor) -> list[dict[str, Any]]:
     layers = _layers(model)
     inputs: dict[str, float] = {}
 
-    def hook(name: str):
+    def hook(name: str) -> Callable[[nn.Module, tuple[Tensor, ...]], None]:
         def record(_module: nn.Module, args: tuple[Tensor, ...]) -> None:
             inputs[name] = float(args[0].detach().flatten(1).abs().sum(1).mean())
 
@@ -65,7 +74,7 @@ def layer_stats(model: nn.Module, x: Tensor) -> list[dict[str, Any]]:
             h.remove()
     stats = []
     for name, m in layers:
-        w = m.weight.detach().double().flatten(1)
+        w = _weight(m).detach().double().flatten(1)
         stats.append(
             {
                 "layer": name,
@@ -99,10 +108,10 @@ def rescaled(model: nn.Module, c: float) -> nn.Module:
     if any(not isinstance(m, nn.ReLU | nn.Flatten | nn.MaxPool2d | nn.AvgPool2d) for m in between):
         raise ValueError(f"only ReLU, Flatten and pooling may sit between layers {first} and {second} to rescale them")
     with torch.no_grad():
-        a.weight.mul_(c)
-        if a.bias is not None:
+        _weight(a).mul_(c)
+        if isinstance(a.bias, Tensor):
             a.bias.mul_(c)
-        b.weight.div_(c)
+        _weight(b).div_(c)
     return copied
 
 
@@ -111,20 +120,20 @@ def _label(ball: WeightBall, mode: EpsMode) -> str:
     return f"{ball.value} {mode.value}"
 
 
-def _scales(model: dict[str, Any]) -> list[dict[str, Any]]:
-    return [r["scale"] for r in model.get("runs", []) if r.get("scale")]
+def _scales(model: ModelResult) -> list[dict[str, Any]]:
+    return [r.scale for r in model.runs if r.scale]
 
 
-def parametrization_comparisons(results: dict[str, Any]) -> dict[str, list[Any]]:
+def parametrization_comparisons(results: StudyResults) -> dict[str, list[Any]]:
     """ "ball mode" -> the claim comparisons (study.verdicts) on that parametrization's scale cells; empty when
     the study ran no scale analysis."""
-    from .verdicts import claim_comparisons
+    from .verdicts import model_comparisons
 
-    hx = results["headline"]["eps_x"]
+    hx = results.headline["eps_x"]
     out: dict[str, list[Any]] = {}
     for ball, mode in PARAMETRIZATIONS:
         models, eps = {}, None
-        for name, model in results["models"].items():
+        for name, model in results.models.items():
             cells = [
                 c
                 for s in _scales(model)
@@ -132,25 +141,25 @@ def parametrization_comparisons(results: dict[str, Any]) -> dict[str, list[Any]]
                 if c["weight_ball"] == ball.value and c["weight_mode"] == mode.value
             ]
             if cells:
-                models[name] = {"objective": model["objective"], "cells": cells}
+                models[name] = replace(model, cells=cells, extra_cells={}, certified=[])
                 eps = cells[0]["eps_w"]
         if models:
-            grid = {"eps_x": [0.0, hx], "eps_w": [0.0, eps], "scopes": results["grid"]["scopes"]}
-            out[_label(ball, mode)] = claim_comparisons({"models": models, "grid": grid})
+            grid = {"eps_x": [0.0, hx], "eps_w": [0.0, eps], "scopes": results.grid["scopes"]}
+            out[_label(ball, mode)] = model_comparisons(models, grid)
     return out
 
 
-def scale_rows(results: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
+def scale_rows(results: StudyResults) -> dict[str, list[dict[str, Any]]]:
     """The scale tables: per-layer statistics (per model and seed) and the rescaling check (per model, seed,
     factor and parametrization: accuracy before and after, in points)."""
     layers, rescaling, verdicts = [], [], []
-    for name, model in results["models"].items():
-        for run in model.get("runs", []):
-            s = run.get("scale")
+    for name, model in results.models.items():
+        for run in model.runs:
+            s = run.scale
             if not s:
                 continue
             for layer in s["layers"]:
-                layers.append({"model": name, "seed": run["seed"], **layer})
+                layers.append({"model": name, "seed": run.seed, **layer})
             for r in s["rescaling"]:
                 for label, after in r["accuracy"].items():
                     before = s["weight_only"].get(label)
@@ -158,7 +167,7 @@ def scale_rows(results: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
                     rescaling.append(
                         {
                             "model": name,
-                            "seed": run["seed"],
+                            "seed": run.seed,
                             "c": r["c"],
                             "parametrization": label,
                             "max_logit_change": r["max_logit_change"],
@@ -173,7 +182,7 @@ def scale_rows(results: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
     return {"scale_layers": layers, "scale_rescaling": rescaling, "scale_verdicts": verdicts}
 
 
-def scale_summary(results: dict[str, Any]) -> list[str]:
+def scale_summary(results: StudyResults) -> list[str]:
     """Sentences: how far the rescaling moved each mode's accuracies, and which verdicts hold in every
     parametrization and which depend on the ball or the mode."""
     tables = scale_rows(results)
@@ -197,7 +206,7 @@ def scale_summary(results: dict[str, Any]) -> list[str]:
                     f"move by up to {points(max(changes), '.1f')} points "
                     f"(mean {points(sum(changes) / len(changes), '.1f')})."
                 )
-    by_pair: dict[tuple, dict[str, str]] = {}
+    by_pair: dict[tuple[Any, ...], dict[str, str]] = {}
     for v in tables["scale_verdicts"]:
         by_pair.setdefault((v["claim"], v["subject"], v["reference"], v["scope"]), {})[v["parametrization"]] = v[
             "verdict"

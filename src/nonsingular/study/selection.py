@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from .records import StudyResults
 from .stats import runs
 from .verdicts import mean_sd
 
@@ -46,25 +47,26 @@ class Candidate:
         }
 
 
-def validation_candidates(results: dict[str, Any]) -> list[Candidate]:
+def validation_candidates(results: StudyResults) -> list[Candidate]:
     """The regularized models with a validation joint robust accuracy in every seed, in study order."""
     out = []
-    for name, model in results["models"].items():
-        if "bound-reg" not in model["objective"].split("+"):
+    for name, model in results.models.items():
+        if "bound-reg" not in model.objective.split("+"):
             continue
-        robust, clean = {}, {}
+        robust: dict[Any, float] = {}
+        clean: dict[Any, float] = {}
         for run in runs(model):
-            v = run.get("validation") or {}
+            v = run.validation or {}
             if v.get("val_robust_acc") is None:
                 break
-            robust[run.get("seed")], clean[run.get("seed")] = v["val_robust_acc"], v.get("val_clean_acc", 0.0)
+            robust[run.seed], clean[run.seed] = v["val_robust_acc"], v.get("val_clean_acc", 0.0)
         else:
             if robust:
-                out.append(Candidate(name, model["objective"], robust, clean))
+                out.append(Candidate(name, model.objective, robust, clean))
     return out
 
 
-def validation_choice(results: dict[str, Any]) -> Candidate | None:
+def validation_choice(results: StudyResults) -> Candidate | None:
     """The selected variant (highest mean validation joint robust accuracy, then clean); None with fewer than
     two candidates (nothing to choose)."""
     candidates = validation_candidates(results)

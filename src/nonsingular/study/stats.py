@@ -3,29 +3,30 @@
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Sequence
 
 from ..formatting import percent, points
+from .records import ModelResult, SeedRun
 from .verdicts import mean_sd, seed_values
 
 __all__ = ["Stat", "cell_stat", "certified_stat", "runs"]
 
 
-def runs(model: dict[str, Any]) -> list[dict[str, Any]]:
-    """The model's per-seed runs (results of schema 1 had one run, its fields on the model itself)."""
-    return model.get("runs") or [{"seed": None, **model}]
+def runs(model: ModelResult) -> list[SeedRun]:
+    """The model's per-seed runs, in seed order."""
+    return model.runs
 
 
-def cell_stat(model: dict[str, Any], eps_x: float, eps_w: float, scope: str = "per-example") -> Stat:
+def cell_stat(model: ModelResult, eps_x: float, eps_w: float, scope: str = "per-example") -> Stat:
     """Mean and spread over seeds of the checked accuracy at one cell (None where a seed failed the check)."""
     values = list(seed_values(model, eps_x, eps_w, scope).values())
     return Stat.of(values)
 
 
-def certified_stat(model: dict[str, Any], eps_x: float, eps_w: float) -> tuple[Stat, str | None]:
+def certified_stat(model: ModelResult, eps_x: float, eps_w: float) -> tuple[Stat, str | None]:
     """The best method's certified accuracy at (eps_x, eps_w), mean over seeds."""
     by_method: dict[str, list[float]] = {}
-    for c in model.get("certified", []):
+    for c in model.certified:
         if c["eps_x"] == eps_x and c["eps_w"] == eps_w:
             by_method.setdefault(c["method"], []).append(c["certified_accuracy"])
     if not by_method:
@@ -41,10 +42,11 @@ class Stat:
         self.mean, self.sd, self.n = mean, sd, n
 
     @classmethod
-    def of(cls, values: list[float | None]) -> Stat:
-        if not values or any(v is None for v in values):
+    def of(cls, values: Sequence[float | None]) -> Stat:
+        known = [float(v) for v in values if v is not None]
+        if not values or len(known) < len(values):
             return cls(None, None, len(values))
-        mean, sd = mean_sd([float(v) for v in values])  # type: ignore[arg-type]
+        mean, sd = mean_sd(known)
         return cls(mean, sd, len(values))
 
     def text(self, compact: bool = False) -> str:

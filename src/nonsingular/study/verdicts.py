@@ -18,12 +18,13 @@ The rule, per claim, per pair of models (every model of the objective against ev
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from ..formatting import points
+from .records import ModelResult, StudyResults
 
-__all__ = ["FLOOR", "Comparison", "Z", "claim_comparisons", "mean_sd"]
+__all__ = ["FLOOR", "Comparison", "Z", "claim_comparisons", "mean_sd", "model_comparisons"]
 
 #: Cells where both models are below this accuracy are excluded (the attack saturates there).
 FLOOR = 0.05
@@ -41,11 +42,11 @@ def mean_sd(values: list[float]) -> tuple[float, float | None]:
     return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
 
 
-def seed_values(model: dict[str, Any], eps_x: float, eps_w: float, scope: str) -> dict[Any, float | None]:
+def seed_values(model: ModelResult, eps_x: float, eps_w: float, scope: str) -> dict[Any, float | None]:
     """seed -> checked accuracy of the model's cell (None when it failed the check)."""
     return {
         c.get("seed"): c["accuracy"]
-        for c in model["cells"]
+        for c in model.cells
         if c["eps_x"] == eps_x and c["eps_w"] == eps_w and c["scope"] == scope
     }
 
@@ -132,29 +133,34 @@ class Comparison:
             f"{what} accuracy difference {self.subject} - {self.reference} (points, mean over "
             f"{'eps_w' if self.claim == 1 else '(eps_x, eps_w)'} in {cells}; {self.excluded} cell(s) excluded): "
             f"{seeds}; mean {points(self.mean)}, standard error {se}; decided when every seed has the same sign "
-            f"and |mean| > {Z:g} SE."  # type: ignore[operator]
+            f"and |mean| > {Z:g} SE."
         )
 
 
-def _compare(claim: int, subject: tuple[str, dict], reference: tuple[str, dict], grid: dict, scope: str) -> Comparison:
+Named = tuple[str, ModelResult]
+
+
+def _compare(claim: int, subject: Named, reference: Named, grid: dict[str, Any], scope: str) -> Comparison:
     (sname, smodel), (rname, rmodel) = subject, reference
     if claim == 1:
         points = [(0.0, ew) for ew in grid["eps_w"] if ew > 0]
     else:
         points = [(ex, ew) for ex in grid["eps_x"] for ew in grid["eps_w"] if ex > 0 and ew > 0]
-    kept, excluded, diffs = [], 0, {}
+    kept: list[tuple[float, float]] = []
+    excluded, diffs = 0, dict[Any, list[float]]()
     for ex, ew in points:
         s, r = seed_values(smodel, ex, ew, scope), seed_values(rmodel, ex, ew, scope)
-        seeds = [k for k in s if k in r]
-        if not seeds or any(s[k] is None or r[k] is None for k in seeds):
+        pairs = {k: (s[k], r[k]) for k in s if k in r}
+        both = {k: (a, b) for k, (a, b) in pairs.items() if a is not None and b is not None}
+        if not pairs or len(both) < len(pairs):
             excluded += 1
             continue
-        if max(mean_sd([s[k] for k in seeds])[0], mean_sd([r[k] for k in seeds])[0]) < FLOOR:
+        if max(mean_sd([a for a, _ in both.values()])[0], mean_sd([b for _, b in both.values()])[0]) < FLOOR:
             excluded += 1
             continue
         kept.append((ex, ew))
-        for k in seeds:
-            diffs.setdefault(k, []).append(s[k] - r[k])
+        for k, (a, b) in both.items():
+            diffs.setdefault(k, []).append(a - b)
     per_seed = {k: sum(v) / len(v) for k, v in diffs.items() if len(v) == len(kept)}
     if not kept or not per_seed:
         return Comparison(claim, sname, rname, scope, [], excluded, {}, None, None, "no cells")
@@ -171,28 +177,27 @@ def _compare(claim: int, subject: tuple[str, dict], reference: tuple[str, dict],
     return Comparison(claim, sname, rname, scope, kept, excluded, per_seed, mean, se, outcome)
 
 
-def parametrization_views(results: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+def parametrization_views(results: StudyResults) -> list[tuple[str, StudyResults]]:
     """("ball mode", results restricted to that parametrization) for the main grid, then for each of the grid's
     `parametrizations` (their cells are each model's `extra_cells[label]`, on eps_x in {0, headline eps_x}).
     Results without parametrizations give one view, the results themselves (label "" when the grid names no
     ball)."""
-    grid = results["grid"]
+    grid = results.grid
     main = f"{grid['weight_ball']} {grid['weight_mode']}" if "weight_ball" in grid else ""
     views = [(main, results)]
     for p in grid.get("parametrizations") or []:
         label = f"{p['weight_ball']} {p['weight_mode']}"
-        xs = sorted({0.0, results["headline"]["eps_x"]})
+        xs = sorted({0.0, results.headline["eps_x"]})
         sub = {**grid, "eps_x": xs, "eps_w": p["eps_w"], "weight_ball": p["weight_ball"]}
         sub |= {"weight_mode": p["weight_mode"], "parametrizations": []}
         models = {
-            name: {**m, "cells": m.get("extra_cells", {}).get(label, []), "certified": []}
-            for name, m in results["models"].items()
+            name: replace(m, cells=m.extra_cells.get(label, []), certified=[]) for name, m in results.models.items()
         }
-        views.append((label, {**results, "grid": sub, "models": models}))
+        views.append((label, replace(results, grid=sub, models=models)))
     return views
 
 
-def claim_comparisons(results: dict[str, Any]) -> list[Comparison]:
+def claim_comparisons(results: StudyResults) -> list[Comparison]:
     """Every comparison the rule makes on `results`: claim 1 for each pgd-at model against each standard model,
     claim 2 for each model trained with bound-reg (alone or composed with another objective) against each
     standard model, then against each singular defence, and a composed one (e.g. joint-at+bound-reg) against
@@ -200,24 +205,25 @@ def claim_comparisons(results: dict[str, Any]) -> list[Comparison]:
     parametrization of the grid (the main one first, see parametrization_views)."""
     out = []
     for label, view in parametrization_views(results):
-        for c in _claim_comparisons(view):
+        for c in model_comparisons(view.models, view.grid):
             c.parametrization = label
             out.append(c)
     return out
 
 
-def _claim_comparisons(results: dict[str, Any]) -> list[Comparison]:
-    models, grid = results["models"], results["grid"]
-    by = {obj: [(n, m) for n, m in models.items() if m["objective"] == obj] for obj in ("standard", *SINGULAR)}
+def model_comparisons(models: dict[str, ModelResult], grid: dict[str, Any]) -> list[Comparison]:
+    """The comparisons of claim_comparisons on `models`' cells over `grid` (its eps_x, eps_w and scopes) alone,
+    with no parametrization named: what the scale analysis judges on each parametrization's own cells."""
+    by = {obj: [(n, m) for n, m in models.items() if m.objective == obj] for obj in ("standard", *SINGULAR)}
     # Every model that trains with the regularizer, alone or composed (e.g. "joint-at+bound-reg").
-    regs = [(n, m) for n, m in models.items() if "bound-reg" in m["objective"].split("+")]
+    regs = [(n, m) for n, m in models.items() if "bound-reg" in m.objective.split("+")]
     pairs = [(1, a, s) for a in by["pgd-at"] for s in by["standard"]]
     pairs += [(2, r, s) for r in regs for s in by["standard"]]
     pairs += [(2, r, d) for r in regs for obj in SINGULAR for d in by[obj]]
     # A regularizer composed with another objective (e.g. joint-at+bound-reg) against that objective alone: what
     # the regularizer itself adds (a gain over standard may be the base's).
     for r in regs:
-        base = "+".join(p for p in r[1]["objective"].split("+") if p != "bound-reg")
+        base = "+".join(p for p in r[1].objective.split("+") if p != "bound-reg")
         if base and base != "standard":
-            pairs += [(2, r, (n, m)) for n, m in models.items() if m["objective"] == base and base not in SINGULAR]
+            pairs += [(2, r, (n, m)) for n, m in models.items() if m.objective == base and base not in SINGULAR]
     return [_compare(claim, a, b, grid, scope) for claim, a, b in pairs for scope in grid["scopes"]]
