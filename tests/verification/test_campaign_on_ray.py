@@ -75,16 +75,17 @@ def test_a_killed_worker_costs_one_rerun_and_the_rows_stay(cluster, bench, tmp_p
     stop = threading.Event()
 
     def kill_one() -> None:
-        """SIGKILL the first Ray worker found running an instance (not its forked child: the worker's parent is
-        its node's raylet)."""
+        """SIGKILL the first Ray worker found in the middle of an instance: titled after an instance's unit, with
+        the instance's forked process as its child (the worker's own parent is its node's raylet)."""
         while not stop.is_set() and not killed:
             table = cluster.processes()
-            for pid, (parent, title) in sorted(table.items()):
-                if title.startswith(INSTANCE) and not table.get(parent, (0, ""))[1].startswith(INSTANCE):
+            busy = {pid for pid, (_, title) in table.items() if title.startswith(INSTANCE)}
+            for pid in sorted(busy):
+                if table[pid][0] not in busy and any(table[child][0] == pid for child in busy):
                     os.kill(pid, signal.SIGKILL)
-                    killed.append(title)
+                    killed.append(table[pid][1])
                     break
-            time.sleep(0.05)
+            time.sleep(0.02)
 
     watcher = threading.Thread(target=kill_one, daemon=True)
     watcher.start()
