@@ -18,7 +18,7 @@ ray = pytest.importorskip("ray", reason="ray is not installed: pip install 'nons
 
 from nonsingular.runtime.executors.ray_cluster import LocalRayCluster  # noqa: E402
 from nonsingular.runtime.executors.ray_executor import RayExecutor  # noqa: E402
-from nonsingular.verification import VerifyOptions, read_results, run_campaign, run_isolated  # noqa: E402
+from nonsingular.verification import VerifyOptions, instance, read_results, run_campaign, run_isolated  # noqa: E402
 from nonsingular.verification.campaign import read_instances  # noqa: E402
 from nonsingular.verification.result import VerificationResult  # noqa: E402
 from tests.support import run_cli  # noqa: E402
@@ -27,6 +27,7 @@ from tests.support.verification import campaign_bench  # noqa: E402
 
 #: Title prefix of a process running an instance: the Ray worker ("ray::<unit name>"), and its forked child.
 INSTANCE = "ray::instance"
+WORKER = instance._worker
 
 
 @pytest.fixture(scope="module")
@@ -62,9 +63,15 @@ def test_the_verify_command_on_ray_gives_the_local_rows(cluster, bench, monkeypa
     assert sorted(_rows(out)) == sorted(local)
 
 
-def slow_instance(onnx: Path, vnnlib: Path, timeout: float, options: VerifyOptions) -> VerificationResult:
-    """The default runner after a pause, so that a Ray worker is surely caught in the middle of an instance."""
+def _slow_worker(*args: object) -> None:
     time.sleep(1.0)
+    WORKER(*args)
+
+
+def slow_instance(onnx: Path, vnnlib: Path, timeout: float, options: VerifyOptions) -> VerificationResult:
+    """The default runner, its instance process pausing first, so that a Ray worker is surely caught with its
+    instance process running however fast the machine decides these instances (a fraction of a second)."""
+    instance._worker = _slow_worker  # the fork looks it up when it starts the instance process
     return run_isolated(onnx, vnnlib, timeout, options)
 
 
