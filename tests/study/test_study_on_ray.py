@@ -20,8 +20,7 @@ from nonsingular.runtime.executors import Unit, UnitError, run_units  # noqa: E4
 from nonsingular.runtime.executors.ray_cluster import LocalRayCluster  # noqa: E402
 from nonsingular.runtime.executors.ray_executor import RayExecutor  # noqa: E402
 from nonsingular.study import load_study_config, run_study  # noqa: E402
-
-SRC = Path(__file__).resolve().parents[2] / "src"
+from tests.support.ray_cluster import joined_cluster  # noqa: E402
 
 CONFIG = """
 name = "executors"
@@ -55,18 +54,10 @@ name = "standard"
 
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[LocalRayCluster]:
-    """A two-node Ray cluster on this machine (1 CPU per node, a temporary folder of its own), joined by this
-    process; every process it started is stopped however the tests end."""
-    env = {
-        "PYTHONPATH": os.pathsep.join([str(SRC), *filter(None, [os.environ.get("PYTHONPATH")])]),
-        "OMP_NUM_THREADS": "1",
-    }
-    with LocalRayCluster(nodes=2, cpus=1, env=env) as started:
-        ray.init(address=started.address, log_to_driver=False, logging_level="warning")
-        try:
-            yield started
-        finally:
-            ray.shutdown()
+    """A two-node Ray cluster on this machine (1 CPU per node), joined by this process; every process it started
+    is stopped however the tests end."""
+    with joined_cluster() as started:
+        yield started
 
 
 PROVENANCE = {"cache_file", "cached"}

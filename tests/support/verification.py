@@ -105,3 +105,22 @@ def milp_minimum(model: nn.Sequential, lower: np.ndarray, upper: np.ndarray, c: 
     if res.status != 0:
         raise RuntimeError(f"MILP failed: {res.message}")
     return float(res.fun + c @ b)
+
+
+def campaign_bench(folder: Path) -> Path:
+    """A benchmark folder for campaign tests: two ONNX MLPs, each with a property that holds (a tight box: unsat)
+    and one that does not (the whole plane, where both classes occur: sat), and `instances.csv` listing the
+    four instances (timeouts far above the fraction of a second each takes)."""
+    lines = []
+    for name, seed in (("net_a", 0), ("net_b", 1)):
+        model = mlp((2, 8, 8, 2), seed)
+        to_onnx(model, folder / f"{name}.onnx")
+        with torch.no_grad():
+            top = int(model(torch.tensor([[0.2, 0.3]])).argmax())
+        tight = vnnlib([0.199, 0.299], [0.201, 0.301], 2, [[(1 - top, top)]])
+        (folder / f"{name}_tight.vnnlib").write_text(tight)
+        wide = vnnlib([-9.0, -9.0], [9.0, 9.0], 2, [[(1 - top, top)], [(top, 1 - top)]])
+        (folder / f"{name}_wide.vnnlib").write_text(wide)
+        lines += [f"{name}.onnx,{name}_tight.vnnlib,60\n", f"{name}.onnx,{name}_wide.vnnlib,60\n"]
+    (folder / "instances.csv").write_text("".join(lines))
+    return folder

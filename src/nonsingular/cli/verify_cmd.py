@@ -18,6 +18,7 @@ from rich.table import Table
 
 from ..bounds import BoundMethod
 from ..errors import describe
+from ..runtime.executors import Executor, ExecutorKind, make_executor
 from ..threat import EpsMode, WeightBall
 from ..verification.campaign import Instance, read_instances, run_campaign, summarise
 from ..verification.instance import VerifyOptions, run_isolated
@@ -119,6 +120,31 @@ def verify(
     method: Annotated[str, typer.Option("--method", help="Bound methods tried in turn, comma-separated.")] = _METHODS,
     seed: Annotated[int, typer.Option(help="Attack random-start seed.")] = 0,
     threads: Annotated[int, typer.Option(help="torch threads of the worker process.")] = 1,
+    workers: Annotated[
+        int,
+        typer.Option(
+            "--workers",
+            help="--instances: instances decided at once, each in its own process with --threads threads (local "
+            "executor).",
+        ),
+    ] = 1,
+    executor: Annotated[
+        ExecutorKind,
+        typer.Option(
+            "--executor",
+            help="--instances: where the instances run: local (this machine, --workers at once) or ray (Ray tasks "
+            "on a cluster, each declaring --threads CPUs; needs pip install 'nonsingular[ray]'; see "
+            "docs/distributed.md).",
+        ),
+    ] = ExecutorKind.LOCAL,
+    ray_address: Annotated[
+        str | None,
+        typer.Option(
+            "--ray-address",
+            help="With --executor ray: the cluster to join, 'auto' (the one started on this machine with `ray "
+            "start`) or HOST:PORT; without it a local Ray is started for this run.",
+        ),
+    ] = None,
 ) -> None:
     """Decide a VNNLIB property on an ONNX model (unsat = verified), or run a VNN-COMP instances CSV.
 
@@ -131,6 +157,10 @@ def verify(
         raise UserError(f"--eps-w must be a finite number >= 0, got {eps_w}")
     if threads < 1:
         raise UserError(f"--threads must be >= 1, got {threads}")
+    if workers < 1:
+        raise UserError(f"--workers must be >= 1, got {workers}")
+    if executor is ExecutorKind.RAY and workers != 1:
+        raise UserError("--workers sets the local executor's processes; Ray places instances on the cluster's CPUs")
     names = layer_names(layers)
     options = VerifyOptions(
         eps_w=eps_w,
@@ -151,12 +181,16 @@ def verify(
             raise UserError("--instances needs --out RESULTS.csv")
         if export_worst is not None:
             raise UserError("--export-worst applies to one instance, not to --instances")
-        _campaign(instances, root, out, options)
+        todo = read_instances(instances, root)  # a bad CSV is refused before any executor starts
+        with make_executor(executor, workers, ray_address) as runner:
+            _campaign(todo, out, options, runner)
         return
     if model is None or prop is None:
         raise UserError("give MODEL.onnx PROPERTY.vnnlib, or --instances CSV")
     if root is not None:
         raise UserError("--root applies to --instances only")
+    if workers != 1 or executor is not ExecutorKind.LOCAL or ray_address is not None:
+        raise UserError("--workers, --executor and --ray-address apply to --instances only")
     result = run_isolated(model, prop, timeout, options)
     if out is not None:
         write_result(out, result)
@@ -180,14 +214,10 @@ def _report(result: VerificationResult, out: Path | None) -> None:
         console.print(format_result(result), end="")
 
 
-def _campaign(csv_path: Path, root: Path | None, out: Path, options: VerifyOptions) -> None:
-    todo = read_instances(csv_path, root)
-
-    def progress(index: int, total: int, inst: Instance, result: VerificationResult | None) -> None:
-        if result is None:
-            return
+def _campaign(todo: list[Instance], out: Path, options: VerifyOptions, executor: Executor) -> None:
+    def progress(index: int, total: int, inst: Instance, result: VerificationResult) -> None:
         text = f"[{index + 1}/{total}] {inst.onnx} {inst.vnnlib}: {result.status.value} {result.seconds:.1f} s"
         err_console.print(text + (f" ({describe(ValueError(result.message))})" if result.message else ""))
 
-    rows = run_campaign(todo, out, options, progress=progress, joint=options.max_eps_w)
+    rows = run_campaign(todo, out, options, progress=progress, joint=options.max_eps_w, executor=executor)
     console.print(_summary(summarise(rows)))

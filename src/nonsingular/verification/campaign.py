@@ -6,6 +6,12 @@ it; the folder a benchmark is unpacked in is all the runner reads), and `X` that
 `X.gz` when that exists (VNN-COMP ships gzipped files under their plain names). Every problem is a one-line
 InputError naming the CSV line.
 
+Each instance is one unit of work (`runtime.executors`): by default they run one after another in this process
+(each still in a worker process of its own, stopped at its timeout: `run_isolated`), with `--workers N` in N
+processes, with `--executor ray` as Ray tasks on a cluster. The units return their results to the driver, which
+alone writes the files below, in the order the instances finish; the rows it returns (and the summary) keep the
+CSV's order.
+
 Results: `out` gets one CSV row per finished instance (onnx, vnnlib, result, seconds[, eps_w_proven,
 eps_w_open]), appended with one write and fsync each, so a kill loses at most the instance that was running; a
 rerun keeps the complete rows, drops a torn last line, and skips the instances already in the file. Each result
@@ -24,16 +30,32 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from ..errors import InputError
+from ..runtime.executors import Executor, InlineExecutor, Outbox, Resources, Unit, run_units
 from ..runtime.files import atomic_write, make_folder
 from .instance import VerifyOptions, run_isolated
 from .result import Status, VerificationResult, write_result
 
-__all__ = ["COLUMNS", "Instance", "ResultRow", "read_instances", "read_results", "run_campaign", "summarise"]
+__all__ = [
+    "COLUMNS",
+    "Instance",
+    "ResultRow",
+    "instance_memory",
+    "read_instances",
+    "read_results",
+    "run_campaign",
+    "summarise",
+]
 
 COLUMNS = ["onnx", "vnnlib", "result", "seconds"]
 JOINT_COLUMNS = ["eps_w_proven", "eps_w_open"]
 #: Most instances one CSV may list (VNN-COMP benchmarks have at most a few hundred).
 MAX_INSTANCES = 100_000
+#: Bytes an instance declares to a scheduler beyond its model: torch, onnxruntime and the bound engine's
+#: workspace for small networks (a worker deciding a tiny MLP peaks at about 0.5 GiB).
+INSTANCE_BASE_MEMORY = 2**30
+#: Bytes declared per byte of the ONNX file: the weights as float64 tensors (x 2), the onnxruntime session's
+#: copy, and CROWN's back-substituted matrices, which grow with the weights.
+INSTANCE_MEMORY_PER_BYTE = 16
 
 
 @dataclass(frozen=True)
@@ -178,7 +200,21 @@ def result_file(out: Path, index: int, inst: Instance) -> Path:
 
 
 Runner = Callable[[Path, Path, float, VerifyOptions], VerificationResult]
-Progress = Callable[[int, int, Instance, VerificationResult | None], None]
+Progress = Callable[[int, int, Instance, VerificationResult], None]
+
+
+def instance_memory(inst: Instance) -> int:
+    """Bytes of memory the instance declares to a scheduler: INSTANCE_BASE_MEMORY + INSTANCE_MEMORY_PER_BYTE x
+    the ONNX file's size (gzipped files count compressed: weights barely compress)."""
+    return INSTANCE_BASE_MEMORY + INSTANCE_MEMORY_PER_BYTE * inst.onnx_path.stat().st_size
+
+
+def decide(
+    outbox: Outbox, runner: Runner, onnx: Path, vnnlib: Path, timeout: float, options: VerifyOptions
+) -> VerificationResult:
+    """One instance as a unit (where the executor runs it): the runner's result goes back to the driver, which
+    records it; the unit writes nothing itself."""
+    return runner(onnx, vnnlib, timeout, options)
 
 
 def run_campaign(
@@ -189,6 +225,7 @@ def run_campaign(
     runner: Runner = run_isolated,
     progress: Progress | None = None,
     joint: bool = False,
+    executor: Executor | None = None,
 ) -> list[ResultRow]:
     """Run every instance not already in `out`; returns all rows (kept and new), in the CSV's order.
 
@@ -196,9 +233,12 @@ def run_campaign(
         instances: from `read_instances`.
         out: the results CSV (created, or resumed).
         options: verification options for every instance.
-        runner: how one instance runs (default: in a worker process stopped at its timeout).
-        progress: called before each instance (result None) and after it.
+        runner: how one instance runs (default: in a worker process stopped at its timeout); a module-level
+            function for executors that run units in other processes.
+        progress: progress(index, total, instance, result) after each instance, in the order they finish.
         joint: add the eps_w bracket columns (with options that ask for --max-eps-w).
+        executor: where the instances run (default: one after another in this process); each declares
+            options.threads CPUs and `instance_memory` bytes.
     """
     options = options or VerifyOptions()
     out = Path(out)
@@ -212,16 +252,24 @@ def run_campaign(
         rows_by_key.setdefault((r.onnx, r.vnnlib), []).append(r)
     make_folder(out.with_name(out.stem + "_results"))
     seen: Counter[tuple[str, str]] = Counter()
-    ordered: list[ResultRow] = []
+    rows: dict[int, ResultRow] = {}
+    units: list[Unit] = []
+    todo: dict[str, int] = {}  # unit name -> instance index
     for index, inst in enumerate(instances):
         key = (inst.onnx, inst.vnnlib)
         seen[key] += 1
         if seen[key] <= done[key]:
-            ordered.append(rows_by_key[key][seen[key] - 1])
+            rows[index] = rows_by_key[key][seen[key] - 1]
             continue
-        if progress is not None:
-            progress(index, len(instances), inst, None)
-        result = runner(inst.onnx_path, inst.vnnlib_path, inst.timeout, options)
+        name = f"instance {index + 1}: {inst.onnx} {inst.vnnlib}"
+        todo[name] = index
+        resources = Resources(cpus=float(options.threads), memory=instance_memory(inst))
+        args = (runner, inst.onnx_path, inst.vnnlib_path, inst.timeout, options)
+        units.append(Unit(name, decide, args, resources=resources))
+
+    def record(name: str, result: VerificationResult) -> None:
+        index = todo[name]
+        inst = instances[index]
         write_result(result_file(out, index, inst), result)
         row = ResultRow(
             inst.onnx,
@@ -232,10 +280,17 @@ def run_campaign(
             result.stats.get("eps_w_open"),
         )
         _append(out, _row_text(row, joint))
-        ordered.append(row)
+        rows[index] = row
         if progress is not None:
             progress(index, len(instances), inst, result)
-    return ordered
+
+    if units:  # the caller's executor stays open (the caller closes it); an own one is closed here
+        if executor is not None:
+            run_units(executor, units, lambda unit, message: None, on_result=record, keep=lambda name: False)
+        else:
+            with InlineExecutor() as inline:
+                run_units(inline, units, lambda unit, message: None, on_result=record, keep=lambda name: False)
+    return [rows[index] for index in range(len(instances))]
 
 
 def summarise(rows: list[ResultRow]) -> dict[str, Counter[str]]:

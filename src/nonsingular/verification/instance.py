@@ -25,6 +25,7 @@ from ..errors import InputError, describe
 from ..models.onnx import load_onnx
 from ..models.onnx.loader import MAX_FILE_BYTES
 from ..properties import Case, load_vnnlib
+from ..runtime.executors import exit_with_parent
 from ..threat import EpsMode, ThreatModel, WeightBall
 from .bounding import prove_pieces
 from .driver import DEFAULT_METHODS, verify_property
@@ -203,6 +204,9 @@ def _export_checked(
 
 
 def _worker(conn: Connection, onnx: str, vnnlib: str, timeout: float, options: VerifyOptions) -> None:
+    # A parent killed outright (a Ray worker SIGKILLed, whose unit Ray runs again elsewhere; a killed campaign)
+    # cannot stop this process at the deadline: it ends itself instead of finishing an answer nobody reads.
+    exit_with_parent(0.2)
     torch.set_num_threads(options.threads)
 
     def send(result: VerificationResult) -> None:
