@@ -10,6 +10,10 @@ Results: `out` gets one CSV row per finished instance (onnx, vnnlib, result, sec
 eps_w_open]), appended with one write and fsync each, so a kill loses at most the instance that was running; a
 rerun keeps the complete rows, drops a torn last line, and skips the instances already in the file. Each result
 file (the VNN-COMP text with any counterexample) goes to the folder `<out stem>_results/` beside it.
+
+Stops: under `runtime.signals.stop_on_signals` (the CLI's), a SIGINT/SIGTERM ends the running instance's worker
+within a fraction of a second (`run_isolated`), writes no row for it, and raises `Stopped` between rows; the same
+command resumes, skipping the finished rows.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from pathlib import Path, PurePosixPath
 
 from ..errors import InputError
 from ..runtime.files import atomic_write, make_folder
+from ..runtime.signals import check_stop
 from .instance import VerifyOptions, run_isolated
 from .result import Status, VerificationResult, write_result
 
@@ -199,6 +204,9 @@ def run_campaign(
         runner: how one instance runs (default: in a worker process stopped at its timeout).
         progress: called before each instance (result None) and after it.
         joint: add the eps_w bracket columns (with options that ask for --max-eps-w).
+
+    Raises:
+        Stopped: a stop request; the rows written so far are complete, the running instance has none.
     """
     options = options or VerifyOptions()
     out = Path(out)
@@ -214,6 +222,7 @@ def run_campaign(
     seen: Counter[tuple[str, str]] = Counter()
     ordered: list[ResultRow] = []
     for index, inst in enumerate(instances):
+        check_stop()  # between instances: every finished row is in `out`, the next one has not started
         key = (inst.onnx, inst.vnnlib)
         seen[key] += 1
         if seen[key] <= done[key]:
