@@ -262,7 +262,8 @@ def run_isolated(
                 result = pickle.loads(receive.recv_bytes())
             except EOFError:
                 break
-        check_stop()  # a stop that arrived with the answer: the caller keeps nothing of this instance
+        if result is None:  # no answer and a stop pending: the worker's end is the stop's, not an `error` answer
+            check_stop()
     finally:  # also on Stopped: the running instance's worker never outlives the wait
         if proc.is_alive():
             killed = True
