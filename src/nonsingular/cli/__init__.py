@@ -59,7 +59,7 @@ app.command("certify")(graceful("certify", certify))
 app.command("radius")(graceful("radius", radius))
 app.command("study")(graceful("study", study))
 app.command("train")(graceful("train", train))
-app.command("verify")(verify)  # its campaign keeps finished rows itself (verification/campaign.py)
+app.command("verify")(graceful("verify", verify))
 
 #: Bad input: every ValueError (pydantic's ValidationError, InputError, CheckpointError, ...) and OSError.
 USER_ERRORS = (ValueError, OSError)

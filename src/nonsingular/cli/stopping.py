@@ -17,6 +17,7 @@ from typing import Any
 
 from ..models.checkpoint import read_metadata
 from ..runtime.signals import Stopped, stop_on_signals
+from ..verification.campaign import read_results
 
 __all__ = ["graceful", "resume_command"]
 
@@ -49,6 +50,20 @@ def _study_kept(options: dict[str, Any]) -> str:
     return f"{pieces} finished piece(s) in {state} and the trained models in {options['cache']}"
 
 
+def _verify_kept(options: dict[str, Any]) -> str:
+    out = options.get("out")
+    if options.get("instances") is None:
+        unchanged = f"; {out} is unchanged" if out is not None else ""
+        return f"nothing (one instance writes its answer only when it finishes{unchanged})"
+    if out is None:
+        return "nothing"
+    try:
+        rows = len(read_results(Path(out)))
+    except (OSError, ValueError):  # not a results CSV: the campaign refused it before running anything
+        rows = 0
+    return f"{rows} finished row(s) in {out} (the running instance has none; finished rows are skipped)"
+
+
 _NOTHING = "nothing changed (results are written only when the command finishes)"
 #: command -> (what was kept, given the command's options; the resume command)
 _PLANS: dict[str, tuple[Callable[[dict[str, Any]], str], Callable[[], str]]] = {
@@ -57,9 +72,11 @@ _PLANS: dict[str, tuple[Callable[[dict[str, Any]], str], Callable[[], str]]] = {
     "evaluate": (lambda _: _NOTHING, resume_command),
     "certify": (lambda _: _NOTHING, resume_command),
     "radius": (lambda _: _NOTHING, resume_command),
+    "verify": (_verify_kept, resume_command),
 }
 #: Commands that keep finished units wait this long for the next one; the others stop at once.
-_GRACE_S = {"train": 3.0, "study": 3.0}
+#: verify's waits (its instance workers) look at the request every 0.1 s, and its rows are written between them.
+_GRACE_S = {"train": 3.0, "study": 3.0, "verify": 2.0}
 
 
 def graceful(command: str, fn: Callable[..., Any]) -> Callable[..., Any]:

@@ -3,7 +3,8 @@
 Exit status: 0 when an answer was written (unsat, sat, timeout or unknown: read the result file or stdout);
 2 for bad input (a missing or malformed file, a bad option: one line on stderr, and `error` in the result file
 when --out is given); 1 for an internal error. The campaign exits 0 when every instance ran (instances that hit
-bad input are rows with the result `error`, their message on stderr).
+bad input are rows with the result `error`, their message on stderr); 130 (SIGINT) or 143 (SIGTERM) when a
+signal stopped it (cli/stopping.py: one line naming the rows kept and the command that resumes).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from rich.table import Table
 from ..bounds import BoundMethod
 from ..errors import describe
 from ..runtime.executors import Executor, ExecutorKind, make_executor
+from ..runtime.signals import check_stop
 from ..threat import EpsMode, WeightBall
 from ..verification.campaign import Instance, read_instances, run_campaign, summarise
 from ..verification.instance import VerifyOptions, run_isolated
@@ -192,6 +194,7 @@ def verify(
     if workers != 1 or executor is not ExecutorKind.LOCAL or ray_address is not None:
         raise UserError("--workers, --executor and --ray-address apply to --instances only")
     result = run_isolated(model, prop, timeout, options)
+    check_stop()  # a stop that came with the answer: --out keeps its previous content
     if out is not None:
         write_result(out, result)
     if result.status is Status.ERROR:

@@ -8,7 +8,8 @@ import time
 import torch
 from torch import Tensor, nn
 
-from ..errors import InputError
+from ..errors import InputError, ResourceError
+from ..runtime.memory import is_out_of_memory
 from ..threat import ThreatModel
 from .chain import chain_from_model
 from .input_search import input_search
@@ -82,7 +83,8 @@ def branch_and_bound(
         timeout: seconds of wall-clock time (attacks included); honoured within about one gradient step.
         seed: seeds the attacks' random starts (results are deterministic for a fixed seed and thread count).
         batch_domains: domains split per batch (each batch bounds 2 x batch_domains children at once).
-        memory_mb: budget of the open-domain store, MiB; exceeding it ends the search with `unknown`.
+        memory_mb: budget of the open-domain store, MiB; exceeding it ends the search with `unknown`, and so does
+            an allocation the machine refuses during the search (an address-space limit): never a crash.
         progress: called after every batch with a Progress (domains done / open, global lower bound, seconds left).
         options: the search's other knobs (BaBOptions: branching heuristic, gradient steps, attack sizes, ...).
 
@@ -95,6 +97,7 @@ def branch_and_bound(
     Raises:
         InputError: malformed box, spec or options.
         UnsupportedLayerError: the model is not such a chain (the message names the node).
+        ResourceError: an allocation failed before the search began (reading the model; one line).
     """
     start = time.monotonic()
     opts = options or BaBOptions()
@@ -114,11 +117,57 @@ def branch_and_bound(
         raise InputError(f"batch_domains must be >= 1, got {batch_domains}")
     if not (math.isfinite(memory_mb) and memory_mb > 0):
         raise InputError(f"memory_mb must be a positive number of MiB, got {memory_mb}")
+    failed = False
+    try:
+        clock = (start, timeout)
+        search = _prepare(model, lo, hi, C, d, groups, threat, clock, seed, batch_domains, memory_mb, progress, opts)
+    except (MemoryError, RuntimeError) as err:
+        if not is_out_of_memory(err):
+            raise
+        failed = True  # raised below, once the exception (and the tensors its frames hold) is gone
+    if failed:
+        raise ResourceError(
+            "branch and bound ran out of memory reading the model (an allocation failed); no search was run"
+        )
+    wide = int(((hi - lo) > 0).sum())
+    mode = "input" if wide <= opts.input_split_dims else "relu"
+    try:
+        return _search(search, mode)
+    except (MemoryError, RuntimeError) as err:
+        if not is_out_of_memory(err):
+            raise
+    # Reached only when an allocation failed outside the store (a batch's bounds, an attack) under an address-space
+    # limit or on a full machine; the exception and its frames are gone here. No answer, but no crash either (the
+    # store's own failures are `unknown` inside the search, with its size).
+    return search.finish(
+        BaBStatus.UNKNOWN,
+        "out of memory while searching (an allocation failed); use a smaller batch_domains or memory budget",
+        mode=mode,
+    )
+
+
+def _prepare(
+    model: nn.Module,
+    lo: Tensor,
+    hi: Tensor,
+    C: Tensor,
+    d: Tensor,
+    groups: Tensor | None,
+    threat: ThreatModel | None,
+    clock: tuple[float, float],
+    seed: int,
+    batch_domains: int,
+    memory_mb: float,
+    progress: ProgressCallback | None,
+    opts: BaBOptions,
+) -> Search:
+    """The search's state: the model read as a chain, the spec as tensors (checked), clock = (start, timeout)."""
+    start, timeout = clock
     chain = chain_from_model(model, tuple(lo.shape), threat)
     with torch.no_grad():
         outputs = int(chain.forward(chain.h0(lo[None])).shape[1])
     spec, offset, mask = _spec_tensors(C, d, groups, outputs)
-    search = Search(
+    return Search(
         model=model,
         chain=chain,
         lower=lo,
@@ -135,13 +184,15 @@ def branch_and_bound(
         work_chain=chain.cast(torch.float32) if opts.float32_steps else None,
         start=start,
     )
+
+
+def _search(search: Search, mode: str) -> BaBResult:
+    """The attack before the search, then the search over input boxes or over ReLU splits."""
+    opts = search.options
     with torch.enable_grad():  # the attacks and the multipliers' optimisation differentiate
         found = search.attack(search.random_starts(opts.attack_restarts), opts.attack_steps)
         if found is not None:
             return search.finish(BaBStatus.SAT, "a counterexample from the attack before the search", found)
         if search.out_of_time():
             return search.finish(BaBStatus.TIMEOUT, "time ran out in the attack before the search")
-        wide = int(((hi - lo) > 0).sum())
-        if wide <= opts.input_split_dims:
-            return input_search(search)
-        return relu_search(search)
+        return input_search(search) if mode == "input" else relu_search(search)

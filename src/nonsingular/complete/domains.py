@@ -10,11 +10,14 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from ..runtime.memory import is_out_of_memory
+
 __all__ = ["DomainStore", "MemoryBudgetExceeded"]
 
 
 class MemoryBudgetExceeded(RuntimeError):
-    """The open domains would need more memory than the search's budget (the search stops with `unknown`)."""
+    """The open domains would need more memory than the search's budget, or than the machine gives (an allocation
+    failed: an address-space limit, a full machine); the search stops with `unknown`."""
 
 
 class DomainStore:
@@ -41,15 +44,26 @@ class DomainStore:
                 f"the domain store would hold {rows} domains of {self.row_bytes} bytes, over its budget "
                 f"({self.max_rows} domains)"
             )
-        for k, (shape, dtype) in self._shapes.items():
-            new = torch.zeros((rows, *shape), dtype=dtype)
+        # Everything is allocated before anything is replaced, so a failed allocation leaves the store as it was.
+        failed = False
+        try:
+            data = {k: torch.zeros((rows, *shape), dtype=dtype) for k, (shape, dtype) in self._shapes.items()}
+            score = torch.full((rows,), torch.inf, dtype=torch.float64)
+            used = torch.zeros(rows, dtype=torch.bool)
+        except (MemoryError, RuntimeError) as err:
+            if not is_out_of_memory(err):
+                raise
+            failed = True  # raised below, once the exception (and the tensors its frame holds) is gone
+        if failed:
+            raise MemoryBudgetExceeded(
+                f"out of memory growing the domain store to {rows} domains of {self.row_bytes} bytes "
+                f"(its budget allows {self.max_rows}); lower the memory budget below what the machine gives"
+            )
+        for k, new in data.items():
             if k in self._data:
                 new[: self._cap] = self._data[k]
-            self._data[k] = new
-        score = torch.full((rows,), torch.inf, dtype=torch.float64)
-        used = torch.zeros(rows, dtype=torch.bool)
         score[: self._cap], used[: self._cap] = self._score, self._used
-        self._score, self._used, self._cap = score, used, rows
+        self._data, self._score, self._used, self._cap = data, score, used, rows
 
     def __len__(self) -> int:
         return int(self._used.sum())

@@ -16,6 +16,10 @@ Results: `out` gets one CSV row per finished instance (onnx, vnnlib, result, sec
 eps_w_open]), appended with one write and fsync each, so a kill loses at most the instance that was running; a
 rerun keeps the complete rows, drops a torn last line, and skips the instances already in the file. Each result
 file (the VNN-COMP text with any counterexample) goes to the folder `<out stem>_results/` beside it.
+
+Stops: under `runtime.signals.stop_on_signals` (the CLI's), a SIGINT/SIGTERM ends the running instance's worker
+within a fraction of a second (`run_isolated`), writes no row for it, and raises `Stopped` between rows; the same
+command resumes, skipping the finished rows.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ from pathlib import Path, PurePosixPath
 from ..errors import InputError
 from ..runtime.executors import Executor, InlineExecutor, Outbox, Resources, Unit, run_units
 from ..runtime.files import atomic_write, make_folder
+from ..runtime.signals import check_stop
 from .instance import VerifyOptions, run_isolated
 from .result import Status, VerificationResult, write_result
 
@@ -239,6 +244,9 @@ def run_campaign(
         joint: add the eps_w bracket columns (with options that ask for --max-eps-w).
         executor: where the instances run (default: one after another in this process); each declares
             options.threads CPUs and `instance_memory` bytes.
+
+    Raises:
+        Stopped: a stop request; the rows written so far are complete, the running instance has none.
     """
     options = options or VerifyOptions()
     out = Path(out)
@@ -286,11 +294,34 @@ def run_campaign(
 
     if units:  # the caller's executor stays open (the caller closes it); an own one is closed here
         if executor is not None:
-            run_units(executor, units, lambda unit, message: None, on_result=record, keep=lambda name: False)
+            run_units(
+                executor,
+                units,
+                lambda unit, message: None,
+                on_result=record,
+                between=check_stop,
+                keep=lambda name: False,
+            )
         else:
             with InlineExecutor() as inline:
-                run_units(inline, units, lambda unit, message: None, on_result=record, keep=lambda name: False)
+                run_units(
+                    inline,
+                    units,
+                    lambda unit, message: None,
+                    on_result=record,
+                    between=check_stop,
+                    keep=lambda n: False,
+                )
     return [rows[index] for index in range(len(instances))]
+
+
+def _ignore(unit: str, message: object) -> None:
+    """Instances send no messages: their rows come with their results."""
+
+
+def _none(unit: str) -> bool:
+    """No instance's result is kept by `run_units`: `record` writes each one as it arrives."""
+    return False
 
 
 def summarise(rows: list[ResultRow]) -> dict[str, Counter[str]]:

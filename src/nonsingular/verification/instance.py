@@ -10,6 +10,7 @@ from __future__ import annotations
 import gzip
 import multiprocessing as mp
 import pickle
+import signal
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -26,6 +27,7 @@ from ..models.onnx import load_onnx
 from ..models.onnx.loader import MAX_FILE_BYTES
 from ..properties import Case, load_vnnlib
 from ..runtime.executors import exit_with_parent
+from ..runtime.signals import Stopped, check_stop
 from ..threat import EpsMode, ThreatModel, WeightBall
 from .bounding import prove_pieces
 from .driver import DEFAULT_METHODS, verify_property
@@ -40,6 +42,8 @@ __all__ = ["VerifyOptions", "onnx_input_shape", "run_instance", "run_isolated"]
 _SOFT_MARGIN = 0.5
 #: Seconds between the hard stop's SIGTERM and SIGKILL.
 _KILL_GRACE = 0.2
+#: Seconds between two looks at a pending stop request while the worker runs.
+_POLL_S = 0.1
 
 
 @dataclass(frozen=True)
@@ -207,6 +211,11 @@ def _worker(conn: Connection, onnx: str, vnnlib: str, timeout: float, options: V
     # A parent killed outright (a Ray worker SIGKILLed, whose unit Ray runs again elsewhere; a killed campaign)
     # cannot stop this process at the deadline: it ends itself instead of finishing an answer nobody reads.
     exit_with_parent(0.2)
+    # The parent decides what a stop means: Ctrl-C reaches the whole process group, and the worker leaves it to
+    # the parent (which kills it); a SIGTERM (the parent's hard stop, or a scheduler's) ends it at once instead of
+    # running the inherited stop handler.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
     torch.set_num_threads(options.threads)
 
     def send(result: VerificationResult) -> None:
@@ -228,6 +237,10 @@ def run_isolated(
     _KILL_GRACE + the time to stop a process after `timeout` seconds, whatever the worker is doing.
 
     A worker that dies without an answer (a crash, out of memory) gives `error` with what is known.
+
+    Raises:
+        Stopped: a stop request (SIGINT/SIGTERM under `stop_on_signals`) arrived while the instance ran, or its
+            worker was ended by SIGTERM/SIGINT from outside; the worker is killed, and no answer is returned.
     """
     options = options or VerifyOptions()
     start = time.monotonic()
@@ -241,21 +254,33 @@ def run_isolated(
     proc.start()
     send.close()
     result: VerificationResult | None = None
+    killed = False
     try:
         # The worker sends the answer, then (after --max-eps-w or an export) the final result: keep the latest.
-        while receive.poll(max(0.0, timeout - (time.monotonic() - start))):
+        # Polled in short slices so that a stop request (runtime/signals.py) ends the wait within _POLL_S.
+        while (left := timeout - (time.monotonic() - start)) > 0:
+            if not receive.poll(min(left, _POLL_S)):
+                check_stop()
+                continue
             try:
                 result = pickle.loads(receive.recv_bytes())
             except EOFError:
                 break
-    finally:
+        if result is None:  # no answer and a stop pending: the worker's end is the stop's, not an `error` answer
+            check_stop()
+    finally:  # also on Stopped: the running instance's worker never outlives the wait
         if proc.is_alive():
+            killed = True
             proc.terminate()
             proc.join(_KILL_GRACE)
             if proc.is_alive():
                 proc.kill()
         proc.join()
         receive.close()
+    if result is None and not killed and proc.exitcode in (-signal.SIGTERM, -signal.SIGINT):
+        # Someone else stopped the worker (a scheduler's SIGTERM to the process group): that is a stop of the
+        # run, not an `error` answer of the instance.
+        raise Stopped(-(proc.exitcode or 0))
     seconds = time.monotonic() - start
     if result is None:
         if seconds >= timeout:
