@@ -1,7 +1,7 @@
 """Complete-mode fuzzer: branch and bound against the exact MILP on random small ReLU networks and properties.
 
 Each seed draws a network (1-3 hidden layers of 3-10 ReLUs, 2-12 inputs, some of zero width), a box and 1-3
-rows in 1-3 disjuncts (tests/complete/bab_cases.py); `branch_and_bound` decides it (ReLU splits or input
+rows in 1-3 disjuncts (tests/support/bab_cases.py); `branch_and_bound` decides it (ReLU splits or input
 bisection, chosen at random) and the big-M MILP gives the exact minimum of the property's value. A disagreement
 (unsat where the MILP finds an unsafe point, sat where it proves none, or a witness the model does not confirm)
 is a bug; ties within 1e-5 of 0 are not judged. Exit status 1 on any disagreement.

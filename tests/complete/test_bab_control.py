@@ -87,6 +87,8 @@ def test_bad_inputs_are_one_line_errors() -> None:
         branch_and_bound(model, lo, hi, c[:, :2], d)
     with pytest.raises(InputError, match="timeout"):
         branch_and_bound(model, lo, hi, c, d, timeout=0)
+    with pytest.raises(InputError, match="proof_margin"):
+        branch_and_bound(model, lo, hi, c, d, options=BaBOptions(proof_margin=-1.0))
     conv = nn.Sequential(nn.Conv1d(1, 2, 3), nn.Flatten(), nn.Linear(36, 3))
     with pytest.raises(UnsupportedLayerError, match="Conv1d"):
         branch_and_bound(conv, torch.zeros(1, 20), torch.ones(1, 20), c, d)
@@ -101,3 +103,14 @@ def test_zero_width_box_is_a_point_decided_exactly() -> None:
     assert sat.status is BaBStatus.SAT
     unsat = branch_and_bound(model, lo, lo, c, torch.tensor([value - 1e-3]), timeout=10)
     assert unsat.status is BaBStatus.UNSAT
+
+
+def test_proof_margin_withholds_thin_proofs() -> None:
+    model, lo, _, c, _ = _hard_case()
+    with torch.no_grad():
+        value = float(c[0] @ model.double()(lo[None])[0])
+        model.float()
+    d = torch.tensor([value - 1e-3])
+    assert branch_and_bound(model, lo, lo, c, d, timeout=10).status is BaBStatus.UNSAT
+    strict = BaBOptions(proof_margin=1e-2)
+    assert branch_and_bound(model, lo, lo, c, d, timeout=10, options=strict).status is not BaBStatus.UNSAT

@@ -117,6 +117,10 @@ def branch_and_bound(
         raise InputError(f"batch_domains must be >= 1, got {batch_domains}")
     if not (math.isfinite(memory_mb) and memory_mb > 0):
         raise InputError(f"memory_mb must be a positive number of MiB, got {memory_mb}")
+    for name in ("proof_margin", "leaf_tolerance"):
+        value = getattr(opts, name)
+        if not (math.isfinite(value) and value >= 0):  # a negative margin would "prove" violated domains
+            raise InputError(f"options.{name} must be a finite number >= 0, got {value}")
     failed = False
     try:
         clock = (start, timeout)

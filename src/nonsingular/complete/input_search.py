@@ -68,7 +68,7 @@ def input_search(search: Search) -> BaBResult:
     while True:
         t0 = time.monotonic()
         score = search.score(res.lower)
-        proven = score > 0
+        proven = score > opts.proof_margin
         if proven.any():
             closed_min = min(closed_min, float(score[proven].min()))
         dim = input_split_choice(lo0, hi0, res.a0, search.row_weight(res.lower))

@@ -162,7 +162,7 @@ def _settle_leaves(
                 found = search.attack(x[None], steps=0)
                 if found is not None:
                     return proven, found, True
-        if min(values) > tol:
+        if min(values) > max(tol, search.options.proof_margin):
             proven[b] = True
         else:
             search.undecided_leaves += 1
@@ -199,7 +199,7 @@ def relu_search(search: Search) -> BaBResult:
     search.stats.root_lower_bound = float(score[0])
     search.report(1, float(score[0]))
     closed_min = float("inf")
-    if float(score[0]) > 0:
+    if float(score[0]) > opts.proof_margin:
         search.stats.domains_verified = 1
         search.stats.global_lower_bound = float(score[0])
         return search.finish(BaBStatus.UNSAT, "the root bound proves every disjunct empty")
@@ -229,7 +229,7 @@ def relu_search(search: Search) -> BaBResult:
         res = _bound(search, lo0, hi0, rows, n_relu, opts.root_steps)
         score = search.score(res.lower)
         search.stats.root_lower_bound = max(search.stats.root_lower_bound, float(score[0]))
-        if float(score[0]) > 0:
+        if float(score[0]) > opts.proof_margin:
             search.stats.domains_verified = 1
             search.stats.global_lower_bound = float(score[0])
             return search.finish(BaBStatus.UNSAT, "the root bound (alpha-CROWN intermediate bounds) proves it")
@@ -254,7 +254,7 @@ def relu_search(search: Search) -> BaBResult:
             new[f"alpha{i}"], new[f"beta{i}"] = bound.alphas[i], bound.betas[i]
         new["lower"] = bound.lower
         score = search.score(bound.lower)
-        proven = score > 0
+        proven = score > opts.proof_margin
         if proven.any():
             closed_min = min(closed_min, float(score[proven].min()))
         layer, neuron = relu_split_choice(

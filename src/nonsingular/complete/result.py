@@ -120,6 +120,10 @@ class BaBOptions:
             to this many unstable neurons (the widest); 0: keep the inherited bounds.
         float32_steps: take the multipliers' gradient steps in float32 (about twice as fast on CPU); the bound
             itself is always one float64 pass with the multipliers found.
+        proof_margin: a domain counts as proven only when its lower bound of v exceeds this (in the property's
+            units; 0: any positive bound). The bounds are for the network in exact arithmetic; a margin of the
+            order of the model's float32 rounding (about 1e-5 for MNIST MLP logits) keeps proofs away from
+            properties that only rounding decides (THEORY.md section 13). Not a proof about the rounding.
         leaf_tolerance: a leaf LP's minimum must exceed this to close the leaf (HiGHS's tolerance is ~1e-7).
     """
 
@@ -135,4 +139,5 @@ class BaBOptions:
     input_split_dims: int = 10
     refine_neurons: int = 32
     float32_steps: bool = True
+    proof_margin: float = 0.0
     leaf_tolerance: float = 1e-6
