@@ -7,10 +7,10 @@ DIR of the benchmark holds its `*instances.csv` and the files it names (e.g. the
 stanleybak/vnncomp2021); the results folder holds the published per-tool CSVs (benchmark, onnx, vnnlib, prep
 time, result, time; stanleybak/vnncomp2021_results, `results_csv`). Nothing of either is in this repository.
 
-A wrong answer is an `unsat` of ours where a trusted published tool (--trusted; default the five the issue
-names) reported a counterexample (sat / violated), or a `sat` of ours whose counterexample onnxruntime rejects
-when this script re-checks it (in the box as written, the output constraint on onnxruntime's output). A sat
-claimed only by another tool is listed as disputed (RPM's 2021 `violated` on mnistfc contradicts every other
+A wrong answer is an `unsat` of ours where a trusted published tool (--trusted; default alpha-beta-CROWN,
+ERAN, VeriNet, Marabou, nnenum) reported a counterexample (sat / violated), or a `sat` of ours whose
+counterexample onnxruntime rejects when this script re-checks it (in the box as written, the output
+constraint on onnxruntime's output). A sat claimed only by another tool is listed as disputed (RPM's 2021 `violated` on mnistfc contradicts every other
 tool's `holds`). The table is per network and epsilon (from the property's file
 name `prop_<i>_<eps>.vnnlib` when it has that form): our counts beside each published tool's on the same
 instances. The run resumes: rerun the same command after a kill and finished instances are skipped.
@@ -104,8 +104,8 @@ def main(argv: list[str] | None = None) -> int:
         "--trusted",
         default=",".join(TOOLS),
         type=lambda text: set(text.split(",")),
-        help="tools whose published sat counts against our unsat (default: the five the issue compares with; the "
-        "2021 results' other tools' sat claims are listed as disputed, e.g. RPM's, which contradict all others)",
+        help="tools whose published sat counts against our unsat (default: alpha-beta-CROWN, ERAN, VeriNet, "
+        "Marabou, nnenum; the 2021 results' other tools' sat claims are listed as disputed, e.g. RPM's, which contradict all others)",
     )
     args = parser.parse_args(argv)
     csvs = sorted(args.benchmark_dir.glob("*instances.csv"))
