@@ -10,8 +10,8 @@ time, result, time; stanleybak/vnncomp2021_results, `results_csv`). Nothing of e
 A wrong answer is an `unsat` of ours where a trusted published tool (--trusted; default alpha-beta-CROWN,
 ERAN, VeriNet, Marabou, nnenum) reported a counterexample (sat / violated), or a `sat` of ours whose
 counterexample onnxruntime rejects when this script re-checks it (in the box as written, the output
-constraint on onnxruntime's output). A sat claimed only by another tool is listed as disputed (RPM's 2021 `violated` on mnistfc contradicts every other
-tool's `holds`). The table is per network and epsilon (from the property's file
+constraint on onnxruntime's output). A sat claimed only by another tool is listed as disputed (RPM's 2021
+`violated` on mnistfc contradicts every other tool's `holds`). The table is per network and epsilon (from the property's file
 name `prop_<i>_<eps>.vnnlib` when it has that form): our counts beside each published tool's on the same
 instances. The run resumes: rerun the same command after a kill and finished instances are skipped.
 """
@@ -105,7 +105,8 @@ def main(argv: list[str] | None = None) -> int:
         default=",".join(TOOLS),
         type=lambda text: set(text.split(",")),
         help="tools whose published sat counts against our unsat (default: alpha-beta-CROWN, ERAN, VeriNet, "
-        "Marabou, nnenum; the 2021 results' other tools' sat claims are listed as disputed, e.g. RPM's, which contradict all others)",
+        "Marabou, nnenum; the 2021 results' other tools' sat claims are listed as disputed, e.g. RPM's, which "
+        "contradict all others)",
     )
     args = parser.parse_args(argv)
     csvs = sorted(args.benchmark_dir.glob("*instances.csv"))
