@@ -11,9 +11,9 @@ A wrong answer is an `unsat` of ours where a trusted published tool (--trusted; 
 ERAN, VeriNet, Marabou, nnenum) reported a counterexample (sat / violated), or a `sat` of ours whose
 counterexample onnxruntime rejects when this script re-checks it (in the box as written, the output
 constraint on onnxruntime's output). A sat claimed only by another tool is listed as disputed (RPM's 2021
-`violated` on mnistfc contradicts every other tool's `holds`). The table is per network and epsilon (from the property's file
-name `prop_<i>_<eps>.vnnlib` when it has that form): our counts beside each published tool's on the same
-instances. The run resumes: rerun the same command after a kill and finished instances are skipped.
+`violated` on mnistfc contradicts every other tool's `holds`). The table is per network and epsilon (from
+the property's file name `prop_<i>_<eps>.vnnlib` when it has that form): our counts beside each published
+tool's on the same instances. The run resumes: rerun the same command after a kill and finished instances are skipped.
 """
 
 from __future__ import annotations
