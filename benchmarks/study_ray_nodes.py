@@ -24,45 +24,13 @@ from pathlib import Path
 
 import ray
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root, for tests.support
+
 from nonsingular.runtime.executors.ray_cluster import LocalRayCluster
 from nonsingular.runtime.executors.ray_executor import RayExecutor
 from nonsingular.study import load_study_config, run_study
 from nonsingular.study.records import StudyResults
-
-TINY = """
-name = "workers"
-n_examples = 24
-seeds = [0, 1]
-[training]
-epochs = 1
-[attack]
-kind = "pgd"
-steps = 2
-loss = "margin"
-headline_kind = "auto"
-[grid]
-eps_x = [0.05]
-eps_w = [0.002]
-[[grid.parametrizations]]
-weight_ball = "operator"
-weight_mode = "relative"
-eps_w = [0.01, 0.05]
-[certify]
-methods = ["ibp"]
-[radius]
-enabled = false
-[scale]
-enabled = false
-[headline]
-eps_x = 0.05
-eps_w = 0.002
-[[models]]
-name = "standard"
-[[models]]
-name = "input-AT"
-objective = "pgd-at"
-options = { eps_x = 0.05, attack_steps = 1 }
-"""
+from tests.support.study_configs import TWO_MODELS_TWO_SEEDS
 
 
 def _numbers(results: StudyResults) -> dict:
@@ -80,7 +48,7 @@ def main() -> None:
     name = sys.argv[1] if len(sys.argv) > 1 else "tiny"
     root = Path(tempfile.mkdtemp(prefix="ns-bench-"))
     if name in ("tiny", "small"):
-        text = TINY
+        text = TWO_MODELS_TWO_SEEDS
         if name == "small":
             text = text.replace("n_examples = 24", "n_examples = 120").replace("seeds = [0, 1]", "seeds = [0, 1, 2, 3]")
             text = text.replace("epochs = 1", "epochs = 5")

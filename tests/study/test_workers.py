@@ -12,41 +12,7 @@ from nonsingular.study import load_study_config, run_study
 from nonsingular.study.verdicts import claim_comparisons, parametrization_views
 from tests.support import script
 from tests.support.processes import assert_succeeded
-
-CONFIG = """
-name = "workers"
-n_examples = 24
-seeds = [0, 1]
-[training]
-epochs = 1
-[attack]
-kind = "pgd"
-steps = 2
-loss = "margin"
-headline_kind = "auto"
-[grid]
-eps_x = [0.05]
-eps_w = [0.002]
-[[grid.parametrizations]]
-weight_ball = "operator"
-weight_mode = "relative"
-eps_w = [0.01, 0.05]
-[certify]
-methods = ["ibp"]
-[radius]
-enabled = false
-[scale]
-enabled = false
-[headline]
-eps_x = 0.05
-eps_w = 0.002
-[[models]]
-name = "standard"
-[[models]]
-name = "input-AT"
-objective = "pgd-at"
-options = { eps_x = 0.05, attack_steps = 1 }
-"""
+from tests.support.study_configs import TWO_MODELS_TWO_SEEDS
 
 
 def _cells(results: dict) -> dict:
@@ -64,7 +30,7 @@ def _cells(results: dict) -> dict:
 
 def test_workers_match_one_process_and_parametrizations(tmp_path):
     path = tmp_path / "workers.toml"
-    path.write_text(CONFIG)
+    path.write_text(TWO_MODELS_TWO_SEEDS)
     config = load_study_config(path)
     _, typed = run_study(config, tmp_path / "one", tmp_path / "cache1")
     one, two = typed.to_json(), run_study(config, tmp_path / "two", tmp_path / "cache2", workers=2)[1].to_json()
