@@ -409,14 +409,19 @@ def main() -> None:
     print(markdown.read_text())
 
 
-#: sections written by other scripts (benchmarks/strength.py, compare_lirpa_cnn.py, crown_scaling.py), kept
-#: when the rendered ones are rewritten
+#: sections written by other scripts (strength.py, compare_lirpa_cnn.py, crown_scaling.py, study_ray_nodes.py,
+#: rounding.py, check_speed.py, vnncomp.py, bab_fuzzer.py ...), kept when the rendered ones are rewritten
 KEPT_SECTIONS = (
     "## Performance work on the attack kernels",
     "## Certificates: CNNs through the graph engine",
     "## Certificates: CNNs on MNIST digits",
     "## Certificates: scaling",
     "## Strength vs time",
+    "## A study on Ray",
+    "## Certificates under rounding",
+    "## Performance work on the checker",
+    "## VNN-COMP 2021 mnistfc",
+    "## Complete verification",
 )
 
 
