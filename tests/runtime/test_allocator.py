@@ -23,6 +23,7 @@ from nonsingular.runtime.allocator import limit_heap_retention
 applied = limit_heap_retention() if sys.argv[1] == "set" else False
 def rss():
     return int(open("/proc/self/statm").read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+torch.ones(1 << 10).sum()  # torch's lazy start-up (thread pools, kernels) is not what is measured
 before = rss()
 for _ in range(2):
     t = torch.ones(4 << 20)
@@ -50,9 +51,12 @@ def _retained(mode: str) -> tuple[str, float]:
 @pytest.mark.skipif(not _glibc(), reason="glibc's malloc only")
 def test_freed_large_blocks_are_returned_to_the_system():
     applied, retained = _retained("set")
-    assert applied == "True" and retained < 4.0
-    _, control = _retained("default")  # the heap keeps the block without the setting
+    _, control = _retained("default")  # the heap keeps the 12 MiB block without the setting
+    assert applied == "True"
     assert control > 12.0
+    # With the setting the freed 12 MiB goes back: what stays is the process's own noise (a few MiB of lazily
+    # started runtime), so compare the two processes rather than an absolute figure.
+    assert control - retained > 8.0, (retained, control)
 
 
 def test_the_users_environment_wins(monkeypatch):
