@@ -17,6 +17,7 @@ threat never perturbs their parameters (only Linear/Conv weights are in ThreatMo
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -26,7 +27,7 @@ from torch import Tensor, nn
 from ..models import Normalize
 from .layer_threat import LayerThreat, UnsupportedLayerError, apply_weight, receptive_max
 from .patches import Patches
-from .registry import Backward, Box, Node, Rule, register_rule
+from .registry import Backward, Box, Node, Rule, dot, register_rule
 
 __all__ = ["affine_box", "conv_adjoint", "conv_patches", "elided_margin_lower"]
 
@@ -111,7 +112,17 @@ def _abs_input_term(
     if bool((lb >= 0).all()):
         return new_a - r, c
     slope, offset = _abs_chord(lb, ub)
-    return new_a - r * slope[:, None], c - (r * offset[:, None]).flatten(2).sum(dim=-1)
+    # The products r * slope and r * offset are never materialised on their own: on an MLP's first layer
+    # (784 inputs, ~200 rows per example) each is a full coefficient-sized pass, and these passes, not the
+    # matmuls, were most of a joint CROWN call.
+    if not isinstance(r, Tensor):
+        return torch.add(new_a, slope[:, None], alpha=-r), c - r * offset.flatten(1).sum(dim=-1, keepdim=True)
+    new_a = torch.addcmul(new_a, r, slope[:, None], value=-1.0)
+    if math.prod(r.shape[2:]) == 1:  # one radius per row (a uniform rho): sum the offsets first
+        return new_a, c - r.flatten(2)[..., 0] * offset.flatten(1).sum(dim=-1, keepdim=True)
+    if r.is_contiguous():
+        return new_a, c - dot(r, offset)
+    return new_a, c - (r * offset[:, None]).flatten(2).sum(dim=-1)
 
 
 class _AffineRule(Rule):
