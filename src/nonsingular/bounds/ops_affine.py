@@ -182,15 +182,22 @@ class LinearRule(_AffineRule):
             return super().backward_rows(node, index, boxes, lt, ctx)
         w = module.weight.to(lb.dtype)
         rows = w[index]  # (N, R, in)
-        new_a = torch.cat([rows, -rows], dim=1)
         c: Tensor | float = 0.0
         if module.bias is not None:
             b = module.bias.to(lb.dtype)[index]
             c = torch.cat([b, -b], dim=1)
+        if lt is not None and lt.beta is not None:
+            c = c - lt.beta[index].repeat(1, 2)  # |a| = e_i for both signs
+        if lt is not None and lt.uniform is not None and not bool((lb >= 0).all()):
+            # One radius for every weight: both signs' rows minus the same chord term r * slope, written once
+            # each (rows - s and -s - rows) instead of negated, concatenated and shifted in three passes.
+            slope, offset = _abs_chord(lb, ub)
+            shift = (lt.uniform * slope)[:, None]
+            new_a = torch.cat([rows - shift, -shift - rows], dim=1)
+            return [new_a], c - lt.uniform * offset.flatten(1).sum(dim=-1, keepdim=True)
+        new_a = torch.cat([rows, -rows], dim=1)
         if lt is None:
             return [new_a], c
-        if lt.beta is not None:
-            c = c - lt.beta[index].repeat(1, 2)  # |a| = e_i for both signs
         if lt.rho is not None:
             r = lt.uniform if lt.uniform is not None else lt.rho[index].repeat(1, 2, 1)
             new_a, c = _abs_input_term(new_a, c, r, lb, ub)
