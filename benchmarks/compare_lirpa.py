@@ -136,7 +136,8 @@ def compare(model: nn.Sequential, x: Tensor, y: Tensor, threat: ThreatModel, chu
 def trained_mlp(data: Dataset, source: str, widths: list[int], epochs: int, seed: int) -> nn.Sequential:
     """An MLP trained by the project's trainer (standard objective, in memory) on the training split of `data`,
     which is `load_data(source)`."""
-    config = TrainConfig(data=source, widths=widths, epochs=epochs, seed=seed, eval_steps=0, device="cpu")
+    fields: dict[str, Any] = {"data": source, "widths": widths, "epochs": epochs, "seed": seed}
+    config = TrainConfig(**fields, eval_steps=0, device="cpu")
     model = Trainer(config, paths=None, data=data).fit().model
     if not isinstance(model, nn.Sequential):
         raise TypeError(f"expected the trainer's MLP to be an nn.Sequential, got {type(model).__name__}")
