@@ -45,8 +45,9 @@ def grouped(conv: nn.Conv2d, h: torch.Tensor, d: torch.Tensor, channels_last: bo
 
 def unfold_bmm(conv: nn.Conv2d, h: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
     n, w, k = h.shape[0], conv.weight + d, conv.kernel_size[0]
-    cols = F.unfold(h, k, padding=conv.padding, stride=conv.stride)  # (n, C_in k k, positions)
-    side = (h.shape[-1] + 2 * int(conv.padding[0]) - k) // conv.stride[0] + 1  # type: ignore[arg-type]
+    pad, stride = int(conv.padding[0]), conv.stride[0]
+    cols = F.unfold(h, k, padding=pad, stride=stride)  # (n, C_in k k, positions)
+    side = (h.shape[-1] + 2 * pad - k) // stride + 1
     out = torch.baddbmm(conv.bias.reshape(1, -1, 1), w.reshape(n, w.shape[1], -1), cols)  # type: ignore[union-attr]
     return out.reshape(n, w.shape[1], side, side)
 
@@ -56,7 +57,7 @@ def timed(fn: Callable[[], torch.Tensor], repeats: int) -> float:
     for _ in range(repeats):
         start = time.process_time()
         out = fn()
-        out.backward(torch.ones_like(out))
+        torch.autograd.backward(out, torch.ones_like(out))
         best = min(best, time.process_time() - start)
     return best
 
@@ -111,7 +112,7 @@ def attacks(batch: int, repeats: int) -> None:
                     if r:
                         best[key] = min(best[key], time.process_time() - start)
         finally:
-            per_example_conv.supports = supports  # type: ignore[assignment]
+            per_example_conv.supports = supports
             perturbation.WeightBlock.replaces_output = replaces  # type: ignore[method-assign]
         base = best["input-only"]
         print(f"| {name} | " + " | ".join(f"{1e3 * s:.0f} ms ({base / s:.2f}x)" for s in best.values()) + " |")
