@@ -186,7 +186,7 @@ class SubclassConv(nn.Conv2d):
 def test_subclassed_layers_take_the_additive_path(batch, scope, monkeypatch):
     """Plain layers apply W + D in one op; a subclass takes out + D h. Both give the same attack (to float
     rounding) and both check_attack."""
-    from nonsingular.attacks import perturbation
+    from nonsingular.attacks import per_example_conv, perturbation
 
     x, y = batch
     plain = _conv_net()
@@ -202,6 +202,13 @@ def test_subclassed_layers_take_the_additive_path(batch, scope, monkeypatch):
         return applied(module, h, weight)
 
     monkeypatch.setattr(perturbation, "_apply_weight" if scope == "shared" else "_apply_weight_per_example", spy)
+    conv_op = per_example_conv.per_example_conv2d
+
+    def spy_conv(module, h, delta):  # per-example plain 2-d convolutions take the dedicated op
+        calls.append(type(module))
+        return conv_op(module, h, delta)
+
+    monkeypatch.setattr(per_example_conv, "per_example_conv2d", spy_conv)
     results = [PGD(steps=3, seed=2)(m, x, y, threat) for m in (plain, sub)]
     assert SubclassConv in calls and nn.Conv2d in calls
     for model, result in zip((plain, sub), results, strict=True):
