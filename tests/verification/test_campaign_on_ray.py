@@ -135,9 +135,12 @@ def test_a_killed_driver_started_again_runs_only_the_missing_rows(cluster, bench
             driver.kill()
             driver.wait()
     assert driver.returncode == -signal.SIGKILL
-    # The first two instances ran at once, one on each node (each lasts over a second): the units line says so.
-    first = (tmp_path / "first.log").read_text()
-    assert re.search(r"units \(2 running, 2 queued; \S+: 1, \S+: 1\) 0/4", first), first
+    # The units line of the CLI, from the first event on. Its exact counts depend on Ray's scheduling and the
+    # load (after the previous test's killed worker, Ray sometimes ran one instance at a time here); the
+    # fake-executor test in test_campaign_executors.py checks them exactly, per node included.
+    first = (tmp_path / "first.log").read_text().splitlines()
+    line = r"\[ *[\d.]+ s\] units \([12] running, [0-3] queued(; \S+: 1, \S+: 1)?\) [0-3]/4"
+    assert first and all(re.fullmatch(line, text) for text in first), first
     assert left_running(cluster, (INSTANCE,)) == []
     before = _rows(out)
     assert 1 <= len(before) < len(local)
