@@ -306,11 +306,11 @@ def test_nesting_carry():
 def test_progress_lines_throttle_interleaved_workers(monkeypatch, capsys):
     """Two workers' training ticks interleave: each stage prints its first and last tick, not every tick (a log
     of the full MNIST study held a line per batch when the throttle looked at the last label only)."""
-    from nonsingular.cli import study_cmd
+    from nonsingular.cli import common
 
     clock = iter(float(i) * 0.01 for i in range(10_000))
-    monkeypatch.setattr(study_cmd.time, "perf_counter", lambda: next(clock))
-    update = study_cmd.progress_lines(0.0, every=30.0)
+    monkeypatch.setattr(common.time, "perf_counter", lambda: next(clock))
+    update = common.progress_lines(0.0, every=30.0)
     for done in range(1, 101):
         update("standard seed 0: training", done, 100)
         update("standard seed 1: training", done, 100)

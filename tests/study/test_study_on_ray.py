@@ -1,6 +1,7 @@
 """A study on a Ray cluster gives the numbers of a one-process run: on a two-node cluster (two `ray start`s on
-this machine, one CPU each), with a worker SIGKILLed in the middle of a unit, and when a study started here
-continues on the cluster and finishes here again. A unit that raises on a worker stops the run naming it."""
+this machine, one CPU each), with a worker SIGKILLed in the middle of a unit, with the driver SIGKILLed in the
+middle of the run and started again, and when a study started here continues on the cluster and finishes here
+again. A unit that raises on a worker stops the run naming it."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import csv
 import json
 import os
 import signal
+import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,11 +18,12 @@ import pytest
 
 ray = pytest.importorskip("ray", reason="ray is not installed: pip install 'nonsingular[ray]' (make test does)")
 
+from nonsingular.models.checkpoint import load_checkpoint  # noqa: E402
 from nonsingular.runtime.executors import Unit, UnitError, run_units  # noqa: E402
 from nonsingular.runtime.executors.ray_cluster import LocalRayCluster  # noqa: E402
 from nonsingular.runtime.executors.ray_executor import RayExecutor  # noqa: E402
 from nonsingular.study import load_study_config, run_study  # noqa: E402
-from tests.support.ray_cluster import joined_cluster  # noqa: E402
+from tests.support.ray_cluster import busy, checkout_env, joined_cluster, left_running, wait_for  # noqa: E402
 
 CONFIG = """
 name = "executors"
@@ -155,6 +158,57 @@ def test_study_moves_between_local_and_ray(cluster, local_run, tmp_path):
     _, results = run_study(config, out, cache)
     assert results.models["standard"].runs[0].cached
     assert _numbers(out) == _numbers(local_out)
+
+
+@pytest.fixture(scope="module")
+def local_run_3_seeds(tmp_path_factory) -> tuple[Path, Path]:
+    """The study with three seeds run in this process: (config file, output folder). Three training units on
+    two CPUs: when the first model is cached, a third training unit surely runs."""
+    root = tmp_path_factory.mktemp("local3")
+    config = root / "study.toml"
+    config.write_text(CONFIG.replace("seeds = [0, 1]", "seeds = [0, 1, 2]"))
+    run_study(load_study_config(config), root / "out", root / "cache")
+    return config, root / "out"
+
+
+def test_a_killed_driver_started_again_resumes_from_the_cache(cluster, local_run_3_seeds, tmp_path):
+    """`nonsingular study --executor ray` SIGKILLed once a model is in the cache while other units run; the same
+    command then finishes with the numbers of one uninterrupted process, reusing the cached model. The killed
+    driver leaves nothing that harms: its folder lock is stale (broken by the restart), its units' workers end,
+    and the cache and state hold whole files only."""
+    config_path, local_out = local_run_3_seeds
+    out, cache = tmp_path / "out", tmp_path / "cache"
+    command = [sys.executable, "-m", "nonsingular", "study", "--config", str(config_path), "--out", str(out)]
+    command += ["--cache", str(cache), "--executor", "ray", "--ray-address", cluster.address]
+    with open(tmp_path / "first.log", "wb") as log:
+        driver = subprocess.Popen(command, env=checkout_env(), stdout=log, stderr=subprocess.STDOUT)
+        try:
+
+            def cached_and_running() -> bool:
+                return any(cache.glob("*.safetensors")) and bool(busy(cluster, UNIT))
+
+            wait_for(driver, cached_and_running, "a cached model while units run")
+            os.kill(driver.pid, signal.SIGKILL)
+        finally:
+            driver.kill()
+            driver.wait()
+    assert driver.returncode == -signal.SIGKILL
+    lock = json.loads((out / ".lock").read_text())
+    assert lock["pid"] == driver.pid  # left behind: the restart must judge it stale, not wait for it
+    assert left_running(cluster, UNIT) == []  # Ray ended the dead driver's units: no worker computes for nobody
+    cached = list(cache.glob("*.safetensors"))  # counted once no unit of the killed run can add one
+
+    again = subprocess.run(command, env=checkout_env(), capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "units (" in again.stderr  # the units line, as plain lines in a log
+    assert _numbers(out) == _numbers(local_out)
+    runs = json.loads((out / "results.json").read_text())["models"]["standard"]["runs"]
+    assert sum(run["cached"] for run in runs) == len(cached)  # the models cached before the kill were reused
+    assert not (out / ".lock").exists()
+    leftovers = [p.name for folder in (out, cache) for p in folder.iterdir() if p.name.endswith((".tmp", ".lock"))]
+    assert leftovers == []  # no torn temporary, no lock of a killed trainer
+    for path in cache.glob("*.safetensors"):
+        load_checkpoint(path)  # every cached model is whole
 
 
 def _fails(outbox, text: str) -> None:

@@ -1,8 +1,9 @@
 """Tiny networks, their ONNX files, properties as text, and an exact reference (a mixed-integer program) for the
-verification tests."""
+verification tests; and a campaign runner whose instances take long enough for a test to catch one running."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +11,12 @@ import torch
 from onnx import TensorProto, helper, numpy_helper
 from scipy.optimize import Bounds, LinearConstraint, milp
 from torch import nn
+
+from nonsingular.verification import VerifyOptions, instance, run_isolated
+from nonsingular.verification.result import VerificationResult
+
+#: The instance process's entry point, kept before `slow_instance` replaces it in the process that runs it.
+WORKER = instance._worker
 
 
 def mlp(widths: tuple[int, ...], seed: int) -> nn.Sequential:
@@ -124,3 +131,16 @@ def campaign_bench(folder: Path) -> Path:
         lines += [f"{name}.onnx,{name}_tight.vnnlib,60\n", f"{name}.onnx,{name}_wide.vnnlib,60\n"]
     (folder / "instances.csv").write_text("".join(lines))
     return folder
+
+
+def _slow_worker(*args: object) -> None:
+    time.sleep(1.0)
+    WORKER(*args)
+
+
+def slow_instance(onnx: Path, vnnlib: Path, timeout: float, options: VerifyOptions) -> VerificationResult:
+    """The default runner, its instance process pausing first, so that a test surely finds an instance running
+    however fast the machine decides these instances (a fraction of a second). A module-level function of an
+    importable module: Ray workers (whose path holds this checkout) unpickle it by reference."""
+    instance._worker = _slow_worker  # the fork looks it up when it starts the instance process
+    return run_isolated(onnx, vnnlib, timeout, options)

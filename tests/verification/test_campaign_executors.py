@@ -1,7 +1,8 @@
 """Where a campaign's instances run changes nothing but the time: `--workers 2` gives the rows of the default
 (one after another), the summary keeps the CSV's order, and the executor options are one-line errors where they
 cannot apply (Ray not installed, --workers with Ray, executor options for one instance); an instance's process
-ends when the process that runs it is killed."""
+ends when the process that runs it is killed; the campaign prints the study's units line (per node when its
+instances run on several)."""
 
 from __future__ import annotations
 
@@ -15,7 +16,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from nonsingular.verification import read_results
+from nonsingular.runtime.executors import Event, Executor, Finished, OnMessage, Started, Unit
+from nonsingular.verification import VerifyOptions, read_results, run_campaign
+from nonsingular.verification.campaign import read_instances
+from nonsingular.verification.result import Status, VerificationResult
 from tests.support import run_cli
 from tests.support.processes import ENV
 from tests.support.verification import campaign_bench, mlp, to_onnx, vnnlib
@@ -142,3 +146,66 @@ def test_an_instance_process_ends_with_its_parent(tmp_path: Path) -> None:
         for pid in children:
             if _running(pid):
                 os.kill(pid, signal.SIGKILL)
+
+
+def test_the_campaign_prints_the_studys_units_line(tmp_path: Path, monkeypatch, capsys) -> None:
+    """In a log (stderr not a terminal) the campaign prints the study's units line after each event, beside the
+    per-instance lines; a resumed campaign counts only the instances still to run."""
+    folder = campaign_bench(tmp_path)
+    args = ["verify", "--instances", str(folder / "instances.csv"), "--out", str(folder / "r.csv")]
+    code, _, err = run_cli(monkeypatch, capsys, *args)
+    assert code == 0, err
+    units = [line.split("] ", 1)[1] for line in err.splitlines() if "] units (" in line]
+    # One after another in this process: each poll starts and finishes one instance.
+    assert units == [f"units (0 running, {3 - k} queued) {k + 1}/4" for k in range(4)], err
+    assert sum(": unsat " in line or ": sat " in line for line in err.splitlines()) == 4, err
+    lines = (folder / "r.csv").read_text().splitlines()
+    (folder / "r.csv").write_text("\n".join(lines[:3]) + "\n")  # the header and two rows: two instances left
+    code, _, err = run_cli(monkeypatch, capsys, *args)
+    assert code == 0, err
+    units = [line.split("] ", 1)[1] for line in err.splitlines() if "] units (" in line]
+    assert units == ["units (0 running, 1 queued) 1/2", "units (0 running, 0 queued) 2/2"], err
+
+
+def _answer(onnx: Path, vnnlib: Path, timeout: float, options: VerifyOptions) -> VerificationResult:
+    return VerificationResult(Status.UNSAT, 0.0, "ibp")
+
+
+class _TwoNodes(Executor):
+    """Runs units in this process two at a time, as if on two nodes: one poll starts a pair (on node-a and
+    node-b), the next finishes it, so the driver sees units running on two nodes at once."""
+
+    kind = "two-nodes"
+
+    def __init__(self) -> None:
+        self.queue: list[Unit] = []
+        self.running: list[Unit] = []
+
+    def submit(self, unit: Unit) -> None:
+        self.queue.append(unit)
+
+    def poll(self, on_message: OnMessage, timeout: float) -> list[Event]:
+        if self.running:
+            done, self.running = self.running, []
+            return [Finished(u.name, u.fn(None, *u.args)) for u in done]
+        self.running, self.queue = self.queue[:2], self.queue[2:]
+        return [Started(u.name, node, 0) for u, node in zip(self.running, ("node-a", "node-b"), strict=False)]
+
+
+def test_the_units_line_names_the_nodes_when_instances_run_on_several(tmp_path: Path) -> None:
+    folder = campaign_bench(tmp_path)
+    lines: list[str] = []
+    rows = run_campaign(
+        read_instances(folder / "instances.csv"),
+        folder / "r.csv",
+        runner=_answer,
+        executor=_TwoNodes(),
+        units_progress=lambda label, done, total: lines.append(f"{label} {done}/{total}"),
+    )
+    assert [r.result for r in rows] == ["unsat"] * 4
+    assert lines == [
+        "units (2 running, 2 queued; node-a: 1, node-b: 1) 0/4",
+        "units (0 running, 2 queued) 2/4",
+        "units (2 running, 0 queued; node-a: 1, node-b: 1) 2/4",
+        "units (0 running, 0 queued) 4/4",
+    ]

@@ -9,6 +9,7 @@ so that the test knows the worker is running and can check it is gone afterwards
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -121,7 +122,9 @@ def test_a_stopped_campaign_keeps_the_finished_rows_and_the_printed_command_resu
     assert done.returncode == 0, done.stderr
     rows = read_results(out)
     assert [r.vnnlib for r in rows] == ["a.vnnlib", "b.vnnlib", "slow.vnnlib", "a.vnnlib"]
-    assert rows[:2] == kept and done.stderr.count("[") == 2  # two instances ran on resume, not four
+    ran = [line for line in done.stderr.splitlines() if re.match(r"\[\d/4\] ", line)]
+    assert rows[:2] == kept and len(ran) == 2  # two instances ran on resume, not four
+    assert "units (0 running, 0 queued) 2/2" in done.stderr  # and the units line counted those two
 
 
 def test_a_stopped_single_instance_leaves_its_result_file_untouched(bench):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -132,6 +133,24 @@ def check_writable(path: Path | None, force: bool) -> None:
 def write_json(path: Path, data: Any) -> None:
     text = json.dumps(data, indent=2, allow_nan=False) + "\n"
     atomic_write(path, lambda tmp: Path(tmp).write_text(text))
+
+
+def progress_lines(t0: float, every: float = 30.0) -> Callable[[str, int, int], None]:
+    """A progress callback writing plain lines "[elapsed] stage done/total" to stderr, for a study's or a
+    campaign's progress in a log file or a pipe: one when a stage starts or finishes, one per finished grid
+    point, and at most one per `every` seconds within a stage. Stages are told apart by label, so workers whose
+    ticks interleave do not print every tick (the units line's label changes with its counts: every change is
+    printed)."""
+    last: dict[str, float] = {}
+
+    def update(label: str, done: int, total: int) -> None:
+        now = time.perf_counter()
+        step = label.endswith(("attacks", "certificates"))  # one tick per grid point
+        if label not in last or done >= total or step or now - last[label] >= every:
+            print(f"[{now - t0:7.1f} s] {label} {done}/{total}", file=sys.stderr, flush=True)
+            last[label] = now
+
+    return update
 
 
 @contextmanager

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import sys
 import time
-from collections.abc import Callable
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Annotated
@@ -22,23 +20,7 @@ from ..study.schema import default_config_path, load_study_config, shipped_studi
 from ..study.selection import validation_choice
 from ..study.verdicts import FLOOR, Comparison, Z, claim_comparisons
 from . import options as opt
-from .common import UserError, console, err_console, progress_bar, resolve_device
-
-
-def progress_lines(t0: float, every: float = 30.0) -> Callable[[str, int, int], None]:
-    """A progress callback writing plain lines "[elapsed] stage done/total" to stderr: one when a stage starts
-    or finishes, one per finished grid point, and at most one per `every` seconds within a stage. Stages are
-    told apart by label, so workers whose ticks interleave do not print every tick."""
-    last: dict[str, float] = {}
-
-    def update(label: str, done: int, total: int) -> None:
-        now = time.perf_counter()
-        step = label.endswith(("attacks", "certificates"))  # one tick per grid point
-        if label not in last or done >= total or step or now - last[label] >= every:
-            print(f"[{now - t0:7.1f} s] {label} {done}/{total}", file=sys.stderr, flush=True)
-            last[label] = now
-
-    return update
+from .common import UserError, console, err_console, progress_bar, progress_lines, resolve_device
 
 
 def study(

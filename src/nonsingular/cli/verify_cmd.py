@@ -10,6 +10,7 @@ signal stopped it (cli/stopping.py: one line naming the rows kept and the comman
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated
@@ -19,14 +20,14 @@ from rich.table import Table
 
 from ..bounds import BoundMethod
 from ..errors import describe
-from ..runtime.executors import Executor, ExecutorKind, make_executor
+from ..runtime.executors import Executor, ExecutorKind, ProgressLine, make_executor
 from ..runtime.signals import check_stop
 from ..threat import EpsMode, WeightBall
-from ..verification.campaign import Instance, read_instances, run_campaign, summarise
+from ..verification.campaign import Instance, ResultRow, read_instances, run_campaign, summarise
 from ..verification.instance import VerifyOptions, run_isolated
 from ..verification.result import Status, VerificationResult, format_result, write_result
 from . import options as opt
-from .common import UserError, console, err_console, layer_names
+from .common import UserError, console, err_console, layer_names, progress_bar, progress_lines
 
 _DEFAULTS = VerifyOptions()
 _METHODS = ",".join(m.value for m in _DEFAULTS.methods)
@@ -218,9 +219,21 @@ def _report(result: VerificationResult, out: Path | None) -> None:
 
 
 def _campaign(todo: list[Instance], out: Path, options: VerifyOptions, executor: Executor) -> None:
+    """The campaign with a study's progress: the units line (running, queued, per node when on several) as a
+    bar on a terminal or plain lines in a log, and one line per finished instance with its answer."""
+
     def progress(index: int, total: int, inst: Instance, result: VerificationResult) -> None:
         text = f"[{index + 1}/{total}] {inst.onnx} {inst.vnnlib}: {result.status.value} {result.seconds:.1f} s"
         err_console.print(text + (f" ({describe(ValueError(result.message))})" if result.message else ""))
 
-    rows = run_campaign(todo, out, options, progress=progress, joint=options.max_eps_w, executor=executor)
+    def run(units: ProgressLine) -> list[ResultRow]:
+        return run_campaign(
+            todo, out, options, progress=progress, joint=options.max_eps_w, executor=executor, units_progress=units
+        )
+
+    if err_console.is_terminal:
+        with progress_bar("instances") as update:
+            rows = run(lambda label, d, t: update(d, t, label))
+    else:
+        rows = run(progress_lines(time.perf_counter()))
     console.print(_summary(summarise(rows)))

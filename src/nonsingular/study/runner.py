@@ -23,7 +23,7 @@ from ..errors import InputError, describe
 from ..models import build_model
 from ..models.checkpoint import check_output_path, save_checkpoint
 from ..runtime import distributed as dist
-from ..runtime.executors import Executor, UnitProgress, make_executor, run_units
+from ..runtime.executors import Executor, make_executor, report_units, run_units
 from ..runtime.signals import check_stop, stop_requested
 from ..training.trainer import architecture_spec
 from .cache import StudyState, study_fingerprint
@@ -156,10 +156,6 @@ def _run_units(
         if isinstance(result, TrainedModel) and result.save_to is not None and dist.rank() == 0:
             save_checkpoint(result.save_to, result.model, result.metadata)
 
-    def on_progress(counts: UnitProgress) -> None:
-        if progress is not None:
-            progress(counts.label(), counts.done, counts.total)
-
     evaluations = {u.name for u in units if u.fn is evaluate_unit}  # what the results need; models go when used
 
     def between_units() -> None:
@@ -170,6 +166,7 @@ def _run_units(
 
     try:
         keep = evaluations.__contains__
+        on_progress = report_units(progress) if progress is not None else None
         done = run_units(executor, units, on_message, on_result, on_progress, between_units, keep=keep)
     finally:
         if own:

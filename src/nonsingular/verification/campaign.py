@@ -30,11 +30,21 @@ import math
 import os
 from collections import Counter
 from collections.abc import Callable
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from ..errors import InputError
-from ..runtime.executors import Executor, InlineExecutor, Outbox, Resources, Unit, run_units
+from ..runtime.executors import (
+    Executor,
+    InlineExecutor,
+    Outbox,
+    ProgressLine,
+    Resources,
+    Unit,
+    report_units,
+    run_units,
+)
 from ..runtime.files import atomic_write, make_folder
 from ..runtime.signals import check_stop
 from .instance import VerifyOptions, run_isolated
@@ -231,6 +241,7 @@ def run_campaign(
     progress: Progress | None = None,
     joint: bool = False,
     executor: Executor | None = None,
+    units_progress: ProgressLine | None = None,
 ) -> list[ResultRow]:
     """Run every instance not already in `out`; returns all rows (kept and new), in the CSV's order.
 
@@ -244,6 +255,8 @@ def run_campaign(
         joint: add the eps_w bracket columns (with options that ask for --max-eps-w).
         executor: where the instances run (default: one after another in this process); each declares
             options.threads CPUs and `instance_memory` bytes.
+        units_progress: the study's progress line for the instances still to run, units_progress('units (2
+            running, 3 queued; node-a: 1, node-b: 1)', done, total), whenever instances start or finish.
 
     Raises:
         Stopped: a stop request; the rows written so far are complete, the running instance has none.
@@ -293,25 +306,10 @@ def run_campaign(
             progress(index, len(instances), inst, result)
 
     if units:  # the caller's executor stays open (the caller closes it); an own one is closed here
-        if executor is not None:
-            run_units(
-                executor,
-                units,
-                lambda unit, message: None,
-                on_result=record,
-                between=check_stop,
-                keep=lambda name: False,
-            )
-        else:
-            with InlineExecutor() as inline:
-                run_units(
-                    inline,
-                    units,
-                    lambda unit, message: None,
-                    on_result=record,
-                    between=check_stop,
-                    keep=lambda n: False,
-                )
+        on_progress = report_units(units_progress) if units_progress is not None else None
+        with ExitStack() as own:
+            runs = executor if executor is not None else own.enter_context(InlineExecutor())
+            run_units(runs, units, _ignore, on_result=record, on_progress=on_progress, between=check_stop, keep=_none)
     return [rows[index] for index in range(len(instances))]
 
 

@@ -16,11 +16,13 @@ from .base import (
     Finished,
     OnMessage,
     Outbox,
+    ProgressLine,
     Resources,
     Started,
     Unit,
     UnitError,
     UnitProgress,
+    report_units,
     run_units,
 )
 from .inline import InlineExecutor
@@ -36,6 +38,7 @@ __all__ = [
     "OnMessage",
     "Outbox",
     "ProcessPool",
+    "ProgressLine",
     "Resources",
     "Started",
     "Unit",
@@ -43,6 +46,7 @@ __all__ = [
     "UnitProgress",
     "exit_with_parent",
     "make_executor",
+    "report_units",
     "run_units",
 ]
 

@@ -28,11 +28,13 @@ __all__ = [
     "Finished",
     "OnMessage",
     "Outbox",
+    "ProgressLine",
     "Resources",
     "Started",
     "Unit",
     "UnitError",
     "UnitProgress",
+    "report_units",
     "run_units",
 ]
 
@@ -193,6 +195,21 @@ class UnitProgress:
             where = "; " + ", ".join(f"{node}: {count}" for node, count in sorted(nodes.items()))
         again = f", {self.restarts} restarted" if self.restarts else ""
         return f"units ({len(self.running)} running, {self.queued} queued{again}{where})"
+
+
+#: progress(label, done, total): where the study and the campaign report their lines (the CLI prints them as
+#: plain lines in a log, as a bar on a terminal).
+ProgressLine = Callable[[str, int, int], None]
+
+
+def report_units(progress: ProgressLine) -> Callable[[UnitProgress], None]:
+    """An `on_progress` for `run_units` that reports the unit counts as one progress line, the same for every
+    grid of units: progress('units (1 running, 2 queued; node-a: 1)', done, total)."""
+
+    def on_progress(counts: UnitProgress) -> None:
+        progress(counts.label(), counts.done, counts.total)
+
+    return on_progress
 
 
 def unit_error(unit: str, node: str | None, error: BaseException) -> Exception:

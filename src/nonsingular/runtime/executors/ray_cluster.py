@@ -1,8 +1,10 @@
 """A Ray cluster of several nodes on this machine, for trying `--executor ray`, tests and measurements.
 
 Each node is one `ray start` (the first the head), limited to `cpus` CPUs, all in a temporary folder of their
-own. The cluster owns every process it started, and only those: stopping it ends each `ray start` session's
-processes and their descendants (Ray's workers run in sessions of their own), never another Ray on the machine.
+own. The cluster owns every process it started, and only those: each `ray start` session's processes and their
+descendants (Ray's workers run in sessions of their own), and any process that carries the cluster's mark in its
+environment (a worker whose raylet died is adopted by init and leaves the tree); stopping it ends them all,
+never another Ray on the machine.
 """
 
 from __future__ import annotations
@@ -24,18 +26,29 @@ from .ray_executor import import_ray
 __all__ = ["LocalRayCluster"]
 
 
-def _processes() -> dict[int, tuple[int, int, str]]:
-    """pid -> (parent pid, process group, command line) of every process on this machine (Linux /proc)."""
+#: The environment variable that marks the processes of one cluster (its value: the cluster's folder).
+MARK = "NONSINGULAR_RAY_CLUSTER"
+
+
+def _processes(mark: bytes) -> dict[int, tuple[int, int, str, bool]]:
+    """pid -> (parent pid, process group, command line, whether its environment holds `mark`) of every process
+    on this machine (Linux /proc); zombies are left out (they hold nothing and end with their parent)."""
     found = {}
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
         try:
             stat = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            if stat[0] == "Z":
+                continue
             title = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
+            try:
+                marked = mark in (entry / "environ").read_bytes().split(b"\0")
+            except PermissionError:  # another user's process: never ours
+                marked = False
         except OSError:  # ended meanwhile
             continue
-        found[int(entry.name)] = (int(stat[1]), int(stat[2]), title)
+        found[int(entry.name)] = (int(stat[1]), int(stat[2]), title, marked)
     return found
 
 
@@ -65,6 +78,7 @@ class LocalRayCluster:
         self.address = ""
         self._groups: set[int] = set()
         self._temp: Path | None = None
+        self._mark = b""
 
     def _ray_start(self, args: list[str]) -> None:
         command = [str(Path(sys.executable).with_name("ray")), "start", "--num-cpus", str(self.cpus), *args]
@@ -83,6 +97,8 @@ class LocalRayCluster:
         # A home of its own: a `ray.init()` run before on this machine leaves ~/.ray/auth_token, which a head
         # started from the same home enforces on the nodes that join it (Ray 2.60), and they have no token.
         self.env["HOME"] = str(self._temp)
+        self.env[MARK] = str(self._temp)  # Ray's daemons may rewrite their titles and environments; workers keep it
+        self._mark = f"{MARK}={self._temp}".encode()
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             port = int(s.getsockname()[1])
@@ -115,19 +131,35 @@ class LocalRayCluster:
 
     def processes(self) -> dict[int, tuple[int, str]]:
         """pid -> (parent pid, command line) of every process of this cluster (daemons and workers; a worker's
-        parent is its node's raylet)."""
-        table = _processes()
-        mine = {pid for pid, (_, group, _) in table.items() if group in self._groups}
+        parent is its node's raylet). After `stop`: whatever of the cluster survived it (nothing, unless a
+        process escaped the kill)."""
+        if not self._mark:
+            return {}
+        table = _processes(self._mark)
+        mine = {pid for pid, (_, group, _, marked) in table.items() if group in self._groups or marked}
         grown = True
         while grown:
-            more = {pid for pid, (parent, _, _) in table.items() if parent in mine} - mine
+            more = {pid for pid, (parent, _, _, _) in table.items() if parent in mine} - mine
             mine |= more
             grown = bool(more)
         return {pid: (table[pid][0], table[pid][2]) for pid in mine}
 
     def stop(self) -> None:
-        """Kill every process of this cluster and remove its folder."""
-        for pid in self.processes():
+        """Kill every process of this cluster and remove its folder.
+
+        The processes are frozen (SIGSTOP) until a look finds none new, then killed: a raylet killed after a look
+        that missed the worker it was starting would leave that worker running on, adopted by init.
+        """
+        frozen: set[int] = set()
+        for _ in range(20):
+            more = set(self.processes()) - frozen
+            if not more:
+                break
+            for pid in more:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGSTOP)
+            frozen |= more
+        for pid in frozen:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
         self._groups.clear()
