@@ -1,7 +1,7 @@
 """Run a VNN-COMP benchmark (or a subset) with `nonsingular verify` and compare with the published results.
 
     python -m benchmarks.vnncomp --benchmark-dir DIR --results-dir DIR [--instances 0-9] [--limit N]
-        [--timeout S] [--work DIR] [--max-eps-w]
+        [--timeout S] [--work DIR] [--max-eps-w [--max-eps-w-timeout S] [--max-eps-w-method bounds|bab]]
 
 DIR of the benchmark holds its `*instances.csv` and the files it names (e.g. the 2021 `mnistfc` folder of
 stanleybak/vnncomp2021); the results folder holds the published per-tool CSVs (benchmark, onnx, vnnlib, prep
@@ -14,12 +14,18 @@ constraint on onnxruntime's output). A sat claimed only by another tool is liste
 `violated` on mnistfc contradicts every other tool's `holds`). The table is per network and epsilon (from
 the property's file name `prop_<i>_<eps>.vnnlib` when it has that form): our counts beside each published
 tool's on the same instances. The run resumes: rerun the same command after a kill and finished instances are skipped.
+
+With --max-eps-w, the joint column per network and epsilon: over the `unsat` instances, the median relative
+weight radius proven by the bounds alone and with branch and bound, and how many instances branch and bound
+proves a larger radius on. Branch and bound starts from the bounds' radius, so it is never smaller: an instance
+where it is would be a bug, printed as a BAB BELOW BOUNDS line and counted as a failure (exit 1).
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import math
 import re
 import statistics
 import sys
@@ -35,6 +41,7 @@ from nonsingular.threat import EpsMode
 from nonsingular.verification import VerifyOptions, read_instances, run_campaign
 from nonsingular.verification.campaign import Instance, ResultRow, result_file
 from nonsingular.verification.instance import _plain
+from nonsingular.verification.radius import RadiusMethod
 
 PUBLISHED_SAT = {"sat", "violated"}
 PUBLISHED_UNSAT = {"unsat", "holds"}
@@ -99,6 +106,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeout", type=float, help="seconds per instance instead of the CSV's")
     parser.add_argument("--work", type=Path, default=Path("vnncomp-run"), help="results CSV and result files")
     parser.add_argument("--max-eps-w", action="store_true", help="the joint column: relative eps_w per unsat")
+    parser.add_argument(
+        "--max-eps-w-timeout",
+        type=float,
+        help="seconds of the --max-eps-w bisection per unsat, on top of the answer's time (default: the timeout)",
+    )
+    parser.add_argument(
+        "--max-eps-w-method",
+        type=RadiusMethod,
+        default=RadiusMethod.BAB,
+        choices=list(RadiusMethod),
+        help="bisect with the bounds alone, or the bounds then branch and bound (default; reports both)",
+    )
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument(
         "--trusted",
@@ -117,7 +136,16 @@ def main(argv: list[str] | None = None) -> int:
     subset = [todo[i] for i in chosen]
     if args.timeout is not None:
         subset = [Instance(i.onnx, i.vnnlib, args.timeout, i.onnx_path, i.vnnlib_path, i.line) for i in subset]
-    options = VerifyOptions(threads=args.threads, max_eps_w=args.max_eps_w, weight_mode=EpsMode.RELATIVE)
+    budget = args.max_eps_w_timeout
+    if budget is not None and not (math.isfinite(budget) and budget > 0):
+        parser.error(f"--max-eps-w-timeout must be a positive number of seconds, got {budget}")
+    options = VerifyOptions(
+        threads=args.threads,
+        max_eps_w=args.max_eps_w,
+        weight_mode=EpsMode.RELATIVE,
+        max_eps_w_timeout=budget,
+        max_eps_w_method=args.max_eps_w_method,
+    )
     out = args.work / "results.csv"
 
     def progress(index: int, total: int, inst: Instance, result: object) -> None:
@@ -160,10 +188,11 @@ def main(argv: list[str] | None = None) -> int:
     ]
     head += [f"{t} unsat+sat" for t in tools]
     if args.max_eps_w:
-        head.append("median rel. eps_w proven (unsat)")
+        head += ["median rel. eps_w proven, bounds (unsat)", "median rel. eps_w proven, BaB", "BaB > bounds"]
     print("| " + " | ".join(head) + " |")
     print("|" + "---|" * len(head))
     total: dict[str, int] = defaultdict(int)
+    below: list[str] = []
     for (net, eps), items in sorted(groups.items()):
         count = defaultdict(int)
         for _, row in items:
@@ -176,8 +205,7 @@ def main(argv: list[str] | None = None) -> int:
             verdicts = [published[t].get((_key(i.onnx), _key(i.vnnlib))) for i, _ in items]
             cells.append(f"{verdicts.count('unsat')}+{verdicts.count('sat')}")
         if args.max_eps_w:
-            radii = [r.eps_w_proven for _, r in items if r.result == "unsat" and r.eps_w_proven is not None]
-            cells.append(f"{statistics.median(radii):.3g}" if radii else "-")
+            cells += _joint_cells([r for _, r in items], below)
         for s in ("unsat", "sat", "unknown", "timeout", "error"):
             total[s] += count[s]
         print("| " + " | ".join(cells) + " |")
@@ -186,7 +214,27 @@ def main(argv: list[str] | None = None) -> int:
         print("WRONG:", w)
     for w in disputed:
         print("disputed (not counted):", w)
-    return 1 if wrong else 0
+    for b in below:
+        print("BAB BELOW BOUNDS (a bug: branch and bound starts from the bounds' radius):", b)
+    return 1 if wrong or below else 0
+
+
+def _joint_cells(rows: list[ResultRow], below: list[str]) -> list[str]:
+    """Median radius by the bounds and by branch and bound over the unsat rows with both, the count where branch
+    and bound is larger; rows where it is smaller go to `below`."""
+    pairs = [
+        (r.eps_w_proven_bounds, r.eps_w_proven)
+        for r in rows
+        if r.result == "unsat" and r.eps_w_proven_bounds is not None and r.eps_w_proven is not None
+    ]
+    for r in rows:
+        if r.eps_w_proven_bounds is not None and r.eps_w_proven is not None and r.eps_w_proven < r.eps_w_proven_bounds:
+            below.append(f"{_key(r.onnx)} {_key(r.vnnlib)}: BaB {r.eps_w_proven!r} < bounds {r.eps_w_proven_bounds!r}")
+    if not pairs:
+        return ["-", "-", "-"]
+    bounds = statistics.median(b for b, _ in pairs)
+    bab = statistics.median(p for _, p in pairs)
+    return [f"{bounds:.3g}", f"{bab:.3g}", f"{sum(1 for b, p in pairs if p > b)}/{len(pairs)}"]
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """`nonsingular verify`: one instance end to end (ONNX file, VNNLIB file, result file re-checked by onnxruntime),
-the hard timeout of the worker, --export-worst, the campaign's resume after a kill, and one-line errors on
-hostile properties, CSVs and paths."""
+the hard timeout of the worker, --export-worst, --max-eps-w (its budget, a stop during its search, its CSV
+columns), the campaign's resume after a kill, and one-line errors on hostile properties, CSVs and paths."""
 
 from __future__ import annotations
 
@@ -14,8 +14,9 @@ import pytest
 import torch
 
 from nonsingular.properties import load_vnnlib
-from nonsingular.verification import Status, VerifyOptions, read_results, run_campaign, run_isolated
-from nonsingular.verification.campaign import read_instances
+from nonsingular.threat import EpsMode
+from nonsingular.verification import Status, VerifyOptions, radius, read_results, run_campaign, run_isolated
+from nonsingular.verification.campaign import JOINT_COLUMNS, read_instances
 from nonsingular.verification.result import VerificationResult
 from tests.support import run_cli
 from tests.support.verification import mlp, to_onnx, vnnlib
@@ -104,9 +105,55 @@ def test_joint_sat_exports_weights_that_onnxruntime_confirms(bench: Path, monkey
 
 def test_max_eps_w_reports_a_bracket(bench: Path, monkeypatch, capsys) -> None:
     args = ["verify", str(bench / "net.onnx"), str(bench / "tight.vnnlib"), "--max-eps-w", "--weight-mode", "relative"]
-    code, stdout, err = run_cli(monkeypatch, capsys, *args)
+    code, stdout, err = run_cli(monkeypatch, capsys, *args, "--max-eps-w-timeout", "20")
     assert code == 0 and stdout == "unsat\n"
-    assert "eps_w proven up to" in err
+    assert "eps_w proven up to" in err and "bounds alone:" in err
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "nan", "inf"])
+def test_the_bisection_budget_is_validated(bench: Path, monkeypatch, capsys, value: str) -> None:
+    args = ["verify", str(bench / "net.onnx"), str(bench / "tight.vnnlib"), "--max-eps-w"]
+    code, _, err = run_cli(monkeypatch, capsys, *args, "--max-eps-w-timeout", value)
+    assert code == 2 and "--max-eps-w-timeout must be a positive number" in err, err
+    assert len(err.strip().splitlines()) == 1
+    code, _, err = run_cli(monkeypatch, capsys, *args, "--max-eps-w-method", "milp")
+    assert code == 2 and "--max-eps-w-method" in err
+
+
+def test_a_stop_during_the_search_keeps_the_answer_and_the_bounds_radius(bench: Path, monkeypatch) -> None:
+    marker = bench / "searching"
+
+    def stuck(*args: object, **kwargs: object) -> None:  # a search that never ends (in the forked worker)
+        marker.write_text("stage 2")
+        time.sleep(600)
+
+    monkeypatch.setattr(radius, "complete_pieces", stuck)
+    # One step gets all of the search's time: its bounds never run out of it, so the search is always reached.
+    monkeypatch.setattr(radius, "BAB_STEPS", 1)
+    options = VerifyOptions(max_eps_w=True, weight_mode=EpsMode.RELATIVE, max_eps_w_timeout=6.0)
+    result = run_isolated(bench / "net.onnx", bench / "tight.vnnlib", 30, options)
+    # The stop came during branch and bound's stage.
+    assert marker.exists(), {k: v for k, v in result.stats.items() if k.startswith("eps")}
+    assert result.status is Status.UNSAT
+    assert "eps_w_seconds" not in result.stats  # the bisection did not finish: it was stopped
+    assert result.stats["eps_w_proven"] >= result.stats["eps_w_proven_bounds"] > 0
+    assert result.stats["eps_w_proven_bounds"] <= result.stats["eps_w_open_bounds"]
+    assert result.seconds < 30  # the answer's time, not the bisection's
+
+
+def test_the_campaign_records_both_radii(bench: Path) -> None:
+    todo = read_instances(bench / "instances.csv")[:1]
+    out = bench / "joint.csv"
+    stats = {"eps_w_proven": 0.05, "eps_w_open": 0.0525, "eps_w_proven_bounds": 0.03, "eps_w_open_bounds": 0.0315}
+
+    def runner(onnx: Path, prop: Path, timeout: float, options: VerifyOptions) -> VerificationResult:
+        return VerificationResult(Status.UNSAT, 0.5, stats=dict(stats))
+
+    rows = run_campaign(todo, out, runner=runner, joint=True)
+    assert out.read_text().splitlines()[0].endswith(",".join(JOINT_COLUMNS))
+    for row in (rows[0], read_results(out)[0]):
+        assert (row.eps_w_proven, row.eps_w_proven_bounds, row.eps_w_refuted) == (0.05, 0.03, None)
+        assert (row.eps_w_open, row.eps_w_open_bounds) == (0.0525, 0.0315)
 
 
 def test_the_campaign_resumes_after_a_kill(bench: Path) -> None:

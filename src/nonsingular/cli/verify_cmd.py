@@ -25,6 +25,7 @@ from ..runtime.signals import check_stop
 from ..threat import EpsMode, WeightBall
 from ..verification.campaign import Instance, ResultRow, read_instances, run_campaign, summarise
 from ..verification.instance import VerifyOptions, run_isolated
+from ..verification.radius import RadiusMethod
 from ..verification.result import Status, VerificationResult, format_result, write_result
 from . import options as opt
 from .common import UserError, console, err_console, layer_names, progress_bar, progress_lines
@@ -110,10 +111,27 @@ def verify(
         bool,
         typer.Option(
             "--max-eps-w/--no-max-eps-w",
-            help="After an unsat, bisect the largest eps_w (in --weight-mode units) the bounds still prove, with "
-            "the time left; report the bracket.",
+            help="After an unsat, bisect the largest eps_w (in --weight-mode units) still proven: by the bounds "
+            "alone, then with branch and bound (see --max-eps-w-method); report both brackets.",
         ),
     ] = False,
+    max_eps_w_timeout: Annotated[
+        float | None,
+        typer.Option(
+            "--max-eps-w-timeout",
+            metavar="SECONDS",
+            help="Wall-clock seconds of the --max-eps-w bisection, on top of the answer's time (the answer keeps "
+            "--timeout, and its reported seconds are the answer's) [default: the instance's timeout].",
+        ),
+    ] = None,
+    max_eps_w_method: Annotated[
+        RadiusMethod,
+        typer.Option(
+            "--max-eps-w-method",
+            help="The --max-eps-w bisection: bounds (IBP/CROWN/alpha-CROWN only) or bab (the bounds' radius, then "
+            "branch and bound on what they leave open; reports both).",
+        ),
+    ] = _DEFAULTS.max_eps_w_method,
     export_worst: Annotated[
         Path | None,
         typer.Option(
@@ -158,6 +176,8 @@ def verify(
         raise UserError(f"--timeout must be a positive number of seconds, got {timeout}")
     if not (math.isfinite(eps_w) and eps_w >= 0):
         raise UserError(f"--eps-w must be a finite number >= 0, got {eps_w}")
+    if max_eps_w_timeout is not None and not (math.isfinite(max_eps_w_timeout) and max_eps_w_timeout > 0):
+        raise UserError(f"--max-eps-w-timeout must be a positive number of seconds, got {max_eps_w_timeout}")
     if threads < 1:
         raise UserError(f"--threads must be >= 1, got {threads}")
     if workers < 1:
@@ -174,6 +194,8 @@ def verify(
         seed=seed,
         threads=threads,
         max_eps_w=max_eps_w,
+        max_eps_w_timeout=max_eps_w_timeout,
+        max_eps_w_method=max_eps_w_method,
         export_worst=export_worst,
     )
     options.threat()  # validates the weight options once, before any instance runs
@@ -207,10 +229,18 @@ def _report(result: VerificationResult, out: Path | None) -> None:
     line = f"{result.status.value} in {result.seconds:.2f} s"
     if result.decided_by:
         line += f" (by {result.decided_by})"
-    if "eps_w_proven" in result.stats:
-        line += (
-            f"; eps_w proven up to {result.stats['eps_w_proven']:.4g}, not proven at {result.stats['eps_w_open']:.4g}"
-        )
+    stats = result.stats
+    if "eps_w_proven" in stats:
+        line += f"; eps_w proven up to {stats['eps_w_proven']:.4g}, not proven at {stats['eps_w_open']:.4g}"
+        if "eps_w_seconds_bab" in stats:
+            line += (
+                f" (bounds alone: {stats['eps_w_proven_bounds']:.4g} / {stats['eps_w_open_bounds']:.4g} in "
+                f"{stats['eps_w_seconds_bounds']:.1f} s; branch and bound {stats['eps_w_seconds_bab']:.1f} s)"
+            )
+        if "eps_w_refuted" in stats:
+            line += f"; a joint counterexample at eps_w {stats['eps_w_refuted']:.4g}"
+        if "eps_w_seconds" not in stats:
+            line += "; bisection stopped at its time limit"
     if result.message:
         line += f"; {result.message}"
     err_console.print(line)

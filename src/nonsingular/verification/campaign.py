@@ -13,7 +13,8 @@ alone writes the files below, in the order the instances finish; the rows it ret
 CSV's order.
 
 Results: `out` gets one CSV row per finished instance (onnx, vnnlib, result, seconds[, eps_w_proven,
-eps_w_open]), appended with one write and fsync each, so a kill loses at most the instance that was running; a
+eps_w_open, eps_w_proven_bounds, eps_w_open_bounds, eps_w_refuted]: the joint column's brackets, radius.py),
+appended with one write and fsync each, so a kill loses at most the instance that was running; a
 rerun keeps the complete rows, drops a torn last line, and skips the instances already in the file. Each result
 file (the VNN-COMP text with any counterexample) goes to the folder `<out stem>_results/` beside it.
 
@@ -62,7 +63,9 @@ __all__ = [
 ]
 
 COLUMNS = ["onnx", "vnnlib", "result", "seconds"]
-JOINT_COLUMNS = ["eps_w_proven", "eps_w_open"]
+#: The final bracket (branch and bound's, or the bounds' with --max-eps-w-method bounds), the bounds' alone, and
+#: the smallest radius with a joint counterexample (empty: none found).
+JOINT_COLUMNS = ["eps_w_proven", "eps_w_open", "eps_w_proven_bounds", "eps_w_open_bounds", "eps_w_refuted"]
 #: Most instances one CSV may list (VNN-COMP benchmarks have at most a few hundred).
 MAX_INSTANCES = 100_000
 #: Bytes an instance declares to a scheduler beyond its model: torch, onnxruntime and the bound engine's
@@ -93,6 +96,12 @@ class ResultRow:
     seconds: float
     eps_w_proven: float | None = None
     eps_w_open: float | None = None
+    eps_w_proven_bounds: float | None = None
+    eps_w_open_bounds: float | None = None
+    eps_w_refuted: float | None = None
+
+    def joint_values(self) -> list[float | None]:
+        return [getattr(self, name) for name in JOINT_COLUMNS]
 
 
 def _inside(root: Path, text: str, where: str) -> Path:
@@ -183,8 +192,9 @@ def read_results(path: str | Path) -> list[ResultRow]:
     for fields in rows[1:]:
         if len(fields) < 4 or fields[2] not in statuses or _float(fields[3]) is None:
             continue
-        extra = [_float(f) for f in fields[4:6]] + [None, None]
-        out.append(ResultRow(fields[0], fields[1], fields[2], float(fields[3]), extra[0], extra[1]))
+        extra = [_float(f) for f in fields[4 : 4 + len(JOINT_COLUMNS)]]
+        extra += [None] * (len(JOINT_COLUMNS) - len(extra))
+        out.append(ResultRow(fields[0], fields[1], fields[2], float(fields[3]), *extra))
     return out
 
 
@@ -192,8 +202,7 @@ def _row_text(row: ResultRow, joint: bool) -> str:
     buf = io.StringIO()
     values: list[object] = [row.onnx, row.vnnlib, row.result, f"{row.seconds:.3f}"]
     if joint:
-        values += ["" if row.eps_w_proven is None else repr(row.eps_w_proven)]
-        values += ["" if row.eps_w_open is None else repr(row.eps_w_open)]
+        values += ["" if v is None else repr(v) for v in row.joint_values()]
     csv.writer(buf, lineterminator="\n").writerow(values)
     return buf.getvalue()
 
@@ -252,7 +261,7 @@ def run_campaign(
         runner: how one instance runs (default: in a worker process stopped at its timeout); a module-level
             function for executors that run units in other processes.
         progress: progress(index, total, instance, result) after each instance, in the order they finish.
-        joint: add the eps_w bracket columns (with options that ask for --max-eps-w).
+        joint: add the eps_w bracket columns JOINT_COLUMNS (with options that ask for --max-eps-w).
         executor: where the instances run (default: one after another in this process); each declares
             options.threads CPUs and `instance_memory` bytes.
         units_progress: the study's progress line for the instances still to run, units_progress('units (2
@@ -292,14 +301,8 @@ def run_campaign(
         index = todo[name]
         inst = instances[index]
         write_result(result_file(out, index, inst), result)
-        row = ResultRow(
-            inst.onnx,
-            inst.vnnlib,
-            result.status.value,
-            result.seconds,
-            result.stats.get("eps_w_proven"),
-            result.stats.get("eps_w_open"),
-        )
+        joint_values = [result.stats.get(name) for name in JOINT_COLUMNS]
+        row = ResultRow(inst.onnx, inst.vnnlib, result.status.value, result.seconds, *joint_values)
         _append(out, _row_text(row, joint))
         rows[index] = row
         if progress is not None:

@@ -8,6 +8,7 @@ limit whatever the worker is doing, and a crash of one instance cannot take the 
 from __future__ import annotations
 
 import gzip
+import math
 import multiprocessing as mp
 import pickle
 import signal
@@ -15,7 +16,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from multiprocessing.connection import Connection
 from pathlib import Path
 
@@ -29,10 +30,9 @@ from ..properties import Case, load_vnnlib
 from ..runtime.executors import exit_with_parent
 from ..runtime.signals import Stopped, check_stop
 from ..threat import EpsMode, ThreatModel, WeightBall
-from .bounding import prove_pieces
 from .driver import DEFAULT_METHODS, verify_property
 from .export import export_perturbed
-from .joint import RadiusBracket, max_eps_w
+from .radius import JointRadius, RadiusMethod, joint_radius
 from .result import Counterexample, Status, VerificationResult
 from .witness import onnx_executor
 
@@ -58,8 +58,12 @@ class VerifyOptions:
         methods: bound methods tried in turn.
         seed: the attack's random starts.
         threads: torch threads in the worker.
-        max_eps_w: after an `unsat`, bisect the largest eps_w (in weight_mode's units) the bounds still prove,
-            with the time left (stats eps_w_proven / eps_w_open).
+        max_eps_w: after an `unsat`, bisect the largest eps_w (in weight_mode's units) still proven, first by the
+            bounds (stats eps_w_proven_bounds / eps_w_open_bounds), then with branch and bound (eps_w_proven /
+            eps_w_open; radius.py).
+        max_eps_w_timeout: wall-clock seconds of that bisection, on top of the answer's time (None: the
+            instance's timeout).
+        max_eps_w_method: the bisection's predicate: the bounds alone, or the bounds then branch and bound.
         export_worst: for a joint `sat`, write the ONNX file with the counterexample's weights here.
     """
 
@@ -71,7 +75,14 @@ class VerifyOptions:
     seed: int = 0
     threads: int = 1
     max_eps_w: bool = False
+    max_eps_w_timeout: float | None = None
+    max_eps_w_method: RadiusMethod = RadiusMethod.BAB
     export_worst: Path | None = None
+
+    def __post_init__(self) -> None:
+        budget = self.max_eps_w_timeout
+        if budget is not None and not (math.isfinite(budget) and budget > 0):
+            raise ValueError(f"max_eps_w_timeout must be a positive number of seconds, got {budget}")
 
     def threat(self, eps_w: float | None = None) -> ThreatModel | None:
         """The weight ball at `eps_w` (default: this run's), None for exact weights."""
@@ -158,20 +169,18 @@ def run_instance(
         if on_answer is not None:
             on_answer(result)
         if result.status is Status.UNSAT and options.max_eps_w:
-            bracket = max_eps_w(
-                lambda eps: (
-                    not prove_pieces(
-                        model, prop, shape, options.threat(eps), options.methods, set(prop.pieces()), start + timeout
-                    ).open_pieces
-                ),
-                deadline=start + timeout,
-                on_step=lambda b: _report_bracket(result, b, on_answer),
+            radius = joint_radius(
+                model,
+                prop,
+                shape,
+                options.threat,
+                options.methods,
+                budget=bisection_budget(options, timeout),
+                method=options.max_eps_w_method,
+                seed=options.seed,
+                on_step=lambda r: _report_radius(result, r, on_answer),
             )
-            result.stats.update(
-                eps_w_proven=bracket.proven,
-                eps_w_open=bracket.refuted_or_open,
-                eps_w_seconds=time.monotonic() - start - answered,
-            )
+            result.stats.update(radius.stats(), eps_w_seconds=time.monotonic() - start - answered)
         cex = result.counterexample
         if options.export_worst is not None and cex is not None and cex.weights:
             _export_checked(model_path, model, cex, prop.cases[cex.case], shape, options.export_worst, result)
@@ -179,11 +188,16 @@ def run_instance(
     return result
 
 
-def _report_bracket(
-    result: VerificationResult, bracket: RadiusBracket, on_answer: Callable[[VerificationResult], None] | None
+def bisection_budget(options: VerifyOptions, timeout: float) -> float:
+    """Seconds the --max-eps-w bisection may run after the answer: its own option, else the instance's timeout."""
+    return timeout if options.max_eps_w_timeout is None else options.max_eps_w_timeout
+
+
+def _report_radius(
+    result: VerificationResult, radius: JointRadius, on_answer: Callable[[VerificationResult], None] | None
 ) -> None:
-    """Keep the bisection's latest bracket in the result, and send it on: a hard stop keeps what was proven."""
-    result.stats.update(eps_w_proven=bracket.proven, eps_w_open=bracket.refuted_or_open)
+    """Keep the bisection's latest brackets in the result, and send them on: a hard stop keeps what was proven."""
+    result.stats.update(radius.stats())
     if on_answer is not None:
         on_answer(result)
 
@@ -236,6 +250,10 @@ def run_isolated(
     """`run_instance` in a worker process, stopped at the deadline: the answer arrives within about
     _KILL_GRACE + the time to stop a process after `timeout` seconds, whatever the worker is doing.
 
+    With --max-eps-w, an `unsat` answer moves the deadline to its arrival + the bisection's budget
+    (`bisection_budget`): the worker bisects within that budget, sending its brackets as it goes, and a worker
+    stopped then keeps the answer (and its `seconds`) with the latest brackets it sent.
+
     A worker that dies without an answer (a crash, out of memory) gives `error` with what is known.
 
     Raises:
@@ -248,24 +266,33 @@ def run_isolated(
     # it sets its own thread count first, as torch's DataLoader workers do.
     ctx = mp.get_context("fork")
     receive, send = ctx.Pipe(duplex=False)
+    budget = bisection_budget(options, timeout)
+    # The worker keeps a margin on both clocks, so that its own answer and its last bracket beat the hard stop.
+    worker_options = replace(options, max_eps_w_timeout=max(0.05, budget - _SOFT_MARGIN))
     proc = ctx.Process(
-        target=_worker, args=(send, str(onnx), str(vnnlib), max(0.05, timeout - _SOFT_MARGIN), options), daemon=True
+        target=_worker,
+        args=(send, str(onnx), str(vnnlib), max(0.05, timeout - _SOFT_MARGIN), worker_options),
+        daemon=True,
     )
     proc.start()
     send.close()
     result: VerificationResult | None = None
     killed = False
+    deadline = start + timeout
     try:
         # The worker sends the answer, then (after --max-eps-w or an export) the final result: keep the latest.
         # Polled in short slices so that a stop request (runtime/signals.py) ends the wait within _POLL_S.
-        while (left := timeout - (time.monotonic() - start)) > 0:
+        while (left := deadline - time.monotonic()) > 0:
             if not receive.poll(min(left, _POLL_S)):
                 check_stop()
                 continue
             try:
-                result = pickle.loads(receive.recv_bytes())
+                message = pickle.loads(receive.recv_bytes())
             except EOFError:
                 break
+            if result is None and options.max_eps_w and message.status is Status.UNSAT:
+                deadline = time.monotonic() + budget  # the bisection's own time, after the answer
+            result = message
         if result is None:  # no answer and a stop pending: the worker's end is the stop's, not an `error` answer
             check_stop()
     finally:  # also on Stopped: the running instance's worker never outlives the wait
@@ -282,7 +309,7 @@ def run_isolated(
         # run, not an `error` answer of the instance.
         raise Stopped(-(proc.exitcode or 0))
     seconds = time.monotonic() - start
-    if result is None:
+    if result is None:  # no answer: the instance's own timeout stopped it (the bisection never started)
         if seconds >= timeout:
             return VerificationResult(Status.TIMEOUT, seconds)
         return VerificationResult(

@@ -4,8 +4,9 @@
   claimed only after the project's independent checker (`nonsingular.check_attack`) finds the weights inside the ball
   and recomputes the same outputs, and the ordinary module, run in float32 with W' by `functional_call`, maps
   the snapped input into the unsafe region.
-- `max_eps_w`: the largest weight radius at which the bounds still prove the property, by bisection on eps_w
-  (the bracket [proven, not proven] is the honest statement).
+- `max_eps_w`: the largest weight radius at which a predicate (the bounds, or the bounds then branch and bound:
+  radius.py) still proves the property, by bisection on eps_w (the bracket [proven, not proven] is the honest
+  statement).
 """
 
 from __future__ import annotations
@@ -77,14 +78,16 @@ def max_eps_w(
     rel_tol: float = 0.05,
     deadline: float = math.inf,
     on_step: Callable[[RadiusBracket], None] | None = None,
+    proven: float = 0.0,
 ) -> RadiusBracket:
     """Bisection on eps_w for the predicate `proves(eps_w)` (monotone: a smaller ball is a subset).
 
     Doubles from `start` until the bound fails or `cap`, then halves the bracket until its ends are within
     `rel_tol` of each other or time.monotonic() passes `deadline`. `on_step` sees the bracket after every
-    evaluation (so a caller that may be stopped keeps the latest one).
+    evaluation (so a caller that may be stopped keeps the latest one). `proven`: a radius already known to be
+    proven (by a weaker predicate that implies this one), the bracket's lower end from the start.
     """
-    lo, hi, steps = 0.0, math.inf, 0
+    lo, hi, steps = proven, math.inf, 0
 
     def check(eps: float) -> bool:  # the predicate, reporting the bracket it implies
         ok = proves(eps)
@@ -100,8 +103,8 @@ def max_eps_w(
         else:
             hi = eps
             break
-    if hi == math.inf and lo == 0.0:
-        return RadiusBracket(0.0, math.inf, steps)
+    if hi == math.inf:
+        return RadiusBracket(lo, hi, steps)
     if lo == 0.0:  # even the first radius fails: halve down towards 0
         eps = hi / 2
         while eps > start * 1e-4 and time.monotonic() < deadline:
