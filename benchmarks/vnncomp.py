@@ -113,9 +113,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--max-eps-w-method",
-        type=RadiusMethod,
-        default=RadiusMethod.BAB,
-        choices=list(RadiusMethod),
+        default=RadiusMethod.BAB.value,
+        choices=[method.value for method in RadiusMethod],
         help="bisect with the bounds alone, or the bounds then branch and bound (default; reports both)",
     )
     parser.add_argument("--threads", type=int, default=1)
@@ -144,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
         max_eps_w=args.max_eps_w,
         weight_mode=EpsMode.RELATIVE,
         max_eps_w_timeout=budget,
-        max_eps_w_method=args.max_eps_w_method,
+        max_eps_w_method=RadiusMethod(args.max_eps_w_method),
     )
     out = args.work / "results.csv"
 
