@@ -23,7 +23,7 @@ from nonsingular.runtime.executors import Unit, UnitError, run_units  # noqa: E4
 from nonsingular.runtime.executors.ray_cluster import LocalRayCluster  # noqa: E402
 from nonsingular.runtime.executors.ray_executor import RayExecutor  # noqa: E402
 from nonsingular.study import load_study_config, run_study  # noqa: E402
-from tests.support.ray_cluster import busy, checkout_env, joined_cluster, left_running, wait_for  # noqa: E402
+from tests.support.ray_cluster import busy, checkout_env, joined_cluster, left_running, sigkill_when  # noqa: E402
 
 CONFIG = """
 name = "executors"
@@ -182,17 +182,11 @@ def test_a_killed_driver_started_again_resumes_from_the_cache(cluster, local_run
     command += ["--cache", str(cache), "--executor", "ray", "--ray-address", cluster.address]
     with open(tmp_path / "first.log", "wb") as log:
         driver = subprocess.Popen(command, env=checkout_env(), stdout=log, stderr=subprocess.STDOUT)
-        try:
 
-            def cached_and_running() -> bool:
-                return any(cache.glob("*.safetensors")) and bool(busy(cluster, UNIT))
+        def cached_and_running() -> bool:
+            return any(cache.glob("*.safetensors")) and bool(busy(cluster, UNIT))
 
-            wait_for(driver, cached_and_running, "a cached model while units run")
-            os.kill(driver.pid, signal.SIGKILL)
-        finally:
-            driver.kill()
-            driver.wait()
-    assert driver.returncode == -signal.SIGKILL
+        sigkill_when(driver, cached_and_running, "a cached model while units run")
     lock = json.loads((out / ".lock").read_text())
     assert lock["pid"] == driver.pid  # left behind: the restart must judge it stale, not wait for it
     assert left_running(cluster, UNIT) == []  # Ray ended the dead driver's units: no worker computes for nobody

@@ -5,6 +5,7 @@ a wait for the cluster's processes that must end."""
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -51,6 +52,18 @@ def wait_for(process: subprocess.Popen[bytes], ready: Callable[[], bool], what: 
         assert process.poll() is None, f"the driver ended (exit status {process.returncode}) before {what}"
         assert time.monotonic() < deadline, f"no {what} within {timeout:g} s"
         time.sleep(0.02)
+
+
+def sigkill_when(process: subprocess.Popen[bytes], ready: Callable[[], bool], what: str) -> None:
+    """SIGKILL `process` (a driver) as soon as `ready` holds (`wait_for`), as a crash would end it mid-run; the
+    process is killed and reaped however the wait ends, and must have died of that SIGKILL."""
+    try:
+        wait_for(process, ready, what)
+        os.kill(process.pid, signal.SIGKILL)
+    finally:
+        process.kill()
+        process.wait()
+    assert process.returncode == -signal.SIGKILL
 
 
 def busy(cluster: LocalRayCluster, prefixes: tuple[str, ...]) -> dict[int, tuple[int, str]]:

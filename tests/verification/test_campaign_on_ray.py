@@ -24,7 +24,7 @@ from nonsingular.runtime.executors.ray_executor import RayExecutor  # noqa: E402
 from nonsingular.verification import read_results, run_campaign  # noqa: E402
 from nonsingular.verification.campaign import read_instances  # noqa: E402
 from tests.support import run_cli  # noqa: E402
-from tests.support.ray_cluster import busy, checkout_env, joined_cluster, left_running, wait_for  # noqa: E402
+from tests.support.ray_cluster import busy, checkout_env, joined_cluster, left_running, sigkill_when  # noqa: E402
 from tests.support.verification import campaign_bench, slow_instance  # noqa: E402
 
 #: Title prefix of a process running an instance: the Ray worker ("ray::<unit name>"), and its forked child.
@@ -124,17 +124,11 @@ def test_a_killed_driver_started_again_runs_only_the_missing_rows(cluster, bench
     command = [sys.executable, "-c", DRIVER, str(folder / "instances.csv"), str(out), cluster.address]
     with open(tmp_path / "first.log", "wb") as log:
         driver = subprocess.Popen(command, env=checkout_env(), stdout=log, stderr=subprocess.STDOUT)
-        try:
 
-            def a_row_and_an_instance_running() -> bool:
-                return out.exists() and len(read_results(out)) >= 1 and bool(busy(cluster, (INSTANCE,)))
+        def a_row_and_an_instance_running() -> bool:
+            return out.exists() and len(read_results(out)) >= 1 and bool(busy(cluster, (INSTANCE,)))
 
-            wait_for(driver, a_row_and_an_instance_running, "a row written while instances run")
-            os.kill(driver.pid, signal.SIGKILL)
-        finally:
-            driver.kill()
-            driver.wait()
-    assert driver.returncode == -signal.SIGKILL
+        sigkill_when(driver, a_row_and_an_instance_running, "a row written while instances run")
     # The units line of the CLI, from the first event on. Its exact counts depend on Ray's scheduling and the
     # load (after the previous test's killed worker, Ray sometimes ran one instance at a time here); the
     # fake-executor test in test_campaign_executors.py checks them exactly, per node included.
