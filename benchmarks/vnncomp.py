@@ -2,6 +2,7 @@
 
     python -m benchmarks.vnncomp --benchmark-dir DIR --results-dir DIR [--instances 0-9] [--limit N]
         [--timeout S] [--work DIR] [--max-eps-w [--max-eps-w-timeout S] [--max-eps-w-method bounds|bab]]
+        [--bounds-alone]
 
 DIR of the benchmark holds its `*instances.csv` and the files it names (e.g. the 2021 `mnistfc` folder of
 stanleybak/vnncomp2021); the results folder holds the published per-tool CSVs (benchmark, onnx, vnnlib, prep
@@ -19,6 +20,11 @@ With --max-eps-w, the joint column per network and epsilon: over the `unsat` ins
 weight radius proven by the bounds alone and with branch and bound, and how many instances branch and bound
 proves a larger radius on. Branch and bound starts from the bounds' radius, so it is never smaller: an instance
 where it is would be a bug, printed as a BAB BELOW BOUNDS line and counted as a failure (exit 1).
+
+With --bounds-alone, every selected instance is also bounded by IBP, CROWN and alpha-CROWN alone (no attack, no
+branch and bound, the instance's timeout): a column counts what they prove, and each of those that `verify` did
+not answer `unsat` is printed as a MISSED line and counted as a failure (exit 1): the search must never lose
+what its own first stage proves.
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ import math
 import re
 import statistics
 import sys
+import time
 from collections import defaultdict
 from pathlib import Path
 
@@ -36,11 +43,14 @@ import numpy as np
 import onnxruntime as ort
 import torch
 
+from nonsingular.bounds import BoundMethod
+from nonsingular.models.onnx import load_onnx
 from nonsingular.properties import load_vnnlib
 from nonsingular.threat import EpsMode
 from nonsingular.verification import VerifyOptions, read_instances, run_campaign
+from nonsingular.verification.bounding import prove_pieces
 from nonsingular.verification.campaign import Instance, ResultRow, result_file
-from nonsingular.verification.instance import _plain
+from nonsingular.verification.instance import _plain, onnx_input_shape
 from nonsingular.verification.radius import RadiusMethod
 
 PUBLISHED_SAT = {"sat", "violated"}
@@ -117,6 +127,12 @@ def main(argv: list[str] | None = None) -> int:
         choices=[method.value for method in RadiusMethod],
         help="bisect with the bounds alone, or the bounds then branch and bound (default; reports both)",
     )
+    parser.add_argument(
+        "--bounds-alone",
+        action="store_true",
+        help="also bound every instance with IBP, CROWN and alpha-CROWN alone (no attack, no branch and bound): "
+        "a column of what they prove, and a MISSED line (exit 1) for each of those we did not answer unsat",
+    )
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument(
         "--trusted",
@@ -156,6 +172,12 @@ def main(argv: list[str] | None = None) -> int:
             )
 
     rows = run_campaign(subset, out, options, progress=progress, joint=args.max_eps_w)
+    alone = [_bounds_alone(inst) for inst in subset] if args.bounds_alone else [False] * len(subset)
+    missed = [
+        f"{_key(inst.onnx)} {_key(inst.vnnlib)}: {row.result}"
+        for inst, row, proven in zip(subset, rows, alone, strict=True)
+        if proven and row.result != "unsat"
+    ]
     published = _published(args.results_dir)
     groups: dict[tuple[str, str], list[tuple[Instance, ResultRow]]] = defaultdict(list)
     wrong: list[str] = []
@@ -186,12 +208,15 @@ def main(argv: list[str] | None = None) -> int:
         "median s (answered)",
     ]
     head += [f"{t} unsat+sat" for t in tools]
+    if args.bounds_alone:
+        head += ["bounds alone unsat"]
     if args.max_eps_w:
         head += ["median rel. eps_w proven, bounds (unsat)", "median rel. eps_w proven, BaB", "BaB > bounds"]
     print("| " + " | ".join(head) + " |")
     print("|" + "---|" * len(head))
     total: dict[str, int] = defaultdict(int)
     below: list[str] = []
+    proven_alone = {id(row) for row, proven in zip(rows, alone, strict=True) if proven}
     for (net, eps), items in sorted(groups.items()):
         count = defaultdict(int)
         for _, row in items:
@@ -203,6 +228,8 @@ def main(argv: list[str] | None = None) -> int:
         for t in tools:
             verdicts = [published[t].get((_key(i.onnx), _key(i.vnnlib))) for i, _ in items]
             cells.append(f"{verdicts.count('unsat')}+{verdicts.count('sat')}")
+        if args.bounds_alone:
+            cells.append(str(sum(1 for _, row in items if id(row) in proven_alone)))
         if args.max_eps_w:
             cells += _joint_cells([r for _, r in items], below)
         for s in ("unsat", "sat", "unknown", "timeout", "error"):
@@ -215,7 +242,22 @@ def main(argv: list[str] | None = None) -> int:
         print("disputed (not counted):", w)
     for b in below:
         print("BAB BELOW BOUNDS (a bug: branch and bound starts from the bounds' radius):", b)
-    return 1 if wrong or below else 0
+    if args.bounds_alone:
+        print(f"bounds alone prove {len(proven_alone)}; of those, not answered unsat by verify: {len(missed)}")
+    for m in missed:
+        print("MISSED (the bounds alone prove it):", m)
+    return 1 if wrong or below or missed else 0
+
+
+def _bounds_alone(inst: Instance) -> bool:
+    """Whether IBP, CROWN and alpha-CROWN, tried in turn without attack or branch and bound, prove every piece
+    of the instance's property within its timeout."""
+    prop = load_vnnlib(inst.vnnlib_path)
+    with _plain(inst.onnx_path) as model_path:
+        model, shape = load_onnx(model_path), onnx_input_shape(model_path)
+    methods = [BoundMethod.IBP, BoundMethod.CROWN, BoundMethod.ALPHA_CROWN]
+    outcome = prove_pieces(model, prop, shape, None, methods, set(prop.pieces()), time.monotonic() + inst.timeout)
+    return not outcome.open_pieces
 
 
 def _joint_cells(rows: list[ResultRow], below: list[str]) -> list[str]:
