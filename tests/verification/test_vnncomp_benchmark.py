@@ -10,8 +10,6 @@ import pytest
 from benchmarks import vnncomp
 from tests.support.verification import campaign_bench
 
-pytest.importorskip("onnxruntime")
-
 
 def _published(folder: Path, tool: str, verdicts: dict[str, str]) -> None:
     """A results CSV in VNN-COMP 2021's format: benchmark, onnx, vnnlib, prep time, result, time."""
