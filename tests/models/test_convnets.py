@@ -12,7 +12,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from nonsingular import PGD, ThreatModel, check_attack
-from nonsingular.attacks.perturbation import settle_operator_rounding
+from nonsingular.attacks.weight_ball import settle_operator_rounding
 from nonsingular.datasets import Dataset
 from nonsingular.models import LeNet, SmallCNN, load_user_model, load_weights
 from nonsingular.models import architectures as models_module

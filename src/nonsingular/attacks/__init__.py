@@ -3,9 +3,10 @@
 Owns the `Attack` protocol (`protocol`), the PGD loop (`pgd`, its step pieces in `pgd_steps`), APGD (`apgd`),
 the default ensemble (`ensemble`), attacks by name (`factory`), attack losses (`losses`), results with their
 explicit perturbed weights (`result`), the perturbation blocks that put weights on the Lemma 1, explicit or
-shared path (`perturbation`), the autograd-free MLP path (`fused_mlp`) and sanity flags (`sanity`). May import
-the vocabulary (`threat`, `errors`), `runtime`, `models` and the independent checker `check` (the ensemble
-keeps only checked results); never `bounds`, `evaluation`, `training`, `study` or `cli`.
+shared path (`perturbation`), the operator ball's projection and rounding (`weight_ball`), the autograd-free
+MLP path (`fused_mlp`) and sanity flags (`sanity`). May import the vocabulary (`threat`, `errors`), `runtime`,
+`models` and the independent checker `check` (the ensemble keeps only checked results); never `bounds`,
+`evaluation`, `training`, `study` or `cli`.
 """
 
 from .apgd import APGD, APGDSchedule

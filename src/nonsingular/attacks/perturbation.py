@@ -25,6 +25,7 @@ from torch import Tensor, nn
 
 from ..threat import PERTURBABLE_TYPES, PerturbableLayer, Scope, ThreatModel, WeightBall
 from . import per_example_conv
+from .weight_ball import project_rows_l1, settle_operator_rounding
 
 __all__ = ["LayerPath", "WeightBlock", "build_weight_blocks", "installed", "layer_paths", "per_row"]
 
@@ -110,69 +111,6 @@ def _bias_term(module: nn.Module, delta_b: Tensor, out: Tensor, per_example: boo
     if isinstance(module, nn.Linear):
         return delta_b.reshape(delta_b.shape[0], *([1] * extra), -1) if per_example else delta_b
     return delta_b.reshape(*delta_b.shape, *([1] * extra)) if per_example else delta_b.reshape(-1, *([1] * extra))
-
-
-def project_rows_l1(delta: Tensor, radius: Tensor) -> Tensor:
-    """Euclidean projection of each row of `delta` (rows = dim -2 after flattening) onto the l1 ball.
-
-    delta: (..., rows, cols); radius: broadcastable scalar. Duchi et al. 2008, vectorised over rows.
-    """
-    a = delta.abs()
-    inside = a.sum(dim=-1, keepdim=True) <= radius
-    mu, _ = torch.sort(a, dim=-1, descending=True)
-    cumsum = mu.cumsum(dim=-1)
-    k = torch.arange(1, a.shape[-1] + 1, device=a.device, dtype=a.dtype)
-    cond = mu - (cumsum - radius) / k > 0
-    rho_idx = cond.to(a.dtype).cumsum(dim=-1).argmax(dim=-1, keepdim=True)
-    theta = (cumsum.gather(-1, rho_idx) - radius) / (rho_idx + 1).to(a.dtype)
-    projected = torch.sign(delta) * torch.clamp(a - theta.clamp_min(0), min=0)
-    return torch.where(inside, delta, projected)
-
-
-def settle_operator_rounding(weight: Tensor, perturbed: Tensor, radius: Tensor) -> Tensor:
-    """Operator ball: bring rows of W' = perturbed back inside the ball where only rounding put them out.
-
-    THEORY.md section 8: the row sums sum_j |W'_ij - W_ij| that the checker computes in the dtype can exceed
-    e by the rounding of W + D (up to an ulp of each |W'_ij|) and of the l1 projection (an ulp of e per column),
-    even when the attack's D lies in the ball. Such rows are shrunk towards W. A row further out than that
-    rounding slack is returned as it is: a perturbation that really leaves the ball must reach the checker.
-
-    Args:
-        weight: W, (rows, ...) with rows = output features / channels.
-        perturbed: W', W.shape or (n, *W.shape).
-        radius: e, 0-dim tensor in W's dtype.
-    """
-    rows = weight.shape[0]
-    lead = perturbed.dim() - weight.dim()
-    tiny = torch.finfo(weight.dtype).eps
-    cols = weight[0].numel()
-
-    def row_view(t: Tensor) -> Tensor:
-        return t.reshape(*t.shape[:lead], rows, -1)
-
-    def expand(v: Tensor) -> Tensor:
-        return v.reshape(*v.shape, *([1] * (weight.dim() - 1)))
-
-    sums = row_view(perturbed - weight).abs().sum(dim=-1)
-    rounding = 4 * tiny * (row_view(perturbed).abs().sum(dim=-1) + cols * radius)
-    settle = (sums > radius) & (sums <= radius + rounding)
-    if not bool(settle.any()):
-        return perturbed
-    settled = perturbed
-    for _ in range(4):
-        diff = settled - weight
-        sums = row_view(diff).abs().sum(dim=-1)
-        over = settle & (sums > radius)
-        if not bool(over.any()):
-            return settled
-        # Aim below the radius by a bound on the rounding of W + D (an ulp of each |W'| element), so the
-        # difference the dtype computes afterwards lands inside even when |W| >> radius.
-        slack = 2 * tiny * row_view(settled).abs().sum(dim=-1)
-        scale = torch.where(over, (radius - slack).clamp_min(0) / sums, torch.ones_like(sums))
-        settled = weight + diff * expand(scale)
-    # Still outside after the rounds above (pathological magnitudes): those rows stay unperturbed.
-    over = settle & (row_view(settled - weight).abs().sum(dim=-1) > radius)
-    return torch.where(expand(over), weight.expand_as(settled), settled)
 
 
 class WeightBlock:
