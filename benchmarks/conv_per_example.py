@@ -30,7 +30,7 @@ from nonsingular.attacks import per_example_conv, perturbation
 from nonsingular.models import LeNet, SmallCNN
 
 #: (in channels, out channels, side, stride, padding, kernel) of SmallCNN's and LeNet's convolutions (1x28x28).
-LAYERS = [(1, 16, 28, 1, 1, 3), (16, 32, 28, 2, 1, 3), (1, 6, 28, 1, 0, 5), (6, 16, 12, 1, 0, 5)]
+LAYERS = [(1, 16, 28, 1, 1, 3), (16, 32, 28, 2, 1, 3), (1, 6, 28, 1, 2, 5), (6, 16, 14, 1, 2, 5)]
 
 
 def grouped(conv: nn.Conv2d, h: torch.Tensor, d: torch.Tensor, channels_last: bool = False) -> torch.Tensor:

@@ -204,9 +204,9 @@ def test_subclassed_layers_take_the_additive_path(batch, scope, monkeypatch):
     monkeypatch.setattr(perturbation, "_apply_weight" if scope == "shared" else "_apply_weight_per_example", spy)
     conv_op = per_example_conv.per_example_conv2d
 
-    def spy_conv(module, h, delta):  # per-example plain 2-d convolutions take the dedicated op
+    def spy_conv(module, h, delta, **kwargs):  # per-example plain 2-d convolutions take the dedicated op
         calls.append(type(module))
-        return conv_op(module, h, delta)
+        return conv_op(module, h, delta, **kwargs)
 
     monkeypatch.setattr(per_example_conv, "per_example_conv2d", spy_conv)
     results = [PGD(steps=3, seed=2)(m, x, y, threat) for m in (plain, sub)]

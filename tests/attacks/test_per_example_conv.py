@@ -12,20 +12,25 @@ from nonsingular.attacks.perturbation import build_weight_blocks, installed, lay
 
 #: (in, out, side, stride, padding, dilation, groups, kernel): SmallCNN's and LeNet's layers, and geometries
 #: whose transposed convolution needs output padding (stride 2 and 3 with rows dropped) or several groups.
+#: Stride 1 with one group takes the unfolded products, the others the grouped convolution.
 GEOMETRIES = [
     (1, 16, 28, 1, 1, 1, 1, 3),
     (16, 32, 28, 2, 1, 1, 1, 3),
+    (1, 6, 28, 1, 2, 1, 1, 5),
+    (6, 16, 14, 1, 2, 1, 1, 5),
     (6, 16, 12, 1, 0, 1, 1, 5),
+    (3, 5, 9, 1, 2, 2, 1, 3),
     (4, 8, 11, 2, 2, 2, 2, 3),
     (4, 6, 10, 3, 0, 1, 2, 2),
 ]
 
 
+@pytest.mark.parametrize("bias", [True, False])
 @pytest.mark.parametrize("geometry", GEOMETRIES)
-def test_matches_one_convolution_per_example(geometry):
+def test_matches_one_convolution_per_example(geometry, bias):
     c_in, c_out, side, stride, pad, dil, groups, k = geometry
     torch.manual_seed(0)
-    conv = nn.Conv2d(c_in, c_out, k, stride=stride, padding=pad, dilation=dil, groups=groups).double()
+    conv = nn.Conv2d(c_in, c_out, k, stride=stride, padding=pad, dilation=dil, groups=groups, bias=bias).double()
     n = 5
     h = torch.randn(n, c_in, side, side, dtype=torch.float64, requires_grad=True)
     delta = (1e-2 * torch.randn(n, *conv.weight.shape, dtype=torch.float64)).requires_grad_()
@@ -36,7 +41,7 @@ def test_matches_one_convolution_per_example(geometry):
     # float64: only the order of the sums differs (layouts), so agreement to ~1e-13 relative.
     torch.testing.assert_close(out, ref, rtol=1e-12, atol=1e-12)
     g = torch.randn_like(ref)
-    wrt = [h, delta, conv.weight, conv.bias]
+    wrt = [h, delta, conv.weight] + ([conv.bias] if bias else [])
     for got, want in zip(torch.autograd.grad(out, wrt, g), torch.autograd.grad(ref, wrt, g), strict=True):
         torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
 
@@ -112,3 +117,28 @@ def test_training_through_frozen_blocks_gets_the_weight_gradients(monkeypatch):
         slow = grads()
     for got, want in zip(fast, slow, strict=True):
         torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+
+
+def test_an_attacks_blocks_leave_the_layer_parameters_without_gradients():
+    """Blocks built with differentiates_parameters=False (an attack's) give D the same gradient and W, b none."""
+    model = _cnn().double()
+    x = torch.rand(6, 1, 14, 14, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    y = torch.arange(6)
+    threat = ThreatModel(eps_x=0.05, eps_w=0.01)
+    paths = layer_paths(model, threat, x[:2])
+
+    def grads(differentiates):
+        blocks = build_weight_blocks(model, threat, paths, 6, differentiates)
+        for blk in blocks:
+            blk.random_start(torch.Generator().manual_seed(4))
+        model.zero_grad()
+        variables = [v.requires_grad_() for blk in blocks for v in blk.variables]
+        with installed(blocks):
+            F.cross_entropy(model(x), y).backward()
+        return [v.grad for v in variables], [p.grad for p in (model[0].weight, model[0].bias)]
+
+    with_params, params = grads(True)
+    without, none = grads(False)
+    assert all(p is not None for p in params) and all(p is None for p in none)
+    for got, want in zip(without, with_params, strict=True):
+        torch.testing.assert_close(got, want, rtol=0, atol=0)

@@ -45,24 +45,36 @@ def supports(module: nn.Module) -> bool:
 
 @dataclass(frozen=True)
 class _Layouts:
-    """Channels-last (True) or NCHW (False) for the forward, the input gradient and the kernel gradient."""
+    """Channels-last (True) or NCHW (False) for the forward, the input gradient and the kernel gradient, and
+    whether the forward and the kernel gradient run as batched products with the unfolded input instead."""
 
     forward: bool
     input_grad: bool
     kernel_grad: bool
+    unfold: bool = False
 
 
-def _layouts(in_per_group: int) -> _Layouts:
-    """The layout of each product for kernels with `in_per_group` input channels per group.
+def _plan(in_per_group: int, kernel_size: tuple[int, ...], stride: tuple[int, ...], groups: int) -> _Layouts:
+    """How each product runs, from the layer's shape alone (never from timings taken at run time, so an attack's
+    numbers do not vary from run to run).
 
-    Measured with oneDNN 3.x on AVX-512, one thread, batch 128 (BENCHMARKS.md, "Per-example joint
-    convolutions: the measured argument"): with several input channels per group the input gradient (a
-    transposed convolution) is several times faster in channels-last, forward and kernel gradient are faster in
-    NCHW; with one (a first layer on grey images: a depthwise convolution once folded) NCHW throughout was the
-    fastest of the eight choices. The choice depends on the shape only, never on timings taken at run time, so
-    an attack's numbers do not vary from run to run.
+    Measured with oneDNN 3.x on AVX-512, one thread, batch 128, fresh kernels W + D each call (BENCHMARKS.md,
+    "Per-example joint convolutions: the measured argument"), on SmallCNN's and LeNet's four layers:
+    - one input channel per group (a first layer on grey images: a depthwise convolution once folded): the
+      input gradient in NCHW (1.4 / 2.7 ms against 5.1 / 3.9 channels-last); several: channels-last (8.3 / 3.3
+      against 17.7 / 4.5 ms).
+    - the forward in channels-last (2.7, 6.1, 1.9, 1.8 ms against 5.3, 6.9, 2.8, 4.4 in NCHW with the return to
+      NCHW), the kernel gradient in channels-last for 5x5 kernels (1.7 / 2.4 against 3.0 / 4.9 ms), in NCHW
+      for 3x3 ones (1.8 / 3.0 against 2.7 / 7.6 ms);
+    - a stride-1 3x3 layer on one input channel: the unfolded products (patches 1.3 ms, forward 0.8, kernel
+      gradient 0.8, against 2.7 + 1.8 ms grouped).
     """
-    return _Layouts(forward=False, input_grad=in_per_group > 1, kernel_grad=False)
+    area = 1
+    for k in kernel_size:
+        area *= k
+    if in_per_group == 1 and groups == 1 and all(st == 1 for st in stride) and area <= 9:
+        return _Layouts(forward=False, input_grad=False, kernel_grad=False, unfold=True)
+    return _Layouts(forward=area >= 25, input_grad=in_per_group > 1, kernel_grad=area >= 25)
 
 
 def _to_channels_last(t: Tensor) -> Tensor:
@@ -118,7 +130,16 @@ class _PerExampleConv2d(torch.autograd.Function):
         # Example i's kernels are rows i C_out ... (i + 1) C_out - 1 of the folded kernel.
         kernel = (weight + delta).reshape(-1, *weight.shape[1:])
         folded = h.reshape(1, -1, *h.shape[2:]).contiguous()
-        layouts = _layouts(weight.shape[1])
+        layouts = _plan(weight.shape[1], tuple(weight.shape[2:]), stride, groups)
+        ctx.geometry, ctx.layouts, ctx.n = geometry, layouts, n
+        ctx.h_shape, ctx.delta_shape = h.shape, delta.shape
+        if layouts.unfold:
+            # out[i] = (W + D[i]) as (C_out, C_in k k) @ patches[i] (C_in k k, positions), bias added in the product.
+            patches = F.unfold(h, weight.shape[2:], dilation, padding, stride)
+            rows = kernel.reshape(n, weight.shape[0], -1)
+            flat = torch.bmm(rows, patches) if bias is None else torch.baddbmm(bias[None, :, None], rows, patches)
+            ctx.save_for_backward(folded, kernel, patches)
+            return flat.reshape(n, weight.shape[0], *_out_size(h.shape[2:], weight.shape[2:], geometry))
         folded_bias = None if bias is None else bias.repeat(n)
         out = F.conv2d(
             _as(folded, layouts.forward),
@@ -129,15 +150,13 @@ class _PerExampleConv2d(torch.autograd.Function):
             dilation,
             n * groups,
         )
-        ctx.geometry, ctx.layouts, ctx.n = geometry, layouts, n
-        ctx.h_shape, ctx.delta_shape = h.shape, delta.shape
         ctx.save_for_backward(folded, kernel)
         return _from_channels_last(out).reshape(n, weight.shape[0], *out.shape[2:])
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx: Any, g: Tensor) -> tuple[Tensor | None, ...]:
-        folded, kernel = ctx.saved_tensors
+        folded, kernel, *patches = ctx.saved_tensors
         stride, padding, dilation, groups = ctx.geometry
         layouts: _Layouts = ctx.layouts
         n = ctx.n
@@ -165,7 +184,11 @@ class _PerExampleConv2d(torch.autograd.Function):
                 dilation,
             )
             grad_h = _from_channels_last(gi).reshape(ctx.h_shape)
-        if ctx.needs_input_grad[1] or ctx.needs_input_grad[2]:
+        if (ctx.needs_input_grad[1] or ctx.needs_input_grad[2]) and patches:
+            # dD[i] = g[i] (C_out, positions) @ patches[i]^T: the forward's patches serve again.
+            g_rows = g.reshape(n, g.shape[1], -1)
+            grad_delta = torch.bmm(g_rows, patches[0].transpose(1, 2)).reshape(ctx.delta_shape)
+        elif ctx.needs_input_grad[1] or ctx.needs_input_grad[2]:
             _, gk, _ = torch.ops.aten.convolution_backward(
                 _as(g_folded, layouts.kernel_grad),
                 _as(folded, layouts.kernel_grad),
@@ -181,10 +204,21 @@ class _PerExampleConv2d(torch.autograd.Function):
         return grad_h, grad_delta, grad_weight, grad_bias, None
 
 
-def per_example_conv2d(module: nn.Conv2d, h: Tensor, delta: Tensor) -> Tensor:
+def _out_size(
+    size: tuple[int, ...] | torch.Size,
+    kernel_size: tuple[int, ...] | torch.Size,
+    geometry: tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...], int],
+) -> tuple[int, ...]:
+    """Height and width of a convolution's output (torch.nn.Conv2d's formula)."""
+    stride, padding, dilation, _ = geometry
+    return tuple((size[d] + 2 * padding[d] - dilation[d] * (kernel_size[d] - 1) - 1) // stride[d] + 1 for d in range(2))
+
+
+def per_example_conv2d(module: nn.Conv2d, h: Tensor, delta: Tensor, parameter_grads: bool = True) -> Tensor:
     """`module` applied to each example h[i] with weight module.weight + delta[i] (and its own bias).
 
-    h: (n, C_in, H, W); delta: (n, *module.weight.shape). Differentiable in h and delta.
+    h: (n, C_in, H, W); delta: (n, *module.weight.shape). Differentiable in h and delta, and in the module's
+    weight and bias unless `parameter_grads` is False (an attack: their sums over the examples are skipped).
     """
     geometry = (
         tuple(module.stride),
@@ -192,5 +226,8 @@ def per_example_conv2d(module: nn.Conv2d, h: Tensor, delta: Tensor) -> Tensor:
         tuple(module.dilation),
         module.groups,
     )
-    out: Tensor = _PerExampleConv2d.apply(h, delta, module.weight, module.bias, geometry)  # type: ignore[no-untyped-call]
+    weight, bias = module.weight, module.bias
+    if not parameter_grads:
+        weight, bias = weight.detach(), None if bias is None else bias.detach()
+    out: Tensor = _PerExampleConv2d.apply(h, delta, weight, bias, geometry)  # type: ignore[no-untyped-call]
     return out

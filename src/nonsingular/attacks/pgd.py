@@ -254,8 +254,9 @@ class PGD:
 
         for restart in range(self.restarts):
             xs = [x[s:e].clone() for s, e in spans]
-            global_blocks = build_weight_blocks(model, threat, paths, 0) if shared else []
-            blocks = [[] if shared else build_weight_blocks(model, threat, paths, e - s) for s, e in spans]
+            # The attack differentiates its own variables only, never the layers' weights (see WeightBlock).
+            global_blocks = build_weight_blocks(model, threat, paths, 0, False) if shared else []
+            blocks = [[] if shared else build_weight_blocks(model, threat, paths, e - s, False) for s, e in spans]
             if self.random_start:
                 self._random_start(spans, xs, bounds, blocks, global_blocks, seeds, restart)
             variables = [[v.requires_grad_() for blk in bl for v in blk.variables] for bl in blocks]

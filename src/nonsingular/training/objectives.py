@@ -80,6 +80,7 @@ def scaled_threat(threat: ThreatModel, scale: float) -> ThreatModel:
 def _frozen(blocks: list[WeightBlock]) -> list[WeightBlock]:
     """The attack's variables stop tracking gradients: training differentiates the weights, not D."""
     for blk in blocks:
+        blk.differentiates_parameters = True
         for v in blk.variables:
             v.requires_grad_(False)
     return blocks
