@@ -63,9 +63,10 @@ def _plan(in_per_group: int, kernel_size: tuple[int, ...], stride: tuple[int, ..
     - one input channel per group (a first layer on grey images: a depthwise convolution once folded): the
       input gradient in NCHW (1.4 / 2.7 ms against 5.1 / 3.9 channels-last); several: channels-last (8.3 / 3.3
       against 17.7 / 4.5 ms).
-    - the forward in channels-last (2.7, 6.1, 1.9, 1.8 ms against 5.3, 6.9, 2.8, 4.4 in NCHW with the return to
-      NCHW), the kernel gradient in channels-last for 5x5 kernels (1.7 / 2.4 against 3.0 / 4.9 ms), in NCHW
-      for 3x3 ones (1.8 / 3.0 against 2.7 / 7.6 ms);
+    - 5x5 kernels: forward and kernel gradient channels-last (forward 1.9 / 1.8 against 2.8 / 4.4 ms in NCHW
+      with the return to NCHW, kernel gradient 1.7 / 2.4 against 3.0 / 4.9 ms); 3x3 kernels: both in NCHW (kernel
+      gradient 1.8 / 3.0 against 2.7 / 7.6 ms; a channels-last forward of the stride-2 layer, 6.1 against 6.9 ms
+      alone, made the layer slower inside the attack, 23 -> 27 ms);
     - a stride-1 3x3 layer on one input channel: the unfolded products (patches 1.3 ms, forward 0.8, kernel
       gradient 0.8, against 2.7 + 1.8 ms grouped).
     """
