@@ -76,6 +76,8 @@ class GraphBounds:
         # Bytes per example-row: the largest a coefficient held, and the limit the current chunk was sized for.
         self._seen: int = 0
         self._guard: int | None = None
+        # Reused by every concretisation at the input box while the boxes are built (see `_box_lower`).
+        self._scratch: Tensor | None = None
         # node -> the rules of its users when some user relaxes it (the nodes CROWN tightens)
         self.relaxing: dict[str, list[Rule]] = {}
         for n in graph.nodes:
@@ -105,6 +107,7 @@ class GraphBounds:
                 if floor is not None and node.name in floor:
                     box = _intersect(box, floor[node.name])
             self.boxes[node.name] = box
+        self._scratch = None  # the tightening passes are done: hold no coefficient-sized buffer
 
     def _track(self, row_bytes: int) -> None:
         """Record the bytes one example's spec row holds in a coefficient tensor; refuse to exceed the guard."""
@@ -200,8 +203,26 @@ class GraphBounds:
         if isinstance(a, Patches):
             lower = lower + a.dot(lb, ub)
         elif a is not None:
-            lower = lower + dot(a.clamp(min=0), lb) + dot(a.clamp(max=0), ub)
+            lower = self._box_lower(lower, a, lb, ub)
         return lower
+
+    def _box_lower(self, lower: Tensor, a: Tensor, lb: Tensor, ub: Tensor) -> Tensor:
+        """lower + min over h in [lb, ub] of a . h, as lower + a+ . lb + a- . ub.
+
+        Without autograd the clamped parts are written into one buffer that every tightening pass reuses: the
+        same values and products as two fresh tensors, bit for bit, without allocating two coefficient-sized
+        tensors per pass (on an MLP's first layer, fresh pages cost more than the clamps: BENCHMARKS.md).
+        """
+        if torch.is_grad_enabled() and a.requires_grad:
+            return lower + dot(a.clamp(min=0), lb) + dot(a.clamp(max=0), ub)
+        n = a.numel()
+        held = self._scratch
+        if held is None or held.numel() < n or held.dtype != a.dtype or held.device != a.device:
+            held = torch.empty(n, dtype=a.dtype, device=a.device)
+            self._scratch = held
+        part = held[:n].view(a.shape)
+        lower = lower + dot(torch.clamp(a, min=0, out=part), lb)
+        return lower + dot(torch.clamp(a, max=0, out=part), ub)
 
     def _rows(self, node: Node, box: Box) -> tuple[Tensor, Tensor]:
         """(N, S) flat indices of the entries to tighten, padded with the index `size` (a dummy), and (N, S) which
