@@ -200,8 +200,10 @@ class LinearRule(_AffineRule):
             c = torch.cat([b, -b], dim=1)
         if lt is not None and lt.beta is not None:
             c = c - lt.beta[index].repeat(1, 2)  # |a| = e_i for both signs
-        # Both signs' rows (N, 2R, in) gathered in one pass from [W; -W], the one coefficient-sized tensor made here.
-        new_a = torch.cat([w, -w])[torch.cat([index, index + w.shape[0]], dim=1)]
+        # Both signs' rows (N, 2R, in): the rows gathered twice, the second copy negated in place (exact), the one
+        # coefficient-sized tensor made here.
+        new_a = w[torch.cat([index, index], dim=1)]
+        new_a[:, index.shape[1] :].neg_()
         if lt is not None and lt.uniform is not None and not bool((lb >= 0).all()):
             # One radius for every weight: both signs' rows minus the same chord term r * slope, in place
             # (w - s and -w - s, the same roundings as -s - w).
