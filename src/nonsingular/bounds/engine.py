@@ -12,7 +12,8 @@ unperturbed affine map of the input box) is never tightened. Rows on (C, H, W) n
 (patches.py) through the rules that have a patch form.
 
 Memory: a backward pass holds (examples x spec rows x node size) coefficients; examples and spec rows are split
-so that one chunk's coefficients stay within `memory_mb` (eight tensors of the widest node the pass crosses).
+so that one chunk's coefficients stay within `memory_mb` (eight tensors of the widest node the pass crosses), and
+on the CPU within `CPU_CHUNK_MB` too, however large the budget (larger chunks are slower there).
 """
 
 from __future__ import annotations
@@ -36,6 +37,12 @@ __all__ = ["GraphBounds"]
 
 #: Coefficient tensors of one chunk's size that a backward pass may hold at once (the memory budget's unit).
 _LIVE_TENSORS = 8
+
+#: On the CPU, chunks stay within this many MiB even under a larger budget: beyond it, every pass's tensors are
+#: fresh pages (glibc maps blocks near its 32 MiB mmap limit and returns them on free) and leave the caches, which
+#: costs more than the per-chunk overhead of smaller chunks (MLP 784-100-100-100-10, 29 examples, joint CROWN:
+#: 0.145 CPU s at 256 MiB, 0.098 at 128, 0.088 at 64, 0.099 at 32; BENCHMARKS.md).
+CPU_CHUNK_MB = 64.0
 
 
 class GraphBounds:
@@ -66,6 +73,7 @@ class GraphBounds:
         roundoff: float | None = None,
     ) -> None:
         self.graph, self.threats, self.memory_mb = graph, dict(threats), memory_mb
+        self._chunk_bytes = int((min(memory_mb, CPU_CHUNK_MB) if lb.device.type == "cpu" else memory_mb) * 2**20)
         if roundoff is not None:
             check_roundable(graph)
             lb, ub = read_rounding(lb, ub, roundoff)
@@ -134,7 +142,7 @@ class GraphBounds:
     ) -> Iterator[tuple[int, int, int, int]]:
         """(e0, e1, r0, r1): example and row ranges whose coefficients fit the memory budget (at least one each);
         each row stands for `spec_rows` spec rows."""
-        budget = int(self.memory_mb * 2**20)
+        budget = self._chunk_bytes
         per_row = spec_rows * self._per_row(start, itemsize)
         ex_step = max(1, min(n, budget // (per_row * max(1, rows))))
         row_step = max(1, min(rows, budget // (per_row * ex_step)))
@@ -265,7 +273,7 @@ class GraphBounds:
         self._seen = 0
         yield e0, e1, r0, r1
         measured = self._seen
-        budget = int(self.memory_mb * 2**20)
+        budget = self._chunk_bytes
         per_pair = 2 * _LIVE_TENSORS * max(1, measured)
         rest: list[tuple[int, int, int, int]] = []
         if r1 < pairs:  # the first examples' remaining rows
