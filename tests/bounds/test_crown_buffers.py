@@ -1,7 +1,8 @@
-"""CROWN without autograd writes the concretisation's clamped parts into a reused buffer and updates fresh
-coefficient tensors in place (bounds/engine.py `_box_lower`, bounds/ops_affine.py); with autograd it makes fresh
-tensors. The two must give the same bounds bit for bit, and those must lie below the margins at sampled points
-of the threat set: random MLPs and CNNs, inputs of both signs (the chord of |h|), every weight-threat form."""
+"""CROWN without autograd writes the concretisation's clamped parts into a reused buffer (bounds/engine.py
+`_box_lower`); with autograd it makes fresh tensors; in both, the Linear rules update the coefficients they made
+in place (bounds/ops_affine.py). The two modes must give the same bounds bit for bit, and those must lie below
+the margins at sampled points of the threat set: random MLPs and CNNs, inputs of both signs (the chord of |h|),
+every weight-threat form."""
 
 from __future__ import annotations
 

@@ -38,10 +38,11 @@ __all__ = ["GraphBounds"]
 #: Coefficient tensors of one chunk's size that a backward pass may hold at once (the memory budget's unit).
 _LIVE_TENSORS = 8
 
-#: On the CPU, chunks stay within this many MiB even under a larger budget: beyond it, every pass's tensors are
-#: fresh pages (glibc maps blocks near its 32 MiB mmap limit and returns them on free) and leave the caches, which
-#: costs more than the per-chunk overhead of smaller chunks (MLP 784-100-100-100-10, 29 examples, joint CROWN:
-#: 0.145 CPU s at 256 MiB, 0.098 at 128, 0.088 at 64, 0.099 at 32; BENCHMARKS.md).
+#: On the CPU, chunks stay within this many MiB even under a larger budget: beyond it, a pass's tensors tend to be
+#: fresh pages (blocks near the 32 MiB cap of glibc's dynamic mmap threshold are mapped and returned again and
+#: again) and leave the caches, which costs more than the per-chunk overhead of smaller chunks (MLP
+#: 784-100-100-100-10, 29 examples, joint CROWN, by budget: 0.128-0.156 CPU s at 256 MiB, 0.097 at 128, 0.088 at
+#: 64, 0.098 at 32, 0.122 at 16; BENCHMARKS.md).
 CPU_CHUNK_MB = 64.0
 
 
