@@ -132,6 +132,27 @@ def test_a_small_memory_budget_chunks_without_changing_the_bounds():
         margin_bounds(model, x, y, threat, "crown", memory_mb=0)
 
 
+def test_cpu_chunks_stay_within_the_cap_under_a_larger_budget(monkeypatch):
+    from nonsingular.bounds import engine
+
+    torch.manual_seed(0)
+    model = _bn_stats(build_model({**SPECS[2], "input_shape": [1, 6, 6], "num_classes": 3}).double())
+    x = torch.rand(4, 1, 6, 6, dtype=torch.float64)
+    y = torch.tensor([0, 1, 2, 0])
+    threat = ThreatModel(eps_x=0.03, eps_w=0.01)
+    passes: list[int] = []
+    run = engine.GraphBounds._backward
+    monkeypatch.setattr(engine.GraphBounds, "_backward", lambda self, *a: passes.append(1) or run(self, *a))
+    lower, count = {}, {}
+    for cap in (float("inf"), 0.05):
+        monkeypatch.setattr(engine, "CPU_CHUNK_MB", cap)
+        passes.clear()
+        lower[cap] = margin_bounds(model, x, y, threat, "crown", memory_mb=4096).lower
+        count[cap] = len(passes)
+    assert count[0.05] > count[float("inf")]  # the cap, not the budget, sized the chunks
+    torch.testing.assert_close(lower[0.05], lower[float("inf")], rtol=0, atol=1e-12)
+
+
 def test_an_interval_only_rule_is_refused_by_crown_with_the_file_to_edit(monkeypatch):
     from nonsingular.bounds import RULES, IntervalOnlyRule
 

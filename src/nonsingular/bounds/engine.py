@@ -12,7 +12,8 @@ unperturbed affine map of the input box) is never tightened. Rows on (C, H, W) n
 (patches.py) through the rules that have a patch form.
 
 Memory: a backward pass holds (examples x spec rows x node size) coefficients; examples and spec rows are split
-so that one chunk's coefficients stay within `memory_mb` (eight tensors of the widest node the pass crosses).
+so that one chunk's coefficients stay within `memory_mb` (eight tensors of the widest node the pass crosses), and
+on the CPU within `CPU_CHUNK_MB` too, however large the budget (larger chunks are slower there).
 """
 
 from __future__ import annotations
@@ -36,6 +37,13 @@ __all__ = ["GraphBounds"]
 
 #: Coefficient tensors of one chunk's size that a backward pass may hold at once (the memory budget's unit).
 _LIVE_TENSORS = 8
+
+#: On the CPU, chunks stay within this many MiB even under a larger budget: beyond it, a pass's tensors tend to be
+#: fresh pages (blocks near the 32 MiB cap of glibc's dynamic mmap threshold are mapped and returned again and
+#: again) and leave the caches, which costs more than the per-chunk overhead of smaller chunks (MLP
+#: 784-100-100-100-10, 29 examples, joint CROWN, by budget: 0.128-0.156 CPU s at 256 MiB, 0.097 at 128, 0.088 at
+#: 64, 0.098 at 32, 0.122 at 16; BENCHMARKS.md).
+CPU_CHUNK_MB = 64.0
 
 
 class GraphBounds:
@@ -66,6 +74,7 @@ class GraphBounds:
         roundoff: float | None = None,
     ) -> None:
         self.graph, self.threats, self.memory_mb = graph, dict(threats), memory_mb
+        self._chunk_bytes = int((min(memory_mb, CPU_CHUNK_MB) if lb.device.type == "cpu" else memory_mb) * 2**20)
         if roundoff is not None:
             check_roundable(graph)
             lb, ub = read_rounding(lb, ub, roundoff)
@@ -76,6 +85,8 @@ class GraphBounds:
         # Bytes per example-row: the largest a coefficient held, and the limit the current chunk was sized for.
         self._seen: int = 0
         self._guard: int | None = None
+        # Reused by every concretisation at the input box while the boxes are built (see `_box_lower`).
+        self._scratch: Tensor | None = None
         # node -> the rules of its users when some user relaxes it (the nodes CROWN tightens)
         self.relaxing: dict[str, list[Rule]] = {}
         for n in graph.nodes:
@@ -105,6 +116,7 @@ class GraphBounds:
                 if floor is not None and node.name in floor:
                     box = _intersect(box, floor[node.name])
             self.boxes[node.name] = box
+        self._scratch = None  # the tightening passes are done: hold no coefficient-sized buffer
 
     def _track(self, row_bytes: int) -> None:
         """Record the bytes one example's spec row holds in a coefficient tensor; refuse to exceed the guard."""
@@ -131,7 +143,7 @@ class GraphBounds:
     ) -> Iterator[tuple[int, int, int, int]]:
         """(e0, e1, r0, r1): example and row ranges whose coefficients fit the memory budget (at least one each);
         each row stands for `spec_rows` spec rows."""
-        budget = int(self.memory_mb * 2**20)
+        budget = self._chunk_bytes
         per_row = spec_rows * self._per_row(start, itemsize)
         ex_step = max(1, min(n, budget // (per_row * max(1, rows))))
         row_step = max(1, min(rows, budget // (per_row * ex_step)))
@@ -200,8 +212,26 @@ class GraphBounds:
         if isinstance(a, Patches):
             lower = lower + a.dot(lb, ub)
         elif a is not None:
-            lower = lower + dot(a.clamp(min=0), lb) + dot(a.clamp(max=0), ub)
+            lower = self._box_lower(lower, a, lb, ub)
         return lower
+
+    def _box_lower(self, lower: Tensor, a: Tensor, lb: Tensor, ub: Tensor) -> Tensor:
+        """lower + min over h in [lb, ub] of a . h, as lower + a+ . lb + a- . ub.
+
+        Without autograd the clamped parts are written into one buffer that every tightening pass reuses: the
+        same values and products as two fresh tensors, bit for bit, without allocating two coefficient-sized
+        tensors per pass (on an MLP's first layer, fresh pages cost more than the clamps: BENCHMARKS.md).
+        """
+        if torch.is_grad_enabled() and a.requires_grad:
+            return lower + dot(a.clamp(min=0), lb) + dot(a.clamp(max=0), ub)
+        n = a.numel()
+        held = self._scratch
+        if held is None or held.numel() < n or held.dtype != a.dtype or held.device != a.device:
+            held = torch.empty(n, dtype=a.dtype, device=a.device)
+            self._scratch = held
+        part = held[:n].view(a.shape)
+        lower = lower + dot(torch.clamp(a, min=0, out=part), lb)
+        return lower + dot(torch.clamp(a, max=0, out=part), ub)
 
     def _rows(self, node: Node, box: Box) -> tuple[Tensor, Tensor]:
         """(N, S) flat indices of the entries to tighten, padded with the index `size` (a dummy), and (N, S) which
@@ -244,7 +274,7 @@ class GraphBounds:
         self._seen = 0
         yield e0, e1, r0, r1
         measured = self._seen
-        budget = int(self.memory_mb * 2**20)
+        budget = self._chunk_bytes
         per_pair = 2 * _LIVE_TENSORS * max(1, measured)
         rest: list[tuple[int, int, int, int]] = []
         if r1 < pairs:  # the first examples' remaining rows

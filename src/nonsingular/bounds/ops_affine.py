@@ -104,11 +104,21 @@ def _abs_chord(lb: Tensor, ub: Tensor) -> tuple[Tensor, Tensor]:
     return slope, offset
 
 
+def _expands_to(target: torch.Size, *shapes: torch.Size) -> bool:
+    """Whether every shape broadcasts to `target` itself (an in-place update of a `target` tensor is valid).
+    Not torch.broadcast_shapes: its first call imports sympy (~0.2 s)."""
+    return all(
+        len(shape) <= len(target)
+        and all(d in (1, t) for d, t in zip(shape, target[len(target) - len(shape) :], strict=True))
+        for shape in shapes
+    )
+
+
 def _abs_input_term(
     new_a: Tensor, c: Tensor | float, r: Tensor | float, lb: Tensor, ub: Tensor
 ) -> tuple[Tensor, Tensor | float]:
     """Subtract r . |h| (r >= 0: (B, S, *in), broadcastable to it, or one number) from the bound, |h| linear in h
-    over [lb, ub]."""
+    over [lb, ub]. new_a is the caller's own fresh tensor: it may be updated in place."""
     if bool((lb >= 0).all()):
         return new_a - r, c
     slope, offset = _abs_chord(lb, ub)
@@ -117,7 +127,10 @@ def _abs_input_term(
     # matmuls, were most of a joint CROWN call.
     if not isinstance(r, Tensor):
         return torch.add(new_a, slope[:, None], alpha=-r), c - r * offset.flatten(1).sum(dim=-1, keepdim=True)
-    new_a = torch.addcmul(new_a, r, slope[:, None], value=-1.0)
+    if _expands_to(new_a.shape, r.shape, slope[:, None].shape):
+        new_a = new_a.addcmul_(r, slope[:, None], value=-1.0)  # no second coefficient-sized tensor
+    else:
+        new_a = torch.addcmul(new_a, r, slope[:, None], value=-1.0)
     if math.prod(r.shape[2:]) == 1:  # one radius per row (a uniform rho): sum the offsets first
         return new_a, c - r.flatten(2)[..., 0] * offset.flatten(1).sum(dim=-1, keepdim=True)
     if r.is_contiguous():
@@ -181,21 +194,22 @@ class LinearRule(_AffineRule):
         if lb.dim() != 2:
             return super().backward_rows(node, index, boxes, lt, ctx)
         w = module.weight.to(lb.dtype)
-        rows = w[index]  # (N, R, in)
         c: Tensor | float = 0.0
         if module.bias is not None:
             b = module.bias.to(lb.dtype)[index]
             c = torch.cat([b, -b], dim=1)
         if lt is not None and lt.beta is not None:
             c = c - lt.beta[index].repeat(1, 2)  # |a| = e_i for both signs
+        # Both signs' rows (N, 2R, in): the rows gathered twice, the second copy negated in place (exact), the one
+        # coefficient-sized tensor made here.
+        new_a = w[torch.cat([index, index], dim=1)]
+        new_a[:, index.shape[1] :].neg_()
         if lt is not None and lt.uniform is not None and not bool((lb >= 0).all()):
-            # One radius for every weight: both signs' rows minus the same chord term r * slope, written once
-            # each (rows - s and -s - rows) instead of negated, concatenated and shifted in three passes.
+            # One radius for every weight: both signs' rows minus the same chord term r * slope, in place
+            # (w - s and -w - s, the same roundings as -s - w).
             slope, offset = _abs_chord(lb, ub)
-            shift = (lt.uniform * slope)[:, None]
-            new_a = torch.cat([rows - shift, -shift - rows], dim=1)
+            new_a.sub_((lt.uniform * slope)[:, None])
             return [new_a], c - lt.uniform * offset.flatten(1).sum(dim=-1, keepdim=True)
-        new_a = torch.cat([rows, -rows], dim=1)
         if lt is None:
             return [new_a], c
         if lt.rho is not None:
