@@ -333,7 +333,11 @@ _LIMITED = textwrap.dedent(
     from nonsingular.bounds import margin_bounds
     from nonsingular.bounds import engine
     from nonsingular.errors import ResourceError
+    from nonsingular.runtime.allocator import limit_heap_retention
 
+    # Every block of 32 KiB or more mapped and unmapped by the kernel, so that the limit below is the only
+    # room there is: blocks the reference run freed must not stay in the heap for the limited run to reuse.
+    limit_heap_retention(32 * 1024)
     engine.CPU_CHUNK_MB = float("inf")  # chunks as large as the budget allows, not the CPU's speed cap
     logging.basicConfig(level=logging.WARNING, format="%(message)s", stream=sys.stdout)
     torch.manual_seed(0)
