@@ -24,12 +24,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-#: (widths, memory budget MiB): widths at depth 2, depths at width 512, and the 2048-wide net under three budgets.
+#: (widths, memory budget MiB): widths 256-4096 at depth 2, depths at width 512, the 2048-wide net under three budgets.
 CONFIGS: list[tuple[tuple[int, ...], float]] = [
     ((256, 256), 256.0),
     ((512, 512), 256.0),
     ((1024, 1024), 256.0),
     ((2048, 2048), 256.0),
+    ((4096, 4096), 256.0),
     ((512,), 256.0),
     ((512,) * 3, 256.0),
     ((512,) * 4, 256.0),
