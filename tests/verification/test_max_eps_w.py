@@ -66,8 +66,10 @@ def _relative(e: float) -> ThreatModel:
     return ThreatModel(eps_w=e, weight_mode="relative")
 
 
-def _case(seed: int, half_width: float) -> tuple[torch.nn.Sequential, Property]:
-    model = mlp((2, 16, 16, 2), seed)
+def _case(
+    seed: int, half_width: float, widths: tuple[int, ...] = (2, 16, 16, 2)
+) -> tuple[torch.nn.Sequential, Property]:
+    model = mlp(widths, seed)
     with torch.no_grad():
         top = int(model(torch.tensor([[0.3, -0.2]])).argmax())
     lower, upper = [0.3 - half_width, -0.2 - half_width], [0.3 + half_width, -0.2 + half_width]
@@ -129,3 +131,14 @@ def test_bounds_that_prove_everything_up_to_the_cap() -> None:
     radius = joint_radius(model, prop, (2,), lambda e: _relative(e * 1e-3), DEFAULT_METHODS, budget=60)
     assert radius.bounds.refuted_or_open == math.inf and radius.bab is not None
     assert radius.bab.proven == CAP and radius.bab.refuted_or_open == math.inf  # tested once, at the cap
+
+
+def test_bounds_that_leave_exact_weights_open_hand_over_to_branch_and_bound_at_once() -> None:
+    """The answer needed branch and bound (the bounds do not prove it at eps_w = 0): stage 1 is one bound call
+    that says so, [0, 0], and the search alone finds the radius, which the joint attack does not break."""
+    model, prop = _case(4, 0.8, (2, 24, 24, 24, 2))
+    assert prove_pieces(model, prop, (2,), None, DEFAULT_METHODS, set(prop.pieces()), math.inf).open_pieces
+    radius = joint_radius(model, prop, (2,), _relative, DEFAULT_METHODS, budget=60)
+    assert (radius.bounds.proven, radius.bounds.refuted_or_open, radius.bounds.steps) == (0.0, 0.0, 1)
+    assert radius.bab is not None and 0 < radius.bab.proven <= radius.bab.refuted_or_open <= radius.refuted
+    assert not _attack_finds(model, prop, radius.bab.proven)
