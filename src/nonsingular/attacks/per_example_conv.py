@@ -20,6 +20,7 @@ only the memory layouts and thus the float rounding of the sums differ.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -70,9 +71,7 @@ def _plan(in_per_group: int, kernel_size: tuple[int, ...], stride: tuple[int, ..
     - a stride-1 3x3 layer on one input channel: the unfolded products (patches 1.3 ms, forward 0.8, kernel
       gradient 0.8, against 2.7 + 1.8 ms grouped).
     """
-    area = 1
-    for k in kernel_size:
-        area *= k
+    area = math.prod(kernel_size)
     if in_per_group == 1 and groups == 1 and all(st == 1 for st in stride) and area <= 9:
         return _Layouts(forward=False, input_grad=False, kernel_grad=False, unfold=True)
     return _Layouts(forward=area >= 25, input_grad=in_per_group > 1, kernel_grad=area >= 25)

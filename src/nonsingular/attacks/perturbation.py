@@ -229,7 +229,8 @@ class WeightBlock:
             return
         if self.uniform_eps is not None and self.bias_rho is None and not isinstance(rel_step, Tensor):
             # One radius e for every entry: the same step as below (e sign(g) x rel_step, then the box clamp)
-            # in two in-place passes over D instead of six (~4% of SmallCNN's per-example joint PGD).
+            # in two in-place passes over D instead of six (torch.profiler, SmallCNN per-example joint PGD: the
+            # multiply, maximum and minimum passes took 13 of 420 ms).
             e = self.uniform_eps
             self.delta.add_(torch.sign(grads[0], out=grads[0]), alpha=e * float(rel_step)).clamp_(-e, e)
             return
